@@ -1,0 +1,65 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// ioatd: a memory-copy offload service. See README.md and protocol/SPEC.md.
+//
+// Module layering (each depends only on those above it):
+//   IOATProtocol  pure wire format: types, encode, decode, validation. No syscalls, no Foundation.
+//   CIOATShim     the few C macros and constants Swift cannot import.
+//   IOATSystem    the syscall layer: fds, sockets with SCM_RIGHTS, memfds, mappings, epoll, threads.
+//   IOATEngine    the engine interface and the CPU engine (ISA-L for CRC32C and XOR).
+//   IOATServer    the broker: connections, buffers, queues, scheduling, completion delivery.
+//   IOATClient    the client library.
+let package = Package(
+    name: "ioatd",
+    products: [
+        .executable(name: "ioatd", targets: ["ioatd"]),
+        .executable(name: "ioatctl", targets: ["ioatctl"]),
+        .library(name: "IOATClient", targets: ["IOATClient"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+    ],
+    targets: [
+        .target(name: "CIOATShim"),
+        .systemLibrary(name: "CISAL", pkgConfig: "libisal", providers: [.apt(["libisal-dev"])]),
+        .target(name: "IOATProtocol"),
+        .target(name: "IOATSystem", dependencies: ["CIOATShim"]),
+        .target(name: "IOATEngine", dependencies: ["IOATProtocol", "IOATSystem", "CISAL"]),
+        .target(
+            name: "IOATServer",
+            dependencies: [
+                "IOATProtocol", "IOATSystem", "IOATEngine",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
+        .target(
+            name: "IOATClient",
+            dependencies: ["IOATProtocol", "IOATSystem", .product(name: "DequeModule", package: "swift-collections")]
+        ),
+        .executableTarget(
+            name: "ioatd",
+            dependencies: [
+                "IOATServer", "IOATEngine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "ioatctl",
+            dependencies: [
+                "IOATClient", "IOATEngine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "IOATProtocolTests", dependencies: ["IOATProtocol"]),
+        .testTarget(name: "IOATEngineTests", dependencies: ["IOATEngine", "IOATProtocol", "IOATSystem"]),
+        .testTarget(
+            name: "IOATIntegrationTests",
+            dependencies: ["IOATClient", "IOATProtocol", "IOATSystem", "IOATEngine", "ioatd", "ioatctl"]
+        ),
+    ]
+)

@@ -1,0 +1,79 @@
+#define _GNU_SOURCE
+#include "CIOATShim.h"
+
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <fcntl.h>
+
+int cioat_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
+
+const unsigned int cioat_MFD_CLOEXEC = MFD_CLOEXEC;
+const unsigned int cioat_MFD_ALLOW_SEALING = MFD_ALLOW_SEALING;
+const unsigned int cioat_MFD_HUGETLB = MFD_HUGETLB;
+const int cioat_MSG_CMSG_CLOEXEC = MSG_CMSG_CLOEXEC;
+
+const int cioat_F_ADD_SEALS = F_ADD_SEALS;
+const int cioat_F_GET_SEALS = F_GET_SEALS;
+const int cioat_F_SEAL_SEAL = F_SEAL_SEAL;
+const int cioat_F_SEAL_SHRINK = F_SEAL_SHRINK;
+const int cioat_F_SEAL_GROW = F_SEAL_GROW;
+const int cioat_F_SEAL_WRITE = F_SEAL_WRITE;
+#ifdef F_SEAL_FUTURE_WRITE
+const int cioat_F_SEAL_FUTURE_WRITE = F_SEAL_FUTURE_WRITE;
+#else
+const int cioat_F_SEAL_FUTURE_WRITE = 0x0010;
+#endif
+
+int cioat_accept_nonblock(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
+
+size_t cioat_cmsg_space_fds(unsigned int count) { return CMSG_SPACE(sizeof(int) * count); }
+
+size_t cioat_cmsg_put_fds(void *control, size_t controllen, const int *fds, unsigned int count) {
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_control = control;
+    msg.msg_controllen = controllen;
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    if (cmsg == NULL || controllen < CMSG_SPACE(sizeof(int) * count)) return 0;
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * count);
+    memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * count);
+    return CMSG_SPACE(sizeof(int) * count);
+}
+
+unsigned int cioat_cmsg_take_fds(const struct msghdr *msg, int *fds, unsigned int max, int *foreign) {
+    unsigned int received = 0;
+    *foreign = 0;
+    for (struct cmsghdr *cmsg = CMSG_FIRSTHDR((struct msghdr *)msg); cmsg != NULL;
+         cmsg = CMSG_NXTHDR((struct msghdr *)msg, cmsg)) {
+        if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) {
+            *foreign = 1;
+            continue;
+        }
+        size_t n = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        const unsigned char *data = CMSG_DATA(cmsg);
+        for (size_t i = 0; i < n; i++) {
+            int fd;
+            memcpy(&fd, data + i * sizeof(int), sizeof fd);
+            if (received < max) fds[received] = fd;
+            else close(fd);
+            received++;
+        }
+    }
+    return received;
+}
+
+int cioat_peercred(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
+    *pid = cred.pid;
+    *uid = cred.uid;
+    *gid = cred.gid;
+    return 0;
+}
+
+#include <pthread.h>
+void cioat_set_thread_name(const char *name) { pthread_setname_np(pthread_self(), name); }

@@ -1,0 +1,91 @@
+import IOATProtocol
+import IOATSystem
+
+/// One operation as an engine sees it: addresses already resolved and bounds-checked by the server.
+/// Shaped like a hardware descriptor; `cookie` comes back unchanged in the completion.
+public struct EngineOp {
+    /// Chosen by the submitter; the engine only echoes it.
+    public var cookie: UInt64
+    /// What to do.
+    public var opcode: Opcode
+    /// Descriptor flags (the engine honours `fence`; `crcSeed` selects `arg` as the seed).
+    public var flags: Descriptor.Flags
+    /// Source bytes (`length` long), for opcodes that read.
+    public var source: UnsafeRawPointer?
+    /// Destination bytes (`length` long), for opcodes that write.
+    public var destination: UnsafeMutableRawPointer?
+    /// Bytes to process.
+    public var length: Int
+    /// FILL pattern, or CRC seed in the low 32 bits.
+    public var arg: UInt64
+
+    /// Creates an op.
+    public init(cookie: UInt64, opcode: Opcode, flags: Descriptor.Flags = [], source: UnsafeRawPointer? = nil,
+                destination: UnsafeMutableRawPointer? = nil, length: Int = 0, arg: UInt64 = 0) {
+        self.cookie = cookie
+        self.opcode = opcode
+        self.flags = flags
+        self.source = source
+        self.destination = destination
+        self.length = length
+        self.arg = arg
+    }
+
+    /// A placeholder for preallocated rings.
+    public static var empty: EngineOp { EngineOp(cookie: 0, opcode: .null) }
+}
+
+/// How one engine op ended.
+public struct EngineCompletion: Sendable {
+    /// The op's cookie.
+    public var cookie: UInt64
+    /// The result, in the one vocabulary every engine shares.
+    public var status: CompletionStatus
+    /// CRC32C for CRC opcodes.
+    public var result: UInt32
+    /// Bytes processed.
+    public var bytesDone: UInt64
+
+    /// Creates a completion.
+    public init(cookie: UInt64, status: CompletionStatus, result: UInt32 = 0, bytesDone: UInt64 = 0) {
+        self.cookie = cookie
+        self.status = status
+        self.result = result
+        self.bytesDone = bytesDone
+    }
+
+    /// A placeholder for preallocated rings.
+    public static let empty = EngineCompletion(cookie: 0, status: .success)
+}
+
+/// One channel of an engine, driven like a DMA ring (dmaengine / liburing shape): `enqueue` prepares
+/// descriptors, `submit` rings the doorbell, `reap` collects completions in submission order.
+///
+/// Threading: `enqueue`, `submit` and `reap` are called from one thread only (the server's event loop);
+/// the engine runs ops on its own threads or hardware and signals `notifier` when `reap` has work.
+public protocol EngineChannel: AnyObject, Sendable {
+    /// Properties reported to clients.
+    var info: ChannelInfo { get }
+    /// Ring slots not holding an op that has been enqueued and not yet reaped.
+    var freeSlots: Int { get }
+    /// Places `op` in the ring without starting it; `false` when the ring is full.
+    func enqueue(_ op: EngineOp) -> Bool
+    /// Starts every op enqueued since the last `submit`.
+    func submit()
+    /// Moves finished ops, in submission order, into `completions`; returns how many.
+    func reap(into completions: UnsafeMutableBufferPointer<EngineCompletion>) -> Int
+    /// Stops the channel's workers after the ops already submitted finish.
+    func shutdown()
+}
+
+/// A set of channels sharing one completion notifier.
+public protocol Engine: AnyObject, Sendable {
+    /// Short name for logs and status ("cpu", "dpdk").
+    var name: String { get }
+    /// The channels, indexed by `ChannelInfo.index`.
+    var channels: [any EngineChannel] { get }
+    /// Signalled whenever any channel has completions to reap. The event loop polls it.
+    var notifier: EventFD { get }
+    /// Stops every channel.
+    func shutdown()
+}

@@ -1,0 +1,127 @@
+/// The per-operation result vocabulary, the same on every engine (SPEC.md §6.5). Covers DPDK dmadev's
+/// `rte_dma_status_code` values. Values are never reused.
+public struct CompletionStatus: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    /// The wire value (u16).
+    public let rawValue: UInt16
+    /// Wraps a wire value.
+    public init(rawValue: UInt16) { self.rawValue = rawValue }
+
+    /// Done; `bytesDone` equals the length.
+    public static let success = CompletionStatus(rawValue: 0)
+    /// A compare or CRC test found a difference (reserved for compare opcodes).
+    public static let mismatch = CompletionStatus(rawValue: 1)
+    /// Skipped because an earlier op of the same queue failed (SPEC.md §6.6).
+    public static let notAttempted = CompletionStatus(rawValue: 2)
+    /// The engine ring had no room (reserved; the server waits or refuses the SUBMIT instead).
+    public static let noSpace = CompletionStatus(rawValue: 3)
+    /// The engine could not read the source address.
+    public static let invalidSourceAddress = CompletionStatus(rawValue: 4)
+    /// The engine could not write the destination address.
+    public static let invalidDestinationAddress = CompletionStatus(rawValue: 5)
+    /// The engine refused the length.
+    public static let invalidLength = CompletionStatus(rawValue: 6)
+    /// The engine refused the opcode.
+    public static let invalidOpcode = CompletionStatus(rawValue: 7)
+    /// A bus error while reading.
+    public static let busReadError = CompletionStatus(rawValue: 8)
+    /// A bus error while writing.
+    public static let busWriteError = CompletionStatus(rawValue: 9)
+    /// The source held poisoned data.
+    public static let dataPoison = CompletionStatus(rawValue: 10)
+    /// An unresolvable page fault.
+    public static let pageFault = CompletionStatus(rawValue: 11)
+    /// Aborted by the user.
+    public static let userAbort = CompletionStatus(rawValue: 12)
+    /// The channel halted while the op ran and the op was not re-run.
+    public static let channelHalted = CompletionStatus(rawValue: 13)
+    /// Any other engine error.
+    public static let engineError = CompletionStatus(rawValue: 14)
+    /// Cancelled before it ran (the server is stopping).
+    public static let cancelled = CompletionStatus(rawValue: 15)
+    /// Never on the wire: the client library's status for an op whose connection dropped before its
+    /// completion arrived. The op may or may not have run.
+    public static let connectionLost = CompletionStatus(rawValue: 0xFFFF)
+
+    /// The SPEC.md name.
+    public var name: String {
+        switch rawValue {
+        case 0: "SUCCESS"
+        case 1: "MISMATCH"
+        case 2: "NOT_ATTEMPTED"
+        case 3: "NO_SPACE"
+        case 4: "INVALID_SRC_ADDR"
+        case 5: "INVALID_DST_ADDR"
+        case 6: "INVALID_LENGTH"
+        case 7: "INVALID_OPCODE"
+        case 8: "BUS_READ_ERROR"
+        case 9: "BUS_WRITE_ERROR"
+        case 10: "DATA_POISON"
+        case 11: "PAGE_FAULT"
+        case 12: "USER_ABORT"
+        case 13: "CHANNEL_HALTED"
+        case 14: "ENGINE_ERROR"
+        case 15: "CANCELLED"
+        case 0xFFFF: "CONNECTION_LOST"
+        default: "STATUS_\(rawValue)"
+        }
+    }
+
+    /// Whether this status ends the op without error.
+    public var isSuccess: Bool { self == .success }
+
+    public var description: String { name }
+}
+
+/// One 32-byte record in a COMPLETION message (SPEC.md §6.4).
+public struct CompletionRecord: Hashable, Sendable {
+    /// Wire size of one record.
+    public static let size = 32
+
+    /// The descriptor's cookie.
+    public var cookie: UInt64
+    /// How it ended.
+    public var status: CompletionStatus
+    /// The descriptor's opcode, echoed.
+    public var opcode: UInt8
+    /// CRC32C of the bytes processed, for CRC opcodes; else 0.
+    public var result: UInt32
+    /// Bytes processed before the op ended.
+    public var bytesDone: UInt64
+
+    /// Creates a record.
+    public init(cookie: UInt64, status: CompletionStatus, opcode: UInt8, result: UInt32, bytesDone: UInt64) {
+        self.cookie = cookie
+        self.status = status
+        self.opcode = opcode
+        self.result = result
+        self.bytesDone = bytesDone
+    }
+
+    /// Appends the 32-byte wire form.
+    public func encode(into writer: inout WireWriter) {
+        writer.write(cookie)
+        writer.write(status.rawValue)
+        writer.write(opcode)
+        writer.write(UInt8(0))
+        writer.write(result)
+        writer.write(bytesDone)
+        writer.write(UInt64(0))
+    }
+
+    /// Decodes the record at `offset`.
+    public static func decode(_ bytes: UnsafeRawBufferPointer, at offset: Int, index: Int) throws(ProtocolError)
+        -> CompletionRecord
+    {
+        let r = WireReader(bytes)
+        guard let cookie: UInt64 = r.get(at: offset), let status: UInt16 = r.get(at: offset + 8),
+            let opcode: UInt8 = r.get(at: offset + 10), let reserved1: UInt8 = r.get(at: offset + 11),
+            let result: UInt32 = r.get(at: offset + 12), let done: UInt64 = r.get(at: offset + 16),
+            let reserved2: UInt64 = r.get(at: offset + 24)
+        else { throw ProtocolError(.malformed, "completion record \(index): truncated") }
+        guard reserved1 == 0, reserved2 == 0 else {
+            throw ProtocolError(.reservedNotZero, "completion record \(index): reserved fields must be 0")
+        }
+        return CompletionRecord(cookie: cookie, status: CompletionStatus(rawValue: status), opcode: opcode,
+                                result: result, bytesDone: done)
+    }
+}

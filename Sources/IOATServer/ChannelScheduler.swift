@@ -1,0 +1,89 @@
+import DequeModule
+import IOATEngine
+import IOATProtocol
+
+/// An op the engine holds, remembered by ring-window slot; the slot number is the engine cookie.
+struct InflightOp {
+    var queue: Queue?
+    var cookie: UInt64 = 0
+    var opcode: Opcode = .null
+    var flags: Descriptor.Flags = []
+    var length: Int = 0
+    /// Kept only so the buffers stay mapped until the engine is done with them.
+    var source: SharedBuffer?
+    var destination: SharedBuffer?
+
+    static var empty: InflightOp { InflightOp(queue: nil) }
+}
+
+/// Feeds one engine channel from the queues that share it: round-robin, one op per queue per turn,
+/// never more than `window` ops in the engine. Runs on the event-loop thread only.
+final class ChannelScheduler {
+    let engine: any EngineChannel
+    /// Queues with pending ops, in turn order.
+    private var active: Deque<Queue>
+    private var slots: [InflightOp]
+    private var freeSlots: [Int]
+    /// Queues opened on this channel (for "any channel" placement and status).
+    var queueCount = 0
+    /// Lifetime counters.
+    var opsCompleted: UInt64 = 0
+    var bytesCompleted: UInt64 = 0
+    var opsFailed: UInt64 = 0
+
+    init(engine: any EngineChannel, window: Int) {
+        self.engine = engine
+        let window = max(1, min(window, engine.info.maxDepth == 0 ? window : Int(engine.info.maxDepth)))
+        active = Deque(minimumCapacity: 64)
+        slots = Array(repeating: .empty, count: window)
+        freeSlots = Array((0..<window).reversed())
+    }
+
+    /// Ops in the engine now.
+    var inEngine: Int { slots.count - freeSlots.count }
+    /// Whether no op is in the engine or waiting for it.
+    var isIdle: Bool { inEngine == 0 && active.isEmpty }
+
+    /// Puts `queue` in the turn order if it has pending ops and is not there yet.
+    func schedule(_ queue: Queue) {
+        guard !queue.isScheduled, !queue.pending.isEmpty else { return }
+        queue.isScheduled = true
+        active.append(queue)
+    }
+
+    /// Moves pending ops into the engine while the window has room, then rings the doorbell once.
+    /// A FENCE op waits until every earlier op of its queue has completed (SPEC.md §6.2).
+    func dispatch() {
+        var started = false
+        while !freeSlots.isEmpty, engine.freeSlots > 0, let queue = active.popFirst() {
+            queue.isScheduled = false
+            guard queue.connection != nil, let op = queue.pending.first else { continue }
+            // Re-scheduled by `complete` when its last in-engine op finishes.
+            if op.flags.contains(.fence) && queue.inEngine > 0 { continue }
+            queue.pending.removeFirst()
+            let slot = freeSlots.removeLast()
+            slots[slot] = InflightOp(queue: queue, cookie: op.cookie, opcode: op.opcode, flags: op.flags,
+                                     length: op.length, source: op.source, destination: op.destination)
+            let accepted = engine.enqueue(op.engineOp(engineCookie: UInt64(slot)))
+            precondition(accepted, "engine refused an op although it reported free slots")
+            queue.inEngine += 1
+            started = true
+            schedule(queue)
+        }
+        if started { engine.submit() }
+    }
+
+    /// Takes back the slot of a finished engine op and returns what it was.
+    func complete(slot: Int) -> InflightOp {
+        let op = slots[slot]
+        slots[slot] = .empty
+        freeSlots.append(slot)
+        return op
+    }
+
+    /// Drops every pending op of `queue` (its connection closed) so their buffers can be unmapped.
+    func cancelPending(of queue: Queue) {
+        queue.outstanding -= queue.pending.count
+        queue.pending.removeAll()
+    }
+}

@@ -1,0 +1,328 @@
+import Glibc
+import IOATProtocol
+import IOATSystem
+
+extension IOATServer {
+    /// Checks the transport-level facts of a packet (size, attached descriptors), then handles it.
+    func handlePacket(_ connection: Connection, _ packet: ReceivedPacket) {
+        let bytes = UnsafeRawBufferPointer(rebasing: connection.receiveBuffer[0..<packet.count])
+        let requestID = WireReader(bytes).get(at: 16, as: UInt64.self) ?? 0
+        if packet.isTruncated {
+            refuse(connection, ProtocolError(.tooLarge, "packet of \(packet.fullSize) bytes exceeds the maximum of \(configuration.maxMessage)"),
+                   requestID: requestID)
+            return
+        }
+        if packet.foreignControl {
+            refuse(connection, ProtocolError(.unexpectedFD, "control messages other than SCM_RIGHTS are not accepted; they were discarded"),
+                   requestID: requestID)
+            return
+        }
+        handleRequest(connection, packet: bytes, fds: packet.fds, fdsReceived: packet.fdsReceived)
+    }
+
+    /// Decodes and carries out one request. Every refusal is an ERROR with the spec's code; descriptors
+    /// not kept are closed when `fds` goes out of scope.
+    func handleRequest(_ connection: Connection, packet: UnsafeRawBufferPointer, fds: [FileDescriptor], fdsReceived: Int = 0) {
+        let requestID = WireReader(packet).get(at: 16, as: UInt64.self) ?? 0
+        do throws(ProtocolError) {
+            let (header, message) = try Message.decode(packet, version: connection.version,
+                                                       maxDescriptors: configuration.maxDescriptors)
+            guard let type = MessageType(rawValue: header.type), type.isRequest else {
+                throw ProtocolError(.unexpectedType, "message type \(MessageType(rawValue: header.type)?.name ?? "?") is sent by the server, not to it")
+            }
+            let received = max(fdsReceived, fds.count)
+            if type.carriesFD {
+                guard received == 1 else {
+                    throw ProtocolError(.missingFD, "\(type.name) needs exactly one file descriptor, got \(received)")
+                }
+            } else if received > 0 {
+                throw ProtocolError(.unexpectedFD, "\(type.name) takes no file descriptors, got \(received); they were closed")
+            }
+            if !connection.negotiated && type != .hello {
+                throw ProtocolError(.notNegotiated, "\(type.name) before HELLO; the first message must be HELLO")
+            }
+            if state != .serving && (type == .submit || type == .alloc || type == .register || type == .open) {
+                throw ProtocolError(.shuttingDown, "the server is stopping and takes no new \(type.name)")
+            }
+            switch message {
+            case .hello(let hello): try handleHello(connection, hello, requestID: requestID)
+            case .alloc(let alloc): try handleAllocate(connection, alloc, requestID: requestID)
+            case .register: try handleRegister(connection, fds[0], requestID: requestID)
+            case .free(let handle): try handleFree(connection, handle: handle, requestID: requestID)
+            case .open(let channel, let depth): try handleOpen(connection, channel: channel, depth: depth, requestID: requestID)
+            case .close(let queue): try handleClose(connection, queue: queue, requestID: requestID)
+            case .submit(let submit): try handleSubmit(connection, submit, packetLength: packet.count)
+            case .status: reply(connection, .statusReply(json: statusJSON()), requestID: requestID)
+            default: preconditionFailure("request types are covered above")
+            }
+        } catch {
+            refuse(connection, error, requestID: requestID)
+        }
+    }
+
+    private func handleHello(_ connection: Connection, _ hello: Hello, requestID: UInt64) throws(ProtocolError) {
+        guard !connection.negotiated else { throw ProtocolError(.alreadyNegotiated, "HELLO was already answered on this connection") }
+        guard hello.minVersion <= Wire.version && Wire.version <= hello.maxVersion else {
+            throw ProtocolError(.unsupportedVersion,
+                                "client speaks versions \(hello.minVersion)...\(hello.maxVersion); this server speaks \(Wire.version)")
+        }
+        connection.negotiated = true
+        connection.version = Wire.version
+        let answer = HelloReply(
+            version: Wire.version, features: 0, maxMessage: UInt32(configuration.maxMessage),
+            maxDescriptors: UInt32(configuration.maxDescriptors), maxQueueDepth: UInt32(configuration.maxQueueDepth),
+            maxQueues: UInt32(configuration.maxQueues), maxBuffers: UInt32(configuration.maxBuffers),
+            maxBufferBytes: configuration.maxBufferBytes, hugepageSize: configuration.hugepages ? hugepageSize : 0,
+            channels: engine.channels.map(\.info))
+        reply(connection, .helloReply(answer), requestID: requestID)
+    }
+
+    private func checkBufferQuota(_ connection: Connection, adding size: UInt64) throws(ProtocolError) {
+        guard connection.buffers.count < configuration.maxBuffers else {
+            throw ProtocolError(.quotaExceeded, "connection already has \(connection.buffers.count) buffers; the limit is \(configuration.maxBuffers)")
+        }
+        let (total, overflow) = connection.bufferBytes.addingReportingOverflow(size)
+        guard !overflow, total <= configuration.maxBufferBytes else {
+            throw ProtocolError(.quotaExceeded,
+                                "\(size) more bytes would bring this connection to \(overflow ? "more than 2^64" : "\(total)") buffer bytes; the limit is \(configuration.maxBufferBytes)")
+        }
+    }
+
+    private func nextHandle(_ connection: Connection) -> UInt32 {
+        let handle = connection.nextHandle
+        connection.nextHandle = connection.nextHandle == UInt32.max ? 1 : connection.nextHandle + 1
+        return handle
+    }
+
+    private func handleAllocate(_ connection: Connection, _ request: Alloc, requestID: UInt64) throws(ProtocolError) {
+        let wantHuge = request.pages != .normal && configuration.hugepages && hugepageSize > 0
+        if request.pages == .requireHuge && !wantHuge {
+            throw ProtocolError(.noHugepages, "ALLOC of \(request.size) bytes requires hugepages, but this server has none configured")
+        }
+        func rounded(_ page: UInt64) throws(ProtocolError) -> UInt64 {
+            let (sum, overflow) = request.size.addingReportingOverflow(page - 1)
+            guard !overflow, sum / page * page <= UInt64(Int.max) else {
+                throw ProtocolError(.badLength, "ALLOC size \(request.size) is too large")
+            }
+            return sum / page * page
+        }
+        let smallPage = UInt64(sysconf(Int32(_SC_PAGESIZE)))
+        try checkBufferQuota(connection, adding: try rounded(smallPage))
+        let handle = nextHandle(connection)
+        let name = "ioatd:\(connection.id):\(handle)"
+
+        var created: (FileDescriptor, Mapping, UInt64)? = nil
+        var hugeFailure: SystemError? = nil
+        if wantHuge {
+            let size = try rounded(hugepageSize)
+            try checkBufferQuota(connection, adding: size)
+            do throws(SystemError) {
+                let fd = try Memfd.create(name: name, size: size, hugepages: true)
+                created = (fd, try Mapping(fd: fd, length: Int(size), writable: true, populate: true), hugepageSize)
+            } catch {
+                hugeFailure = error
+            }
+        }
+        if created == nil {
+            if request.pages == .requireHuge {
+                throw ProtocolError(.noHugepages, "ALLOC of \(request.size) bytes requires hugepages: \(hugeFailure.map { "\($0)" } ?? "none")")
+            }
+            if let hugeFailure {
+                logger.warning("hugepages unavailable; using 4 KiB pages", metadata: [
+                    "client": "\(connection.id)", "size": "\(request.size)", "error": "\(hugeFailure)",
+                ])
+            }
+            let size = try rounded(smallPage)
+            do throws(SystemError) {
+                let fd = try Memfd.create(name: name, size: size, hugepages: false)
+                created = (fd, try Mapping(fd: fd, length: Int(size), writable: true, populate: true), smallPage)
+            } catch {
+                throw ProtocolError(.noMemory, "ALLOC of \(request.size) bytes failed: \(error)")
+            }
+        }
+        let (fd, mapping, pageSize) = created!
+        do throws(SystemError) {
+            try Memfd.addSeals([.shrink, .grow, .seal], to: fd)
+        } catch {
+            throw ProtocolError(.internal, "sealing the new buffer failed: \(error)")
+        }
+        var flags: BufferReply.Flags = pageSize > smallPage ? [.hugepages] : []
+        if configuration.lockBuffers {
+            do throws(SystemError) {
+                try mapping.lock()
+                flags.insert(.locked)
+            } catch {
+                logger.debug("mlock failed; buffer not locked", metadata: ["client": "\(connection.id)", "error": "\(error)"])
+            }
+        }
+        let buffer = SharedBuffer(handle: handle, mapping: mapping, flags: flags, pageSize: pageSize)
+        connection.buffers[handle] = buffer
+        connection.bufferBytes += buffer.size
+        reply(connection, .allocReply(buffer.reply), requestID: requestID, fds: [fd])
+    }
+
+    private func handleRegister(_ connection: Connection, _ fd: FileDescriptor, requestID: UInt64) throws(ProtocolError) {
+        let seals: Seals
+        do throws(SystemError) {
+            seals = try Memfd.seals(of: fd)
+        } catch {
+            throw ProtocolError(.notMemfd, "REGISTER takes a memfd; descriptor \(fd.rawValue) is not sealable (\(error))")
+        }
+        guard Memfd.isMemfd(fd) else {
+            throw ProtocolError(.notMemfd, "REGISTER takes a memfd; the descriptor passed is another kind of file")
+        }
+        guard seals.contains(.shrink) else {
+            throw ProtocolError(.notSealed, "REGISTER needs F_SEAL_SHRINK on the memfd (seals present: 0x\(String(seals.rawValue, radix: 16)))")
+        }
+        let size: UInt64
+        let blockSize: UInt64
+        do throws(SystemError) {
+            size = try fd.size()
+            blockSize = try fd.blockSize()
+        } catch {
+            throw ProtocolError(.internal, "fstat on the registered memfd failed: \(error)")
+        }
+        guard size > 0 else { throw ProtocolError(.badLength, "REGISTER of an empty memfd (size 0)") }
+        guard size <= UInt64(Int.max) else { throw ProtocolError(.badLength, "REGISTER of a memfd of \(size) bytes is too large") }
+        try checkBufferQuota(connection, adding: size)
+        var flags: BufferReply.Flags = []
+        let mapping: Mapping
+        do throws(SystemError) {
+            mapping = try Mapping(fd: fd, length: Int(size), writable: true, populate: true)
+        } catch where error.errno == EPERM || error.errno == EACCES {
+            do throws(SystemError) {
+                mapping = try Mapping(fd: fd, length: Int(size), writable: false, populate: true)
+                flags.insert(.readOnly)
+            } catch {
+                throw ProtocolError(.noMemory, "mapping the registered memfd (\(size) bytes) failed: \(error)")
+            }
+        } catch {
+            throw ProtocolError(.noMemory, "mapping the registered memfd (\(size) bytes) failed: \(error)")
+        }
+        let smallPage = UInt64(sysconf(Int32(_SC_PAGESIZE)))
+        if blockSize > smallPage { flags.insert(.hugepages) }
+        let handle = nextHandle(connection)
+        let buffer = SharedBuffer(handle: handle, mapping: mapping, flags: flags, pageSize: max(blockSize, smallPage))
+        connection.buffers[handle] = buffer
+        connection.bufferBytes += buffer.size
+        reply(connection, .registerReply(buffer.reply), requestID: requestID)
+    }
+
+    private func handleFree(_ connection: Connection, handle: UInt32, requestID: UInt64) throws(ProtocolError) {
+        guard let buffer = connection.buffers.removeValue(forKey: handle) else {
+            throw ProtocolError(.badHandle, "FREE of handle \(handle), which is not open on this connection")
+        }
+        connection.bufferBytes -= buffer.size
+        reply(connection, .freeReply, requestID: requestID)
+    }
+
+    private func handleOpen(_ connection: Connection, channel: UInt32, depth: UInt32, requestID: UInt64) throws(ProtocolError) {
+        guard connection.queues.count < configuration.maxQueues else {
+            throw ProtocolError(.quotaExceeded, "connection already has \(connection.queues.count) queues; the limit is \(configuration.maxQueues)")
+        }
+        let index: Int
+        if channel == Wire.anyChannel {
+            index = schedulers.indices.min { schedulers[$0].queueCount < schedulers[$1].queueCount }!
+        } else {
+            guard Int(channel) < schedulers.count else {
+                throw ProtocolError(.badChannel, "channel \(channel) does not exist; this server has channels 0...\(schedulers.count - 1)")
+            }
+            index = Int(channel)
+        }
+        let maxDepth = min(configuration.maxQueueDepth, Int(schedulers[index].engine.info.maxDepth))
+        guard depth >= 1, Int(depth) <= maxDepth else {
+            throw ProtocolError(.badDepth, "queue depth \(depth) is outside 1...\(maxDepth)")
+        }
+        var id = connection.nextQueue
+        while connection.queues[id] != nil || id == 0 { id &+= 1 }
+        connection.nextQueue = id &+ 1
+        connection.queues[id] = Queue(id: id, channel: index, depth: Int(depth), connection: connection)
+        schedulers[index].queueCount += 1
+        reply(connection, .openReply(OpenReply(queue: id, channel: UInt32(index), depth: depth)), requestID: requestID)
+    }
+
+    private func handleClose(_ connection: Connection, queue id: UInt32, requestID: UInt64) throws(ProtocolError) {
+        guard let queue = connection.queues[id] else {
+            throw ProtocolError(.badQueue, "CLOSE of queue \(id), which is not open on this connection")
+        }
+        guard queue.outstanding == 0 else {
+            throw ProtocolError(.busy, "queue \(id) has \(queue.outstanding) ops whose completions are not delivered yet")
+        }
+        connection.queues[id] = nil
+        queue.connection = nil
+        schedulers[queue.channel].queueCount -= 1
+        reply(connection, .closeReply, requestID: requestID)
+    }
+
+    /// Resolves a descriptor's range in one of the connection's buffers (SPEC.md §6.3).
+    private func resolve(_ connection: Connection, _ address: BufferAddress, length: UInt64, role: String, index: Int,
+                         writing: Bool) throws(ProtocolError) -> SharedBuffer {
+        guard let buffer = connection.buffers[address.handle] else {
+            throw ProtocolError(.badHandle, "descriptor \(index): \(role) handle \(address.handle) is not open on this connection",
+                                index: UInt32(index))
+        }
+        let (end, overflow) = address.offset.addingReportingOverflow(length)
+        guard !overflow else {
+            throw ProtocolError(.overflow, "descriptor \(index): \(role) offset \(address.offset) + length \(length) overflows 64 bits",
+                                index: UInt32(index))
+        }
+        guard end <= buffer.size else {
+            throw ProtocolError(.outOfRange,
+                                "descriptor \(index): \(role) offset \(address.offset) + length \(length) exceeds buffer \(address.handle) (size \(buffer.size))",
+                                index: UInt32(index))
+        }
+        if writing && buffer.flags.contains(.readOnly) {
+            throw ProtocolError(.readOnly, "descriptor \(index): \(role) buffer \(address.handle) is registered read-only",
+                                index: UInt32(index))
+        }
+        return buffer
+    }
+
+    /// Validates a whole SUBMIT, then queues all of it or none of it (SPEC.md §6.3). Parks it when the
+    /// queue lacks credits and no descriptor says NO_WAIT.
+    private func handleSubmit(_ connection: Connection, _ submit: SubmitView, packetLength: Int) throws(ProtocolError) {
+        guard let queue = connection.queues[submit.queue] else {
+            throw ProtocolError(.badQueue, "SUBMIT to queue \(submit.queue), which is not open on this connection")
+        }
+        guard submit.count <= queue.depth else {
+            throw ProtocolError(.badCount, "SUBMIT of \(submit.count) descriptors to queue \(queue.id) of depth \(queue.depth)")
+        }
+        let info = schedulers[queue.channel].engine.info
+        var noWait = false
+        for i in 0..<submit.count {
+            let d = try submit.descriptor(at: i)
+            guard info.supports(d.opcode) else {
+                throw ProtocolError(.unsupportedOpcode, "descriptor \(i): channel \(info.index) (\(info.name)) does not run \(d.opcode.name)",
+                                    index: UInt32(i))
+            }
+            guard d.length <= UInt64(Int.max) else {
+                throw ProtocolError(.badLength, "descriptor \(i): length \(d.length) is too large", index: UInt32(i))
+            }
+            if d.opcode.readsSource { _ = try resolve(connection, d.source, length: d.length, role: "source", index: i, writing: false) }
+            if d.opcode.writesDestination {
+                _ = try resolve(connection, d.destination, length: d.length, role: "destination", index: i, writing: true)
+            }
+            if d.flags.contains(.noWait) { noWait = true }
+        }
+        if submit.count > queue.freeCredits {
+            if noWait {
+                throw ProtocolError(.noSpace, "queue \(queue.id) has \(queue.freeCredits) free credits; the SUBMIT needs \(submit.count) (NO_WAIT)")
+            }
+            connection.parkedLength = packetLength
+            parked.append(connection)
+            return
+        }
+        for i in 0..<submit.count {
+            let d = try submit.descriptor(at: i)
+            let source = d.opcode.readsSource ? connection.buffers[d.source.handle] : nil
+            let destination = d.opcode.writesDestination ? connection.buffers[d.destination.handle] : nil
+            queue.pending.append(PendingOp(cookie: d.cookie, opcode: d.opcode, flags: d.flags, source: source,
+                                           sourceOffset: Int(d.source.offset), destination: destination,
+                                           destinationOffset: Int(d.destination.offset), length: Int(d.length), arg: d.arg))
+        }
+        queue.outstanding += submit.count
+        let scheduler = schedulers[queue.channel]
+        scheduler.schedule(queue)
+        scheduler.dispatch()
+    }
+}

@@ -1,0 +1,133 @@
+import Glibc
+import IOATProtocol
+
+/// A minimal JSON writer for the STATUS reply (SPEC.md §5.6); keys are written in the order given.
+struct JSONWriter {
+    private(set) var text = ""
+    private var needsComma = [false]
+
+    mutating func beginObject(_ key: String? = nil) { open(key, "{") }
+    mutating func endObject() { close("}") }
+    mutating func beginArray(_ key: String? = nil) { open(key, "[") }
+    mutating func endArray() { close("]") }
+
+    mutating func field(_ key: String, _ value: String) {
+        separate(key)
+        text += Self.quoted(value)
+    }
+    mutating func field<T: BinaryInteger>(_ key: String, _ value: T) {
+        separate(key)
+        text += "\(value)"
+    }
+    mutating func field(_ key: String, _ value: Double) {
+        separate(key)
+        text += value.isFinite ? "\(value)" : "null"
+    }
+    mutating func field(_ key: String, _ value: Bool) {
+        separate(key)
+        text += value ? "true" : "false"
+    }
+
+    private mutating func open(_ key: String?, _ bracket: String) {
+        separate(key)
+        text += bracket
+        needsComma.append(false)
+    }
+    private mutating func close(_ bracket: String) {
+        needsComma.removeLast()
+        text += bracket
+    }
+    private mutating func separate(_ key: String?) {
+        if needsComma[needsComma.count - 1] { text += "," }
+        needsComma[needsComma.count - 1] = true
+        if let key { text += Self.quoted(key) + ":" }
+    }
+
+    static func quoted(_ s: String) -> String {
+        var out = "\""
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20:
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+}
+
+extension IOATServer {
+    /// The STATUS document: server, channels, clients and buffer totals (SPEC.md §5.6).
+    func statusJSON() -> String {
+        var j = JSONWriter()
+        j.beginObject()
+        j.beginObject("server")
+        j.field("protocol_version", Int(Wire.version))
+        j.field("pid", Int(getpid()))
+        j.field("state", state.rawValue)
+        j.field("engine", engine.name)
+        j.field("socket", configuration.socketPath)
+        j.field("uptime_seconds", ((Self.now() - startedAt) * 1000).rounded() / 1000)
+        j.field("hugepage_size", hugepageSize)
+        j.field("connections", connections.count)
+        j.field("connections_accepted", connectionsAccepted)
+        j.field("connections_refused", connectionsRefused)
+        j.endObject()
+        j.beginArray("channels")
+        for s in schedulers {
+            let info = s.engine.info
+            j.beginObject()
+            j.field("index", info.index)
+            j.field("name", info.name)
+            j.field("engine", info.engine == .cpu ? "cpu" : "dpdk")
+            j.field("hardware_version", info.hardwareVersion)
+            j.field("opcodes", Opcode.allCases.filter(info.supports).map(\.name).joined(separator: ","))
+            j.field("max_transfer", info.maxTransfer)
+            j.field("max_depth", info.maxDepth)
+            j.field("max_coalesce_us", info.maxCoalesceMicroseconds)
+            j.field("queues", s.queueCount)
+            j.field("in_engine", s.inEngine)
+            j.field("ops", s.opsCompleted)
+            j.field("bytes", s.bytesCompleted)
+            j.field("errors", s.opsFailed)
+            j.endObject()
+        }
+        j.endArray()
+        var bufferCount = 0
+        var bufferBytes: UInt64 = 0
+        var hugeBuffers = 0
+        j.beginArray("clients")
+        for c in connections.values.sorted(by: { $0.id < $1.id }) {
+            bufferCount += c.buffers.count
+            bufferBytes += c.bufferBytes
+            hugeBuffers += c.buffers.values.filter { $0.flags.contains(.hugepages) }.count
+            j.beginObject()
+            j.field("id", c.id)
+            j.field("pid", Int(c.peer.pid))
+            j.field("uid", c.peer.uid)
+            j.field("gid", c.peer.gid)
+            j.field("buffers", c.buffers.count)
+            j.field("buffer_bytes", c.bufferBytes)
+            j.field("queues", c.queues.count)
+            j.field("requests", c.requests)
+            j.field("errors", c.errors)
+            j.field("ops", c.queues.values.reduce(UInt64(0)) { $0 + $1.opsCompleted })
+            j.field("bytes", c.queues.values.reduce(UInt64(0)) { $0 + $1.bytesCompleted })
+            j.endObject()
+        }
+        j.endArray()
+        j.beginObject("buffers")
+        j.field("count", bufferCount)
+        j.field("bytes", bufferBytes)
+        j.field("hugepage_backed", hugeBuffers)
+        j.endObject()
+        j.endObject()
+        return j.text
+    }
+}

@@ -1,0 +1,391 @@
+import Glibc
+import IOATEngine
+import IOATProtocol
+import IOATSystem
+import Logging
+import Synchronization
+
+/// The ioatd broker. `run()` is its whole life: it serves until asked to stop, drains, and returns.
+///
+/// One event-loop thread owns every connection, queue and buffer table; engines run ops on their own
+/// threads and signal the loop through one eventfd. Nothing on the per-op path allocates or takes a lock.
+public final class IOATServer: @unchecked Sendable {
+    /// Where the server is in its life.
+    public enum State: String, Sendable {
+        case starting, serving, draining, stopped
+    }
+
+    let configuration: ServerConfiguration
+    let engine: any Engine
+    let logger: Logger
+    let schedulers: [ChannelScheduler]
+    private let listener: FileDescriptor
+    private let epoll: Epoll
+    private let wakeup: EventFD
+    private let signals: SignalFD?
+    private let stopRequested = Atomic<Int>(0)
+    private let publishedState = Mutex<State>(.starting)
+    /// Hugepage size of this machine (from /proc/meminfo), 0 when unknown.
+    let hugepageSize: UInt64
+    let startedAt: Double
+
+    var connections: [UInt64: Connection] = [:]
+    private var nextConnectionID: UInt64 = 1
+    /// Connections with a SUBMIT waiting for credits.
+    var parked: [Connection] = []
+    /// Queues with completion records to send, gathered while reaping.
+    private var flushList: [Queue] = []
+    private let reapBuffer: UnsafeMutableBufferPointer<EngineCompletion>
+    var state: State = .starting {
+        didSet { publishedState.withLock { $0 = state } }
+    }
+    /// Lifetime counters.
+    var connectionsAccepted: UInt64 = 0
+    var connectionsRefused: UInt64 = 0
+
+    private static let listenerToken: UInt64 = 0
+    private static let engineToken: UInt64 = 1
+    private static let wakeupToken: UInt64 = 2
+    private static let signalToken: UInt64 = 3
+    private static let firstConnectionToken: UInt64 = 16
+
+    /// Creates a server on `engine`. With `listener`, serves that already-listening socket (socket
+    /// activation); otherwise binds `configuration.socketPath`. With `signals` (a SignalFD for SIGTERM
+    /// and SIGINT, made before any thread starts), the first signal starts a graceful stop and a second
+    /// one stops at once.
+    public init(configuration: ServerConfiguration, engine: any Engine, logger: Logger,
+                listener: FileDescriptor? = nil, signals: SignalFD? = nil) throws(SystemError) {
+        self.configuration = configuration
+        self.engine = engine
+        self.logger = logger
+        self.signals = signals
+        if let listener {
+            try listener.setNonBlocking(true)
+            self.listener = listener
+        } else {
+            self.listener = try UnixSocket.listen(path: configuration.socketPath, mode: mode_t(configuration.socketMode))
+        }
+        epoll = try Epoll()
+        wakeup = try EventFD()
+        schedulers = engine.channels.map { ChannelScheduler(engine: $0, window: configuration.engineWindow) }
+        reapBuffer = .allocate(capacity: 256)
+        reapBuffer.initialize(repeating: .empty)
+        hugepageSize = Self.readHugepageSize()
+        startedAt = Self.now()
+        try epoll.add(self.listener.rawValue, .readable, token: Self.listenerToken)
+        try epoll.add(engine.notifier.fd.rawValue, .readable, token: Self.engineToken)
+        try epoll.add(wakeup.fd.rawValue, .readable, token: Self.wakeupToken)
+        if let signals { try epoll.add(signals.fd.rawValue, .readable, token: Self.signalToken) }
+    }
+
+    deinit {
+        reapBuffer.deallocate()
+    }
+
+    /// The current state, readable from any thread.
+    public var currentState: State { publishedState.withLock { $0 } }
+
+    /// Asks `run()` to stop gracefully (first call) or at once (second call). Safe from any thread.
+    public func requestStop() {
+        stopRequested.add(1, ordering: .sequentiallyConsistent)
+        wakeup.signal()
+    }
+
+    /// Serves until stopped, then drains in-flight ops (bounded by `drainTimeoutMilliseconds`), closes
+    /// every connection and stops the engine.
+    public func run() throws(SystemError) {
+        state = .serving
+        logger.info("serving", metadata: [
+            "socket": "\(configuration.socketPath)", "engine": "\(engine.name)",
+            "channels": "\(engine.channels.count)", "hugepage_size": "\(hugepageSize)",
+        ])
+        var drainDeadline = Double.infinity
+        while true {
+            let stops = stopRequested.load(ordering: .sequentiallyConsistent)
+            if stops >= 2 { break }
+            if stops == 1 && state == .serving {
+                state = .draining
+                drainDeadline = Self.now() + Double(configuration.drainTimeoutMilliseconds) / 1000
+                epoll.remove(listener.rawValue)
+                logger.info("draining", metadata: ["in_flight": "\(schedulers.reduce(0) { $0 + $1.inEngine })"])
+            }
+            if state == .draining {
+                if schedulers.allSatisfy({ $0.isIdle }) && connections.values.allSatisfy({ $0.backlog.isEmpty }) { break }
+                if Self.now() >= drainDeadline {
+                    logger.warning("drain timed out; stopping with ops in flight")
+                    break
+                }
+            }
+            let timeout: Int32 = state == .draining ? 50 : -1
+            let n = try epoll.wait(timeoutMilliseconds: timeout)
+            for i in 0..<n {
+                let (token, ready) = epoll.event(at: i)
+                switch token {
+                case Self.listenerToken: acceptConnections()
+                case Self.engineToken:
+                    engine.notifier.drain()
+                    reapCompletions()
+                case Self.wakeupToken: wakeup.drain()
+                case Self.signalToken: handleSignals()
+                default:
+                    guard let connection = connections[token] else { continue }
+                    if ready.contains(.writable) || ready.contains(.error) { connectionWritable(connection) }
+                    if ready.contains(.readable) || ready.contains(.hangup) { connectionReadable(connection) }
+                }
+            }
+        }
+        for connection in Array(connections.values) { close(connection, reason: "server stopping") }
+        engine.shutdown()
+        state = .stopped
+        logger.info("stopped")
+    }
+
+    private func handleSignals() {
+        guard let signals else { return }
+        while let signal = signals.next() {
+            logger.notice("signal received", metadata: ["signal": "\(signal)"])
+            stopRequested.add(1, ordering: .sequentiallyConsistent)
+        }
+    }
+
+    // MARK: Connections
+
+    private func acceptConnections() {
+        while true {
+            let fd: FileDescriptor
+            do throws(SystemError) {
+                guard let accepted = try UnixSocket.accept(listener) else { return }
+                fd = accepted
+            } catch {
+                logger.error("accept failed", metadata: ["error": "\(error)"])
+                return
+            }
+            guard let peer = try? UnixSocket.peerCredentials(fd) else { continue }
+            guard connections.count < configuration.maxConnections else {
+                connectionsRefused += 1
+                logger.warning("connection refused: limit reached", metadata: [
+                    "pid": "\(peer.pid)", "uid": "\(peer.uid)", "max_connections": "\(configuration.maxConnections)",
+                ])
+                continue
+            }
+            let id = nextConnectionID + Self.firstConnectionToken
+            nextConnectionID += 1
+            let connection = Connection(id: id, fd: fd, peer: peer, maxMessage: configuration.maxMessage, now: Self.now())
+            do throws(SystemError) {
+                try epoll.add(fd.rawValue, .readable, token: id)
+            } catch {
+                logger.error("epoll add failed", metadata: ["error": "\(error)"])
+                continue
+            }
+            connections[id] = connection
+            connectionsAccepted += 1
+            logger.info("client connected", metadata: [
+                "client": "\(id)", "pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)",
+            ])
+        }
+    }
+
+    /// Closes `connection`: stops watching it, drops its pending ops and tables. Ops already in the
+    /// engine finish; their buffers are unmapped when the last of them completes.
+    func close(_ connection: Connection, reason: String) {
+        guard !connection.isClosed else { return }
+        connection.isClosed = true
+        epoll.remove(connection.fd.rawValue)
+        _ = shutdown(connection.fd.rawValue, Int32(SHUT_RDWR))
+        connections[connection.id] = nil
+        parked.removeAll { $0 === connection }
+        for queue in connection.queues.values {
+            schedulers[queue.channel].cancelPending(of: queue)
+            schedulers[queue.channel].queueCount -= 1
+            queue.connection = nil
+            queue.undelivered.removeAll()
+        }
+        connection.queues.removeAll()
+        connection.buffers.removeAll()
+        connection.backlog.removeAll()
+        logger.info("client disconnected", metadata: [
+            "client": "\(connection.id)", "pid": "\(connection.peer.pid)", "reason": "\(reason)",
+        ])
+    }
+
+    private func updateInterest(_ connection: Connection) {
+        guard !connection.isClosed else { return }
+        var wanted: Epoll.Events = []
+        if connection.wantsToRead { wanted.insert(.readable) }
+        if !connection.backlog.isEmpty { wanted.insert(.writable) }
+        guard wanted != connection.interest else { return }
+        connection.interest = wanted
+        do throws(SystemError) {
+            try epoll.modify(connection.fd.rawValue, wanted, token: connection.id)
+        } catch {
+            close(connection, reason: "epoll: \(error)")
+        }
+    }
+
+    private func connectionWritable(_ connection: Connection) {
+        do throws(SystemError) {
+            try connection.flushBacklog { queue, records in queue.outstanding -= records }
+        } catch {
+            close(connection, reason: "send: \(error)")
+            return
+        }
+        updateInterest(connection)
+        resumeParked()
+        if connection.wantsToRead { connectionReadable(connection) }
+    }
+
+    /// Reads and handles up to a bounded number of packets, so one busy client cannot hold the loop.
+    private func connectionReadable(_ connection: Connection) {
+        var budget = 64
+        while budget > 0 && connection.wantsToRead {
+            budget -= 1
+            let packet: ReceivedPacket
+            do throws(SystemError) {
+                packet = try UnixSocket.receive(connection.fd, into: connection.receiveBuffer)
+            } catch where error.errno == EAGAIN {
+                break
+            } catch {
+                close(connection, reason: "receive: \(error)")
+                return
+            }
+            if packet.isEndOfStream {
+                close(connection, reason: "client closed the connection")
+                return
+            }
+            connection.requests += 1
+            handlePacket(connection, packet)
+        }
+        updateInterest(connection)
+        if connection.wantsToRead && budget == 0 {
+            // More may be waiting; epoll is level-triggered and will report it again.
+        }
+    }
+
+    /// Sends the reply to a request; closes the connection if the socket failed.
+    func reply(_ connection: Connection, _ message: Message, requestID: UInt64, fds: [FileDescriptor] = []) {
+        let bytes = message.encode(requestID: requestID, version: connection.version)
+        let result = bytes.withUnsafeBytes { connection.send($0, fds: fds) }
+        if case .failed(let error) = result { close(connection, reason: "send: \(error)") }
+        updateInterest(connection)
+    }
+
+    /// Sends ERROR for a refused request; closes the connection when the code says so (SPEC.md §7).
+    func refuse(_ connection: Connection, _ error: ProtocolError, requestID: UInt64) {
+        connection.errors += 1
+        logger.debug("request refused", metadata: [
+            "client": "\(connection.id)", "code": "\(error.code.name)", "message": "\(error.message)",
+        ])
+        reply(connection, .error(ErrorReply(error)), requestID: requestID)
+        if error.code.closesConnection { close(connection, reason: "protocol error \(error.code.name)") }
+    }
+
+    // MARK: Completions
+
+    /// Collects finished ops from every channel, routes their records to queues, sends the records that
+    /// reached a flush point, and refills the engine windows.
+    func reapCompletions() {
+        for scheduler in schedulers {
+            while true {
+                let n = scheduler.engine.reap(into: reapBuffer)
+                if n == 0 { break }
+                for i in 0..<n { complete(reapBuffer[i], on: scheduler) }
+            }
+            scheduler.dispatch()
+        }
+        for queue in flushList { flush(queue) }
+        flushList.removeAll(keepingCapacity: true)
+        resumeParked()
+    }
+
+    private func complete(_ completion: EngineCompletion, on scheduler: ChannelScheduler) {
+        let op = scheduler.complete(slot: Int(completion.cookie))
+        guard let queue = op.queue else { preconditionFailure("engine completed an unknown slot \(completion.cookie)") }
+        queue.inEngine -= 1
+        let failed = !completion.status.isSuccess
+        scheduler.opsCompleted += 1
+        scheduler.bytesCompleted += completion.bytesDone
+        queue.opsCompleted += 1
+        queue.bytesCompleted += completion.bytesDone
+        if failed {
+            scheduler.opsFailed += 1
+            queue.opsFailed += 1
+        }
+        guard queue.connection != nil else {
+            queue.outstanding -= 1  // orphaned: its client is gone
+            return
+        }
+        queue.undelivered.append(CompletionRecord(cookie: op.cookie, status: completion.status, opcode: op.opcode.rawValue,
+                                                  result: completion.result, bytesDone: completion.bytesDone))
+        // Flush points (SPEC.md §6.4): an INT_EN op, a failure, the queue going idle, or a full message.
+        if op.flags.contains(.interrupt) || failed || queue.isIdle
+            || queue.undelivered.count >= configuration.maxRecordsPerMessage
+        {
+            if !queue.needsFlush {
+                queue.needsFlush = true
+                flushList.append(queue)
+            }
+        }
+        scheduler.schedule(queue)
+    }
+
+    /// Sends a queue's undelivered records as COMPLETION messages.
+    private func flush(_ queue: Queue) {
+        queue.needsFlush = false
+        guard let connection = queue.connection, !queue.undelivered.isEmpty else { return }
+        var start = 0
+        while start < queue.undelivered.count {
+            let count = min(configuration.maxRecordsPerMessage, queue.undelivered.count - start)
+            connection.scratch.bytes.removeAll(keepingCapacity: true)
+            let length = Wire.headerSize + 8 + count * CompletionRecord.size
+            MessageHeader(version: connection.version, type: .completion, length: UInt32(length), requestID: 0)
+                .encode(into: &connection.scratch)
+            connection.scratch.write(queue.id)
+            connection.scratch.write(UInt32(count))
+            for i in start..<start + count { queue.undelivered[i].encode(into: &connection.scratch) }
+            let result = connection.scratch.bytes.withUnsafeBytes { connection.send($0, queue: queue, records: count) }
+            switch result {
+            case .sent: queue.outstanding -= count
+            case .queued: break
+            case .failed(let error):
+                close(connection, reason: "send: \(error)")
+                return
+            }
+            start += count
+        }
+        queue.undelivered.removeAll(keepingCapacity: true)
+        updateInterest(connection)
+    }
+
+    /// Retries parked SUBMITs whose queues may have credits again.
+    private func resumeParked() {
+        guard !parked.isEmpty else { return }
+        let waiting = parked
+        parked.removeAll(keepingCapacity: true)
+        for connection in waiting where !connection.isClosed {
+            let length = connection.parkedLength
+            connection.parkedLength = 0
+            let packet = UnsafeRawBufferPointer(rebasing: connection.receiveBuffer[0..<length])
+            handleRequest(connection, packet: packet, fds: [])
+            if connection.parkedLength == 0 {
+                updateInterest(connection)
+                connectionReadable(connection)
+            }
+        }
+    }
+
+    // MARK: Helpers
+
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    private static func readHugepageSize() -> UInt64 {
+        guard let meminfo = readSmallFile("/proc/meminfo") else { return 0 }
+        for line in meminfo.split(separator: "\n") where line.hasPrefix("Hugepagesize:") {
+            return (UInt64(line.filter(\.isNumber)) ?? 0) * 1024
+        }
+        return 0
+    }
+}

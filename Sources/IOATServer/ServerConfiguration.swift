@@ -1,0 +1,39 @@
+import IOATProtocol
+
+/// Everything the server can be told, with every default in one place. Immutable once built.
+public struct ServerConfiguration: Sendable {
+    /// Where to listen when not socket-activated.
+    public var socketPath: String
+    /// Mode of the socket file the server creates.
+    public var socketMode: UInt32 = 0o666
+    /// Largest message accepted or sent.
+    public var maxMessage: Int = Wire.defaultMaxMessage
+    /// Most descriptors in one SUBMIT (keeps a SUBMIT under `maxMessage`).
+    public var maxDescriptors: Int = 512
+    /// Largest depth of one queue.
+    public var maxQueueDepth: Int = 1024
+    /// Most queues on one connection.
+    public var maxQueues: Int = 64
+    /// Most buffers on one connection.
+    public var maxBuffers: Int = 1024
+    /// Most buffer bytes (allocated plus registered) on one connection.
+    public var maxBufferBytes: UInt64 = 4 << 30
+    /// Most connections at once; further ones are accepted and closed at once.
+    public var maxConnections: Int = 256
+    /// Whether ALLOC tries hugepages (MFD_HUGETLB) before 4 KiB pages.
+    public var hugepages: Bool = true
+    /// Whether server-allocated buffers are mlock'ed.
+    public var lockBuffers: Bool = true
+    /// Most ops one channel holds in its engine ring at once; the rest wait in their queues, so a deep
+    /// queue cannot push everyone else's ops behind thousands of its own.
+    public var engineWindow: Int = 64
+    /// Most completion records in one COMPLETION message.
+    public var maxRecordsPerMessage: Int = 512
+    /// How long a graceful stop waits for in-flight ops, in milliseconds.
+    public var drainTimeoutMilliseconds: Int = 5000
+
+    /// A configuration listening at `socketPath` with every other default.
+    public init(socketPath: String) {
+        self.socketPath = socketPath
+    }
+}

@@ -1,0 +1,23 @@
+import IOATProtocol
+import IOATSystem
+
+/// One buffer open on a connection: a mapping of a server-allocated or client-registered memfd.
+/// In-flight ops hold a reference, so a buffer freed or orphaned while the engine uses it is
+/// unmapped only when the last such op completes.
+final class SharedBuffer {
+    let handle: UInt32
+    let mapping: Mapping
+    let flags: BufferReply.Flags
+    let pageSize: UInt64
+    var size: UInt64 { UInt64(mapping.count) }
+
+    init(handle: UInt32, mapping: Mapping, flags: BufferReply.Flags, pageSize: UInt64) {
+        self.handle = handle
+        self.mapping = mapping
+        self.flags = flags
+        self.pageSize = pageSize
+    }
+
+    /// The reply that describes this buffer.
+    var reply: BufferReply { BufferReply(handle: handle, flags: flags, size: size, pageSize: pageSize) }
+}

@@ -1,0 +1,34 @@
+import CIOATShim
+import Glibc
+
+/// A joinable POSIX thread running one closure. Engine workers and the server's event loop use these,
+/// so their loops never share a cooperative thread pool with async callers.
+public final class OSThread: @unchecked Sendable {
+    private var handle: pthread_t
+    private final class Box {
+        let body: () -> Void
+        init(_ body: @escaping () -> Void) { self.body = body }
+    }
+
+    /// Starts `body` on a new thread named `name` (at most 15 bytes show).
+    public init(name: String, _ body: @escaping @Sendable () -> Void) {
+        let threadName = String(name.prefix(15))
+        let box = Unmanaged.passRetained(Box({
+            cioat_set_thread_name(threadName)
+            body()
+        })).toOpaque()
+        var t = pthread_t()
+        let rc = pthread_create(&t, nil, { arg in
+            let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
+            box.body()
+            return nil
+        }, box)
+        precondition(rc == 0, "pthread_create failed: \(rc)")
+        handle = t
+    }
+
+    /// Waits for the thread to finish.
+    public func join() {
+        pthread_join(handle, nil)
+    }
+}

@@ -1,0 +1,207 @@
+import CIOATShim
+import Glibc
+
+/// Credentials of the process at the other end of a Unix socket (SO_PEERCRED).
+public struct PeerCredentials: Hashable, Sendable {
+    public var pid: Int32
+    public var uid: UInt32
+    public var gid: UInt32
+    public init(pid: Int32, uid: UInt32, gid: UInt32) {
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+    }
+}
+
+/// What one recvmsg(2) delivered.
+public struct ReceivedPacket {
+    /// Bytes stored in the caller's buffer.
+    public var count: Int
+    /// The packet's real size when it was larger than the buffer (MSG_TRUNC), else `count`.
+    public var fullSize: Int
+    /// Descriptors that came with it (at most the cap; the rest were closed on arrival).
+    public var fds: [FileDescriptor]
+    /// How many descriptors arrived, counting those closed for being over the cap.
+    public var fdsReceived: Int
+    /// Whether a control message other than SCM_RIGHTS arrived.
+    public var foreignControl: Bool
+    /// Whether the peer closed the connection (a zero-length read with no packet).
+    public var isEndOfStream: Bool { count == 0 && fullSize == 0 && fdsReceived == 0 }
+    /// Whether the packet was cut short by the buffer.
+    public var isTruncated: Bool { fullSize > count }
+}
+
+/// AF_UNIX / SOCK_SEQPACKET sockets with descriptor passing.
+public enum UnixSocket {
+    /// Most descriptors kept from one message; more are closed on arrival.
+    public static let maxFDsPerMessage = 4
+
+    private static func withAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) throws(SystemError) -> R {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        let capacity = MemoryLayout.size(ofValue: addr.sun_path)
+        guard !bytes.isEmpty, bytes.count < capacity else { throw SystemError("socket path \"\(path)\"", errno: ENAMETOOLONG) }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+    }
+
+    /// Creates a non-blocking SOCK_SEQPACKET listener at `path`. A stale socket file there is replaced;
+    /// any other kind of file is left alone and reported as EADDRINUSE.
+    public static func listen(path: String, backlog: Int32 = 128, mode: mode_t = 0o666) throws(SystemError) -> FileDescriptor {
+        let raw = try retryingOnInterrupt("socket") { socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0) }
+        let fd = FileDescriptor(owning: raw)
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            guard st.st_mode & S_IFMT == S_IFSOCK else { throw SystemError("bind \(path) (not a socket)", errno: EADDRINUSE) }
+            unlink(path)
+        }
+        let rc = try withAddress(path) { Glibc.bind(fd.rawValue, $0, $1) }
+        guard rc == 0 else { throw SystemError.current("bind \(path)") }
+        chmod(path, mode)
+        guard Glibc.listen(fd.rawValue, backlog) == 0 else { throw SystemError.current("listen") }
+        return fd
+    }
+
+    /// Connects a blocking SOCK_SEQPACKET socket to `path`.
+    public static func connect(path: String) throws(SystemError) -> FileDescriptor {
+        let raw = try retryingOnInterrupt("socket") { socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        let fd = FileDescriptor(owning: raw)
+        let rc = try withAddress(path) { addr, len in
+            var r: Int32
+            repeat { r = Glibc.connect(fd.rawValue, addr, len) } while r == -1 && errno == EINTR
+            return r
+        }
+        guard rc == 0 else { throw SystemError.current("connect \(path)") }
+        return fd
+    }
+
+    /// A connected pair of SOCK_SEQPACKET sockets.
+    public static func pair() throws(SystemError) -> (FileDescriptor, FileDescriptor) {
+        var fds: [Int32] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+            throw SystemError.current("socketpair")
+        }
+        return (FileDescriptor(owning: fds[0]), FileDescriptor(owning: fds[1]))
+    }
+
+    /// Accepts one connection, non-blocking and close-on-exec; `nil` when none is waiting.
+    public static func accept(_ listener: FileDescriptor) throws(SystemError) -> FileDescriptor? {
+        while true {
+            let raw = cioat_accept_nonblock(listener.rawValue)
+            if raw >= 0 { return FileDescriptor(owning: raw) }
+            switch errno {
+            case EINTR, ECONNABORTED: continue
+            case EAGAIN: return nil
+            default: throw SystemError.current("accept4")
+            }
+        }
+    }
+
+    /// Whether `fd` is a listening AF_UNIX SOCK_SEQPACKET socket.
+    public static func isSeqpacketListener(_ fd: Int32) -> Bool {
+        var type: Int32 = 0, listening: Int32 = 0
+        var domain = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 else { return false }
+        len = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 else { return false }
+        var alen = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let ok = withUnsafeMutablePointer(to: &domain) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &alen) == 0 }
+        }
+        return ok && domain.ss_family == sa_family_t(AF_UNIX) && type == Int32(SOCK_SEQPACKET.rawValue) && listening == 1
+    }
+
+    /// The peer's credentials.
+    public static func peerCredentials(_ fd: FileDescriptor) throws(SystemError) -> PeerCredentials {
+        var pid: pid_t = 0, uid: uid_t = 0, gid: gid_t = 0
+        guard cioat_peercred(fd.rawValue, &pid, &uid, &gid) == 0 else { throw SystemError.current("getsockopt(SO_PEERCRED)") }
+        return PeerCredentials(pid: pid, uid: uid, gid: gid)
+    }
+
+    /// Sends one packet, with `fds` attached as SCM_RIGHTS. Throws EAGAIN on a full non-blocking socket.
+    public static func send(_ fd: FileDescriptor, _ bytes: UnsafeRawBufferPointer, fds: [Int32] = []) throws(SystemError) {
+        var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
+        var failure: Int32 = 0
+        let sent: Int = withUnsafeMutablePointer(to: &iov) { iovp in
+            var msg = msghdr()
+            msg.msg_iov = iovp
+            msg.msg_iovlen = 1
+            func attempt(_ msg: inout msghdr) -> Int {
+                var n: Int
+                repeat { n = sendmsg(fd.rawValue, &msg, Int32(MSG_NOSIGNAL)) } while n == -1 && errno == EINTR
+                if n < 0 { failure = errno }
+                return n
+            }
+            if fds.isEmpty { return attempt(&msg) }
+            let space = cioat_cmsg_space_fds(UInt32(fds.count))
+            return withUnsafeTemporaryAllocation(byteCount: space, alignment: 8) { control in
+                control.initializeMemory(as: UInt8.self, repeating: 0)
+                msg.msg_control = control.baseAddress
+                msg.msg_controllen = fds.withUnsafeBufferPointer {
+                    cioat_cmsg_put_fds(control.baseAddress, space, $0.baseAddress, UInt32(fds.count))
+                }
+                return attempt(&msg)
+            }
+        }
+        if sent < 0 { throw SystemError("sendmsg", errno: failure) }
+        // SOCK_SEQPACKET sends whole packets or fails.
+        precondition(sent == bytes.count, "sendmsg on SOCK_SEQPACKET sent \(sent) of \(bytes.count) bytes")
+    }
+
+    /// Sends one packet of `bytes`.
+    public static func send(_ fd: FileDescriptor, _ bytes: [UInt8], fds: [Int32] = []) throws(SystemError) {
+        let failure: SystemError? = bytes.withUnsafeBytes { b in
+            do throws(SystemError) {
+                try send(fd, b, fds: fds)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        if let failure { throw failure }
+    }
+
+    /// Receives one packet into `buffer`, descriptors marked close-on-exec on arrival (MSG_CMSG_CLOEXEC).
+    /// Only SCM_RIGHTS is accepted; descriptors beyond `maxFDsPerMessage` are closed at once.
+    /// Throws EAGAIN on an empty non-blocking socket.
+    public static func receive(_ fd: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> ReceivedPacket {
+        var iov = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+        let space = cioat_cmsg_space_fds(UInt32(maxFDsPerMessage))
+        var failure: Int32 = 0
+        let packet: ReceivedPacket? = withUnsafeTemporaryAllocation(byteCount: space, alignment: 8) { control in
+            withUnsafeMutablePointer(to: &iov) { iovp in
+                var msg = msghdr()
+                msg.msg_iov = iovp
+                msg.msg_iovlen = 1
+                msg.msg_control = control.baseAddress
+                msg.msg_controllen = space
+                var n: Int
+                repeat { n = recvmsg(fd.rawValue, &msg, Int32(MSG_TRUNC) | cioat_MSG_CMSG_CLOEXEC) } while n == -1 && errno == EINTR
+                if n < 0 {
+                    failure = errno
+                    return nil
+                }
+                var packet = ReceivedPacket(count: min(n, buffer.count), fullSize: n, fds: [], fdsReceived: 0, foreignControl: false)
+                if msg.msg_controllen > 0 {
+                    var raw = [Int32](repeating: -1, count: maxFDsPerMessage)
+                    var foreign: Int32 = 0
+                    let received = Int(cioat_cmsg_take_fds(&msg, &raw, UInt32(maxFDsPerMessage), &foreign))
+                    packet.fdsReceived = received
+                    packet.foreignControl = foreign != 0
+                    packet.fds = raw.prefix(min(received, maxFDsPerMessage)).map { FileDescriptor(owning: $0) }
+                }
+                if msg.msg_flags & Int32(MSG_CTRUNC) != 0 { packet.foreignControl = true }
+                return packet
+            }
+        }
+        guard let packet else { throw SystemError("recvmsg", errno: failure) }
+        return packet
+    }
+}
