@@ -10,6 +10,7 @@ import PackageDescription
 //   IOATEngine    the engine interface and the CPU engine (ISA-L for CRC32C and XOR).
 //   IOATServer    the broker: connections, buffers, queues, scheduling, completion delivery.
 //   IOATClient    the client library.
+//   IOATConformance  the behaviours every engine must show, run by `ioatctl test` and the tests.
 let package = Package(
     name: "ioatd",
     products: [
@@ -40,6 +41,7 @@ let package = Package(
             name: "IOATClient",
             dependencies: ["IOATProtocol", "IOATSystem", .product(name: "DequeModule", package: "swift-collections")]
         ),
+        .target(name: "IOATConformance", dependencies: ["IOATClient", "IOATProtocol"]),
         .executableTarget(
             name: "ioatd",
             dependencies: [
@@ -51,7 +53,7 @@ let package = Package(
         .executableTarget(
             name: "ioatctl",
             dependencies: [
-                "IOATClient", "IOATEngine",
+                "IOATClient", "IOATConformance", "IOATEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -59,7 +61,7 @@ let package = Package(
         .testTarget(name: "IOATEngineTests", dependencies: ["IOATEngine", "IOATProtocol", "IOATSystem"]),
         .testTarget(
             name: "IOATIntegrationTests",
-            dependencies: ["IOATClient", "IOATProtocol", "IOATSystem", "IOATEngine", "ioatd", "ioatctl"]
+            dependencies: ["IOATClient", "IOATConformance", "IOATProtocol", "IOATSystem", "IOATEngine", "ioatd", "ioatctl"]
         ),
     ]
 )

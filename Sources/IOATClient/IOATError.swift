@@ -1,0 +1,32 @@
+import IOATProtocol
+import IOATSystem
+
+/// Everything an IOATClient call can fail with.
+public enum IOATError: Error, CustomStringConvertible, Sendable {
+    /// The server refused the request with a SPEC.md error code and a message naming the bad value.
+    case refused(ProtocolError)
+    /// The connection dropped before the answer arrived. An op that was in flight may or may not have run.
+    case connectionLost(String)
+    /// A local system call failed (connect, mmap, memfd_create…).
+    case system(SystemError)
+    /// The server sent something the protocol does not allow.
+    case invalidReply(String)
+    /// The caller asked for something the client can check without the server (e.g. a range outside a buffer).
+    case invalidArgument(String)
+
+    /// The spec's error code, when the server refused.
+    public var code: ErrorCode? {
+        if case .refused(let e) = self { return e.code }
+        return nil
+    }
+
+    public var description: String {
+        switch self {
+        case .refused(let e): "server refused: \(e.code.name): \(e.message)"
+        case .connectionLost(let why): "connection lost: \(why)"
+        case .system(let e): "\(e)"
+        case .invalidReply(let why): "invalid reply from server: \(why)"
+        case .invalidArgument(let why): "invalid argument: \(why)"
+        }
+    }
+}

@@ -1,0 +1,60 @@
+import IOATProtocol
+
+/// A queue on one channel: ops submitted to it run in order, at most `depth` at a time.
+public final class IOATQueue: Sendable {
+    /// The server's id for it.
+    public let id: UInt32
+    /// The channel it runs on.
+    public let channel: UInt32
+    /// Most ops in flight.
+    public let depth: Int
+    private let client: IOATClient
+
+    init(client: IOATClient, reply: OpenReply) {
+        self.client = client
+        id = reply.queue
+        channel = reply.channel
+        depth = Int(reply.depth)
+    }
+
+    /// Submits a batch and waits for every op in it. The last descriptor of each SUBMIT gets INT_EN so the
+    /// records arrive as soon as it completes; the records come back in the batch's order, with the
+    /// descriptors' own cookies. A refusal (bad handle, out of range…) fails the call and runs none of
+    /// that SUBMIT's ops.
+    public func submit(_ descriptors: [Descriptor]) async throws(IOATError) -> [CompletionRecord] {
+        try await client.submit(queue: id, descriptors, chunk: min(depth, Int(client.server.maxDescriptors)))
+    }
+
+    /// Submits one descriptor and waits for it.
+    public func submit(_ descriptor: Descriptor) async throws(IOATError) -> CompletionRecord {
+        try await submit([descriptor])[0]
+    }
+
+    /// Copies `length` bytes.
+    public func copy(from source: IOATBuffer, at sourceOffset: Int = 0, to destination: IOATBuffer,
+                     at destinationOffset: Int = 0, length: Int) async throws(IOATError) -> CompletionRecord {
+        try await submit(.copy(from: source.address(sourceOffset), to: destination.address(destinationOffset),
+                               length: UInt64(length)))
+    }
+
+    /// Fills `length` bytes with a repeating 64-bit pattern.
+    public func fill(_ destination: IOATBuffer, at offset: Int = 0, length: Int, pattern: UInt64) async throws(IOATError)
+        -> CompletionRecord
+    {
+        try await submit(.fill(destination.address(offset), length: UInt64(length), pattern: pattern))
+    }
+
+    /// The CRC32C of `length` bytes (optionally continuing from `seed`).
+    public func crc32c(of source: IOATBuffer, at offset: Int = 0, length: Int, seed: UInt32? = nil) async throws(IOATError) -> UInt32 {
+        let record = try await submit(.crc32c(of: source.address(offset), length: UInt64(length), seed: seed))
+        guard record.status == .success else {
+            throw .invalidReply("CRC32C completed with \(record.status.name)")
+        }
+        return record.result
+    }
+
+    /// Closes the queue; refused with BUSY while ops are outstanding.
+    public func close() async throws(IOATError) {
+        try await client.closeQueue(id)
+    }
+}

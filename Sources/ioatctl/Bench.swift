@@ -1,0 +1,209 @@
+import ArgumentParser
+import Foundation
+import IOATClient
+import IOATEngine
+import IOATProtocol
+
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure copy, fill and CRC32C through the server beside an in-process baseline from the same run.",
+        discussion: """
+            The baseline runs the same kernel (memmove, the fill kernel, ISA-L crc32_iscsi) in this process on
+            the same shared buffers; the ratio is ioatd throughput / baseline throughput. The small-op line
+            submits 64-byte copies in batches and reports ops per second and socket packets per op.
+            """)
+    @OptionGroup var connection: ConnectionOptions
+    @Option(help: "Transfer sizes (K, M suffixes).")
+    var sizes = "4K,64K,1M,16M,64M"
+    @Option(help: "Ops: copy, fill, crc32c.")
+    var ops = "copy,fill,crc32c"
+    @Option(help: "Ops kept in flight (queue depth).")
+    var depth = 4
+    @Option(help: "Seconds per measurement.")
+    var seconds = 0.5
+    @Option(help: "Batch size for the small-op line (0 to skip).")
+    var smallBatch = 32
+    @Option(help: "Channel to use (default: the server picks).")
+    var channel: UInt32?
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    struct Row: Codable {
+        var op: String
+        var size: Int
+        var depth: Int
+        var baselineGBps: Double
+        var ioatdGBps: Double
+        var ratio: Double
+    }
+
+    struct SmallOps: Codable {
+        var size: Int
+        var batch: Int
+        var batchesInFlight: Int
+        var baselineOpsPerSecond: Double
+        var ioatdOpsPerSecond: Double
+        var ratio: Double
+        var packetsPerOp: Double
+    }
+
+    struct Report: Codable {
+        var engine: String
+        var channels: Int
+        var hugepages: Bool
+        var rows: [Row]
+        var smallOps: SmallOps?
+    }
+
+    static func parseSize(_ s: Substring) throws -> Int {
+        let upper = s.uppercased()
+        let (digits, scale) = upper.hasSuffix("K") ? (upper.dropLast(), 1 << 10) : upper.hasSuffix("M") ? (upper.dropLast(), 1 << 20)
+            : upper.hasSuffix("G") ? (upper.dropLast(), 1 << 30) : (Substring(upper), 1)
+        guard let n = Int(digits), n > 0 else { throw ValidationError("bad size \(s)") }
+        return n * scale
+    }
+
+    func run() async throws {
+        let sizeList = try sizes.split(separator: ",").map(Self.parseSize)
+        let opList = ops.split(separator: ",").map(String.init)
+        for op in opList where !["copy", "fill", "crc32c"].contains(op) { throw ValidationError("unknown op \(op)") }
+        guard depth > 0 else { throw ValidationError("--depth must be above 0") }
+        let client = try await connection.connect()
+        let largest = sizeList.max() ?? 4096
+        let src = try await client.allocate(size: largest)
+        let dst = try await client.allocate(size: largest)
+        src.fillPseudoRandom(0..<largest, seed: 1)
+        dst.fillPseudoRandom(0..<largest, seed: 2)
+        let queue = try await client.openQueue(channel: channel, depth: max(depth, smallBatch * 4))
+        let engine = client.server.channels.first { $0.index == queue.channel }.map { $0.engine == .cpu ? "cpu" : "dpdk" } ?? "?"
+        var report = Report(engine: engine, channels: client.server.channels.count, hugepages: src.isHugepageBacked, rows: [])
+        if !json {
+            print("ioatd bench: engine \(engine), channel \(queue.channel), depth \(depth), buffers on \(src.isHugepageBacked ? "hugepages" : "4 KiB pages"), \(seconds) s per figure")
+            print("op       size   baseline GB/s   ioatd GB/s   ratio")
+        }
+        for op in opList {
+            for size in sizeList {
+                let baseline = measureBaseline(op: op, size: size, src: src, dst: dst)
+                let served = try await measureServer(op: op, size: size, queue: queue, src: src, dst: dst)
+                let row = Row(op: op, size: size, depth: depth, baselineGBps: baseline, ioatdGBps: served, ratio: served / baseline)
+                report.rows.append(row)
+                if !json {
+                    print(String(format: "%-7@ %6@ %15.2f %12.2f %7.2f", op as NSString, Self.label(size) as NSString, baseline, served, row.ratio))
+                }
+            }
+        }
+        if smallBatch > 0 {
+            let small = try await measureSmallOps(client: client, queue: queue, src: src, dst: dst)
+            report.smallOps = small
+            if !json {
+                print(String(format: "\n64-byte copies, batches of %d, %d batches in flight: ioatd %.0f ops/s, baseline memcpy %.0f ops/s (ratio %.4f), %.3f socket packets per op",
+                             small.batch, small.batchesInFlight, small.ioatdOpsPerSecond, small.baselineOpsPerSecond, small.ratio, small.packetsPerOp))
+            }
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            encoder.keyEncodingStrategy = .convertToSnakeCase
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+        }
+    }
+
+    static func label(_ size: Int) -> String {
+        size >= 1 << 20 && size % (1 << 20) == 0 ? "\(size >> 20)M" : size >= 1 << 10 && size % (1 << 10) == 0 ? "\(size >> 10)K" : "\(size)"
+    }
+
+    /// GB/s of the same kernel run in this process on the same buffers.
+    func measureBaseline(op: String, size: Int, src: IOATBuffer, dst: IOATBuffer) -> Double {
+        let s = src.unsafeBytes(0..<size).baseAddress!
+        let d = dst.unsafeBytes(0..<size).baseAddress!
+        var sink: UInt32 = 0
+        let body: () -> Void
+        switch op {
+        case "copy": body = { memmove(d, s, size) }
+        case "fill": body = { Kernels.fill(d, length: size, pattern: 0x0123_4567_89AB_CDEF) }
+        default: body = { sink ^= CRC32C.update(seed: 0, s, length: size) }
+        }
+        body()  // warm up
+        var count = 0
+        let start = now()
+        var elapsed = 0.0
+        repeat {
+            body()
+            count += 1
+            elapsed = now() - start
+        } while elapsed < seconds
+        if sink == 0xFFFF_FFFF { print("") }  // keep the CRC from being optimised away
+        return Double(count) * Double(size) / elapsed / 1e9
+    }
+
+    /// GB/s through the server with `depth` single-op submitters in flight.
+    func measureServer(op: String, size: Int, queue: IOATQueue, src: IOATBuffer, dst: IOATBuffer) async throws -> Double {
+        let descriptor: Descriptor
+        switch op {
+        case "copy": descriptor = .copy(from: src.address(), to: dst.address(), length: UInt64(size))
+        case "fill": descriptor = .fill(dst.address(), length: UInt64(size), pattern: 0x0123_4567_89AB_CDEF)
+        default: descriptor = .crc32c(of: src.address(), length: UInt64(size))
+        }
+        _ = try await queue.submit(descriptor)  // warm up
+        let start = now()
+        let deadline = start + seconds
+        let total = try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<depth {
+                group.addTask {
+                    var done = 0
+                    while now() < deadline {
+                        let r = try await queue.submit(descriptor)
+                        guard r.status == .success else { throw CLIError("\(op) \(size): \(r.status)") }
+                        done += 1
+                    }
+                    return done
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+        return Double(total) * Double(size) / (now() - start) / 1e9
+    }
+
+    func measureSmallOps(client: IOATClient, queue: IOATQueue, src: IOATBuffer, dst: IOATBuffer) async throws -> SmallOps {
+        let size = 64
+        let batch = (0..<smallBatch).map { i in
+            Descriptor.copy(from: src.address(i * 128), to: dst.address(i * 128), length: UInt64(size))
+        }
+        // Baseline: the same 64-byte copies in a loop in this process.
+        let s = src.unsafeBytes(0..<smallBatch * 128).baseAddress!
+        let d = dst.unsafeBytes(0..<smallBatch * 128).baseAddress!
+        var count = 0
+        let baseStart = now()
+        var elapsed = 0.0
+        repeat {
+            for i in 0..<smallBatch { memmove(d + i * 128, s + i * 128, size) }
+            count += smallBatch
+            elapsed = now() - baseStart
+        } while elapsed < seconds
+        let baseline = Double(count) / elapsed
+
+        let inFlight = 4
+        let before = client.packetCounts
+        let start = now()
+        let deadline = start + seconds
+        let ops = try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<inFlight {
+                group.addTask {
+                    var done = 0
+                    while now() < deadline {
+                        let records = try await queue.submit(batch)
+                        guard records.allSatisfy({ $0.status == .success }) else { throw CLIError("small copy failed") }
+                        done += records.count
+                    }
+                    return done
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+        let served = Double(ops) / (now() - start)
+        let after = client.packetCounts
+        let packets = Double(after.sent - before.sent + after.received - before.received)
+        return SmallOps(size: size, batch: smallBatch, batchesInFlight: inFlight, baselineOpsPerSecond: baseline,
+                        ioatdOpsPerSecond: served, ratio: served / baseline, packetsPerOp: packets / Double(ops))
+    }
+}

@@ -1,0 +1,28 @@
+import ArgumentParser
+import IOATConformance
+
+struct SelfTest: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "test",
+        abstract: "Run the conformance suite against the server: every opcode, random sizes, offsets and alignments, byte-checked.",
+        discussion: "Exits non-zero on any mismatch. The seed is printed so a failing run can be repeated.")
+    @OptionGroup var connection: ConnectionOptions
+    @Option(help: "Random single ops to run.")
+    var iterations = 200
+    @Option(help: "Seed for the random choices (default: a fixed seed).")
+    var seed: UInt64 = 0x10A7_D5EE_D000_0001
+    @Option(help: "Channel to test (default: the server picks).")
+    var channel: UInt32?
+
+    func run() async throws {
+        let client = try await connection.connect()
+        print("ioatctl test: server \(client.path), \(client.server.channels.count) channel(s), seed \(seed)")
+        let suite = ConformanceSuite(iterations: iterations, seed: seed, channel: channel)
+        let results = await suite.run(client) { r in
+            print(r.passed ? "ok    \(r.name)" : "FAIL  \(r.name): \(r.detail)")
+        }
+        let failed = results.filter { !$0.passed }.count
+        print("\(results.count - failed) passed, \(failed) failed")
+        if failed > 0 { throw ExitCode(1) }
+    }
+}
