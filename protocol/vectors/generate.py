@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""Writes valid.json and invalid.json from SPEC.md alone, independently of the Swift code.
+
+Each vector is the hex of one whole packet. Valid vectors carry the decoded fields; invalid ones the
+error code (SPEC.md §7) a receiver must report. Run: python3 protocol/vectors/generate.py
+"""
+import json
+import os
+import struct
+
+MAGIC = 0x54414F49
+TYPES = {
+    "HELLO": 0x0001, "ALLOC": 0x0002, "REGISTER": 0x0003, "FREE": 0x0004, "OPEN": 0x0005,
+    "CLOSE": 0x0006, "SUBMIT": 0x0007, "STATUS": 0x0008, "HELLO_OK": 0x8001, "ALLOC_OK": 0x8002,
+    "REGISTER_OK": 0x8003, "FREE_OK": 0x8004, "OPEN_OK": 0x8005, "CLOSE_OK": 0x8006,
+    "STATUS_OK": 0x8008, "COMPLETION": 0xC001, "ERROR": 0xFFFF,
+}
+OPCODES = {"NULL": 0, "COPY": 1, "FILL": 2, "CRC32C": 3, "COPY_CRC32C": 4}
+INT_EN, FENCE, NO_WAIT, CRC_SEED = 1, 2, 4, 8
+
+
+def packet(type_name, body, request_id=1, version=1, magic=MAGIC, reserved=0, length=None, type_value=None):
+    t = TYPES[type_name] if type_value is None else type_value
+    total = 24 + len(body) if length is None else length
+    return struct.pack("<IHHIIQ", magic, version, t, total, reserved, request_id) + body
+
+
+def desc(opcode, flags=0, src=(0, 0), cookie=0, length=0, dst=(0, 0), aux=(0, 0), arg=0, reserved=0):
+    op = OPCODES[opcode] if isinstance(opcode, str) else opcode
+    return struct.pack("<BBHIQQQIIQQQ", op, reserved, flags, src[0], cookie, length, src[1],
+                       dst[0], aux[0], dst[1], aux[1], arg)
+
+
+def submit(queue, descriptors, count=None):
+    n = len(descriptors) if count is None else count
+    return struct.pack("<II", queue, n) + b"".join(descriptors)
+
+
+def record(cookie, status, opcode, result, done, reserved=0, reserved2=0):
+    return struct.pack("<QHBBIQQ", cookie, status, opcode, reserved, result, done, reserved2)
+
+
+def channel(index, engine, hw, opcodes, max_transfer, max_depth, coalesce, name):
+    raw = name.encode()
+    return struct.pack("<IHHQQII", index, engine, hw, opcodes, max_transfer, max_depth, coalesce) + raw + b"\0" * (16 - len(raw))
+
+
+def error(code, index, text, reserved=0, text_length=None):
+    raw = text if isinstance(text, bytes) else text.encode()
+    n = len(raw) if text_length is None else text_length
+    return struct.pack("<IIII", code, index, n, reserved) + raw
+
+
+valid = []
+invalid = []
+
+
+def ok(name, type_name, data, fields, request_id=1):
+    valid.append({"name": name, "type": type_name, "request_id": request_id, "hex": data.hex(), "fields": fields})
+
+
+def bad(name, data, code):
+    invalid.append({"name": name, "hex": data.hex(), "error": code})
+
+
+# ---- valid -------------------------------------------------------------------------------------
+ok("hello v1", "HELLO", packet("HELLO", struct.pack("<HHIQ", 1, 1, 0, 0), request_id=0),
+   {"min_version": 1, "max_version": 1, "features": 0}, request_id=0)
+ok("hello offering 1..3 with a feature", "HELLO", packet("HELLO", struct.pack("<HHIQ", 1, 3, 0, 1), request_id=7),
+   {"min_version": 1, "max_version": 3, "features": 1}, request_id=7)
+ok("alloc 1 MiB, hugepages preferred", "ALLOC", packet("ALLOC", struct.pack("<QII", 1 << 20, 0, 0), request_id=2),
+   {"size": 1 << 20, "pages": "prefer"}, request_id=2)
+ok("alloc required hugepages", "ALLOC", packet("ALLOC", struct.pack("<QII", 4096, 1, 0)), {"size": 4096, "pages": "require"})
+ok("alloc without hugepages", "ALLOC", packet("ALLOC", struct.pack("<QII", 1, 2, 0)), {"size": 1, "pages": "none"})
+ok("register", "REGISTER", packet("REGISTER", struct.pack("<II", 0, 0)), {})
+ok("free handle 3", "FREE", packet("FREE", struct.pack("<II", 3, 0)), {"handle": 3})
+ok("open any channel depth 64", "OPEN", packet("OPEN", struct.pack("<II", 0xFFFFFFFF, 64)), {"channel": 0xFFFFFFFF, "depth": 64})
+ok("close queue 1", "CLOSE", packet("CLOSE", struct.pack("<II", 1, 0)), {"queue": 1})
+ok("status", "STATUS", packet("STATUS", b""), {})
+ok("submit one copy", "SUBMIT",
+   packet("SUBMIT", submit(1, [desc("COPY", INT_EN, src=(1, 0), cookie=42, length=4096, dst=(2, 8192))]), request_id=9),
+   {"queue": 1, "descriptors": [{"opcode": "COPY", "flags": INT_EN, "cookie": 42, "length": 4096, "src_handle": 1,
+                                 "src_offset": 0, "dst_handle": 2, "dst_offset": 8192, "arg": 0}]}, request_id=9)
+ok("submit every opcode", "SUBMIT",
+   packet("SUBMIT", submit(5, [
+       desc("NULL", INT_EN | FENCE, cookie=1),
+       desc("COPY", 0, src=(1, 64), cookie=2, length=1, dst=(1, 128)),
+       desc("FILL", NO_WAIT, cookie=3, length=89, dst=(2, 7), arg=0x0123456789ABCDEF),
+       desc("CRC32C", CRC_SEED, src=(2, 0), cookie=4, length=9, arg=0xE3069283),
+       desc("COPY_CRC32C", 0, src=(2, 0), cookie=0xFFFFFFFFFFFFFFFF, length=1 << 40, dst=(3, 1 << 33)),
+   ])),
+   {"queue": 5, "descriptors": [
+       {"opcode": "NULL", "flags": 3, "cookie": 1, "length": 0, "src_handle": 0, "src_offset": 0, "dst_handle": 0, "dst_offset": 0, "arg": 0},
+       {"opcode": "COPY", "flags": 0, "cookie": 2, "length": 1, "src_handle": 1, "src_offset": 64, "dst_handle": 1, "dst_offset": 128, "arg": 0},
+       {"opcode": "FILL", "flags": 4, "cookie": 3, "length": 89, "src_handle": 0, "src_offset": 0, "dst_handle": 2, "dst_offset": 7,
+        "arg": 0x0123456789ABCDEF},
+       {"opcode": "CRC32C", "flags": 8, "cookie": 4, "length": 9, "src_handle": 2, "src_offset": 0, "dst_handle": 0, "dst_offset": 0,
+        "arg": 0xE3069283},
+       {"opcode": "COPY_CRC32C", "flags": 0, "cookie": 0xFFFFFFFFFFFFFFFF, "length": 1 << 40, "src_handle": 2, "src_offset": 0,
+        "dst_handle": 3, "dst_offset": 1 << 33, "arg": 0},
+   ]})
+ok("hello_ok with two channels", "HELLO_OK",
+   packet("HELLO_OK", struct.pack("<HHIQIIIIQQ", 1, 2, 65536, 0, 512, 1024, 64, 1024, 4 << 30, 2 << 20)
+          + channel(0, 1, 0, 0x1F, 1 << 62, 4096, 16383, "cpu0") + channel(1, 2, 3, 0x7, 1 << 20, 512, 16383, "dma_skeleton0x"),
+          request_id=0),
+   {"version": 1, "max_message": 65536, "max_descriptors": 512, "max_queue_depth": 1024, "max_queues": 64,
+    "max_buffers": 1024, "max_buffer_bytes": 4 << 30, "hugepage_size": 2 << 20,
+    "channels": [{"index": 0, "engine": 1, "opcodes": 0x1F, "max_transfer": 1 << 62, "max_depth": 4096, "name": "cpu0"},
+                 {"index": 1, "engine": 2, "opcodes": 0x7, "max_transfer": 1 << 20, "max_depth": 512, "name": "dma_skeleton0x"}]},
+   request_id=0)
+ok("alloc_ok on hugepages", "ALLOC_OK", packet("ALLOC_OK", struct.pack("<IIQQ", 1, 3, 2 << 20, 2 << 20), request_id=2),
+   {"handle": 1, "flags": 3, "size": 2 << 20, "page_size": 2 << 20}, request_id=2)
+ok("register_ok read-only", "REGISTER_OK", packet("REGISTER_OK", struct.pack("<IIQQ", 2, 4, 8192, 4096)),
+   {"handle": 2, "flags": 4, "size": 8192, "page_size": 4096})
+ok("free_ok", "FREE_OK", packet("FREE_OK", b""), {})
+ok("open_ok", "OPEN_OK", packet("OPEN_OK", struct.pack("<IIII", 1, 0, 64, 0)), {"queue": 1, "channel": 0, "depth": 64})
+ok("close_ok", "CLOSE_OK", packet("CLOSE_OK", b""), {})
+ok("status_ok", "STATUS_OK", packet("STATUS_OK", b'{"server":{"pid":1}}'), {"json": '{"server":{"pid":1}}'})
+ok("completion of two ops", "COMPLETION",
+   packet("COMPLETION", struct.pack("<II", 1, 2) + record(42, 0, 1, 0, 4096) + record(43, 0, 3, 0xE3069283, 9), request_id=0),
+   {"queue": 1, "records": [{"cookie": 42, "status": 0, "opcode": 1, "result": 0, "bytes_done": 4096},
+                            {"cookie": 43, "status": 0, "opcode": 3, "result": 0xE3069283, "bytes_done": 9}]}, request_id=0)
+ok("error naming a descriptor", "ERROR",
+   packet("ERROR", error(14, 3, "descriptor 3: source offset 4096 + length 8192 exceeds buffer 7 (size 8192)"), request_id=9),
+   {"code": "OUT_OF_RANGE", "index": 3, "message": "descriptor 3: source offset 4096 + length 8192 exceeds buffer 7 (size 8192)"},
+   request_id=9)
+
+# ---- invalid: framing --------------------------------------------------------------------------
+hello = struct.pack("<HHIQ", 1, 1, 0, 0)
+bad("packet shorter than the header", packet("STATUS", b"")[:23], "MALFORMED")
+bad("empty packet", b"", "MALFORMED")
+bad("wrong magic", packet("STATUS", b"", magic=0x4C4C4548), "BAD_MAGIC")
+bad("version 2 on a version 1 connection", packet("STATUS", b"", version=2), "UNSUPPORTED_VERSION")
+bad("version 0", packet("HELLO", hello, version=0), "UNSUPPORTED_VERSION")
+bad("length field larger than the packet", packet("STATUS", b"", length=25), "MALFORMED")
+bad("length field smaller than the packet", packet("FREE", struct.pack("<II", 1, 0), length=24), "MALFORMED")
+bad("header reserved not zero", packet("STATUS", b"", reserved=1), "RESERVED_NOT_ZERO")
+bad("undefined type 0x0009", packet("STATUS", b"", type_value=0x0009), "UNKNOWN_TYPE")
+bad("undefined type 0x7777", packet("STATUS", b"", type_value=0x7777), "UNKNOWN_TYPE")
+bad("undefined type 0x8007 (no SUBMIT_OK)", packet("STATUS", b"", type_value=0x8007), "UNKNOWN_TYPE")
+# ---- invalid: request bodies -------------------------------------------------------------------
+bad("hello body too short", packet("HELLO", hello[:8]), "MALFORMED")
+bad("hello body too long", packet("HELLO", hello + b"\0" * 8), "MALFORMED")
+bad("hello reserved not zero", packet("HELLO", struct.pack("<HHIQ", 1, 1, 5, 0)), "RESERVED_NOT_ZERO")
+bad("hello min_version above max_version", packet("HELLO", struct.pack("<HHIQ", 2, 1, 0, 0)), "MALFORMED")
+bad("alloc size zero", packet("ALLOC", struct.pack("<QII", 0, 0, 0)), "BAD_LENGTH")
+bad("alloc undefined flag", packet("ALLOC", struct.pack("<QII", 4096, 4, 0)), "UNKNOWN_FLAGS")
+bad("alloc required and no hugepages", packet("ALLOC", struct.pack("<QII", 4096, 3, 0)), "BAD_FLAGS")
+bad("alloc reserved not zero", packet("ALLOC", struct.pack("<QII", 4096, 0, 1)), "RESERVED_NOT_ZERO")
+bad("alloc body too short", packet("ALLOC", struct.pack("<Q", 4096)), "MALFORMED")
+bad("register flags not zero", packet("REGISTER", struct.pack("<II", 1, 0)), "UNKNOWN_FLAGS")
+bad("register reserved not zero", packet("REGISTER", struct.pack("<II", 0, 1)), "RESERVED_NOT_ZERO")
+bad("free reserved not zero", packet("FREE", struct.pack("<II", 1, 1)), "RESERVED_NOT_ZERO")
+bad("free body too short", packet("FREE", struct.pack("<I", 1)), "MALFORMED")
+bad("open body too long", packet("OPEN", struct.pack("<III", 0, 4, 0)), "MALFORMED")
+bad("close reserved not zero", packet("CLOSE", struct.pack("<II", 1, 2)), "RESERVED_NOT_ZERO")
+bad("status with a body", packet("STATUS", b"\0" * 8), "MALFORMED")
+# ---- invalid: SUBMIT -----------------------------------------------------------------------------
+copy = desc("COPY", src=(1, 0), length=8, dst=(2, 0))
+bad("submit body shorter than 8", packet("SUBMIT", struct.pack("<I", 1)), "MALFORMED")
+bad("submit with no descriptors", packet("SUBMIT", submit(1, [])), "BAD_COUNT")
+bad("submit count says 2, carries 1", packet("SUBMIT", submit(1, [copy], count=2)), "MALFORMED")
+bad("submit carries half a descriptor", packet("SUBMIT", submit(1, [copy[:32]], count=1)), "MALFORMED")
+bad("undefined opcode 200", packet("SUBMIT", submit(1, [desc(200, src=(1, 0), length=8, dst=(2, 0))])), "UNKNOWN_OPCODE")
+bad("descriptor reserved byte", packet("SUBMIT", submit(1, [desc("COPY", src=(1, 0), length=8, dst=(2, 0), reserved=1)])), "RESERVED_NOT_ZERO")
+bad("undefined descriptor flag bit 4", packet("SUBMIT", submit(1, [desc("COPY", 16, src=(1, 0), length=8, dst=(2, 0))])), "UNKNOWN_FLAGS")
+bad("undefined descriptor flag bit 15", packet("SUBMIT", submit(1, [desc("COPY", 0x8000, src=(1, 0), length=8, dst=(2, 0))])), "UNKNOWN_FLAGS")
+bad("copy of length zero", packet("SUBMIT", submit(1, [desc("COPY", src=(1, 0), length=0, dst=(2, 0))])), "BAD_LENGTH")
+bad("null with a length", packet("SUBMIT", submit(1, [desc("NULL", length=8)])), "BAD_LENGTH")
+bad("null with a source", packet("SUBMIT", submit(1, [desc("NULL", src=(1, 0))])), "RESERVED_NOT_ZERO")
+bad("copy with an auxiliary address", packet("SUBMIT", submit(1, [desc("COPY", src=(1, 0), length=8, dst=(2, 0), aux=(3, 0))])), "RESERVED_NOT_ZERO")
+bad("copy from handle 0", packet("SUBMIT", submit(1, [desc("COPY", src=(0, 0), length=8, dst=(2, 0))])), "BAD_HANDLE")
+bad("copy to handle 0", packet("SUBMIT", submit(1, [desc("COPY", src=(1, 0), length=8, dst=(0, 0))])), "BAD_HANDLE")
+bad("copy with arg", packet("SUBMIT", submit(1, [desc("COPY", src=(1, 0), length=8, dst=(2, 0), arg=1)])), "RESERVED_NOT_ZERO")
+bad("fill with a source", packet("SUBMIT", submit(1, [desc("FILL", src=(1, 0), length=8, dst=(2, 0))])), "RESERVED_NOT_ZERO")
+bad("crc32c with a destination", packet("SUBMIT", submit(1, [desc("CRC32C", src=(1, 0), length=8, dst=(2, 0))])), "RESERVED_NOT_ZERO")
+bad("crc32c arg without CRC_SEED", packet("SUBMIT", submit(1, [desc("CRC32C", src=(1, 0), length=8, arg=5)])), "RESERVED_NOT_ZERO")
+bad("crc32c seed above 32 bits", packet("SUBMIT", submit(1, [desc("CRC32C", CRC_SEED, src=(1, 0), length=8, arg=1 << 32)])), "RESERVED_NOT_ZERO")
+bad("CRC_SEED on a copy", packet("SUBMIT", submit(1, [desc("COPY", CRC_SEED, src=(1, 0), length=8, dst=(2, 0))])), "BAD_FLAGS")
+bad("second descriptor bad, first fine", packet("SUBMIT", submit(1, [copy, desc(99)])), "UNKNOWN_OPCODE")
+# ---- invalid: server messages (what a client must refuse) ----------------------------------------
+bad("hello_ok channel count says 1, carries none", packet("HELLO_OK", struct.pack("<HHIQIIIIQQ", 1, 1, 65536, 0, 512, 1024, 64, 1024, 1, 0)), "MALFORMED")
+bad("hello_ok undefined engine kind", packet("HELLO_OK", struct.pack("<HHIQIIIIQQ", 1, 1, 65536, 0, 512, 1024, 64, 1024, 1, 0)
+                                             + channel(0, 9, 0, 1, 1, 1, 1, "x")), "MALFORMED")
+bad("alloc_ok undefined flag", packet("ALLOC_OK", struct.pack("<IIQQ", 1, 8, 4096, 4096)), "UNKNOWN_FLAGS")
+bad("open_ok reserved not zero", packet("OPEN_OK", struct.pack("<IIII", 1, 0, 64, 1)), "RESERVED_NOT_ZERO")
+bad("status_ok not UTF-8", packet("STATUS_OK", b"\xff\xfe"), "MALFORMED")
+bad("completion count says 2, carries 1", packet("COMPLETION", struct.pack("<II", 1, 2) + record(1, 0, 1, 0, 8)), "MALFORMED")
+bad("completion record reserved byte", packet("COMPLETION", struct.pack("<II", 1, 1) + record(1, 0, 1, 0, 8, reserved=1)), "RESERVED_NOT_ZERO")
+bad("completion record reserved tail", packet("COMPLETION", struct.pack("<II", 1, 1) + record(1, 0, 1, 0, 8, reserved2=1)), "RESERVED_NOT_ZERO")
+bad("error text length mismatch", packet("ERROR", error(1, 0xFFFFFFFF, "abc", text_length=4)), "MALFORMED")
+bad("error text not UTF-8", packet("ERROR", error(1, 0xFFFFFFFF, b"\xc3\x28")), "MALFORMED")
+bad("error reserved not zero", packet("ERROR", error(1, 0xFFFFFFFF, "x", reserved=1)), "RESERVED_NOT_ZERO")
+bad("free_ok with a body", packet("FREE_OK", b"\0" * 8), "MALFORMED")
+
+def big_as_string(value):
+    """JSON numbers above 2^53 lose precision in many parsers: write those as decimal strings."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value > 1 << 53:
+        return str(value)
+    if isinstance(value, list):
+        return [big_as_string(v) for v in value]
+    if isinstance(value, dict):
+        return {k: big_as_string(v) for k, v in value.items()}
+    return value
+
+
+valid = [big_as_string(v) for v in valid]
+here = os.path.dirname(os.path.abspath(__file__))
+header = "Generated by generate.py from SPEC.md. Each hex is one whole packet (SPEC.md §2)."
+with open(os.path.join(here, "valid.json"), "w") as f:
+    json.dump({"description": header + " Decoding must give type, request_id and fields; encoding the fields must give the bytes."
+               " Integers above 2^53 are written as decimal strings.",
+               "vectors": valid}, f, indent=1)
+    f.write("\n")
+with open(os.path.join(here, "invalid.json"), "w") as f:
+    json.dump({"description": header + " Decoding must fail with the error code named (SPEC.md §7), "
+               "on a connection that speaks version 1 with max_descriptors 512.",
+               "vectors": invalid}, f, indent=1)
+    f.write("\n")
+print(f"{len(valid)} valid, {len(invalid)} invalid vectors")
