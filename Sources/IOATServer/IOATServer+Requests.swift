@@ -4,25 +4,31 @@ import IOATSystem
 
 extension IOATServer {
     /// Checks the transport-level facts of a packet (size, attached descriptors), then handles it.
-    func handlePacket(_ connection: Connection, _ packet: ReceivedPacket) {
+    /// Takes the packet's descriptors: none stays open past the reply.
+    func handlePacket(_ connection: Connection, _ packet: inout ReceivedPacket) {
+        var fds = packet.fds
+        packet.fds = []
         let bytes = UnsafeRawBufferPointer(rebasing: connection.receiveBuffer[0..<packet.count])
         let requestID = WireReader(bytes).get(at: 16, as: UInt64.self) ?? 0
         if packet.isTruncated {
+            fds.removeAll()
             refuse(connection, ProtocolError(.tooLarge, "packet of \(packet.fullSize) bytes exceeds the maximum of \(configuration.maxMessage)"),
                    requestID: requestID)
             return
         }
         if packet.foreignControl {
+            fds.removeAll()
             refuse(connection, ProtocolError(.unexpectedFD, "control messages other than SCM_RIGHTS are not accepted; they were discarded"),
                    requestID: requestID)
             return
         }
-        handleRequest(connection, packet: bytes, fds: packet.fds, fdsReceived: packet.fdsReceived)
+        handleRequest(connection, packet: bytes, fds: &fds, fdsReceived: packet.fdsReceived)
     }
 
-    /// Decodes and carries out one request. Every refusal is an ERROR with the spec's code; descriptors
-    /// not kept are closed when `fds` goes out of scope.
-    func handleRequest(_ connection: Connection, packet: UnsafeRawBufferPointer, fds: [FileDescriptor], fdsReceived: Int = 0) {
+    /// Decodes and carries out one request. Every refusal is an ERROR with the spec's code. The server
+    /// keeps no received descriptor: they are closed before the reply is sent, so a client that has the
+    /// answer knows the server no longer holds them.
+    func handleRequest(_ connection: Connection, packet: UnsafeRawBufferPointer, fds: inout [FileDescriptor], fdsReceived: Int = 0) {
         let requestID = WireReader(packet).get(at: 16, as: UInt64.self) ?? 0
         do throws(ProtocolError) {
             let (header, message) = try Message.decode(packet, version: connection.version,
@@ -47,7 +53,10 @@ extension IOATServer {
             switch message {
             case .hello(let hello): try handleHello(connection, hello, requestID: requestID)
             case .alloc(let alloc): try handleAllocate(connection, alloc, requestID: requestID)
-            case .register: try handleRegister(connection, fds[0], requestID: requestID)
+            case .register:
+                // The memfd is closed at the end of this statement, before the reply goes out.
+                let registered = try registerBuffer(connection, fds.removeFirst())
+                reply(connection, .registerReply(registered), requestID: requestID)
             case .free(let handle): try handleFree(connection, handle: handle, requestID: requestID)
             case .open(let channel, let depth): try handleOpen(connection, channel: channel, depth: depth, requestID: requestID)
             case .close(let queue): try handleClose(connection, queue: queue, requestID: requestID)
@@ -56,6 +65,7 @@ extension IOATServer {
             default: preconditionFailure("request types are covered above")
             }
         } catch {
+            fds.removeAll()
             refuse(connection, error, requestID: requestID)
         }
     }
@@ -161,7 +171,8 @@ extension IOATServer {
         reply(connection, .allocReply(buffer.reply), requestID: requestID, fds: [fd])
     }
 
-    private func handleRegister(_ connection: Connection, _ fd: FileDescriptor, requestID: UInt64) throws(ProtocolError) {
+    /// Maps a client memfd as a new buffer (SPEC.md §5.2) and returns its description.
+    private func registerBuffer(_ connection: Connection, _ fd: FileDescriptor) throws(ProtocolError) -> BufferReply {
         let seals: Seals
         do throws(SystemError) {
             seals = try Memfd.seals(of: fd)
@@ -205,7 +216,7 @@ extension IOATServer {
         let buffer = SharedBuffer(handle: handle, mapping: mapping, flags: flags, pageSize: max(blockSize, smallPage))
         connection.buffers[handle] = buffer
         connection.bufferBytes += buffer.size
-        reply(connection, .registerReply(buffer.reply), requestID: requestID)
+        return buffer.reply
     }
 
     private func handleFree(_ connection: Connection, handle: UInt32, requestID: UInt64) throws(ProtocolError) {
@@ -294,9 +305,6 @@ extension IOATServer {
             guard info.supports(d.opcode) else {
                 throw ProtocolError(.unsupportedOpcode, "descriptor \(i): channel \(info.index) (\(info.name)) does not run \(d.opcode.name)",
                                     index: UInt32(i))
-            }
-            guard d.length <= UInt64(Int.max) else {
-                throw ProtocolError(.badLength, "descriptor \(i): length \(d.length) is too large", index: UInt32(i))
             }
             if d.opcode.readsSource { _ = try resolve(connection, d.source, length: d.length, role: "source", index: i, writing: false) }
             if d.opcode.writesDestination {

@@ -239,7 +239,7 @@ public final class IOATServer: @unchecked Sendable {
         var budget = 64
         while budget > 0 && connection.wantsToRead {
             budget -= 1
-            let packet: ReceivedPacket
+            var packet: ReceivedPacket
             do throws(SystemError) {
                 packet = try UnixSocket.receive(connection.fd, into: connection.receiveBuffer)
             } catch where error.errno == EAGAIN {
@@ -253,7 +253,7 @@ public final class IOATServer: @unchecked Sendable {
                 return
             }
             connection.requests += 1
-            handlePacket(connection, packet)
+            handlePacket(connection, &packet)
         }
         updateInterest(connection)
         if connection.wantsToRead && budget == 0 {
@@ -365,7 +365,8 @@ public final class IOATServer: @unchecked Sendable {
             let length = connection.parkedLength
             connection.parkedLength = 0
             let packet = UnsafeRawBufferPointer(rebasing: connection.receiveBuffer[0..<length])
-            handleRequest(connection, packet: packet, fds: [])
+            var none: [FileDescriptor] = []
+            handleRequest(connection, packet: packet, fds: &none)
             if connection.parkedLength == 0 {
                 updateInterest(connection)
                 connectionReadable(connection)

@@ -1,0 +1,121 @@
+import Glibc
+import IOATEngine
+import IOATProtocol
+import IOATSystem
+import Testing
+
+/// Runs ops through an engine channel the way the server does: enqueue, submit, reap until done.
+func runOnChannel(_ engine: CPUEngine, channel: Int = 0, _ ops: [EngineOp]) -> [EngineCompletion] {
+    let c = engine.channels[channel]
+    var results: [EngineCompletion] = []
+    var next = 0
+    let buffer = UnsafeMutableBufferPointer<EngineCompletion>.allocate(capacity: 16)
+    buffer.initialize(repeating: .empty)
+    defer { buffer.deallocate() }
+    while results.count < ops.count {
+        while next < ops.count && c.enqueue(ops[next]) { next += 1 }
+        c.submit()
+        let n = c.reap(into: buffer)
+        results.append(contentsOf: buffer[0..<n])
+        if n == 0 { engine.notifier.drain() }
+    }
+    return results
+}
+
+@Suite("CPU engine")
+struct EngineTests {
+    @Test("CRC32C matches RFC 3720 §B.4 and chains by value")
+    func crcVectors() {
+        #expect(CRC32C.checksum([UInt8](repeating: 0, count: 32)) == 0x8A91_36AA)
+        #expect(CRC32C.checksum([UInt8](repeating: 0xFF, count: 32)) == 0x62A8_AB43)
+        #expect(CRC32C.checksum(Array(0..<32)) == 0x46DD_794E)
+        #expect(CRC32C.checksum(Array((0..<32).reversed())) == 0x113F_DB5C)
+        #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
+        #expect(CRC32C.checksum([]) == 0)
+        let data = (0..<1000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        for cut in [0, 1, 7, 500, 999, 1000] {
+            #expect(CRC32C.checksum(Array(data[cut...]), seed: CRC32C.checksum(Array(data[..<cut]))) == CRC32C.checksum(data))
+        }
+    }
+
+    @Test("fill writes the pattern for every small length and offset, and nothing past the end")
+    func fillExhaustive() {
+        let patterns: [UInt64] = [0, .max, 0x0101_0101_0101_0101, 0x0123_4567_89AB_CDEF, 0x00FF_00FF_00FF_00FF]
+        var buffer = [UInt8](repeating: 0, count: 9000)
+        for pattern in patterns {
+            for length in Array(0...80) + [4095, 4096, 4097, 8191, 8200] {
+                for offset in [0, 1, 3, 8] {
+                    for i in buffer.indices { buffer[i] = 0x5A }
+                    buffer.withUnsafeMutableBytes { Kernels.fill($0.baseAddress! + offset, length: length, pattern: pattern) }
+                    for i in 0..<length where buffer[offset + i] != UInt8(truncatingIfNeeded: pattern >> (8 * UInt64(i % 8))) {
+                        Issue.record("pattern \(pattern) length \(length) offset \(offset): byte \(i) is \(buffer[offset + i])")
+                        return
+                    }
+                    #expect(buffer[offset + length] == 0x5A)
+                    if offset > 0 { #expect(buffer[offset - 1] == 0x5A) }
+                }
+            }
+        }
+    }
+
+    @Test("ops run in order with their cookies, and the ring wraps around many times")
+    func ringWrap() throws {
+        let engine = try CPUEngine(channelCount: 1, ringSize: 8)
+        defer { engine.shutdown() }
+        let count = 1000
+        let src = UnsafeMutableRawBufferPointer.allocate(byteCount: count * 16, alignment: 64)
+        let dst = UnsafeMutableRawBufferPointer.allocate(byteCount: count * 16, alignment: 64)
+        defer {
+            src.deallocate()
+            dst.deallocate()
+        }
+        for i in 0..<src.count { src[i] = UInt8(truncatingIfNeeded: i * 7) }
+        dst.initializeMemory(as: UInt8.self, repeating: 0)
+        let ops = (0..<count).map { i in
+            EngineOp(cookie: UInt64(i), opcode: .copy, source: UnsafeRawPointer(src.baseAddress! + i * 16),
+                     destination: dst.baseAddress! + i * 16, length: 16)
+        }
+        let results = runOnChannel(engine, ops)
+        #expect(results.map(\.cookie) == (0..<UInt64(count)).map { $0 })
+        #expect(results.allSatisfy { $0.status == .success && $0.bytesDone == 16 })
+        #expect(memcmp(src.baseAddress!, dst.baseAddress!, src.count) == 0)
+    }
+
+    @Test("COPY_CRC32C copies and reports the CRC of the source, seeded or not")
+    func copyCRC() throws {
+        let engine = try CPUEngine(channelCount: 1)
+        defer { engine.shutdown() }
+        let n = 300_001
+        let src = UnsafeMutableRawBufferPointer.allocate(byteCount: n, alignment: 64)
+        let dst = UnsafeMutableRawBufferPointer.allocate(byteCount: n + 2, alignment: 64)
+        defer {
+            src.deallocate()
+            dst.deallocate()
+        }
+        for i in 0..<n { src[i] = UInt8(truncatingIfNeeded: i &* 131 &+ 7) }
+        dst.initializeMemory(as: UInt8.self, repeating: 0xEE)
+        let expected = CRC32C.checksum(UnsafeRawBufferPointer(src))
+        let results = runOnChannel(engine, [
+            EngineOp(cookie: 1, opcode: .copyCRC32C, source: UnsafeRawPointer(src.baseAddress!), destination: dst.baseAddress! + 1,
+                     length: n),
+            EngineOp(cookie: 2, opcode: .crc32c, flags: .crcSeed, source: UnsafeRawPointer(src.baseAddress! + 1000),
+                     length: n - 1000, arg: UInt64(CRC32C.checksum(UnsafeRawBufferPointer(rebasing: src[0..<1000])))),
+        ])
+        #expect(results[0].result == expected)
+        #expect(results[1].result == expected)
+        #expect(memcmp(src.baseAddress!, dst.baseAddress! + 1, n) == 0)
+        #expect(dst[0] == 0xEE && dst[n + 1] == 0xEE)
+    }
+
+    @Test("two channels run independently")
+    func channelsIndependent() throws {
+        let engine = try CPUEngine(channelCount: 2)
+        defer { engine.shutdown() }
+        let a = runOnChannel(engine, channel: 0, [EngineOp(cookie: 10, opcode: .null)])
+        let b = runOnChannel(engine, channel: 1, [EngineOp(cookie: 20, opcode: .null)])
+        #expect(a.map(\.cookie) == [10])
+        #expect(b.map(\.cookie) == [20])
+        #expect(engine.channels.map(\.info.index) == [0, 1])
+        #expect(engine.channels.allSatisfy { c in Opcode.allCases.allSatisfy(c.info.supports) })
+    }
+}

@@ -1,0 +1,91 @@
+import Foundation
+import Glibc
+import IOATClient
+import IOATConformance
+import IOATProtocol
+import IOATSystem
+import Testing
+
+/// Reserves hugepages for the duration of `body` (as root) and gives them back.
+func withReservedHugepages<R>(_ count: Int, _ body: () async throws -> R) async throws -> R? {
+    let path = "/proc/sys/vm/nr_hugepages"
+    guard getuid() == 0, let text = readSmallFile(path), let before = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+        print("SKIP: hugepage tests need root and \(path); the hugepage path was not tested")
+        return nil
+    }
+    defer { writeSmallFile(path, "\(before)\n") }
+    guard writeSmallFile(path, "\(before + count)\n"),
+        let now = readSmallFile(path).flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }), now >= before + count
+    else {
+        print("SKIP: could not reserve \(count) hugepages; the hugepage path was not tested")
+        return nil
+    }
+    return try await body()
+}
+
+@Suite("buffers: hugepages and 4 KiB pages", .serialized)
+struct HugepageTests {
+    @Test("ALLOC with hugepages required gives hugepage-backed, sealed, working buffers")
+    func hugepagePath() async throws {
+        let ran: Bool? = try await withReservedHugepages(16) {
+            let server = try TestServer()
+            let client = try await server.connect()
+            #expect(client.server.hugepageSize == 2 << 20)
+            let huge = try await client.allocate(size: 3 << 20, pages: .requireHuge)
+            #expect(huge.isHugepageBacked)
+            #expect(huge.pageSize == 2 << 20)
+            #expect(huge.size == 4 << 20)  // rounded up to whole hugepages
+            let seals = try Memfd.seals(of: huge.memfd)
+            #expect(seals.contains(.shrink) && seals.contains(.grow) && seals.contains(.seal))
+            #expect(ftruncate(huge.memfd.rawValue, 0) != 0, "a sealed buffer must not shrink")
+            let results = await ConformanceSuite(iterations: 60, seed: 11, bufferSize: 4 << 20).run(client)
+            #expect(results.allSatisfy { $0.passed }, "\(results.filter { !$0.passed })")
+            let queue = try await client.openQueue(depth: 4)
+            huge.fillPseudoRandom(0..<(2 << 20), seed: 4)
+            #expect(try await queue.copy(from: huge, at: 0, to: huge, at: 2 << 20, length: 2 << 20).status == .success)
+            #expect(huge.read(at: 0, count: 2 << 20) == huge.read(at: 2 << 20, count: 2 << 20))
+            let doc = try await statusDocument(client)
+            #expect(((doc["buffers"] as? [String: Any])?["hugepage_backed"] as? Int ?? 0) >= 1)
+            try await client.free(huge)
+            return true
+        }
+        if ran == nil { print("hugepage path skipped") }
+    }
+
+    @Test("without hugepages, ALLOC falls back to 4 KiB pages and says so; REQUIRED is refused")
+    func smallPagePath() async throws {
+        let server = try TestServer(arguments: ["--no-hugepages"])
+        let client = try await server.connect()
+        #expect(client.server.hugepageSize == 0)
+        let buffer = try await client.allocate(size: 10_000)
+        #expect(!buffer.isHugepageBacked)
+        #expect(buffer.pageSize == 4096)
+        #expect(buffer.size == 12288)
+        do {
+            _ = try await client.allocate(size: 4096, pages: .requireHuge)
+            Issue.record("REQUIRED hugepages granted by a server with none")
+        } catch {
+            #expect(error.code == .noHugepages)
+        }
+        let queue = try await client.openQueue(depth: 4)
+        buffer.fillPseudoRandom(0..<5000, seed: 8)
+        #expect(try await queue.copy(from: buffer, at: 0, to: buffer, at: 6000, length: 5000).status == .success)
+        #expect(buffer.read(at: 0, count: 5000) == buffer.read(at: 6000, count: 5000))
+    }
+
+    @Test("preferred hugepages fall back to 4 KiB pages when none are free, with a warning in the log")
+    func preferredFallback() async throws {
+        let path = "/proc/sys/vm/nr_hugepages"
+        guard let free = readSmallFile("/proc/meminfo")?.split(separator: "\n").first(where: { $0.hasPrefix("HugePages_Free:") }),
+            Int(free.filter(\.isNumber)) == 0, readSmallFile(path) != nil
+        else {
+            print("SKIP: hugepages are free on this machine; the preferred-fallback path was not tested")
+            return
+        }
+        let server = try TestServer()
+        let client = try await server.connect()
+        let buffer = try await client.allocate(size: 1 << 20)
+        #expect(!buffer.isHugepageBacked && buffer.pageSize == 4096)
+        #expect(await eventually { server.log.contains("hugepages unavailable") })
+    }
+}

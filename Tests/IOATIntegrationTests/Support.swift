@@ -1,0 +1,179 @@
+import Foundation
+import Glibc
+import IOATClient
+import IOATProtocol
+import IOATSystem
+import Synchronization
+
+/// Directory holding the built executables (the test binary sits beside them).
+let buildDirectory: URL = {
+    let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    return URL(fileURLWithPath: exe).deletingLastPathComponent()
+}()
+
+let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+private let socketCounter = Atomic<Int>(0)
+
+/// A unique socket path for one test server.
+func temporarySocketPath() -> String {
+    "/tmp/ioatd-test-\(getpid())-\(socketCounter.add(1, ordering: .relaxed).newValue).sock"
+}
+
+/// A real ioatd process on a temporary socket, stopped when the test ends.
+final class TestServer: @unchecked Sendable {
+    let path: String
+    let process: Process
+    let logPath: String
+
+    init(arguments: [String] = []) throws {
+        path = temporarySocketPath()
+        logPath = path + ".log"
+        process = Process()
+        process.executableURL = buildDirectory.appendingPathComponent("ioatd")
+        process.arguments = ["--socket", path, "--log-level", "debug"] + arguments
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        process.standardError = FileHandle(forWritingAtPath: logPath)
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            if (try? UnixSocket.connect(path: path)) != nil { return }
+            usleep(10_000)
+        }
+        throw SystemError("ioatd did not start listening at \(path); log: \(log)", errno: ETIMEDOUT)
+    }
+
+    var pid: Int32 { process.processIdentifier }
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// Open descriptors of the server process.
+    func openFDs() -> Int {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).count
+    }
+
+    /// Open descriptors once the count has stopped changing (connections being torn down settle first).
+    func settledFDs() -> Int {
+        var last = openFDs()
+        for _ in 0..<50 {
+            usleep(20_000)
+            let now = openFDs()
+            if now == last { return now }
+            last = now
+        }
+        return last
+    }
+
+    func connect() async throws -> IOATClient { try await IOATClient.connect(path: path) }
+
+    /// Sends SIGTERM and waits for the exit status.
+    @discardableResult
+    func stop() -> Int32 {
+        if process.isRunning {
+            kill(pid, SIGTERM)
+            process.waitUntilExit()
+        }
+        return process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(pid, SIGKILL)
+            process.waitUntilExit()
+        }
+        unlink(path)
+        unlink(logPath)
+    }
+}
+
+/// A connection that speaks raw packets, for sending what a well-behaved client never would.
+final class RawClient {
+    let fd: FileDescriptor
+    private var nextID: UInt64 = 100
+
+    init(path: String, hello: Bool = true) throws {
+        fd = try UnixSocket.connect(path: path)
+        if hello {
+            try send(Message.hello(Hello()).encode(requestID: 1))
+            guard case .helloReply = try receive()?.message else { throw SystemError("no HELLO_OK", errno: EPROTO) }
+        }
+    }
+
+    func requestID() -> UInt64 {
+        nextID += 1
+        return nextID
+    }
+
+    func send(_ bytes: [UInt8], fds: [Int32] = []) throws {
+        try UnixSocket.send(fd, bytes, fds: fds)
+    }
+
+    struct Answer {
+        var header: MessageHeader
+        var message: Message
+        var fds: [FileDescriptor]
+        var storage: [UInt8]
+    }
+
+    /// The next packet, or nil when the server closed the connection. Fails after `timeout` seconds.
+    func receive(timeout: Double = 10) throws -> Answer? {
+        var pfd = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
+        guard poll(&pfd, 1, Int32(timeout * 1000)) == 1 else { throw SystemError("no answer within \(timeout) s", errno: ETIMEDOUT) }
+        var storage = [UInt8](repeating: 0, count: 70000)
+        let packet = try storage.withUnsafeMutableBytes { try UnixSocket.receive(fd, into: $0) }
+        if packet.isEndOfStream { return nil }
+        storage.removeSubrange(packet.count...)
+        let (header, message) = try storage.withUnsafeBytes { try Message.decode($0) }
+        // Views in `message` point into `storage`; keep only owned cases outside.
+        return Answer(header: header, message: message, fds: packet.fds, storage: storage)
+    }
+
+    /// Sends `bytes` and returns the error code of the ERROR that answers it (nil if something else came).
+    func expectError(_ bytes: [UInt8], fds: [Int32] = []) throws -> (ErrorCode, String)? {
+        try send(bytes, fds: fds)
+        guard let answer = try receive() else { return nil }
+        guard case .error(let e) = answer.message else { return nil }
+        return (e.code, e.message)
+    }
+}
+
+/// A packet built field by field: header then body.
+func packet(_ type: MessageType, body: [UInt8] = [], requestID: UInt64 = 7, version: UInt16 = 1) -> [UInt8] {
+    var w = WireWriter()
+    MessageHeader(version: version, type: type, length: UInt32(24 + body.count), requestID: requestID).encode(into: &w)
+    w.write(bytes: body)
+    return w.bytes
+}
+
+func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+
+/// Runs a command and returns its exit status and standard output.
+func runTool(_ name: String, _ arguments: [String], environment: [String: String]? = nil) throws -> (Int32, String) {
+    let process = Process()
+    process.executableURL = name.hasPrefix("/") ? URL(fileURLWithPath: name) : buildDirectory.appendingPathComponent(name)
+    process.arguments = arguments
+    if let environment { process.environment = environment }
+    let out = Pipe()
+    process.standardOutput = out
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+/// Waits until `condition` holds, polling; false after `timeout` seconds.
+func eventually(timeout: Double = 10, _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(nanoseconds: 20_000_000)
+    }
+    return try await condition()
+}
+
+/// The STATUS document as a dictionary.
+func statusDocument(_ client: IOATClient) async throws -> [String: Any] {
+    let json = try await client.status()
+    return try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] ?? [:]
+}

@@ -1,0 +1,106 @@
+import Foundation
+import Glibc
+import IOATConformance
+import IOATProtocol
+import Testing
+
+@Suite("ioatctl against a running server")
+struct ToolTests {
+    @Test("ioatctl test passes and prints its counts")
+    func selfTest() throws {
+        let server = try TestServer()
+        let (status, out) = try runTool("ioatctl", ["test", "--socket", server.path, "--iterations", "50"])
+        #expect(status == 0, "\(out)")
+        #expect(out.contains(" passed, 0 failed"))
+    }
+
+    @Test("ioatctl crc32c prints the CRC of each file, honouring IOATD_SOCKET")
+    func crc() throws {
+        let server = try TestServer()
+        let dir = "/tmp/ioatd-crc-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var rng = SplitMix64(seed: 1)
+        let big = (0..<(9 << 20) + 123).map { _ in UInt8(truncatingIfNeeded: rng.next()) }  // spans several server chunks
+        let files: [(String, [UInt8])] = [("digits", Array("123456789".utf8)), ("empty", []), ("big", big)]
+        for (name, bytes) in files { _ = FileManager.default.createFile(atPath: "\(dir)/\(name)", contents: Data(bytes)) }
+        var env = ProcessInfo.processInfo.environment
+        env["IOATD_SOCKET"] = server.path
+        let (status, out) = try runTool("ioatctl", ["crc32c"] + files.map { "\(dir)/\($0.0)" }, environment: env)
+        #expect(status == 0)
+        let expected = files.map { name, bytes in
+            let c = String(ReferenceCRC32C.checksum(bytes), radix: 16)
+            return String(repeating: "0", count: 8 - c.count) + c + "  \(dir)/\(name)"
+        }
+        #expect(out.split(separator: "\n").map(String.init) == expected)
+        #expect(expected[0].hasPrefix("e3069283"))
+    }
+
+    @Test("ioatctl status --json is a STATUS document; plain status is readable")
+    func status() throws {
+        let server = try TestServer(arguments: ["--channels", "2"])
+        let (status, out) = try runTool("ioatctl", ["status", "--json", "--socket", server.path])
+        #expect(status == 0)
+        let doc = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]
+        #expect((doc?["channels"] as? [Any])?.count == 2)
+        #expect((doc?["server"] as? [String: Any])?["engine"] as? String == "cpu")
+        let (plainStatus, plain) = try runTool("ioatctl", ["status", "--socket", server.path])
+        #expect(plainStatus == 0)
+        #expect(plain.contains("engine cpu"))
+    }
+
+    @Test("ioatctl bench reports a baseline, the server's figure and their ratio (never asserted)")
+    func bench() throws {
+        let server = try TestServer()
+        let (status, out) = try runTool("ioatctl", ["bench", "--socket", server.path, "--sizes", "4K,64K", "--seconds", "0.05",
+                                                    "--small-batch", "8", "--json"])
+        #expect(status == 0)
+        let doc = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]
+        let rows = doc?["rows"] as? [[String: Any]] ?? []
+        #expect(rows.count == 6)
+        #expect(rows.allSatisfy { ($0["baseline_g_bps"] as? Double ?? 0) > 0 && ($0["ioatd_g_bps"] as? Double ?? 0) > 0 })
+        #expect(((doc?["small_ops"] as? [String: Any])?["packets_per_op"] as? Double ?? 9) < 1)
+    }
+
+    @Test("ioatctl fails clearly when no server listens")
+    func noServer() throws {
+        let (status, _) = try runTool("ioatctl", ["status", "--socket", "/tmp/ioatd-nobody-\(getpid()).sock"])
+        #expect(status != 0)
+    }
+}
+
+@Suite("C header")
+struct HeaderTests {
+    @Test("protocol/ioatd.h compiles with its static asserts and encodes like the Swift codec")
+    func header() throws {
+        let dir = "/tmp/ioatd-header-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let source = """
+            #include <stdio.h>
+            #include <string.h>
+            #include "ioatd.h"
+            int main(void) {
+                unsigned char buf[24 + 8 + 64];
+                struct ioatd_header h = { IOATD_MAGIC, IOATD_VERSION, IOATD_MSG_SUBMIT, sizeof buf, 0, 77 };
+                struct ioatd_submit s = { 3, 1 };
+                struct ioatd_desc d = { IOATD_OP_COPY, 0, IOATD_F_INT_EN | IOATD_F_FENCE, 5, 0x1122334455667788ull, 4096, 64, 6, 0, 128, 0, 0 };
+                memcpy(buf, &h, 24); memcpy(buf + 24, &s, 8); memcpy(buf + 32, &d, 64);
+                for (size_t i = 0; i < sizeof buf; i++) printf("%02x", buf[i]);
+                printf("\\n");
+                return 0;
+            }
+            """
+        try source.write(toFile: "\(dir)/t.c", atomically: true, encoding: .utf8)
+        let include = repositoryRoot.appendingPathComponent("protocol").path
+        let (cc, ccOut) = try runTool("/usr/bin/cc", ["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I", include, "\(dir)/t.c", "-o", "\(dir)/t"])
+        #expect(cc == 0, "\(ccOut)")
+        let (run, hex) = try runTool("\(dir)/t", [])
+        #expect(run == 0)
+        let swift = Message.encodeSubmit(queue: 3, descriptors: [
+            .copy(from: .init(handle: 5, offset: 64), to: .init(handle: 6, offset: 128), length: 4096, flags: [.interrupt, .fence],
+                  cookie: 0x1122_3344_5566_7788),
+        ], requestID: 77)
+        #expect(hex.trimmingCharacters(in: .whitespacesAndNewlines) == swift.map { String(format: "%02x", $0) }.joined())
+    }
+}
