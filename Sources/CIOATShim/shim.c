@@ -77,3 +77,20 @@ int cioat_peercred(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
 
 #include <pthread.h>
 void cioat_set_thread_name(const char *name) { pthread_setname_np(pthread_self(), name); }
+
+#include <sched.h>
+int cioat_set_thread_affinity(const int *cpus, int n) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (int i = 0; i < n; i++) CPU_SET(cpus[i], &set);
+    return sched_setaffinity(0, sizeof set, &set);
+}
+
+int cioat_get_thread_affinity(int *cpus, int max) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return -1;
+    int n = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE && n < max; cpu++)
+        if (CPU_ISSET(cpu, &set)) cpus[n++] = cpu;
+    return n;
+}

@@ -1,13 +1,16 @@
+import DequeModule
 import Glibc
 import IOATProtocol
 import IOATSystem
 import Synchronization
 
-/// A connection to ioatd. Requests are `async`; a reader thread receives every reply and completion and
-/// resumes the caller waiting for it. All methods are safe to call from any task or thread.
+/// A connection to ioatd. All methods are safe to call from any task or thread.
 ///
-/// Completions never run user code on the reader thread: a finished batch resumes the task that awaits
-/// it, on that task's executor.
+/// One reader thread per connection receives every reply and completion. Completion *callbacks*
+/// (`IOATQueue.submit(_:onComplete:)`) run on that thread, in the order the server delivered the
+/// records; they must not block, and they may submit more work: sends never block — a packet the
+/// socket will not take yet waits in an outbox that the reader thread drains in order. The `async`
+/// methods resume the awaiting task on its own executor, never on the reader thread.
 public final class IOATClient: Sendable {
     /// What the server said in the handshake: version, limits and channels.
     public let server: HelloReply
@@ -15,18 +18,13 @@ public final class IOATClient: Sendable {
     public let path: String
 
     private let fd: FileDescriptor
-    private let sendLock = Mutex<Void>(())
+    private let wakeup: EventFD
     private let nextRequest = Atomic<UInt64>(1)
     private let state = Mutex(State())
+    private let output = Mutex(Output())
     private let reader: Mutex<OSThread?> = Mutex(nil)
     private let packetsSent = Atomic<UInt64>(0)
     private let packetsReceived = Atomic<UInt64>(0)
-
-    /// Packets sent and received on this connection so far (after the handshake), for measuring how
-    /// many socket messages each op costs.
-    public var packetCounts: (sent: UInt64, received: UInt64) {
-        (packetsSent.load(ordering: .relaxed), packetsReceived.load(ordering: .relaxed))
-    }
 
     /// A successful answer to a request (see `rawRequest`).
     public enum Reply: @unchecked Sendable {
@@ -37,17 +35,20 @@ public final class IOATClient: Sendable {
         case status(String)
     }
 
+    /// What a finished batch hands back.
+    public typealias BatchResult = Result<[CompletionRecord], IOATError>
+
     /// A submitted batch waiting for its records.
     final class Batch: @unchecked Sendable {
         var records: [CompletionRecord]
         var remaining: Int
         var requestIDs: [UInt64] = []
-        let continuation: CheckedContinuation<[CompletionRecord], any Error>
-        init(count: Int, continuation: CheckedContinuation<[CompletionRecord], any Error>) {
+        let complete: @Sendable (BatchResult) -> Void
+        init(count: Int, complete: @escaping @Sendable (BatchResult) -> Void) {
             records = Array(repeating: CompletionRecord(cookie: 0, status: .connectionLost, opcode: 0, result: 0, bytesDone: 0),
                             count: count)
             remaining = count
-            self.continuation = continuation
+            self.complete = complete
         }
     }
 
@@ -59,17 +60,40 @@ public final class IOATClient: Sendable {
         var lost: String? = nil
     }
 
+    /// Packets the socket would not take yet, in send order, with descriptors kept open until sent.
+    struct Output: ~Copyable {
+        var outbox: Deque<([UInt8], [FileDescriptor])> = []
+        var failed: SystemError? = nil
+    }
+
+    /// Packets sent and received on this connection so far (after the handshake), for measuring how
+    /// many socket messages each op costs.
+    public var packetCounts: (sent: UInt64, received: UInt64) {
+        (packetsSent.load(ordering: .relaxed), packetsReceived.load(ordering: .relaxed))
+    }
+
     /// Connects to `path` (default: the SPEC.md rule, `$IOATD_SOCKET` first) and performs the handshake.
-    public static func connect(path: String? = nil) async throws(IOATError) -> IOATClient {
+    /// While requests are outstanding, the reader thread polls the socket without sleeping for
+    /// `busyPollMicroseconds` after each packet (0 disables it): waking a sleeping thread costs tens of
+    /// microseconds in a VM, more than a small op.
+    public static func connect(path: String? = nil, busyPollMicroseconds: Int = 50) async throws(IOATError) -> IOATClient {
         let path = path ?? SocketPath.resolved()
         let fd: FileDescriptor
+        let wakeup: EventFD
         do throws(SystemError) {
             fd = try UnixSocket.connect(path: path)
+            wakeup = try EventFD()
         } catch {
             throw .system(error)
         }
         let reply = try handshake(fd)
-        let client = IOATClient(fd: fd, server: reply, path: path)
+        do throws(SystemError) {
+            try fd.setNonBlocking(true)
+        } catch {
+            throw .system(error)
+        }
+        let client = IOATClient(fd: fd, wakeup: wakeup, server: reply, path: path,
+                                busyPollNanoseconds: UInt64(max(0, busyPollMicroseconds)) * 1000)
         client.startReader()
         return client
     }
@@ -103,8 +127,13 @@ public final class IOATClient: Sendable {
         }
     }
 
-    private init(fd: FileDescriptor, server: HelloReply, path: String) {
+    private let busyPollNanoseconds: UInt64
+    private let lastActivity = Atomic<UInt64>(0)
+
+    private init(fd: FileDescriptor, wakeup: EventFD, server: HelloReply, path: String, busyPollNanoseconds: UInt64) {
+        self.busyPollNanoseconds = busyPollNanoseconds
         self.fd = fd
+        self.wakeup = wakeup
         self.server = server
         self.path = path
     }
@@ -116,12 +145,12 @@ public final class IOATClient: Sendable {
 
     private func startReader() {
         let thread = OSThread(name: "ioat-client") { [weak self] in
-            // Hold the client only weakly between packets so dropping it ends the thread.
             let capacity = Int(self?.server.maxMessage ?? UInt32(Wire.defaultMaxMessage)) + 1
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 16)
             defer { buffer.deallocate() }
+            // Hold the client only weakly between rounds so dropping it ends the thread.
             while let client = self {
-                if !client.receiveOne(into: buffer) { return }
+                if !client.serviceSocket(buffer) { return }
             }
         }
         reader.withLock { $0 = thread }
@@ -130,26 +159,63 @@ public final class IOATClient: Sendable {
     /// Closes the connection: every waiting call fails with `connectionLost`.
     public func close() {
         _ = shutdown(fd.rawValue, Int32(SHUT_RDWR))
+        wakeup.signal()
+    }
+
+    // MARK: Sending
+
+    /// Sends a packet without ever blocking: straight to the socket when nothing is queued before it,
+    /// else (or when the socket is full) into the outbox, which the reader thread drains in order.
+    private func send(_ bytes: [UInt8], fds: [FileDescriptor] = []) throws(IOATError) {
+        let (failure, queued): (SystemError?, Bool) = output.withLock { out in
+            if let failed = out.failed { return (failed, false) }
+            if out.outbox.isEmpty {
+                do throws(SystemError) {
+                    try UnixSocket.send(fd, bytes, fds: fds.map(\.rawValue))
+                    return (nil, false)
+                } catch where error.errno == EAGAIN {
+                    // queue below
+                } catch {
+                    out.failed = error
+                    return (error, false)
+                }
+            }
+            out.outbox.append((bytes, fds))
+            return (nil, true)
+        }
+        if let failure { throw .connectionLost("send: \(failure)") }
+        packetsSent.add(1, ordering: .relaxed)
+        lastActivity.store(Clock.nanoseconds(), ordering: .relaxed)
+        if queued { wakeup.signal() }
+    }
+
+    /// Sends queued packets until the socket is full again (reader thread only).
+    private func drainOutbox() -> Bool {
+        output.withLock { out in
+            while let (bytes, fds) = out.outbox.first {
+                do throws(SystemError) {
+                    try UnixSocket.send(fd, bytes, fds: fds.map(\.rawValue))
+                } catch where error.errno == EAGAIN {
+                    return true
+                } catch {
+                    out.failed = error
+                    return false
+                }
+                out.outbox.removeFirst()
+            }
+            return true
+        }
     }
 
     // MARK: Requests
 
-    private func send(_ bytes: [UInt8], fds: [Int32] = []) throws(IOATError) {
-        let failure: SystemError? = sendLock.withLock { _ in
-            do throws(SystemError) {
-                try UnixSocket.send(fd, bytes, fds: fds)
-                return nil
-            } catch {
-                return error
-            }
-        }
-        if let failure { throw .connectionLost("send: \(failure)") }
-        packetsSent.add(1, ordering: .relaxed)
+    private func request(_ message: Message, fds: [FileDescriptor] = []) async throws(IOATError) -> Reply {
+        try await request(message.encode(requestID: nextRequest.add(1, ordering: .relaxed).oldValue), fds: fds)
     }
 
-    private func request(_ message: Message, fds: [Int32] = []) async throws(IOATError) -> Reply {
-        let id = nextRequest.add(1, ordering: .relaxed).oldValue
-        let bytes = message.encode(requestID: id)
+    private func request(_ bytes: [UInt8], fds: [FileDescriptor] = []) async throws(IOATError) -> Reply {
+        guard bytes.count >= Wire.headerSize else { throw .invalidArgument("a request needs a 24-byte header") }
+        let id = bytes.withUnsafeBytes { WireReader($0).get(at: 16, as: UInt64.self)! }
         do {
             return try await withCheckedThrowingContinuation { (c: CheckedContinuation<Reply, any Error>) in
                 let lost: String? = state.withLock { s in
@@ -189,11 +255,17 @@ public final class IOATClient: Sendable {
 
     /// Registers a memfd this process made; it must carry F_SEAL_SHRINK (see `makeSealedMemfd`).
     public func register(memfd: FileDescriptor) async throws(IOATError) -> IOATBuffer {
-        guard case .buffer(let reply, _) = try await request(.register, fds: [memfd.rawValue]) else {
+        let own: FileDescriptor
+        do throws(SystemError) {
+            own = try memfd.duplicate()
+        } catch {
+            throw .system(error)
+        }
+        guard case .buffer(let reply, _) = try await request(.register, fds: [own]) else {
             throw .invalidReply("REGISTER answered with something else")
         }
         do throws(SystemError) {
-            return try IOATBuffer(reply: reply, memfd: try memfd.duplicate())
+            return try IOATBuffer(reply: reply, memfd: own)
         } catch {
             throw .system(error)
         }
@@ -216,7 +288,7 @@ public final class IOATClient: Sendable {
         _ = try await request(.free(handle: buffer.handle))
     }
 
-    /// Opens a queue on `channel` (default: the least busy) with room for `depth` ops in flight.
+    /// Opens a queue on `channel` (default: the one with the fewest queues) with room for `depth` ops.
     public func openQueue(channel: UInt32? = nil, depth: Int = 64) async throws(IOATError) -> IOATQueue {
         guard depth > 0, depth <= Int(UInt32.max) else { throw .invalidArgument("queue depth \(depth) must be in 1...\(UInt32.max)") }
         guard case .open(let reply) = try await request(.open(channel: channel ?? Wire.anyChannel, depth: UInt32(depth))) else {
@@ -235,25 +307,10 @@ public final class IOATClient: Sendable {
         return json
     }
 
-    /// Sends a raw packet and returns the server's answer to it, for tests of the server's validation.
-    /// The answer's fds are closed.
-    public func rawRequest(_ bytes: [UInt8], fds: [Int32] = []) async throws(IOATError) -> Reply {
-        guard bytes.count >= Wire.headerSize else { throw .invalidArgument("a raw request needs a 24-byte header") }
-        let id = bytes.withUnsafeBytes { WireReader($0).get(at: 16, as: UInt64.self)! }
-        do {
-            return try await withCheckedThrowingContinuation { (c: CheckedContinuation<Reply, any Error>) in
-                state.withLock { $0.replies[id] = c }
-                do throws(IOATError) {
-                    try send(bytes, fds: fds)
-                } catch {
-                    if let c = state.withLock({ $0.replies.removeValue(forKey: id) }) { c.resume(throwing: error) }
-                }
-            }
-        } catch let error as IOATError {
-            throw error
-        } catch {
-            throw .invalidReply("\(error)")
-        }
+    /// Sends a raw, already-encoded request (use `reserveRequestID()` for its id) and returns the server's
+    /// answer: for testing the server's validation.
+    public func rawRequest(_ bytes: [UInt8], fds: [FileDescriptor] = []) async throws(IOATError) -> Reply {
+        try await request(bytes, fds: fds)
     }
 
     /// A request id no other call uses, for `rawRequest`.
@@ -261,62 +318,59 @@ public final class IOATClient: Sendable {
 
     // MARK: Submission
 
-    /// Submits `descriptors` to queue `queue` (split into SUBMITs of at most `chunk`) and returns their
-    /// records in order. The cookies are replaced by the client's own; the records carry the
-    /// descriptors' original cookies back.
-    func submit(queue: UInt32, _ descriptors: [Descriptor], chunk: Int) async throws(IOATError) -> [CompletionRecord] {
-        guard !descriptors.isEmpty else { return [] }
-        guard descriptors.count <= 1 << 16 else { throw .invalidArgument("at most 65536 descriptors per submit, got \(descriptors.count)") }
-        let records: [CompletionRecord]
-        do {
-            records = try await withCheckedThrowingContinuation { (c: CheckedContinuation<[CompletionRecord], any Error>) in
-                let batch = Batch(count: descriptors.count, continuation: c)
-                var packets: [[UInt8]] = []
-                let lost: String? = state.withLock { s in
-                    if let lost = s.lost { return lost }
-                    let serial = s.nextBatch
-                    s.nextBatch += 1
-                    var start = 0
-                    while start < descriptors.count {
-                        let end = min(start + chunk, descriptors.count)
-                        var slice = Array(descriptors[start..<end])
-                        for i in slice.indices {
-                            slice[i].cookie = serial << 16 | UInt64(start + i)
-                        }
-                        // Deliver each chunk as soon as its last op completes (SPEC.md §6.4).
-                        slice[slice.count - 1].flags.insert(.interrupt)
-                        let id = nextRequest.add(1, ordering: .relaxed).oldValue
-                        batch.requestIDs.append(id)
-                        s.submitRequests[id] = serial
-                        packets.append(Message.encodeSubmit(queue: queue, descriptors: slice, requestID: id))
-                        start = end
-                    }
-                    s.batches[serial] = batch
-                    return nil
-                }
-                if let lost {
-                    c.resume(throwing: IOATError.connectionLost(lost))
-                    return
-                }
-                for packet in packets {
-                    do throws(IOATError) {
-                        try send(packet)
-                    } catch {
-                        failBatch(batch, error)
-                        return
-                    }
-                }
+    /// Submits `descriptors` to `queue` in SUBMITs of at most `chunk`, and calls `complete` once with
+    /// every record (in order, carrying the descriptors' own cookies) or the first error.
+    func submit(queue: UInt32, _ descriptors: [Descriptor], chunk: Int, complete: @escaping @Sendable (BatchResult) -> Void) {
+        guard !descriptors.isEmpty else { return complete(.success([])) }
+        guard descriptors.count <= 1 << 16 else {
+            return complete(.failure(.invalidArgument("at most 65536 descriptors per submit, got \(descriptors.count)")))
+        }
+        let cookies = descriptors.map(\.cookie)
+        let batch = Batch(count: descriptors.count) { result in
+            complete(result.map { records in
+                var records = records
+                for i in records.indices { records[i].cookie = cookies[i] }
+                return records
+            })
+        }
+        var packets: [[UInt8]] = []
+        let lost: String? = state.withLock { s in
+            if let lost = s.lost { return lost }
+            let serial = s.nextBatch
+            s.nextBatch += 1
+            var start = 0
+            while start < descriptors.count {
+                let end = min(start + chunk, descriptors.count)
+                var slice = descriptors[start..<end]
+                for i in slice.indices { slice[i].cookie = serial << 16 | UInt64(i) }
+                // Deliver each chunk as soon as its last op completes (SPEC.md §6.4).
+                slice[end - 1].flags.insert(.interrupt)
+                let id = nextRequest.add(1, ordering: .relaxed).oldValue
+                batch.requestIDs.append(id)
+                s.submitRequests[id] = serial
+                packets.append(Message.encodeSubmit(queue: queue, descriptors: slice, requestID: id))
+                start = end
             }
-        } catch let error as IOATError {
-            throw error
-        } catch {
-            throw .invalidReply("\(error)")
+            s.batches[serial] = batch
+            return nil
         }
-        return zip(records, descriptors).map { record, d in
-            var r = record
-            r.cookie = d.cookie
-            return r
+        if let lost { return batch.complete(.failure(.connectionLost(lost))) }
+        for packet in packets {
+            do throws(IOATError) {
+                try send(packet)
+            } catch {
+                failBatch(batch, error)
+                return
+            }
         }
+    }
+
+    /// Async form of `submit(queue:_:chunk:complete:)`.
+    func submit(queue: UInt32, _ descriptors: [Descriptor], chunk: Int) async throws(IOATError) -> [CompletionRecord] {
+        let result: BatchResult = await withCheckedContinuation { c in
+            submit(queue: queue, descriptors, chunk: chunk) { c.resume(returning: $0) }
+        }
+        return try result.get()
     }
 
     private func failBatch(_ batch: Batch, _ error: IOATError) {
@@ -326,33 +380,62 @@ public final class IOATClient: Sendable {
             for id in batch.requestIDs { s.submitRequests[id] = nil }
             return true
         }
-        if removed { batch.continuation.resume(throwing: error) }
+        if removed { batch.complete(.failure(error)) }
     }
 
     // MARK: Reader thread
 
-    /// Receives and routes one packet; returns false when the connection is gone.
-    private func receiveOne(into buffer: UnsafeMutableRawBufferPointer) -> Bool {
-        let packet: ReceivedPacket
+    /// Waits for the socket (and, with an outbox, for room in it), then receives and routes what arrived
+    /// and sends what is queued. Returns false when the connection is gone.
+    private func serviceSocket(_ buffer: UnsafeMutableRawBufferPointer) -> Bool {
+        let pending = output.withLock { !$0.outbox.isEmpty }
+        let polling = busyPollNanoseconds > 0 && Clock.nanoseconds() - lastActivity.load(ordering: .relaxed) < busyPollNanoseconds
+            && state.withLock { !$0.batches.isEmpty || !$0.replies.isEmpty }
+        let ready: [Poll.Events]
         do throws(SystemError) {
-            packet = try UnixSocket.receive(fd, into: buffer)
+            ready = try Poll.wait([(fd, pending ? [.readable, .writable] : .readable), (wakeup.fd, .readable)],
+                                  timeoutMilliseconds: polling ? 0 : -1)
         } catch {
-            connectionLost("receive: \(error)")
+            connectionLost("poll: \(error)")
             return false
         }
-        if packet.isEndOfStream {
-            connectionLost("the server closed the connection")
-            return false
+        guard ready.count == 2, !ready.allSatisfy({ $0.isEmpty }) else {
+            if polling { Clock.yield() }
+            return true
         }
-        packetsReceived.add(1, ordering: .relaxed)
-        let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<packet.count])
-        do throws(ProtocolError) {
-            let (header, message) = try Message.decode(bytes, maxDescriptors: Int(server.maxDescriptors))
-            route(header, message, fds: packet.fds)
-        } catch {
-            connectionLost("undecodable packet from server: \(error)")
-            close()
-            return false
+        lastActivity.store(Clock.nanoseconds(), ordering: .relaxed)
+        if ready[1].contains(.readable) { wakeup.drain() }
+        if ready[0].contains(.writable) || pending {
+            if !drainOutbox() {
+                connectionLost("send failed")
+                return false
+            }
+        }
+        if ready[0].isDisjoint(with: [.readable, .hangup, .error]) { return true }
+        for _ in 0..<64 {
+            let packet: ReceivedPacket
+            do throws(SystemError) {
+                packet = try UnixSocket.receive(fd, into: buffer)
+            } catch where error.errno == EAGAIN {
+                return true
+            } catch {
+                connectionLost("receive: \(error)")
+                return false
+            }
+            if packet.isEndOfStream {
+                connectionLost("the server closed the connection")
+                return false
+            }
+            packetsReceived.add(1, ordering: .relaxed)
+            let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<packet.count])
+            do throws(ProtocolError) {
+                let (header, message) = try Message.decode(bytes, maxDescriptors: Int(server.maxDescriptors))
+                route(header, message, fds: packet.fds)
+            } catch {
+                connectionLost("undecodable packet from server: \(error)")
+                _ = shutdown(fd.rawValue, Int32(SHUT_RDWR))
+                return false
+            }
         }
         return true
     }
@@ -375,7 +458,7 @@ public final class IOATClient: Sendable {
                     }
                 }
             }
-            for batch in finished { batch.continuation.resume(returning: batch.records) }
+            for batch in finished { batch.complete(.success(batch.records)) }
         case .error(let e):
             let error = IOATError.refused(ProtocolError(e.code, e.message, index: e.index == Wire.noIndex ? nil : e.index))
             let (reply, batch): (CheckedContinuation<Reply, any Error>?, Batch?) = state.withLock { s in
@@ -387,7 +470,7 @@ public final class IOATClient: Sendable {
                 return (nil, nil)
             }
             reply?.resume(throwing: error)
-            batch?.continuation.resume(throwing: error)
+            batch?.complete(.failure(error))
         default:
             let reply: Reply
             switch message {
@@ -414,7 +497,11 @@ public final class IOATClient: Sendable {
             s.submitRequests.removeAll()
             return (r, b)
         }
+        output.withLock { out in
+            out.outbox.removeAll()
+            if out.failed == nil { out.failed = SystemError("connection lost: \(why)", errno: ECONNRESET) }
+        }
         for c in replies { c.resume(throwing: IOATError.connectionLost(why)) }
-        for b in batches { b.continuation.resume(throwing: IOATError.connectionLost(why)) }
+        for b in batches { b.complete(.failure(.connectionLost(why))) }
     }
 }

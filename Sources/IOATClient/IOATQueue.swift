@@ -25,6 +25,13 @@ public final class IOATQueue: Sendable {
         try await client.submit(queue: id, descriptors, chunk: min(depth, Int(client.server.maxDescriptors)))
     }
 
+    /// Submits a batch and returns at once; `onComplete` runs once, on the client's reader thread, with
+    /// every record (in order, with the descriptors' cookies) or the error that refused the batch.
+    /// It must not block; it may submit more work (sends never block).
+    public func submit(_ descriptors: [Descriptor], onComplete: @escaping @Sendable (IOATClient.BatchResult) -> Void) {
+        client.submit(queue: id, descriptors, chunk: min(depth, Int(client.server.maxDescriptors)), complete: onComplete)
+    }
+
     /// Submits one descriptor and waits for it.
     public func submit(_ descriptor: Descriptor) async throws(IOATError) -> CompletionRecord {
         try await submit([descriptor])[0]

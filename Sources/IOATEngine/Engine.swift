@@ -74,6 +74,8 @@ public protocol EngineChannel: AnyObject, Sendable {
     func submit()
     /// Moves finished ops, in submission order, into `completions`; returns how many.
     func reap(into completions: UnsafeMutableBufferPointer<EngineCompletion>) -> Int
+    /// Whether `reap` would return something now (cheap: for polling loops).
+    var hasCompletions: Bool { get }
     /// Stops the channel's workers after the ops already submitted finish.
     func shutdown()
 }
@@ -84,8 +86,15 @@ public protocol Engine: AnyObject, Sendable {
     var name: String { get }
     /// The channels, indexed by `ChannelInfo.index`.
     var channels: [any EngineChannel] { get }
-    /// Signalled whenever any channel has completions to reap. The event loop polls it.
+    /// Signalled when a channel has completions to reap while the notifier is armed.
     var notifier: EventFD { get }
+    /// Called by the event loop just before it sleeps: from now on a completion signals `notifier`.
+    /// Returns false when completions are already waiting (then the loop must not sleep). Until this is
+    /// called again after `disarmNotifier`, the loop polls `hasCompletions` and engines need not signal
+    /// (the io_uring "need wakeup" idea: no syscall per op while the consumer is awake).
+    func armNotifier() -> Bool
+    /// Called by the event loop when it wakes.
+    func disarmNotifier()
     /// Stops every channel.
     func shutdown()
 }

@@ -100,6 +100,8 @@ public final class IOATServer: @unchecked Sendable {
             "channels": "\(engine.channels.count)", "hugepage_size": "\(hugepageSize)",
         ])
         var drainDeadline = Double.infinity
+        let busyPoll = UInt64(max(0, configuration.busyPollMicroseconds)) * 1000
+        var lastActivity: UInt64 = 0
         while true {
             let stops = stopRequested.load(ordering: .sequentiallyConsistent)
             if stops >= 2 { break }
@@ -116,8 +118,22 @@ public final class IOATServer: @unchecked Sendable {
                     break
                 }
             }
-            let timeout: Int32 = state == .draining ? 50 : -1
+            let polling = busyPoll > 0 && Clock.nanoseconds() - lastActivity < busyPoll
+            if polling, schedulers.contains(where: { $0.engine.hasCompletions }) {
+                reapCompletions()
+                lastActivity = Clock.nanoseconds()
+            }
+            var timeout: Int32 = polling ? 0 : state == .draining ? 50 : -1
+            if timeout != 0 && !engine.armNotifier() { timeout = 0 }
             let n = try epoll.wait(timeoutMilliseconds: timeout)
+            if timeout != 0 { engine.disarmNotifier() }
+            if n > 0 {
+                lastActivity = Clock.nanoseconds()
+            } else if polling {
+                Clock.yield()
+            } else if schedulers.contains(where: { $0.engine.hasCompletions }) {
+                reapCompletions()
+            }
             for i in 0..<n {
                 let (token, ready) = epoll.event(at: i)
                 switch token {

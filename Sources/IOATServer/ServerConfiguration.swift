@@ -29,6 +29,10 @@ public struct ServerConfiguration: Sendable {
     public var engineWindow: Int = 64
     /// Most completion records in one COMPLETION message.
     public var maxRecordsPerMessage: Int = 512
+    /// After any activity the event loop polls without sleeping for this long before it blocks in
+    /// epoll_wait. In a VM a sleeping thread costs tens of microseconds to wake; polling trades that CPU
+    /// for latency. 0 disables it.
+    public var busyPollMicroseconds: Int = 50
     /// How long a graceful stop waits for in-flight ops, in milliseconds.
     public var drainTimeoutMilliseconds: Int = 5000
 

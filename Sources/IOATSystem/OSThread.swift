@@ -10,11 +10,13 @@ public final class OSThread: @unchecked Sendable {
         init(_ body: @escaping () -> Void) { self.body = body }
     }
 
-    /// Starts `body` on a new thread named `name` (at most 15 bytes show).
-    public init(name: String, _ body: @escaping @Sendable () -> Void) {
+    /// Starts `body` on a new thread named `name` (at most 15 bytes show), pinned to `cpu` if given
+    /// (best effort: a CPU the process may not use leaves the thread unpinned).
+    public init(name: String, cpu: Int? = nil, _ body: @escaping @Sendable () -> Void) {
         let threadName = String(name.prefix(15))
         let box = Unmanaged.passRetained(Box({
             cioat_set_thread_name(threadName)
+            if let cpu { try? Affinity.pinCurrentThread(to: [cpu]) }
             body()
         })).toOpaque()
         var t = pthread_t()

@@ -19,8 +19,10 @@ struct Bench: AsyncParsableCommand {
     var ops = "copy,fill,crc32c"
     @Option(help: "Ops kept in flight (queue depth).")
     var depth = 4
-    @Option(help: "Seconds per measurement.")
-    var seconds = 0.5
+    @Option(help: "Seconds per figure, split over the rounds.")
+    var seconds = 0.6
+    @Option(help: "Rounds per figure: baseline and server alternate, and the median per-round ratio is reported, so drift on a noisy machine hits both sides alike.")
+    var rounds = 3
     @Option(help: "Batch size for the small-op line (0 to skip).")
     var smallBatch = 32
     @Option(help: "Channel to use (default: the server picks).")
@@ -32,10 +34,17 @@ struct Bench: AsyncParsableCommand {
         var op: String
         var size: Int
         var depth: Int
+        /// Medians over the rounds.
         var baselineGBps: Double
         var ioatdGBps: Double
         var ratio: Double
+        /// Lowest and highest per-round ratio.
+        var ratioMin: Double
+        var ratioMax: Double
     }
+
+    /// Seconds of one measurement in one round.
+    var slice: Double { seconds / Double(max(1, rounds)) }
 
     struct SmallOps: Codable {
         var size: Int
@@ -79,16 +88,23 @@ struct Bench: AsyncParsableCommand {
         var report = Report(engine: engine, channels: client.server.channels.count, hugepages: src.isHugepageBacked, rows: [])
         if !json {
             print("ioatd bench: engine \(engine), channel \(queue.channel), depth \(depth), buffers on \(src.isHugepageBacked ? "hugepages" : "4 KiB pages"), \(seconds) s per figure")
-            print("op       size   baseline GB/s   ioatd GB/s   ratio")
+            print("op       size   baseline GB/s   ioatd GB/s   ratio (min-max of \(rounds) rounds)")
         }
         for op in opList {
             for size in sizeList {
-                let baseline = measureBaseline(op: op, size: size, src: src, dst: dst)
-                let served = try await measureServer(op: op, size: size, queue: queue, src: src, dst: dst)
-                let row = Row(op: op, size: size, depth: depth, baselineGBps: baseline, ioatdGBps: served, ratio: served / baseline)
+                var baselines: [Double] = []
+                var served: [Double] = []
+                for _ in 0..<max(1, rounds) {
+                    baselines.append(measureBaseline(op: op, size: size, src: src, dst: dst))
+                    served.append(try await measureServer(op: op, size: size, queue: queue, src: src, dst: dst))
+                }
+                let ratios = zip(served, baselines).map { $0 / $1 }
+                let row = Row(op: op, size: size, depth: depth, baselineGBps: Self.median(baselines), ioatdGBps: Self.median(served),
+                              ratio: Self.median(ratios), ratioMin: ratios.min()!, ratioMax: ratios.max()!)
                 report.rows.append(row)
                 if !json {
-                    print(String(format: "%-7@ %6@ %15.2f %12.2f %7.2f", op as NSString, Self.label(size) as NSString, baseline, served, row.ratio))
+                    print(Self.pad(op, 7) + " " + Self.pad(Self.label(size), 6, right: true)
+                          + String(format: " %15.2f %12.2f %7.2f  (%.2f-%.2f)", row.baselineGBps, row.ioatdGBps, row.ratio, row.ratioMin, row.ratioMax))
                 }
             }
         }
@@ -106,6 +122,16 @@ struct Bench: AsyncParsableCommand {
             encoder.keyEncodingStrategy = .convertToSnakeCase
             print(String(decoding: try encoder.encode(report), as: UTF8.self))
         }
+    }
+
+    static func median(_ values: [Double]) -> Double {
+        let sorted = values.sorted()
+        return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+    }
+
+    static func pad(_ s: String, _ width: Int, right: Bool = false) -> String {
+        let fill = String(repeating: " ", count: max(0, width - s.count))
+        return right ? fill + s : s + fill
     }
 
     static func label(_ size: Int) -> String {
@@ -131,12 +157,12 @@ struct Bench: AsyncParsableCommand {
             body()
             count += 1
             elapsed = now() - start
-        } while elapsed < seconds
+        } while elapsed < slice
         if sink == 0xFFFF_FFFF { print("") }  // keep the CRC from being optimised away
         return Double(count) * Double(size) / elapsed / 1e9
     }
 
-    /// GB/s through the server with `depth` single-op submitters in flight.
+    /// GB/s through the server with `depth` ops kept in flight.
     func measureServer(op: String, size: Int, queue: IOATQueue, src: IOATBuffer, dst: IOATBuffer) async throws -> Double {
         let descriptor: Descriptor
         switch op {
@@ -145,23 +171,8 @@ struct Bench: AsyncParsableCommand {
         default: descriptor = .crc32c(of: src.address(), length: UInt64(size))
         }
         _ = try await queue.submit(descriptor)  // warm up
-        let start = now()
-        let deadline = start + seconds
-        let total = try await withThrowingTaskGroup(of: Int.self) { group in
-            for _ in 0..<depth {
-                group.addTask {
-                    var done = 0
-                    while now() < deadline {
-                        let r = try await queue.submit(descriptor)
-                        guard r.status == .success else { throw CLIError("\(op) \(size): \(r.status)") }
-                        done += 1
-                    }
-                    return done
-                }
-            }
-            return try await group.reduce(0, +)
-        }
-        return Double(total) * Double(size) / (now() - start) / 1e9
+        let (ops, elapsed) = try await Pump.run(queue: queue, batch: [descriptor], inFlight: depth, seconds: slice)
+        return Double(ops) * Double(size) / elapsed / 1e9
     }
 
     func measureSmallOps(client: IOATClient, queue: IOATQueue, src: IOATBuffer, dst: IOATBuffer) async throws -> SmallOps {
@@ -184,26 +195,62 @@ struct Bench: AsyncParsableCommand {
 
         let inFlight = 4
         let before = client.packetCounts
-        let start = now()
-        let deadline = start + seconds
-        let ops = try await withThrowingTaskGroup(of: Int.self) { group in
-            for _ in 0..<inFlight {
-                group.addTask {
-                    var done = 0
-                    while now() < deadline {
-                        let records = try await queue.submit(batch)
-                        guard records.allSatisfy({ $0.status == .success }) else { throw CLIError("small copy failed") }
-                        done += records.count
-                    }
-                    return done
-                }
-            }
-            return try await group.reduce(0, +)
-        }
-        let served = Double(ops) / (now() - start)
+        let (ops, servedSeconds) = try await Pump.run(queue: queue, batch: batch, inFlight: inFlight, seconds: seconds)
+        let served = Double(ops) / servedSeconds
         let after = client.packetCounts
         let packets = Double(after.sent - before.sent + after.received - before.received)
         return SmallOps(size: size, batch: smallBatch, batchesInFlight: inFlight, baselineOpsPerSecond: baseline,
                         ioatdOpsPerSecond: served, ratio: served / baseline, packetsPerOp: packets / Double(ops))
+    }
+}
+
+/// Keeps `inFlight` batches in flight for `seconds`: each completion callback (on the client's reader
+/// thread) checks the records and submits the batch again, so no task hop sits between an op finishing
+/// and the next one being sent.
+final class Pump: @unchecked Sendable {
+    private let queue: IOATQueue
+    private let batch: [Descriptor]
+    private let deadline: Double
+    private let lock = NSLock()
+    private var ops = 0
+    private var running: Int
+    private var failure: Error?
+    private var finished: CheckedContinuation<Void, Never>?
+
+    private init(queue: IOATQueue, batch: [Descriptor], inFlight: Int, deadline: Double) {
+        self.queue = queue
+        self.batch = batch
+        self.deadline = deadline
+        running = inFlight
+    }
+
+    static func run(queue: IOATQueue, batch: [Descriptor], inFlight: Int, seconds: Double) async throws -> (ops: Int, elapsed: Double) {
+        let start = now()
+        let pump = Pump(queue: queue, batch: batch, inFlight: inFlight, deadline: start + seconds)
+        await withCheckedContinuation { c in
+            pump.finished = c
+            for _ in 0..<inFlight { pump.next() }
+        }
+        if let failure = pump.failure { throw failure }
+        return (pump.ops, now() - start)
+    }
+
+    private func next() {
+        queue.submit(batch) { [self] result in
+            lock.lock()
+            switch result {
+            case .success(let records) where records.allSatisfy({ $0.status == .success }):
+                ops += records.count
+            case .success(let records):
+                failure = CLIError("an op completed with \(records.first { $0.status != .success }!.status)")
+            case .failure(let error):
+                failure = error
+            }
+            let again = failure == nil && now() < deadline
+            if !again { running -= 1 }
+            let done = running == 0 ? finished : nil
+            lock.unlock()
+            if again { next() } else { done?.resume() }
+        }
     }
 }

@@ -25,17 +25,24 @@ struct IOATDaemon: ParsableCommand {
     @Option(help: "Engine that runs the ops.")
     var engine: EngineKind = .cpu
 
-    @Option(help: "Number of channels (CPU engine: one worker thread each).")
-    var channels: Int = 2
+    @Option(help: "Number of channels (CPU engine: one worker thread each). Default: one fewer than the CPUs available, at least 1.")
+    var channels: Int?
+
+    @Flag(inversion: .prefixedNo, help: "Pin each CPU-engine worker to a CPU of its own when there are more CPUs than workers.")
+    var pinWorkers = true
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
+
+    @Option(help: "Microseconds the event loop and CPU workers poll before sleeping after activity (0: never poll).")
+    var busyPollUs: Int = 50
 
     @Flag(help: "Never use hugepages for ALLOC.")
     var noHugepages = false
 
     func validate() throws {
-        guard (1...64).contains(channels) else { throw ValidationError("--channels must be in 1...64, got \(channels)") }
+        guard (0...10_000).contains(busyPollUs) else { throw ValidationError("--busy-poll-us must be in 0...10000, got \(busyPollUs)") }
+        if let channels, !(1...64).contains(channels) { throw ValidationError("--channels must be in 1...64, got \(channels)") }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")); got \(logLevel)")
         }
@@ -52,6 +59,7 @@ struct IOATDaemon: ParsableCommand {
         let path = socket ?? SocketPath.resolved()
         var config = ServerConfiguration(socketPath: path)
         config.hugepages = !noHugepages
+        config.busyPollMicroseconds = busyPollUs
         let failure: SystemError?
         do throws(SystemError) {
             try serve(config, logger: logger)
@@ -71,7 +79,16 @@ struct IOATDaemon: ParsableCommand {
         signal(SIGPIPE, SIG_IGN)
         let directory = config.socketPath.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
         if !directory.isEmpty { mkdir(directory, 0o755) }
-        let cpu = try CPUEngine(channelCount: channels)
+        let cpus = Affinity.current()
+        let channelCount = channels ?? max(1, cpus.count - 1)
+        let plan = Affinity.Plan(workerCount: channelCount, cpus: cpus, enabled: pinWorkers)
+        let cpu = try CPUEngine(channelCount: channelCount, busyPollMicroseconds: busyPollUs, workerCPUs: plan.workers)
+        if !plan.others.isEmpty { try Affinity.pinCurrentThread(to: plan.others) }
+        logger.info("engine started", metadata: [
+            "engine": "cpu", "channels": "\(channelCount)",
+            "worker_cpus": "\(plan.workers.map { $0.map(String.init) ?? "any" }.joined(separator: ","))",
+            "event_loop_cpus": "\(plan.others.isEmpty ? "any" : plan.others.map(String.init).joined(separator: ","))",
+        ])
         let server = try IOATServer(configuration: config, engine: cpu, logger: logger, signals: signals)
         try server.run()
     }

@@ -51,6 +51,12 @@ int cioat_accept_nonblock(int fd);
 /// pthread_setname_np(3) for the calling thread.
 void cioat_set_thread_name(const char *name);
 
+/// Restricts the calling thread to the `n` CPUs in `cpus` (sched_setaffinity). 0 or -1 with errno.
+int cioat_set_thread_affinity(const int *cpus, int n);
+
+/// Stores up to `max` CPU numbers the calling thread may run on; returns how many, or -1 with errno.
+int cioat_get_thread_affinity(int *cpus, int max);
+
 /// SO_PEERCRED of a connected Unix socket. Returns 0 or -1 with errno.
 int cioat_peercred(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 

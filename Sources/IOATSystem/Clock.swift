@@ -1,0 +1,17 @@
+import Glibc
+
+/// Monotonic time and the pieces of busy-polling.
+public enum Clock {
+    /// Nanoseconds on the monotonic clock.
+    @inline(__always)
+    public static func nanoseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+    }
+
+    /// Gives the CPU to another runnable thread, if any (sched_yield(2)); used between busy-poll checks
+    /// so a spinning thread does not starve an engine worker sharing its core.
+    @inline(__always)
+    public static func yield() { _ = sched_yield() }
+}

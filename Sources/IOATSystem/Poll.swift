@@ -1,0 +1,26 @@
+import Glibc
+
+/// poll(2) over a few descriptors.
+public enum Poll {
+    /// What to wait for, and what happened.
+    public struct Events: OptionSet, Sendable {
+        public let rawValue: Int16
+        public init(rawValue: Int16) { self.rawValue = rawValue }
+        public static let readable = Events(rawValue: Int16(POLLIN))
+        public static let writable = Events(rawValue: Int16(POLLOUT))
+        public static let hangup = Events(rawValue: Int16(POLLHUP))
+        public static let error = Events(rawValue: Int16(POLLERR))
+    }
+
+    /// Waits until one of `targets` is ready or `timeoutMilliseconds` pass (-1: forever); returns the
+    /// events of each target, in order (empty on timeout or interruption).
+    public static func wait(_ targets: [(FileDescriptor, Events)], timeoutMilliseconds: Int32 = -1) throws(SystemError) -> [Events] {
+        var fds = targets.map { pollfd(fd: $0.0.rawValue, events: $0.1.rawValue, revents: 0) }
+        let n = poll(&fds, nfds_t(fds.count), timeoutMilliseconds)
+        if n < 0 {
+            if errno == EINTR { return [] }
+            throw SystemError.current("poll")
+        }
+        return fds.map { Events(rawValue: $0.revents) }
+    }
+}
