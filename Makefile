@@ -2,7 +2,7 @@
 SWIFT ?= swift
 PREFIX ?= /usr/local
 DESTDIR ?=
-APT_PACKAGES := libisal-dev libsystemd-dev pkg-config gcc
+APT_PACKAGES := libisal-dev libsystemd-dev pkg-config gcc python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps build release run test vectors clean

@@ -104,3 +104,25 @@ struct HeaderTests {
         #expect(hex.trimmingCharacters(in: .whitespacesAndNewlines) == swift.map { String(format: "%02x", $0) }.joined())
     }
 }
+
+@Suite("a client in another language")
+struct OtherLanguageTests {
+    @Test("protocol/examples/crc32c_client.py, written from SPEC.md alone, gets the right CRC through SCM_RIGHTS")
+    func pythonClient() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") else {
+            print("SKIP: no /usr/bin/python3; the Python client was not run")
+            return
+        }
+        let server = try TestServer()
+        let file = "/tmp/ioatd-py-\(getpid())"
+        var rng = SplitMix64(seed: 77)
+        let bytes = (0..<(3 << 20) + 5).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        _ = FileManager.default.createFile(atPath: file, contents: Data(bytes))
+        defer { unlink(file) }
+        let script = repositoryRoot.appendingPathComponent("protocol/examples/crc32c_client.py").path
+        let (status, out) = try runTool("/usr/bin/python3", [script, server.path, file])
+        #expect(status == 0)
+        let c = String(ReferenceCRC32C.checksum(bytes), radix: 16)
+        #expect(out == String(repeating: "0", count: 8 - c.count) + c + "  \(file)\n")
+    }
+}
