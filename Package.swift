@@ -8,7 +8,8 @@ import PackageDescription
 //   CIOATShim     the few C macros and constants Swift cannot import.
 //   IOATSystem    the syscall layer: fds, sockets with SCM_RIGHTS, memfds, mappings, epoll, threads.
 //   IOATEngine    the engine interface and the CPU engine (ISA-L for CRC32C and XOR).
-//   IOATServer    the broker: connections, buffers, queues, scheduling, completion delivery.
+//   IOATServer    the broker: connections, buffers, queues, scheduling, completion delivery,
+//                 configuration (TOML) and systemd integration (libsystemd).
 //   IOATClient    the client library.
 //   IOATConformance  the behaviours every engine must show, run by `ioatctl test` and the tests.
 let package = Package(
@@ -22,19 +23,22 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         .target(name: "CIOATShim"),
         .systemLibrary(name: "CISAL", pkgConfig: "libisal", providers: [.apt(["libisal-dev"])]),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         .target(name: "IOATProtocol"),
         .target(name: "IOATSystem", dependencies: ["CIOATShim"]),
         .target(name: "IOATEngine", dependencies: ["IOATProtocol", "IOATSystem", "CISAL"]),
         .target(
             name: "IOATServer",
             dependencies: [
-                "IOATProtocol", "IOATSystem", "IOATEngine",
+                "IOATProtocol", "IOATSystem", "IOATEngine", "CSystemd",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
             ]
         ),
         .target(
@@ -61,7 +65,9 @@ let package = Package(
         .testTarget(name: "IOATEngineTests", dependencies: ["IOATEngine", "IOATProtocol", "IOATSystem"]),
         .testTarget(
             name: "IOATIntegrationTests",
-            dependencies: ["IOATClient", "IOATConformance", "IOATProtocol", "IOATSystem", "IOATEngine", "ioatd", "ioatctl"]
+            dependencies: [
+                "IOATClient", "IOATConformance", "IOATProtocol", "IOATSystem", "IOATEngine", "IOATServer", "ioatd", "ioatctl",
+            ]
         ),
     ]
 )

@@ -36,6 +36,7 @@ enum ioatd_msg_type {
     IOATD_MSG_CLOSE_OK = 0x8006,
     IOATD_MSG_STATUS_OK = 0x8008,
     IOATD_MSG_COMPLETION = 0xC001,
+    IOATD_MSG_GOODBYE = 0xC002,
     IOATD_MSG_ERROR = 0xFFFF,
 };
 
@@ -249,6 +250,12 @@ struct ioatd_completion_record {
     uint64_t reserved2;
 };
 
+/* §5.7 */
+struct ioatd_goodbye {
+    uint32_t drain_ms;
+    uint32_t reserved;
+};
+
 /* §7, followed by text_length bytes of UTF-8 */
 struct ioatd_error_msg {
     uint32_t code;
@@ -296,6 +303,7 @@ _Static_assert(sizeof(struct ioatd_completion_record) == 32, "ioatd_completion_r
 _Static_assert(offsetof(struct ioatd_completion_record, status) == 8, "ioatd_completion_record.status");
 _Static_assert(offsetof(struct ioatd_completion_record, result) == 12, "ioatd_completion_record.result");
 _Static_assert(offsetof(struct ioatd_completion_record, bytes_done) == 16, "ioatd_completion_record.bytes_done");
+_Static_assert(sizeof(struct ioatd_goodbye) == 8, "ioatd_goodbye");
 _Static_assert(sizeof(struct ioatd_error_msg) == 16, "ioatd_error_msg");
 
 #endif /* IOATD_H */

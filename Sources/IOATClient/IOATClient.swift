@@ -1,31 +1,20 @@
-import DequeModule
 import Glibc
 import IOATProtocol
 import IOATSystem
 import Synchronization
 
-/// A connection to ioatd. All methods are safe to call from any task or thread.
+/// A client of ioatd. All methods are safe to call from any task or thread.
 ///
-/// One reader thread per connection receives every reply and completion. Completion *callbacks*
-/// (`IOATQueue.submit(_:onComplete:)`) run on that thread, in the order the server delivered the
-/// records; they must not block, and they may submit more work: sends never block — a packet the
-/// socket will not take yet waits in an outbox that the reader thread drains in order. The `async`
+/// Completion callbacks (`IOATQueue.submit(_:onComplete:)`) run on the connection's reader thread, in
+/// the order the server delivered the records; they must not block and may submit more work. The `async`
 /// methods resume the awaiting task on its own executor, never on the reader thread.
+///
+/// When the connection drops (the server stopped, crashed or restarted), every request and op in flight
+/// fails with `IOATError.connectionLost` — none is reported done, none waits forever — and the next call
+/// on the client connects again. Buffers and queues belong to the connection that opened them: after a
+/// reconnect, open new queues, and allocate or re-register buffers (`register(_:)` re-registers the
+/// memfd of an old buffer, so its bytes carry over).
 public final class IOATClient: Sendable {
-    /// What the server said in the handshake: version, limits and channels.
-    public let server: HelloReply
-    /// The socket path connected to.
-    public let path: String
-
-    private let fd: FileDescriptor
-    private let wakeup: EventFD
-    private let nextRequest = Atomic<UInt64>(1)
-    private let state = Mutex(State())
-    private let output = Mutex(Output())
-    private let reader: Mutex<OSThread?> = Mutex(nil)
-    private let packetsSent = Atomic<UInt64>(0)
-    private let packetsReceived = Atomic<UInt64>(0)
-
     /// A successful answer to a request (see `rawRequest`).
     public enum Reply: @unchecked Sendable {
         case hello(HelloReply)
@@ -38,39 +27,11 @@ public final class IOATClient: Sendable {
     /// What a finished batch hands back.
     public typealias BatchResult = Result<[CompletionRecord], IOATError>
 
-    /// A submitted batch waiting for its records.
-    final class Batch: @unchecked Sendable {
-        var records: [CompletionRecord]
-        var remaining: Int
-        var requestIDs: [UInt64] = []
-        let complete: @Sendable (BatchResult) -> Void
-        init(count: Int, complete: @escaping @Sendable (BatchResult) -> Void) {
-            records = Array(repeating: CompletionRecord(cookie: 0, status: .connectionLost, opcode: 0, result: 0, bytesDone: 0),
-                            count: count)
-            remaining = count
-            self.complete = complete
-        }
-    }
-
-    struct State: ~Copyable {
-        var replies: [UInt64: CheckedContinuation<Reply, any Error>] = [:]
-        var batches: [UInt64: Batch] = [:]
-        var submitRequests: [UInt64: UInt64] = [:]
-        var nextBatch: UInt64 = 1
-        var lost: String? = nil
-    }
-
-    /// Packets the socket would not take yet, in send order, with descriptors kept open until sent.
-    struct Output: ~Copyable {
-        var outbox: Deque<([UInt8], [FileDescriptor])> = []
-        var failed: SystemError? = nil
-    }
-
-    /// Packets sent and received on this connection so far (after the handshake), for measuring how
-    /// many socket messages each op costs.
-    public var packetCounts: (sent: UInt64, received: UInt64) {
-        (packetsSent.load(ordering: .relaxed), packetsReceived.load(ordering: .relaxed))
-    }
+    /// The socket path connected to.
+    public let path: String
+    private let busyPollMicroseconds: Int
+    private let current: Mutex<Session>
+    private let reconnects = Atomic<Int>(0)
 
     /// Connects to `path` (default: the SPEC.md rule, `$IOATD_SOCKET` first) and performs the handshake.
     /// While requests are outstanding, the reader thread polls the socket without sleeping for
@@ -78,197 +39,71 @@ public final class IOATClient: Sendable {
     /// microseconds in a VM, more than a small op.
     public static func connect(path: String? = nil, busyPollMicroseconds: Int = 50) async throws(IOATError) -> IOATClient {
         let path = path ?? SocketPath.resolved()
-        let fd: FileDescriptor
-        let wakeup: EventFD
-        do throws(SystemError) {
-            fd = try UnixSocket.connect(path: path)
-            wakeup = try EventFD()
-        } catch {
-            throw .system(error)
-        }
-        let reply = try handshake(fd)
-        do throws(SystemError) {
-            try fd.setNonBlocking(true)
-        } catch {
-            throw .system(error)
-        }
-        let client = IOATClient(fd: fd, wakeup: wakeup, server: reply, path: path,
-                                busyPollNanoseconds: UInt64(max(0, busyPollMicroseconds)) * 1000)
-        client.startReader()
-        return client
+        return IOATClient(path: path, busyPollMicroseconds: busyPollMicroseconds,
+                          session: try await connectOffPool(path: path, busyPollMicroseconds: busyPollMicroseconds))
     }
 
-    /// HELLO and its answer, synchronously, before the reader thread exists.
-    private static func handshake(_ fd: FileDescriptor) throws(IOATError) -> HelloReply {
-        do throws(SystemError) {
-            try UnixSocket.send(fd, Message.hello(Hello()).encode(requestID: 0, version: 1))
-        } catch {
-            throw .system(error)
-        }
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Wire.defaultMaxMessage + 1, alignment: 16)
-        defer { buffer.deallocate() }
-        let received: ReceivedPacket
-        do throws(SystemError) {
-            received = try UnixSocket.receive(fd, into: buffer)
-        } catch {
-            throw .system(error)
-        }
-        if received.isEndOfStream { throw .connectionLost("the server closed the connection during the handshake") }
-        let message: Message
-        do throws(ProtocolError) {
-            (_, message) = try Message.decode(UnsafeRawBufferPointer(rebasing: buffer[0..<received.count]))
-        } catch {
-            throw .invalidReply("handshake: \(error)")
-        }
-        switch message {
-        case .helloReply(let r): return r
-        case .error(let e): throw .refused(ProtocolError(e.code, e.message))
-        default: throw .invalidReply("expected HELLO_OK, got \(message.type.name)")
-        }
-    }
-
-    private let busyPollNanoseconds: UInt64
-    private let lastActivity = Atomic<UInt64>(0)
-
-    private init(fd: FileDescriptor, wakeup: EventFD, server: HelloReply, path: String, busyPollNanoseconds: UInt64) {
-        self.busyPollNanoseconds = busyPollNanoseconds
-        self.fd = fd
-        self.wakeup = wakeup
-        self.server = server
-        self.path = path
-    }
-
-    deinit {
-        _ = shutdown(fd.rawValue, Int32(SHUT_RDWR))
-        reader.withLock { $0 }?.join()
-    }
-
-    private func startReader() {
-        let thread = OSThread(name: "ioat-client") { [weak self] in
-            let capacity = Int(self?.server.maxMessage ?? UInt32(Wire.defaultMaxMessage)) + 1
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 16)
-            defer { buffer.deallocate() }
-            // Hold the client only weakly between rounds so dropping it ends the thread.
-            while let client = self {
-                if !client.serviceSocket(buffer) { return }
-            }
-        }
-        reader.withLock { $0 = thread }
-    }
-
-    /// Closes the connection: every waiting call fails with `connectionLost`.
-    public func close() {
-        _ = shutdown(fd.rawValue, Int32(SHUT_RDWR))
-        wakeup.signal()
-    }
-
-    // MARK: Sending
-
-    /// Sends a packet without ever blocking: straight to the socket when nothing is queued before it,
-    /// else (or when the socket is full) into the outbox, which the reader thread drains in order.
-    private func send(_ bytes: [UInt8], fds: [FileDescriptor] = []) throws(IOATError) {
-        let (failure, queued): (SystemError?, Bool) = output.withLock { out in
-            if let failed = out.failed { return (failed, false) }
-            if out.outbox.isEmpty {
-                do throws(SystemError) {
-                    try UnixSocket.send(fd, bytes, fds: fds.map(\.rawValue))
-                    return (nil, false)
-                } catch where error.errno == EAGAIN {
-                    // queue below
-                } catch {
-                    out.failed = error
-                    return (error, false)
-                }
-            }
-            out.outbox.append((bytes, fds))
-            return (nil, true)
-        }
-        if let failure { throw .connectionLost("send: \(failure)") }
-        packetsSent.add(1, ordering: .relaxed)
-        lastActivity.store(Clock.nanoseconds(), ordering: .relaxed)
-        if queued { wakeup.signal() }
-    }
-
-    /// Sends queued packets until the socket is full again (reader thread only).
-    private func drainOutbox() -> Bool {
-        output.withLock { out in
-            while let (bytes, fds) = out.outbox.first {
-                do throws(SystemError) {
-                    try UnixSocket.send(fd, bytes, fds: fds.map(\.rawValue))
-                } catch where error.errno == EAGAIN {
-                    return true
-                } catch {
-                    out.failed = error
-                    return false
-                }
-                out.outbox.removeFirst()
-            }
-            return true
-        }
-    }
-
-    // MARK: Requests
-
-    private func request(_ message: Message, fds: [FileDescriptor] = []) async throws(IOATError) -> Reply {
-        try await request(message.encode(requestID: nextRequest.add(1, ordering: .relaxed).oldValue), fds: fds)
-    }
-
-    private func request(_ bytes: [UInt8], fds: [FileDescriptor] = []) async throws(IOATError) -> Reply {
-        guard bytes.count >= Wire.headerSize else { throw .invalidArgument("a request needs a 24-byte header") }
-        let id = bytes.withUnsafeBytes { WireReader($0).get(at: 16, as: UInt64.self)! }
-        do {
-            return try await withCheckedThrowingContinuation { (c: CheckedContinuation<Reply, any Error>) in
-                let lost: String? = state.withLock { s in
-                    if let lost = s.lost { return lost }
-                    s.replies[id] = c
-                    return nil
-                }
-                if let lost {
-                    c.resume(throwing: IOATError.connectionLost(lost))
-                    return
-                }
+    /// Connects and shakes hands on a thread of its own: connect(2) and the handshake block, and blocking
+    /// a cooperative-pool thread can stall every other task of the process.
+    private static func connectOffPool(path: String, busyPollMicroseconds: Int) async throws(IOATError) -> Session {
+        let result: Result<Session, IOATError> = await withCheckedContinuation { c in
+            OSThread.detached(name: "ioat-connect") {
                 do throws(IOATError) {
-                    try send(bytes, fds: fds)
+                    c.resume(returning: .success(try Session.connect(path: path, busyPollMicroseconds: busyPollMicroseconds)))
                 } catch {
-                    if let c = state.withLock({ $0.replies.removeValue(forKey: id) }) { c.resume(throwing: error) }
+                    c.resume(returning: .failure(error))
                 }
             }
-        } catch let error as IOATError {
-            throw error
-        } catch {
-            throw .invalidReply("\(error)")
+        }
+        return try result.get()
+    }
+
+    private init(path: String, busyPollMicroseconds: Int, session: Session) {
+        self.path = path
+        self.busyPollMicroseconds = busyPollMicroseconds
+        current = Mutex(session)
+    }
+
+    /// The live session, connecting again if the last one was lost.
+    func session() async throws(IOATError) -> Session {
+        let existing = current.withLock { $0 }
+        if !existing.isLost { return existing }
+        let fresh = try await Self.connectOffPool(path: path, busyPollMicroseconds: busyPollMicroseconds)
+        reconnects.add(1, ordering: .relaxed)
+        return current.withLock { s in
+            if s.isLost { s = fresh }
+            return s
         }
     }
+
+    /// What the server said in the handshake of the current connection: version, limits and channels.
+    public var server: HelloReply { current.withLock { $0 }.server }
+
+    /// How many times the client has connected again after losing its connection.
+    public var reconnectCount: Int { reconnects.load(ordering: .relaxed) }
+
+    /// Packets sent and received on the current connection (after the handshake), for measuring how many
+    /// socket messages each op costs.
+    public var packetCounts: (sent: UInt64, received: UInt64) { current.withLock { $0 }.packetCounts }
+
+    /// Closes the current connection: every waiting call fails with `connectionLost`; the next call
+    /// connects again.
+    public func close() { current.withLock { $0 }.close() }
 
     /// Allocates a server-owned shared buffer of at least `size` bytes and maps it here.
     public func allocate(size: Int, pages: Alloc.Pages = .preferHuge) async throws(IOATError) -> IOATBuffer {
-        guard size > 0 else { throw .invalidArgument("allocate(size:) needs a size above 0, got \(size)") }
-        guard case .buffer(let reply, let memfd?) = try await request(.alloc(Alloc(size: UInt64(size), pages: pages))) else {
-            throw .invalidReply("ALLOC answered without a memfd")
-        }
-        do throws(SystemError) {
-            return try IOATBuffer(reply: reply, memfd: memfd)
-        } catch {
-            throw .system(error)
-        }
+        try await session().allocate(size: size, pages: pages)
     }
 
     /// Registers a memfd this process made; it must carry F_SEAL_SHRINK (see `makeSealedMemfd`).
     public func register(memfd: FileDescriptor) async throws(IOATError) -> IOATBuffer {
-        let own: FileDescriptor
-        do throws(SystemError) {
-            own = try memfd.duplicate()
-        } catch {
-            throw .system(error)
-        }
-        guard case .buffer(let reply, _) = try await request(.register, fds: [own]) else {
-            throw .invalidReply("REGISTER answered with something else")
-        }
-        do throws(SystemError) {
-            return try IOATBuffer(reply: reply, memfd: own)
-        } catch {
-            throw .system(error)
-        }
+        try await session().register(memfd: memfd)
+    }
+
+    /// Registers the memory of `buffer` (from this or an earlier connection) on the current connection:
+    /// after a server restart, the bytes of a buffer carry over this way.
+    public func register(_ buffer: IOATBuffer) async throws(IOATError) -> IOATBuffer {
+        try await session().register(memfd: buffer.memfd)
     }
 
     /// Makes a memfd of `size` bytes sealed against shrinking and growing, ready for `register`.
@@ -285,223 +120,25 @@ public final class IOATClient: Sendable {
     /// Frees a buffer. The server unmaps it once no op in flight uses it; this process's mapping stays
     /// valid until `buffer` is released.
     public func free(_ buffer: IOATBuffer) async throws(IOATError) {
-        _ = try await request(.free(handle: buffer.handle))
+        try await session().free(buffer)
     }
 
     /// Opens a queue on `channel` (default: the one with the fewest queues) with room for `depth` ops.
     public func openQueue(channel: UInt32? = nil, depth: Int = 64) async throws(IOATError) -> IOATQueue {
-        guard depth > 0, depth <= Int(UInt32.max) else { throw .invalidArgument("queue depth \(depth) must be in 1...\(UInt32.max)") }
-        guard case .open(let reply) = try await request(.open(channel: channel ?? Wire.anyChannel, depth: UInt32(depth))) else {
-            throw .invalidReply("OPEN answered with something else")
-        }
-        return IOATQueue(client: self, reply: reply)
-    }
-
-    func closeQueue(_ id: UInt32) async throws(IOATError) {
-        _ = try await request(.close(queue: id))
+        try await session().openQueue(channel: channel, depth: depth)
     }
 
     /// The server's STATUS document (JSON, SPEC.md §5.6).
     public func status() async throws(IOATError) -> String {
-        guard case .status(let json) = try await request(.status) else { throw .invalidReply("STATUS answered with something else") }
-        return json
+        try await session().status()
     }
 
     /// Sends a raw, already-encoded request (use `reserveRequestID()` for its id) and returns the server's
     /// answer: for testing the server's validation.
     public func rawRequest(_ bytes: [UInt8], fds: [FileDescriptor] = []) async throws(IOATError) -> Reply {
-        try await request(bytes, fds: fds)
+        try await session().rawRequest(bytes, fds: fds)
     }
 
     /// A request id no other call uses, for `rawRequest`.
-    public func reserveRequestID() -> UInt64 { nextRequest.add(1, ordering: .relaxed).oldValue }
-
-    // MARK: Submission
-
-    /// Submits `descriptors` to `queue` in SUBMITs of at most `chunk`, and calls `complete` once with
-    /// every record (in order, carrying the descriptors' own cookies) or the first error.
-    func submit(queue: UInt32, _ descriptors: [Descriptor], chunk: Int, complete: @escaping @Sendable (BatchResult) -> Void) {
-        guard !descriptors.isEmpty else { return complete(.success([])) }
-        guard descriptors.count <= 1 << 16 else {
-            return complete(.failure(.invalidArgument("at most 65536 descriptors per submit, got \(descriptors.count)")))
-        }
-        let cookies = descriptors.map(\.cookie)
-        let batch = Batch(count: descriptors.count) { result in
-            complete(result.map { records in
-                var records = records
-                for i in records.indices { records[i].cookie = cookies[i] }
-                return records
-            })
-        }
-        var packets: [[UInt8]] = []
-        let lost: String? = state.withLock { s in
-            if let lost = s.lost { return lost }
-            let serial = s.nextBatch
-            s.nextBatch += 1
-            var start = 0
-            while start < descriptors.count {
-                let end = min(start + chunk, descriptors.count)
-                var slice = descriptors[start..<end]
-                for i in slice.indices { slice[i].cookie = serial << 16 | UInt64(i) }
-                // Deliver each chunk as soon as its last op completes (SPEC.md §6.4).
-                slice[end - 1].flags.insert(.interrupt)
-                let id = nextRequest.add(1, ordering: .relaxed).oldValue
-                batch.requestIDs.append(id)
-                s.submitRequests[id] = serial
-                packets.append(Message.encodeSubmit(queue: queue, descriptors: slice, requestID: id))
-                start = end
-            }
-            s.batches[serial] = batch
-            return nil
-        }
-        if let lost { return batch.complete(.failure(.connectionLost(lost))) }
-        for packet in packets {
-            do throws(IOATError) {
-                try send(packet)
-            } catch {
-                failBatch(batch, error)
-                return
-            }
-        }
-    }
-
-    /// Async form of `submit(queue:_:chunk:complete:)`.
-    func submit(queue: UInt32, _ descriptors: [Descriptor], chunk: Int) async throws(IOATError) -> [CompletionRecord] {
-        let result: BatchResult = await withCheckedContinuation { c in
-            submit(queue: queue, descriptors, chunk: chunk) { c.resume(returning: $0) }
-        }
-        return try result.get()
-    }
-
-    private func failBatch(_ batch: Batch, _ error: IOATError) {
-        let removed = state.withLock { s -> Bool in
-            guard let serial = batch.requestIDs.first.flatMap({ s.submitRequests[$0] }), s.batches[serial] === batch else { return false }
-            s.batches[serial] = nil
-            for id in batch.requestIDs { s.submitRequests[id] = nil }
-            return true
-        }
-        if removed { batch.complete(.failure(error)) }
-    }
-
-    // MARK: Reader thread
-
-    /// Waits for the socket (and, with an outbox, for room in it), then receives and routes what arrived
-    /// and sends what is queued. Returns false when the connection is gone.
-    private func serviceSocket(_ buffer: UnsafeMutableRawBufferPointer) -> Bool {
-        let pending = output.withLock { !$0.outbox.isEmpty }
-        let polling = busyPollNanoseconds > 0 && Clock.nanoseconds() - lastActivity.load(ordering: .relaxed) < busyPollNanoseconds
-            && state.withLock { !$0.batches.isEmpty || !$0.replies.isEmpty }
-        let ready: [Poll.Events]
-        do throws(SystemError) {
-            ready = try Poll.wait([(fd, pending ? [.readable, .writable] : .readable), (wakeup.fd, .readable)],
-                                  timeoutMilliseconds: polling ? 0 : -1)
-        } catch {
-            connectionLost("poll: \(error)")
-            return false
-        }
-        guard ready.count == 2, !ready.allSatisfy({ $0.isEmpty }) else {
-            if polling { Clock.yield() }
-            return true
-        }
-        lastActivity.store(Clock.nanoseconds(), ordering: .relaxed)
-        if ready[1].contains(.readable) { wakeup.drain() }
-        if ready[0].contains(.writable) || pending {
-            if !drainOutbox() {
-                connectionLost("send failed")
-                return false
-            }
-        }
-        if ready[0].isDisjoint(with: [.readable, .hangup, .error]) { return true }
-        for _ in 0..<64 {
-            let packet: ReceivedPacket
-            do throws(SystemError) {
-                packet = try UnixSocket.receive(fd, into: buffer)
-            } catch where error.errno == EAGAIN {
-                return true
-            } catch {
-                connectionLost("receive: \(error)")
-                return false
-            }
-            if packet.isEndOfStream {
-                connectionLost("the server closed the connection")
-                return false
-            }
-            packetsReceived.add(1, ordering: .relaxed)
-            let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<packet.count])
-            do throws(ProtocolError) {
-                let (header, message) = try Message.decode(bytes, maxDescriptors: Int(server.maxDescriptors))
-                route(header, message, fds: packet.fds)
-            } catch {
-                connectionLost("undecodable packet from server: \(error)")
-                _ = shutdown(fd.rawValue, Int32(SHUT_RDWR))
-                return false
-            }
-        }
-        return true
-    }
-
-    private func route(_ header: MessageHeader, _ message: Message, fds: [FileDescriptor]) {
-        switch message {
-        case .completion(let view):
-            var finished: [Batch] = []
-            state.withLock { s in
-                for i in 0..<view.count {
-                    guard let record = try? view.record(at: i) else { continue }
-                    let serial = record.cookie >> 16
-                    guard let batch = s.batches[serial] else { continue }
-                    batch.records[Int(record.cookie & 0xFFFF)] = record
-                    batch.remaining -= 1
-                    if batch.remaining == 0 {
-                        s.batches[serial] = nil
-                        for id in batch.requestIDs { s.submitRequests[id] = nil }
-                        finished.append(batch)
-                    }
-                }
-            }
-            for batch in finished { batch.complete(.success(batch.records)) }
-        case .error(let e):
-            let error = IOATError.refused(ProtocolError(e.code, e.message, index: e.index == Wire.noIndex ? nil : e.index))
-            let (reply, batch): (CheckedContinuation<Reply, any Error>?, Batch?) = state.withLock { s in
-                if let c = s.replies.removeValue(forKey: header.requestID) { return (c, nil) }
-                if let serial = s.submitRequests[header.requestID], let batch = s.batches.removeValue(forKey: serial) {
-                    for id in batch.requestIDs { s.submitRequests[id] = nil }
-                    return (nil, batch)
-                }
-                return (nil, nil)
-            }
-            reply?.resume(throwing: error)
-            batch?.complete(.failure(error))
-        default:
-            let reply: Reply
-            switch message {
-            case .helloReply(let r): reply = .hello(r)
-            case .allocReply(let b): reply = .buffer(b, fds.first)
-            case .registerReply(let b): reply = .buffer(b, nil)
-            case .openReply(let o): reply = .open(o)
-            case .freeReply, .closeReply: reply = .ok
-            case .statusReply(let json): reply = .status(json)
-            default: return
-            }
-            let c = state.withLock { $0.replies.removeValue(forKey: header.requestID) }
-            c?.resume(returning: reply)
-        }
-    }
-
-    private func connectionLost(_ why: String) {
-        let (replies, batches) = state.withLock { s in
-            s.lost = s.lost ?? why
-            let r = Array(s.replies.values)
-            let b = Array(s.batches.values)
-            s.replies.removeAll()
-            s.batches.removeAll()
-            s.submitRequests.removeAll()
-            return (r, b)
-        }
-        output.withLock { out in
-            out.outbox.removeAll()
-            if out.failed == nil { out.failed = SystemError("connection lost: \(why)", errno: ECONNRESET) }
-        }
-        for c in replies { c.resume(throwing: IOATError.connectionLost(why)) }
-        for b in batches { b.complete(.failure(.connectionLost(why))) }
-    }
+    public func reserveRequestID() -> UInt64 { current.withLock { $0 }.reserveRequestID() }
 }

@@ -1,6 +1,7 @@
 import IOATProtocol
 
-/// A queue on one channel: ops submitted to it run in order, at most `depth` at a time.
+/// A queue on one channel: ops submitted to it run in order, at most `depth` at a time. It belongs to the
+/// connection that opened it; after that connection is lost every call fails with `connectionLost`.
 public final class IOATQueue: Sendable {
     /// The server's id for it.
     public let id: UInt32
@@ -8,10 +9,10 @@ public final class IOATQueue: Sendable {
     public let channel: UInt32
     /// Most ops in flight.
     public let depth: Int
-    private let client: IOATClient
+    private let session: Session
 
-    init(client: IOATClient, reply: OpenReply) {
-        self.client = client
+    init(session: Session, reply: OpenReply) {
+        self.session = session
         id = reply.queue
         channel = reply.channel
         depth = Int(reply.depth)
@@ -22,14 +23,14 @@ public final class IOATQueue: Sendable {
     /// descriptors' own cookies. A refusal (bad handle, out of range…) fails the call and runs none of
     /// that SUBMIT's ops.
     public func submit(_ descriptors: [Descriptor]) async throws(IOATError) -> [CompletionRecord] {
-        try await client.submit(queue: id, descriptors, chunk: min(depth, Int(client.server.maxDescriptors)))
+        try await session.submit(queue: id, descriptors, chunk: min(depth, Int(session.server.maxDescriptors)))
     }
 
     /// Submits a batch and returns at once; `onComplete` runs once, on the client's reader thread, with
     /// every record (in order, with the descriptors' cookies) or the error that refused the batch.
     /// It must not block; it may submit more work (sends never block).
     public func submit(_ descriptors: [Descriptor], onComplete: @escaping @Sendable (IOATClient.BatchResult) -> Void) {
-        client.submit(queue: id, descriptors, chunk: min(depth, Int(client.server.maxDescriptors)), complete: onComplete)
+        session.submit(queue: id, descriptors, chunk: min(depth, Int(session.server.maxDescriptors)), complete: onComplete)
     }
 
     /// Submits one descriptor and waits for it.
@@ -62,6 +63,6 @@ public final class IOATQueue: Sendable {
 
     /// Closes the queue; refused with BUSY while ops are outstanding.
     public func close() async throws(IOATError) {
-        try await client.closeQueue(id)
+        try await session.closeQueue(id)
     }
 }

@@ -111,7 +111,8 @@ final class CPUChannel: EngineChannel, @unchecked Sendable {
         done.initialize(repeating: .empty)
         self.consumer = consumer
         doorbell = try EventFD(blocking: true)
-        worker = OSThread(name: "ioatd-\(info.name)", cpu: cpu) { [unowned self] in self.run() }
+        // Strong capture: the cycle is broken by shutdown(), which joins the thread and drops it.
+        worker = OSThread(name: "ioatd-\(info.name)", cpu: cpu) { self.run() }
     }
 
     deinit {

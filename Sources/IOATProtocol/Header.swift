@@ -33,6 +33,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case closeReply = 0x8006
     case statusReply = 0x8008
     case completion = 0xC001
+    case goodbye = 0xC002
     case error = 0xFFFF
 
     /// Whether a client may send this type.
@@ -57,6 +58,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
         case .closeReply: "CLOSE_OK"
         case .statusReply: "STATUS_OK"
         case .completion: "COMPLETION"
+        case .goodbye: "GOODBYE"
         case .error: "ERROR"
         }
     }

@@ -74,6 +74,9 @@ extension Message {
             w.write(c.queue)
             w.write(UInt32(c.count))
             w.write(bytes: c.body)
+        case .goodbye(let drain):
+            w.write(drain)
+            w.write(UInt32(0))
         case .error(let e):
             let text = Array(e.message.utf8)
             w.write(e.code.rawValue)
@@ -260,6 +263,11 @@ extension Message {
             let view = CompletionView(queue: queue, count: Int(count), body: r.readBytes(r.remaining)!)
             for i in 0..<view.count { _ = try view.record(at: i) }
             return (header, .completion(view))
+        case .goodbye:
+            try expectBody(8)
+            let drain: UInt32 = r.read()!
+            try reserved32(r.read()!, "reserved")
+            return (header, .goodbye(drainMilliseconds: drain))
         case .error:
             guard bodySize >= 16 else { throw ProtocolError(.malformed, "ERROR body must be at least 16 bytes, got \(bodySize)") }
             let code = ErrorCode(rawValue: r.read()!)

@@ -242,6 +242,8 @@ public enum Message {
     case closeReply
     case statusReply(json: String)
     case completion(CompletionView)
+    /// The server is stopping: it takes no new work, and in-flight ops have `drainMilliseconds` to finish.
+    case goodbye(drainMilliseconds: UInt32)
     case error(ErrorReply)
 
     /// The wire type.
@@ -263,6 +265,7 @@ public enum Message {
         case .closeReply: .closeReply
         case .statusReply: .statusReply
         case .completion: .completion
+        case .goodbye: .goodbye
         case .error: .error
         }
     }

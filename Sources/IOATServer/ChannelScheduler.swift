@@ -41,6 +41,8 @@ final class ChannelScheduler {
 
     /// Ops in the engine now.
     var inEngine: Int { slots.count - freeSlots.count }
+    /// Ops waiting in queues for this channel's window.
+    var pendingCount: Int { active.reduce(0) { $0 + $1.pending.count } }
     /// Whether no op is in the engine or waiting for it.
     var isIdle: Bool { inEngine == 0 && active.isEmpty }
 

@@ -23,6 +23,9 @@ public final class IOATServer: @unchecked Sendable {
     private let epoll: Epoll
     private let wakeup: EventFD
     private let signals: SignalFD?
+    private let notifier: (any ServiceNotifier)?
+    /// Seconds between STATUS= updates to the service manager.
+    static let statusInterval = 2.0
     private let stopRequested = Atomic<Int>(0)
     private let publishedState = Mutex<State>(.starting)
     /// Hugepage size of this machine (from /proc/meminfo), 0 when unknown.
@@ -53,12 +56,15 @@ public final class IOATServer: @unchecked Sendable {
     /// activation); otherwise binds `configuration.socketPath`. With `signals` (a SignalFD for SIGTERM
     /// and SIGINT, made before any thread starts), the first signal starts a graceful stop and a second
     /// one stops at once.
+    /// With `notifier`, the loop reports READY=1, a STATUS= line every few seconds, WATCHDOG=1 at the
+    /// interval the service manager asked for, and STOPPING=1.
     public init(configuration: ServerConfiguration, engine: any Engine, logger: Logger,
-                listener: FileDescriptor? = nil, signals: SignalFD? = nil) throws(SystemError) {
+                listener: FileDescriptor? = nil, signals: SignalFD? = nil, notifier: (any ServiceNotifier)? = nil) throws(SystemError) {
         self.configuration = configuration
         self.engine = engine
         self.logger = logger
         self.signals = signals
+        self.notifier = notifier
         if let listener {
             try listener.setNonBlocking(true)
             self.listener = listener
@@ -102,14 +108,30 @@ public final class IOATServer: @unchecked Sendable {
         var drainDeadline = Double.infinity
         let busyPoll = UInt64(max(0, configuration.busyPollMicroseconds)) * 1000
         var lastActivity: UInt64 = 0
+        let tickInterval = notifier.map { min(Self.statusInterval, $0.watchdogInterval ?? Self.statusInterval) } ?? Double.infinity
+        var nextTick = Self.now()
+        var lastWatchdog = 0.0
+        var lastStatus = (time: Self.now(), ops: UInt64(0))
+        notifier?.notify("READY=1\nSTATUS=\(statusLine(opsPerSecond: 0))")
         while true {
             let stops = stopRequested.load(ordering: .sequentiallyConsistent)
-            if stops >= 2 { break }
-            if stops == 1 && state == .serving {
-                state = .draining
-                drainDeadline = Self.now() + Double(configuration.drainTimeoutMilliseconds) / 1000
-                epoll.remove(listener.rawValue)
-                logger.info("draining", metadata: ["in_flight": "\(schedulers.reduce(0) { $0 + $1.inEngine })"])
+            if stops >= 2 {
+                logger.warning("second stop signal: stopping at once")
+                break
+            }
+            if stops == 1 && state == .serving { drainDeadline = beginDrain() }
+            if tickInterval.isFinite, let notifier, Self.now() >= nextTick {
+                let now = Self.now()
+                if let interval = notifier.watchdogInterval, now - lastWatchdog >= interval * 0.9 {
+                    notifier.notify("WATCHDOG=1")
+                    lastWatchdog = now
+                }
+                if now - lastStatus.time >= Self.statusInterval * 0.9 {
+                    let ops = totalOps
+                    notifier.notify("STATUS=\(statusLine(opsPerSecond: Double(ops - lastStatus.ops) / (now - lastStatus.time)))")
+                    lastStatus = (now, ops)
+                }
+                nextTick = now + tickInterval
             }
             if state == .draining {
                 if schedulers.allSatisfy({ $0.isIdle }) && connections.values.allSatisfy({ $0.backlog.isEmpty }) { break }
@@ -124,6 +146,10 @@ public final class IOATServer: @unchecked Sendable {
                 lastActivity = Clock.nanoseconds()
             }
             var timeout: Int32 = polling ? 0 : state == .draining ? 50 : -1
+            if timeout != 0 && tickInterval.isFinite {
+                let untilTick = Int32(max(0, min(60_000, (nextTick - Self.now()) * 1000)).rounded(.up))
+                timeout = timeout < 0 ? untilTick : min(timeout, untilTick)
+            }
             if timeout != 0 && !engine.armNotifier() { timeout = 0 }
             let n = try epoll.wait(timeoutMilliseconds: timeout)
             if timeout != 0 { engine.disarmNotifier() }
@@ -154,6 +180,30 @@ public final class IOATServer: @unchecked Sendable {
         engine.shutdown()
         state = .stopped
         logger.info("stopped")
+    }
+
+    /// Stops accepting, tells every client with GOODBYE, and returns the drain deadline. The listening
+    /// socket stays open (with socket activation systemd keeps it, and queued connections go to the next
+    /// instance).
+    private func beginDrain() -> Double {
+        state = .draining
+        epoll.remove(listener.rawValue)
+        let inFlight = schedulers.reduce(0) { $0 + $1.inEngine + $1.pendingCount }
+        logger.info("draining", metadata: ["in_flight": "\(inFlight)", "clients": "\(connections.count)"])
+        notifier?.notify("STOPPING=1\nSTATUS=stopping: \(inFlight) ops in flight, \(connections.count) clients")
+        let goodbye = Message.goodbye(drainMilliseconds: UInt32(configuration.drainTimeoutMilliseconds))
+        for connection in Array(connections.values) {
+            reply(connection, goodbye, requestID: 0)
+        }
+        return Self.now() + Double(configuration.drainTimeoutMilliseconds) / 1000
+    }
+
+    /// Ops completed on every channel so far.
+    private var totalOps: UInt64 { schedulers.reduce(0) { $0 + $1.opsCompleted } }
+
+    /// The one-line summary for STATUS=.
+    private func statusLine(opsPerSecond: Double) -> String {
+        "\(state.rawValue): engine \(engine.name), \(schedulers.count) channels, \(connections.count) clients, \(Int(opsPerSecond)) ops/s"
     }
 
     private func handleSignals() {

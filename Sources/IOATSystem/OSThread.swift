@@ -33,4 +33,10 @@ public final class OSThread: @unchecked Sendable {
     public func join() {
         pthread_join(handle, nil)
     }
+
+    /// Runs `body` on a new thread that cleans up after itself (nobody joins it).
+    public static func detached(name: String, _ body: @escaping @Sendable () -> Void) {
+        let thread = OSThread(name: name, body)
+        pthread_detach(thread.handle)
+    }
 }

@@ -11,61 +11,89 @@ struct IOATDaemon: ParsableCommand {
         commandName: "ioatd",
         abstract: "Serve DMA-style copy, fill and CRC32C offload over a Unix socket.",
         discussion: """
-            Default socket: $IOATD_SOCKET, else /run/ioatd/ioatd.sock as root, else $XDG_RUNTIME_DIR/ioatd.sock.
-            SIGTERM or SIGINT stops gracefully (in-flight ops finish); a second signal stops at once.
+            Socket: the one passed by systemd (socket activation), else --socket, else the config file's, else
+            $IOATD_SOCKET, else /run/ioatd/ioatd.sock as root, else $XDG_RUNTIME_DIR/ioatd.sock.
+            Options given here override the configuration file.
+            SIGTERM or SIGINT stops gracefully (clients are told, in-flight ops finish); a second signal stops at once.
             """)
 
     enum EngineKind: String, ExpressibleByArgument, CaseIterable {
         case cpu
     }
 
-    @Option(help: "Socket path to listen on.")
+    @Option(help: "TOML configuration file (see deploy/ioatd.toml).")
+    var config: String?
+
+    @Option(help: "Socket path to listen on when not socket-activated.")
     var socket: String?
 
     @Option(help: "Engine that runs the ops.")
-    var engine: EngineKind = .cpu
+    var engine: EngineKind?
 
     @Option(help: "Number of channels (CPU engine: one worker thread each). Default: one fewer than the CPUs available, at least 1.")
     var channels: Int?
 
-    @Flag(inversion: .prefixedNo, help: "Pin each CPU-engine worker to a CPU of its own when there are more CPUs than workers.")
-    var pinWorkers = true
+    @Flag(inversion: .prefixedNo, help: "Pin each CPU-engine worker to a CPU of its own when there are more CPUs than workers (default: on).")
+    var pinWorkers: Bool?
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default: info).")
+    var logLevel: String?
 
-    @Option(help: "Microseconds the event loop and CPU workers poll before sleeping after activity (0: never poll).")
-    var busyPollUs: Int = 50
+    @Option(help: "Microseconds the event loop and CPU workers poll before sleeping after activity (0: never poll; default 50).")
+    var busyPollUs: Int?
 
     @Flag(help: "Never use hugepages for ALLOC.")
     var noHugepages = false
 
     func validate() throws {
-        guard (0...10_000).contains(busyPollUs) else { throw ValidationError("--busy-poll-us must be in 0...10000, got \(busyPollUs)") }
+        if let busyPollUs, !(0...10_000).contains(busyPollUs) { throw ValidationError("--busy-poll-us must be in 0...10000, got \(busyPollUs)") }
         if let channels, !(1...64).contains(channels) { throw ValidationError("--channels must be in 1...64, got \(channels)") }
-        guard Logger.Level(rawValue: logLevel) != nil else {
+        if let logLevel, Logger.Level(rawValue: logLevel) == nil {
             throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")); got \(logLevel)")
         }
     }
 
+    /// Defaults, then the file, then the command line.
+    func settings() throws -> DaemonConfiguration {
+        var settings = DaemonConfiguration(socketPath: SocketPath.resolved())
+        if let config {
+            do {
+                settings = try DaemonConfiguration.load(path: config, defaults: settings)
+            } catch {
+                FileHandle.standardError.write("ioatd: configuration: \(error)\n")
+                throw ExitCode(2)
+            }
+        }
+        if let socket { settings.server.socketPath = socket }
+        if let engine { settings.engine = engine.rawValue }
+        if let channels { settings.channels = channels }
+        if let pinWorkers { settings.pinWorkers = pinWorkers }
+        if let logLevel { settings.logLevel = logLevel }
+        if let busyPollUs { settings.server.busyPollMicroseconds = busyPollUs }
+        if noHugepages { settings.server.hugepages = false }
+        return settings
+    }
+
     func run() throws {
-        let level = Logger.Level(rawValue: logLevel)!
+        let settings = try settings()
+        let level = Logger.Level(rawValue: settings.logLevel) ?? .info
+        let journal = getenv("JOURNAL_STREAM") != nil
         LoggingSystem.bootstrap { label in
+            if journal {
+                var handler = JournalLogHandler(label: label)
+                handler.logLevel = level
+                return handler
+            }
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
         }
         let logger = Logger(label: "ioatd")
-        let path = socket ?? SocketPath.resolved()
-        var config = ServerConfiguration(socketPath: path)
-        config.hugepages = !noHugepages
-        config.busyPollMicroseconds = busyPollUs
-        let failure: SystemError?
+        let failure: String?
         do throws(SystemError) {
-            try serve(config, logger: logger)
-            failure = nil
+            failure = try serve(settings, logger: logger)
         } catch {
-            failure = error
+            failure = "\(error)"
         }
         if let failure {
             logger.critical("ioatd failed", metadata: ["error": "\(failure)"])
@@ -73,25 +101,59 @@ struct IOATDaemon: ParsableCommand {
         }
     }
 
-    private func serve(_ config: ServerConfiguration, logger: Logger) throws(SystemError) {
+    /// Serves until stopped; returns a reason when it cannot start.
+    private func serve(_ settings: DaemonConfiguration, logger: Logger) throws(SystemError) -> String? {
+        var config = settings.server
         // Signals must be blocked before any thread starts so only the event loop sees them.
         let signals = try SignalFD(signals: [SIGTERM, SIGINT])
         signal(SIGPIPE, SIG_IGN)
-        let directory = config.socketPath.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-        if !directory.isEmpty { mkdir(directory, 0o755) }
+
+        var listener: FileDescriptor? = nil
+        let passed = Systemd.listenedSockets()
+        if !passed.isEmpty {
+            for (fd, name) in passed where !UnixSocket.isSeqpacketListener(fd) {
+                return "socket activation passed descriptor \(fd) (\(name)), which is not a listening AF_UNIX SOCK_SEQPACKET socket; "
+                    + "use ListenSequentialPacket= in the .socket unit"
+            }
+            let (fd, name) = passed[0]
+            listener = FileDescriptor(owning: fd)
+            for (extra, _) in passed.dropFirst() { close(extra) }
+            config.socketPath = "fd \(fd) (\(name), socket-activated)"
+            logger.info("socket activation", metadata: ["fd": "\(fd)", "name": "\(name)", "passed": "\(passed.count)"])
+        } else {
+            let directory = config.socketPath.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+            if !directory.isEmpty { mkdir(directory, 0o755) }
+        }
+
         let cpus = Affinity.current()
-        let channelCount = channels ?? max(1, cpus.count - 1)
-        let plan = Affinity.Plan(workerCount: channelCount, cpus: cpus, enabled: pinWorkers)
-        let cpu = try CPUEngine(channelCount: channelCount, busyPollMicroseconds: busyPollUs, workerCPUs: plan.workers)
+        let channelCount = settings.channels ?? max(1, cpus.count - 1)
+        let plan = Affinity.Plan(workerCount: channelCount, cpus: cpus, enabled: settings.pinWorkers)
+        let cpu = try CPUEngine(channelCount: channelCount, busyPollMicroseconds: config.busyPollMicroseconds, workerCPUs: plan.workers)
         if !plan.others.isEmpty { try Affinity.pinCurrentThread(to: plan.others) }
         logger.info("engine started", metadata: [
             "engine": "cpu", "channels": "\(channelCount)",
             "worker_cpus": "\(plan.workers.map { $0.map(String.init) ?? "any" }.joined(separator: ","))",
             "event_loop_cpus": "\(plan.others.isEmpty ? "any" : plan.others.map(String.init).joined(separator: ","))",
         ])
-        let server = try IOATServer(configuration: config, engine: cpu, logger: logger, signals: signals)
+        let server = try IOATServer(configuration: config, engine: cpu, logger: logger, listener: listener, signals: signals,
+                                    notifier: Systemd.notifier())
         try server.run()
+        return nil
     }
+}
+
+extension FileHandle {
+    /// Writes a line to this stream with one write(2).
+    func write(_ text: String) {
+        let bytes = Array(text.utf8)
+        _ = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+    }
+}
+
+/// The standard streams, without Foundation.
+struct FileHandle {
+    let fd: Int32
+    static let standardError = FileHandle(fd: STDERR_FILENO)
 }
 
 IOATDaemon.main()

@@ -177,3 +177,59 @@ func statusDocument(_ client: IOATClient) async throws -> [String: Any] {
     let json = try await client.status()
     return try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] ?? [:]
 }
+
+/// A child process started with posix_spawn and reaped with waitpid by this object. Used for programs
+/// that close every inherited descriptor (systemd-socket-activate), which Foundation's Process takes for
+/// an exit and then blocks on.
+final class SpawnedProcess: @unchecked Sendable {
+    let pid: pid_t
+    private var status: Int32? = nil
+
+    /// Starts `path` with `arguments`; standard output goes to `output` (or /dev/null), errors to /dev/null.
+    init(_ path: String, _ arguments: [String], output: String? = nil) throws {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, output ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        let argv = ([path] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, path, &actions, nil, argv, environ)
+        guard rc == 0 else { throw SystemError("posix_spawn \(path)", errno: rc) }
+        self.pid = pid
+    }
+
+    /// The exit status if the process has ended within `timeout` seconds, else nil.
+    func wait(timeout: Double) -> Int32? {
+        if let status { return status }
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            var raw: Int32 = 0
+            if waitpid(pid, &raw, WNOHANG) == pid {
+                status = raw & 0x7F == 0 ? (raw >> 8) & 0xFF : -(raw & 0x7F)
+                return status
+            }
+            usleep(10_000)
+        }
+        return nil
+    }
+
+    /// Waits for the exit status (-signal when killed).
+    @discardableResult
+    func wait() -> Int32 {
+        if let status { return status }
+        var raw: Int32 = 0
+        while waitpid(pid, &raw, 0) == -1 && errno == EINTR {}
+        let code = raw & 0x7F == 0 ? (raw >> 8) & 0xFF : -(raw & 0x7F)
+        status = code
+        return code
+    }
+
+    deinit {
+        if status == nil {
+            kill(pid, SIGKILL)
+            wait()
+        }
+    }
+}

@@ -91,6 +91,7 @@ func fields(of message: Message) throws -> Any {
                          "bytes_done": n(r.bytesDone)])
         }
         return ["queue": n(c.queue), "records": list]
+    case .goodbye(let drain): return ["drain_ms": n(drain)]
     case .error(let e): return ["code": e.code.name, "index": n(e.index), "message": e.message]
     }
 }

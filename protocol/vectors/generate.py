@@ -13,7 +13,7 @@ TYPES = {
     "HELLO": 0x0001, "ALLOC": 0x0002, "REGISTER": 0x0003, "FREE": 0x0004, "OPEN": 0x0005,
     "CLOSE": 0x0006, "SUBMIT": 0x0007, "STATUS": 0x0008, "HELLO_OK": 0x8001, "ALLOC_OK": 0x8002,
     "REGISTER_OK": 0x8003, "FREE_OK": 0x8004, "OPEN_OK": 0x8005, "CLOSE_OK": 0x8006,
-    "STATUS_OK": 0x8008, "COMPLETION": 0xC001, "ERROR": 0xFFFF,
+    "STATUS_OK": 0x8008, "COMPLETION": 0xC001, "GOODBYE": 0xC002, "ERROR": 0xFFFF,
 }
 OPCODES = {"NULL": 0, "COPY": 1, "FILL": 2, "CRC32C": 3, "COPY_CRC32C": 4}
 INT_EN, FENCE, NO_WAIT, CRC_SEED = 1, 2, 4, 8
@@ -120,6 +120,8 @@ ok("completion of two ops", "COMPLETION",
    packet("COMPLETION", struct.pack("<II", 1, 2) + record(42, 0, 1, 0, 4096) + record(43, 0, 3, 0xE3069283, 9), request_id=0),
    {"queue": 1, "records": [{"cookie": 42, "status": 0, "opcode": 1, "result": 0, "bytes_done": 4096},
                             {"cookie": 43, "status": 0, "opcode": 3, "result": 0xE3069283, "bytes_done": 9}]}, request_id=0)
+ok("goodbye with 5 s to drain", "GOODBYE", packet("GOODBYE", struct.pack("<II", 5000, 0), request_id=0),
+   {"drain_ms": 5000}, request_id=0)
 ok("error naming a descriptor", "ERROR",
    packet("ERROR", error(14, 3, "descriptor 3: source offset 4096 + length 8192 exceeds buffer 7 (size 8192)"), request_id=9),
    {"code": "OUT_OF_RANGE", "index": 3, "message": "descriptor 3: source offset 4096 + length 8192 exceeds buffer 7 (size 8192)"},
@@ -192,6 +194,8 @@ bad("error text length mismatch", packet("ERROR", error(1, 0xFFFFFFFF, "abc", te
 bad("error text not UTF-8", packet("ERROR", error(1, 0xFFFFFFFF, b"\xc3\x28")), "MALFORMED")
 bad("error reserved not zero", packet("ERROR", error(1, 0xFFFFFFFF, "x", reserved=1)), "RESERVED_NOT_ZERO")
 bad("free_ok with a body", packet("FREE_OK", b"\0" * 8), "MALFORMED")
+bad("goodbye reserved not zero", packet("GOODBYE", struct.pack("<II", 5000, 1)), "RESERVED_NOT_ZERO")
+bad("goodbye body too short", packet("GOODBYE", struct.pack("<I", 5000)), "MALFORMED")
 
 def big_as_string(value):
     """JSON numbers above 2^53 lose precision in many parsers: write those as decimal strings."""

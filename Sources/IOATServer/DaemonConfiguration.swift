@@ -1,0 +1,175 @@
+import IOATSystem
+import TOMLKit
+
+/// A configuration file that could not be used: where, and why. The server keeps what it had.
+public struct ConfigurationError: Error, CustomStringConvertible, Sendable {
+    /// The file (or "<string>").
+    public var source: String
+    /// 1-based line, when known.
+    public var line: Int?
+    /// What is wrong, naming the key and value.
+    public var message: String
+
+    public var description: String { "\(source)\(line.map { ":\($0)" } ?? ""): \(message)" }
+}
+
+/// Everything `ioatd` reads from its TOML configuration file (deploy/ioatd.toml documents every key).
+/// Command-line options override the file.
+public struct DaemonConfiguration: Sendable {
+    /// The server's settings.
+    public var server: ServerConfiguration
+    /// Engine kind: "cpu".
+    public var engine = "cpu"
+    /// Channels; nil: one per CPU but one.
+    public var channels: Int? = nil
+    /// Whether CPU workers get CPUs of their own.
+    public var pinWorkers = true
+    /// swift-log level name.
+    public var logLevel = "info"
+
+    /// The defaults, listening at `socketPath`.
+    public init(socketPath: String) {
+        server = ServerConfiguration(socketPath: socketPath)
+    }
+
+    /// Reads and checks `path`. Unknown sections and keys, wrong types and out-of-range values are
+    /// errors that name the line.
+    public static func load(path: String, defaults: DaemonConfiguration) throws(ConfigurationError) -> DaemonConfiguration {
+        guard let text = readSmallFile(path, limit: 16 << 20) else {
+            throw ConfigurationError(source: path, line: nil, message: "cannot read the file")
+        }
+        return try parse(text, source: path, defaults: defaults)
+    }
+
+    /// Parses TOML `text` over `defaults`.
+    public static func parse(_ text: String, source: String, defaults: DaemonConfiguration) throws(ConfigurationError) -> DaemonConfiguration {
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw ConfigurationError(source: source, line: Int(error.source.begin.line), message: error.description)
+        } catch {
+            throw ConfigurationError(source: source, line: nil, message: "\(error)")
+        }
+        var config = defaults
+        var reader = Reader(text: text, source: source)
+        try reader.check(table, sections: ["server", "engine", "buffers", "limits"])
+        if let s = try reader.section(table, "server") {
+            try reader.keys(s, "server", ["socket", "socket_mode", "log_level", "busy_poll_us", "drain_timeout_ms", "max_connections"])
+            if let v = try reader.string(s, "server", "socket") { config.server.socketPath = v }
+            if let v = try reader.string(s, "server", "socket_mode") {
+                guard let mode = UInt32(v, radix: 8), mode <= 0o777 else {
+                    throw reader.error("server", "socket_mode", "\"\(v)\" is not an octal file mode such as \"0660\"")
+                }
+                config.server.socketMode = mode
+            }
+            if let v = try reader.string(s, "server", "log_level") {
+                guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(v) else {
+                    throw reader.error("server", "log_level", "\"\(v)\" is not one of trace, debug, info, notice, warning, error, critical")
+                }
+                config.logLevel = v
+            }
+            if let v = try reader.int(s, "server", "busy_poll_us", 0...10_000) { config.server.busyPollMicroseconds = v }
+            if let v = try reader.int(s, "server", "drain_timeout_ms", 0...600_000) { config.server.drainTimeoutMilliseconds = v }
+            if let v = try reader.int(s, "server", "max_connections", 1...65_536) { config.server.maxConnections = v }
+        }
+        if let s = try reader.section(table, "engine") {
+            try reader.keys(s, "engine", ["kind", "channels", "pin_workers", "window"])
+            if let v = try reader.string(s, "engine", "kind") {
+                guard v == "cpu" else { throw reader.error("engine", "kind", "\"\(v)\" is not an engine this build has (cpu)") }
+                config.engine = v
+            }
+            if let v = try reader.int(s, "engine", "channels", 0...64) { config.channels = v == 0 ? nil : v }
+            if let v = try reader.bool(s, "engine", "pin_workers") { config.pinWorkers = v }
+            if let v = try reader.int(s, "engine", "window", 1...4096) { config.server.engineWindow = v }
+        }
+        if let s = try reader.section(table, "buffers") {
+            try reader.keys(s, "buffers", ["hugepages", "lock"])
+            if let v = try reader.bool(s, "buffers", "hugepages") { config.server.hugepages = v }
+            if let v = try reader.bool(s, "buffers", "lock") { config.server.lockBuffers = v }
+        }
+        if let s = try reader.section(table, "limits") {
+            try reader.keys(s, "limits", ["max_buffers", "max_buffer_bytes", "max_queues", "max_queue_depth", "max_descriptors"])
+            if let v = try reader.int(s, "limits", "max_buffers", 1...1_000_000) { config.server.maxBuffers = v }
+            if let v = try reader.int(s, "limits", "max_buffer_bytes", 4096...Int.max) { config.server.maxBufferBytes = UInt64(v) }
+            if let v = try reader.int(s, "limits", "max_queues", 1...4096) { config.server.maxQueues = v }
+            if let v = try reader.int(s, "limits", "max_queue_depth", 1...65_536) { config.server.maxQueueDepth = v }
+            if let v = try reader.int(s, "limits", "max_descriptors", 1...1000) { config.server.maxDescriptors = v }
+        }
+        return config
+    }
+
+    /// Typed access to a parsed table that reports the offending line.
+    struct Reader {
+        let lines: [Substring]
+        let source: String
+
+        init(text: String, source: String) {
+            lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+            self.source = source
+        }
+
+        /// The line of `key` in `[section]` (or of `[key]` itself when `section` is nil).
+        func line(_ section: String?, _ key: String) -> Int? {
+            var current: String? = nil
+            for (i, raw) in lines.enumerated() {
+                let l = raw.trimmingPrefix(while: { $0 == " " || $0 == "\t" })
+                if l.hasPrefix("[") {
+                    current = String(l.dropFirst().prefix(while: { $0 != "]" }).filter { $0 != " " && $0 != "\t" })
+                    if section == nil && current == key { return i + 1 }
+                    continue
+                }
+                if current == section, l.hasPrefix(key) {
+                    let rest = l.dropFirst(key.count).trimmingPrefix(while: { $0 == " " || $0 == "\t" })
+                    if rest.hasPrefix("=") { return i + 1 }
+                }
+            }
+            return nil
+        }
+
+        func error(_ section: String?, _ key: String, _ message: String) -> ConfigurationError {
+            let name = section.map { "\($0).\(key)" } ?? key
+            return ConfigurationError(source: source, line: line(section, key), message: "\(name): \(message)")
+        }
+
+        func check(_ table: TOMLTable, sections: [String]) throws(ConfigurationError) {
+            for key in table.keys where !sections.contains(key) {
+                let isTable = table[key]?.table != nil
+                throw error(nil, key, isTable ? "unknown section; known sections are \(sections.joined(separator: ", "))"
+                                              : "top-level keys are not allowed; put it in a section")
+            }
+        }
+
+        func section(_ table: TOMLTable, _ name: String) throws(ConfigurationError) -> TOMLTable? {
+            guard let value = table[name] else { return nil }
+            guard let t = value.table else { throw error(nil, name, "must be a table ([\(name)])") }
+            return t
+        }
+
+        func keys(_ table: TOMLTable, _ section: String, _ known: [String]) throws(ConfigurationError) {
+            for key in table.keys where !known.contains(key) {
+                throw error(section, key, "unknown key; [\(section)] takes \(known.joined(separator: ", "))")
+            }
+        }
+
+        func string(_ t: TOMLTable, _ section: String, _ key: String) throws(ConfigurationError) -> String? {
+            guard let value = t[key] else { return nil }
+            guard let s = value.string else { throw error(section, key, "must be a string") }
+            return s
+        }
+
+        func bool(_ t: TOMLTable, _ section: String, _ key: String) throws(ConfigurationError) -> Bool? {
+            guard let value = t[key] else { return nil }
+            guard let b = value.bool else { throw error(section, key, "must be true or false") }
+            return b
+        }
+
+        func int(_ t: TOMLTable, _ section: String, _ key: String, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int? {
+            guard let value = t[key] else { return nil }
+            guard let n = value.int else { throw error(section, key, "must be an integer") }
+            guard range.contains(n) else { throw error(section, key, "\(n) is outside \(range.lowerBound)...\(range.upperBound)") }
+            return n
+        }
+    }
+}
+
