@@ -1,5 +1,5 @@
 /*
- * ioatd.h - wire structures of the ioatd protocol, version 1.
+ * ioatd.h - wire structures of the ioatd protocol, versions 1 and 2.
  *
  * Normative text: SPEC.md beside this file. Installed by `make install` as <ioatd/ioatd.h>, with a
  * pkg-config file `ioatd.pc`. All integers are little-endian; every struct is laid out with natural
@@ -12,7 +12,8 @@
 #include <stdint.h>
 
 #define IOATD_MAGIC 0x54414F49u /* "IOAT" */
-#define IOATD_VERSION 1
+#define IOATD_VERSION 2 /* newest; servers also speak 1 */
+#define IOATD_MIN_VERSION 1
 #define IOATD_DEFAULT_SOCKET "/run/ioatd/ioatd.sock"
 #define IOATD_SOCKET_ENV "IOATD_SOCKET"
 #define IOATD_ANY_CHANNEL 0xFFFFFFFFu
@@ -47,6 +48,11 @@ enum ioatd_opcode {
     IOATD_OP_FILL = 2,
     IOATD_OP_CRC32C = 3,
     IOATD_OP_COPY_CRC32C = 4,
+    IOATD_OP_COMPARE = 5,         /* version 2 */
+    IOATD_OP_COMPARE_PATTERN = 6, /* version 2 */
+    IOATD_OP_DUALCAST = 7,        /* version 2 */
+    IOATD_OP_XOR = 8,             /* version 2 */
+    IOATD_OP_DRAIN = 9,           /* version 2 */
 };
 
 /* Descriptor flags (SPEC.md §6.2). */
@@ -54,6 +60,17 @@ enum ioatd_opcode {
 #define IOATD_F_FENCE (1u << 1)
 #define IOATD_F_NO_WAIT (1u << 2)
 #define IOATD_F_CRC_SEED (1u << 3)
+#define IOATD_F_CRC_STORE (1u << 4)  /* version 2 */
+#define IOATD_F_CRC_TEST (1u << 5)   /* version 2 */
+#define IOATD_F_CRC_INLINE (1u << 6) /* version 2 */
+#define IOATD_F_CRC_CHAIN (1u << 7)  /* version 2 */
+
+/* One entry of an XOR source list (SPEC.md §6.2), addressed by the descriptor's aux fields. */
+struct ioatd_xor_source {
+    uint32_t handle;
+    uint32_t reserved;
+    uint64_t offset;
+};
 
 /* ALLOC flags and buffer reply flags (SPEC.md §5.1). */
 #define IOATD_ALLOC_HUGEPAGE_REQUIRED (1u << 0)
@@ -304,6 +321,7 @@ _Static_assert(offsetof(struct ioatd_completion_record, status) == 8, "ioatd_com
 _Static_assert(offsetof(struct ioatd_completion_record, result) == 12, "ioatd_completion_record.result");
 _Static_assert(offsetof(struct ioatd_completion_record, bytes_done) == 16, "ioatd_completion_record.bytes_done");
 _Static_assert(sizeof(struct ioatd_goodbye) == 8, "ioatd_goodbye");
+_Static_assert(sizeof(struct ioatd_xor_source) == 16, "ioatd_xor_source");
 _Static_assert(sizeof(struct ioatd_error_msg) == 16, "ioatd_error_msg");
 
 #endif /* IOATD_H */

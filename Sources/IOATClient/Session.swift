@@ -102,7 +102,7 @@ final class Session: Sendable {
         if received.isEndOfStream { throw .connectionLost("the server closed the connection during the handshake") }
         let message: Message
         do throws(ProtocolError) {
-            (_, message) = try Message.decode(UnsafeRawBufferPointer(rebasing: buffer[0..<received.count]))
+            (_, message) = try Message.decode(UnsafeRawBufferPointer(rebasing: buffer[0..<received.count]), version: 1)
         } catch {
             throw .invalidReply("handshake: \(error)")
         }
@@ -199,7 +199,7 @@ final class Session: Sendable {
     // MARK: Requests
 
     private func request(_ message: Message, fds: [FileDescriptor] = []) async throws(IOATError) -> Reply {
-        try await request(message.encode(requestID: nextRequest.add(1, ordering: .relaxed).oldValue), fds: fds)
+        try await request(message.encode(requestID: nextRequest.add(1, ordering: .relaxed).oldValue, version: server.version), fds: fds)
     }
 
     private func request(_ bytes: [UInt8], fds: [FileDescriptor] = []) async throws(IOATError) -> Reply {
@@ -326,7 +326,7 @@ final class Session: Sendable {
                 let id = nextRequest.add(1, ordering: .relaxed).oldValue
                 batch.requestIDs.append(id)
                 s.submitRequests[id] = serial
-                packets.append(Message.encodeSubmit(queue: queue, descriptors: slice, requestID: id))
+                packets.append(Message.encodeSubmit(queue: queue, descriptors: slice, requestID: id, version: server.version))
                 start = end
             }
             s.batches[serial] = batch
@@ -407,7 +407,7 @@ final class Session: Sendable {
             packetsReceived.add(1, ordering: .relaxed)
             let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<packet.count])
             do throws(ProtocolError) {
-                let (header, message) = try Message.decode(bytes, maxDescriptors: Int(server.maxDescriptors))
+                let (header, message) = try Message.decode(bytes, version: server.version, maxDescriptors: Int(server.maxDescriptors))
                 route(header, message, fds: packet.fds)
             } catch {
                 connectionLost("undecodable packet from server: \(error)")

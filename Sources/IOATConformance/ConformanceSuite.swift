@@ -86,6 +86,16 @@ public struct ConformanceSuite: Sendable {
             let r = try await queue.submit(.null(cookie: 77))
             return r.status == .success && r.cookie == 77 && r.bytesDone == 0 ? nil : "got \(r)"
         }
+        if client.server.version >= 2 {
+            await record("compare: equal, and first difference") { try await compare(queue, src, dst, &rng) }
+            await record("compare with a pattern") { try await comparePattern(queue, dst) }
+            await record("dualcast to two destinations") { try await dualcast(queue, src, dst, &rng) }
+            await record("xor of 2, 3 and 16 sources, aligned and not") { try await xor(queue, src, dst, registered, &rng) }
+            await record("crc32c store, inline store, test and mismatch") { try await crcModes(queue, src, dst, &rng) }
+            await record("crc32c chained across descriptors") { try await crcChain(queue, src, &rng) }
+            await record("drain completes after everything before it") { try await drain(queue, src, dst) }
+            await record("refusals of CRC flag combinations and xor counts") { try await refusalsV2(queue, src, dst) }
+        }
         await record("refusals name their codes") { try await refusals(client, queue, src) }
         await record("ops after a refusal still run") {
             src.fillPseudoRandom(0..<4096, seed: 9)
@@ -166,7 +176,7 @@ public struct ConformanceSuite: Sendable {
         case .crc32c: descriptor = .crc32c(of: source.address(srcOffset), length: UInt64(length))
         case .copyCRC32C:
             descriptor = .copyCRC32C(from: source.address(srcOffset), to: destination.address(dstOffset), length: UInt64(length))
-        case .null: descriptor = .null()
+        default: descriptor = .null()
         }
         let r = try await queue.submit(descriptor)
         guard r.status == .success else { return "\(what): status \(r.status)" }
@@ -187,7 +197,7 @@ public struct ConformanceSuite: Sendable {
             }
         case .crc32c:
             if r.result != sourceBefore { return "\(what): CRC \(hex(r.result)), expected \(hex(sourceBefore))" }
-        case .null: break
+        default: break
         }
         if opcode.writesDestination, let bad = untouched(destination, around: dstOffset..<dstOffset + length) {
             return "\(what): \(bad)"
@@ -247,6 +257,163 @@ public struct ConformanceSuite: Sendable {
             return "OPEN depth 0 was accepted"
         } catch {
             if error.code != nil && error.code != .badDepth { return "OPEN depth 0: \(error)" }
+        }
+        return nil
+    }
+
+    // MARK: Version 2 operations
+
+    private func compare(_ queue: IOATQueue, _ a: IOATBuffer, _ b: IOATBuffer, _ rng: inout SplitMix64) async throws -> String? {
+        let length = 10_000
+        a.fillPseudoRandom(0..<length, seed: rng.next())
+        b.write(a.read(at: 0, count: length), at: 5000)
+        let same = try await queue.submit(Descriptor(opcode: .compare, length: UInt64(length), source: a.address(0), destination: b.address(5000)))
+        guard same.status == .success, same.bytesDone == UInt64(length) else { return "equal ranges: \(same.status), \(same.bytesDone)" }
+        let at = Int(rng.next() % UInt64(length))
+        b.write([a.read(at: at, count: 1)[0] ^ 0x40], at: 5000 + at)
+        let differ = try await queue.submit(Descriptor(opcode: .compare, length: UInt64(length), source: a.address(0), destination: b.address(5000)))
+        guard differ.status == .mismatch, differ.bytesDone == UInt64(at) else {
+            return "differing at \(at): \(differ.status), bytesDone \(differ.bytesDone)"
+        }
+        return nil
+    }
+
+    private func comparePattern(_ queue: IOATQueue, _ b: IOATBuffer) async throws -> String? {
+        let pattern: UInt64 = 0x1122_3344_5566_7788
+        _ = try await queue.fill(b, at: 64, length: 999, pattern: pattern)
+        let same = try await queue.submit(Descriptor(opcode: .comparePattern, length: 999, source: b.address(64), arg: pattern))
+        guard same.status == .success else { return "filled range: \(same.status)" }
+        b.write([0], at: 64 + 997)
+        let differ = try await queue.submit(Descriptor(opcode: .comparePattern, length: 999, source: b.address(64), arg: pattern))
+        return differ.status == .mismatch && differ.bytesDone == 997 ? nil : "changed byte 997: \(differ.status) at \(differ.bytesDone)"
+    }
+
+    private func dualcast(_ queue: IOATQueue, _ a: IOATBuffer, _ b: IOATBuffer, _ rng: inout SplitMix64) async throws -> String? {
+        let length = 70_001
+        let first = 1000, second = 200_000
+        a.fillPseudoRandom(0..<length, seed: rng.next())
+        b.set(first - Self.guardBytes..<first + length + Self.guardBytes, to: Self.guardValue)
+        b.set(second - Self.guardBytes..<second + length + Self.guardBytes, to: Self.guardValue)
+        let r = try await queue.submit(Descriptor(opcode: .dualcast, length: UInt64(length), source: a.address(0), destination: b.address(first),
+                                                  auxiliary: b.address(second)))
+        guard r.status == .success else { return "status \(r.status)" }
+        let expected = a.read(at: 0, count: length)
+        if b.read(at: first, count: length) != expected { return "first destination differs" }
+        if b.read(at: second, count: length) != expected { return "second destination differs" }
+        return untouched(b, around: first..<first + length) ?? untouched(b, around: second..<second + length)
+    }
+
+    private func xor(_ queue: IOATQueue, _ a: IOATBuffer, _ b: IOATBuffer, _ list: IOATBuffer, _ rng: inout SplitMix64) async throws -> String? {
+        for (count, length, skew) in [(2, 4096, 0), (3, 1000, 3), (16, 65536, 0), (16, 777, 5)] {
+            // Sources in `a` at 64 KiB strides (+skew), parity into `b`, the source list in `list`.
+            var expected = [UInt8](repeating: 0, count: length)
+            var entries: [UInt8] = []
+            for s in 0..<count {
+                let offset = s * 65_600 + skew
+                a.fillPseudoRandom(offset..<offset + length, seed: rng.next())
+                for (i, byte) in a.read(at: offset, count: length).enumerated() { expected[i] ^= byte }
+                entries += withUnsafeBytes(of: a.handle.littleEndian) { Array($0) } + [0, 0, 0, 0]
+                    + withUnsafeBytes(of: UInt64(offset).littleEndian) { Array($0) }
+            }
+            list.write(entries, at: 0)
+            let out = 4096 + skew
+            b.set(out - Self.guardBytes..<out + length + Self.guardBytes, to: Self.guardValue)
+            let r = try await queue.submit(Descriptor(opcode: .xor, length: UInt64(length), destination: b.address(out),
+                                                      auxiliary: list.address(0), arg: UInt64(count)))
+            guard r.status == .success else { return "\(count) sources: \(r.status)" }
+            if b.read(at: out, count: length) != expected { return "\(count) sources of \(length) bytes: parity differs" }
+            if let bad = untouched(b, around: out..<out + length) { return "\(count) sources: \(bad)" }
+        }
+        return nil
+    }
+
+    private func crcModes(_ queue: IOATQueue, _ a: IOATBuffer, _ b: IOATBuffer, _ rng: inout SplitMix64) async throws -> String? {
+        let length = 4099
+        a.fillPseudoRandom(0..<length, seed: rng.next())
+        let crc = ReferenceCRC32C.checksum(a.unsafeBytes(0..<length))
+        let le = withUnsafeBytes(of: crc.littleEndian) { Array($0) }
+        // STORE to the auxiliary address.
+        b.set(100..<108, to: Self.guardValue)
+        var r = try await queue.submit(Descriptor(opcode: .crc32c, flags: .crcStore, length: UInt64(length), source: a.address(0),
+                                                  auxiliary: b.address(102)))
+        guard r.status == .success, r.result == crc, b.read(at: 102, count: 4) == le else { return "STORE: \(r.status), stored \(b.read(at: 102, count: 4))" }
+        if b.read(at: 100, count: 2) != [Self.guardValue, Self.guardValue] || b.read(at: 106, count: 2) != [Self.guardValue, Self.guardValue] {
+            return "STORE wrote outside its 4 bytes"
+        }
+        // COPY_CRC32C with inline STORE: the CRC follows the copied data.
+        b.set(8192..<8192 + length + 8, to: Self.guardValue)
+        r = try await queue.submit(Descriptor(opcode: .copyCRC32C, flags: [.crcStore, .crcInline], length: UInt64(length), source: a.address(0),
+                                              destination: b.address(8192)))
+        guard r.status == .success, b.read(at: 8192, count: length) == a.read(at: 0, count: length),
+            b.read(at: 8192 + length, count: 4) == le, b.read(at: 8192 + length + 4, count: 1) == [Self.guardValue]
+        else { return "inline STORE after a copy" }
+        // TEST inline against the 4 bytes after the source: match, then mismatch; the queue goes on.
+        r = try await queue.submit(Descriptor(opcode: .crc32c, flags: [.crcTest, .crcInline], length: UInt64(length), source: b.address(8192)))
+        guard r.status == .success, r.result == crc else { return "inline TEST of a good CRC: \(r.status)" }
+        b.write([le[0] ^ 1], at: 8192 + length)
+        let records = try await queue.submit([
+            Descriptor(opcode: .crc32c, flags: [.crcTest, .crcInline], length: UInt64(length), source: b.address(8192)),
+            .null(cookie: 9),
+        ])
+        guard records[0].status == .mismatch, records[0].result == crc, records[1].status == .success else {
+            return "inline TEST of a bad CRC: \(records.map(\.status))"
+        }
+        // TEST against the auxiliary address.
+        r = try await queue.submit(Descriptor(opcode: .crc32c, flags: .crcTest, length: UInt64(length), source: a.address(0),
+                                              auxiliary: b.address(102)))
+        return r.status == .success ? nil : "TEST against the stored CRC: \(r.status)"
+    }
+
+    private func crcChain(_ queue: IOATQueue, _ a: IOATBuffer, _ rng: inout SplitMix64) async throws -> String? {
+        let length = 30_000
+        a.fillPseudoRandom(0..<length, seed: rng.next())
+        let whole = ReferenceCRC32C.checksum(a.unsafeBytes(0..<length))
+        let records = try await queue.submit([
+            .crc32c(of: a.address(0), length: 7_000),
+            Descriptor(opcode: .crc32c, flags: .crcChain, length: 13_000, source: a.address(7_000)),
+            Descriptor(opcode: .crc32c, flags: .crcChain, length: 10_000, source: a.address(20_000)),
+        ])
+        return records[2].result == whole ? nil : "chained \(hex(records[2].result)), whole \(hex(whole))"
+    }
+
+    private func drain(_ queue: IOATQueue, _ a: IOATBuffer, _ b: IOATBuffer) async throws -> String? {
+        let records = try await queue.submit([
+            .copy(from: a.address(0), to: b.address(0), length: 1 << 19, cookie: 1),
+            Descriptor(opcode: .drain, cookie: 2),
+            .null(cookie: 3),
+        ])
+        return records.map(\.cookie) == [1, 2, 3] && records.allSatisfy({ $0.status == .success }) ? nil : "\(records)"
+    }
+
+    private func refusalsV2(_ queue: IOATQueue, _ a: IOATBuffer, _ b: IOATBuffer) async throws -> String? {
+        let cases: [(String, Descriptor, ErrorCode)] = [
+            ("STORE with TEST", Descriptor(opcode: .crc32c, flags: [.crcStore, .crcTest], length: 8, source: a.address(0), auxiliary: b.address(0)),
+             .badFlags),
+            ("INLINE alone", Descriptor(opcode: .crc32c, flags: .crcInline, length: 8, source: a.address(0)), .badFlags),
+            ("SEED with CHAIN", Descriptor(opcode: .crc32c, flags: [.crcSeed, .crcChain], length: 8, source: a.address(0), arg: 1), .badFlags),
+            ("XOR of 17", Descriptor(opcode: .xor, length: 8, destination: b.address(0), auxiliary: a.address(0), arg: 17), .badCount),
+            ("inline STORE past the end", Descriptor(opcode: .crc32c, flags: [.crcStore, .crcInline], length: UInt64(a.size - 2),
+                                                     source: a.address(0)), .outOfRange),
+            ("DUALCAST second destination past the end", Descriptor(opcode: .dualcast, length: 64, source: a.address(0), destination: b.address(0),
+                                                                    auxiliary: b.address(b.size - 8)), .outOfRange),
+        ]
+        for (name, descriptor, code) in cases {
+            do {
+                let r = try await queue.submit(descriptor)
+                return "\(name): accepted (\(r.status)) instead of \(code.name)"
+            } catch {
+                guard error.code == code else { return "\(name): got \(error), expected \(code.name)" }
+            }
+        }
+        // An XOR source list naming a handle that is not open: refused, nothing runs.
+        var entries = withUnsafeBytes(of: a.handle.littleEndian) { Array($0) } + [UInt8](repeating: 0, count: 12)
+        entries += withUnsafeBytes(of: UInt32(0xBEEF).littleEndian) { Array($0) } + [UInt8](repeating: 0, count: 12)
+        a.write(entries, at: 0)
+        do {
+            _ = try await queue.submit(Descriptor(opcode: .xor, length: 8, destination: b.address(0), auxiliary: a.address(0), arg: 2))
+            return "XOR with a bad handle in its source list was accepted"
+        } catch {
+            guard error.code == .badHandle else { return "XOR source list: \(error)" }
         }
         return nil
     }

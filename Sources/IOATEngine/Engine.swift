@@ -16,12 +16,20 @@ public struct EngineOp {
     public var destination: UnsafeMutableRawPointer?
     /// Bytes to process.
     public var length: Int
-    /// FILL pattern, or CRC seed in the low 32 bits.
+    /// FILL and COMPARE_PATTERN pattern, CRC seed in the low 32 bits, or XOR source count.
     public var arg: UInt64
+    /// DUALCAST second destination, or the 4 bytes a CRC STORE writes / TEST reads (inline or not).
+    public var auxiliary: UnsafeMutableRawPointer?
+    /// The queue's running CRC: read by CRC_CHAIN ops, written by every CRC op of the queue.
+    public var crcState: UnsafeMutablePointer<UInt32>?
+    /// XOR sources (`arg` of them, each `length` long).
+    public var sources: UnsafePointer<UnsafeRawPointer>?
 
     /// Creates an op.
     public init(cookie: UInt64, opcode: Opcode, flags: Descriptor.Flags = [], source: UnsafeRawPointer? = nil,
-                destination: UnsafeMutableRawPointer? = nil, length: Int = 0, arg: UInt64 = 0) {
+                destination: UnsafeMutableRawPointer? = nil, length: Int = 0, arg: UInt64 = 0,
+                auxiliary: UnsafeMutableRawPointer? = nil, crcState: UnsafeMutablePointer<UInt32>? = nil,
+                sources: UnsafePointer<UnsafeRawPointer>? = nil) {
         self.cookie = cookie
         self.opcode = opcode
         self.flags = flags
@@ -29,6 +37,9 @@ public struct EngineOp {
         self.destination = destination
         self.length = length
         self.arg = arg
+        self.auxiliary = auxiliary
+        self.crcState = crcState
+        self.sources = sources
     }
 
     /// A placeholder for preallocated rings.

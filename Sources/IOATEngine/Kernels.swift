@@ -1,3 +1,4 @@
+import CISAL
 import Glibc
 import IOATProtocol
 
@@ -12,18 +13,18 @@ public enum Kernels {
     /// Runs `op` to completion on the calling thread.
     public static func execute(_ op: EngineOp) -> EngineCompletion {
         let n = op.length
+        let done = EngineCompletion(cookie: op.cookie, status: .success, bytesDone: UInt64(n))
         switch op.opcode {
-        case .null:
+        case .null, .drain:
             return EngineCompletion(cookie: op.cookie, status: .success)
         case .copy:
             memmove(op.destination!, op.source!, n)
-            return EngineCompletion(cookie: op.cookie, status: .success, bytesDone: UInt64(n))
+            return done
         case .fill:
             fill(op.destination!, length: n, pattern: op.arg)
-            return EngineCompletion(cookie: op.cookie, status: .success, bytesDone: UInt64(n))
+            return done
         case .crc32c:
-            let crc = CRC32C.update(seed: seed(op), op.source!, length: n)
-            return EngineCompletion(cookie: op.cookie, status: .success, result: crc, bytesDone: UInt64(n))
+            return finishCRC(op, CRC32C.update(seed: seed(op), op.source!, length: n))
         case .copyCRC32C:
             var crc = seed(op)
             var offset = 0
@@ -33,12 +34,104 @@ public enum Kernels {
                 crc = CRC32C.update(seed: crc, op.destination! + offset, length: step)
                 offset += step
             }
-            return EngineCompletion(cookie: op.cookie, status: .success, result: crc, bytesDone: UInt64(n))
+            return finishCRC(op, crc)
+        case .compare:
+            if let at = firstDifference(op.source!, UnsafeRawPointer(op.destination!), n) {
+                return EngineCompletion(cookie: op.cookie, status: .mismatch, bytesDone: UInt64(at))
+            }
+            return done
+        case .comparePattern:
+            if let at = firstPatternDifference(op.source!, n, pattern: op.arg) {
+                return EngineCompletion(cookie: op.cookie, status: .mismatch, bytesDone: UInt64(at))
+            }
+            return done
+        case .dualcast:
+            memmove(op.destination!, op.source!, n)
+            memmove(op.auxiliary!, op.source!, n)
+            return done
+        case .xor:
+            xor(op.sources!, count: Int(op.arg), into: op.destination!, length: n)
+            return done
         }
     }
 
+    /// The CRC an op starts from: its seed, the queue's running CRC (CHAIN), or the empty CRC.
     private static func seed(_ op: EngineOp) -> UInt32 {
-        op.flags.contains(.crcSeed) ? UInt32(truncatingIfNeeded: op.arg) : 0
+        if op.flags.contains(.crcSeed) { return UInt32(truncatingIfNeeded: op.arg) }
+        if op.flags.contains(.crcChain), let state = op.crcState { return state.pointee }
+        return 0
+    }
+
+    /// Records the CRC as the queue's running value, then STOREs or TESTs it (little-endian u32).
+    private static func finishCRC(_ op: EngineOp, _ crc: UInt32) -> EngineCompletion {
+        op.crcState?.pointee = crc
+        var status = CompletionStatus.success
+        if op.flags.contains(.crcStore) {
+            op.auxiliary!.storeBytes(of: crc.littleEndian, as: UInt32.self)
+        } else if op.flags.contains(.crcTest) {
+            let expected = UInt32(littleEndian: UnsafeRawPointer(op.auxiliary!).loadUnaligned(as: UInt32.self))
+            if expected != crc { status = .mismatch }
+        }
+        return EngineCompletion(cookie: op.cookie, status: status, result: crc, bytesDone: UInt64(op.length))
+    }
+
+    /// Offset of the first byte where `a` and `b` differ, or nil.
+    static func firstDifference(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ n: Int) -> Int? {
+        var offset = 0
+        let chunk = 4096
+        while offset < n {
+            let step = min(chunk, n - offset)
+            if memcmp(a + offset, b + offset, step) != 0 {
+                for i in offset..<offset + step where a.load(fromByteOffset: i, as: UInt8.self) != b.load(fromByteOffset: i, as: UInt8.self) {
+                    return i
+                }
+            }
+            offset += step
+        }
+        return nil
+    }
+
+    /// Offset of the first byte that is not the pattern's (little-endian, restarting at `a`), or nil.
+    static func firstPatternDifference(_ a: UnsafeRawPointer, _ n: Int, pattern: UInt64) -> Int? {
+        let words = n / 8
+        let le = pattern.littleEndian
+        for w in 0..<words where a.loadUnaligned(fromByteOffset: w * 8, as: UInt64.self) != le {
+            for i in w * 8..<w * 8 + 8 where a.load(fromByteOffset: i, as: UInt8.self) != UInt8(truncatingIfNeeded: pattern >> (8 * UInt64(i % 8))) {
+                return i
+            }
+        }
+        for i in words * 8..<n where a.load(fromByteOffset: i, as: UInt8.self) != UInt8(truncatingIfNeeded: pattern >> (8 * UInt64(i % 8))) {
+            return i
+        }
+        return nil
+    }
+
+    /// destination = sources[0] ^ … ^ sources[count-1]. ISA-L's `xor_gen` when every pointer is 32-byte
+    /// aligned and the length a multiple of 32 (its requirement); 8-byte words otherwise.
+    static func xor(_ sources: UnsafePointer<UnsafeRawPointer>, count: Int, into destination: UnsafeMutableRawPointer, length n: Int) {
+        let aligned = n % 32 == 0 && Int(bitPattern: destination) % 32 == 0
+            && (0..<count).allSatisfy { Int(bitPattern: sources[$0]) % 32 == 0 }
+        if aligned && n <= Int(Int32.max) {
+            withUnsafeTemporaryAllocation(of: UnsafeMutableRawPointer?.self, capacity: count + 1) { vectors in
+                for i in 0..<count { vectors[i] = UnsafeMutableRawPointer(mutating: sources[i]) }
+                vectors[count] = destination
+                _ = xor_gen(Int32(count + 1), Int32(n), vectors.baseAddress)
+            }
+            return
+        }
+        var i = 0
+        while i + 8 <= n {
+            var word = sources[0].loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            for s in 1..<count { word ^= sources[s].loadUnaligned(fromByteOffset: i, as: UInt64.self) }
+            destination.storeBytes(of: word, toByteOffset: i, as: UInt64.self)
+            i += 8
+        }
+        while i < n {
+            var byte = sources[0].load(fromByteOffset: i, as: UInt8.self)
+            for s in 1..<count { byte ^= sources[s].load(fromByteOffset: i, as: UInt8.self) }
+            destination.storeBytes(of: byte, toByteOffset: i, as: UInt8.self)
+            i += 1
+        }
     }
 
     /// Writes `pattern` (little-endian, restarting at `destination`) over `length` bytes.

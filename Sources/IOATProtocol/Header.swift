@@ -2,8 +2,10 @@
 public enum Wire {
     /// "IOAT" as the first four bytes of every message (read as a little-endian u32).
     public static let magic: UInt32 = 0x5441_4F49
-    /// The protocol version this code speaks. HELLO is always framed with version 1.
-    public static let version: UInt16 = 1
+    /// The newest protocol version this code speaks. HELLO is always framed with version 1.
+    public static let version: UInt16 = 2
+    /// The oldest protocol version this code still speaks.
+    public static let minimumVersion: UInt16 = 1
     /// Size of the fixed header.
     public static let headerSize = 24
     /// Largest message either side may send before HELLO_OK says otherwise.

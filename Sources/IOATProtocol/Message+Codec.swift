@@ -1,8 +1,10 @@
 extension Message {
     /// Encodes the message with its header. `version` is the connection's (1 for HELLO).
+    /// HELLO and HELLO_OK are always framed with version 1, whatever `version` says.
     public func encode(requestID: UInt64, version: UInt16 = Wire.version) -> [UInt8] {
         var w = WireWriter(capacity: 128)
-        MessageHeader(version: version, type: type, length: 0, requestID: requestID).encode(into: &w)
+        let framing: UInt16 = type == .hello || type == .helloReply ? 1 : version
+        MessageHeader(version: framing, type: type, length: 0, requestID: requestID).encode(into: &w)
         switch self {
         case .hello(let h):
             w.write(h.minVersion)
@@ -115,7 +117,10 @@ extension Message {
     public static func decode(_ packet: UnsafeRawBufferPointer, version: UInt16 = Wire.version,
                               maxDescriptors: Int = Int(UInt32.max)) throws(ProtocolError) -> (MessageHeader, Message)
     {
-        let header = try MessageHeader.decode(packet, version: version)
+        // HELLO and HELLO_OK are framed with version 1 on every connection (SPEC.md §4).
+        let rawType = WireReader(packet).get(at: 6, as: UInt16.self)
+        let framing: UInt16 = rawType == MessageType.hello.rawValue || rawType == MessageType.helloReply.rawValue ? 1 : version
+        let header = try MessageHeader.decode(packet, version: framing)
         guard let type = MessageType(rawValue: header.type) else {
             throw ProtocolError(.unknownType, "message type 0x\(String(header.type, radix: 16)) is not defined")
         }
@@ -192,7 +197,7 @@ extension Message {
             guard r.remaining == Int(count) * Descriptor.size else {
                 throw ProtocolError(.malformed, "SUBMIT says \(count) descriptors (\(Int(count) * Descriptor.size) bytes) but carries \(r.remaining) bytes")
             }
-            let view = SubmitView(queue: queue, count: Int(count), body: r.readBytes(r.remaining)!)
+            let view = SubmitView(queue: queue, count: Int(count), body: r.readBytes(r.remaining)!, version: header.version)
             for i in 0..<view.count { _ = try view.descriptor(at: i) }
             return (header, .submit(view))
         case .status:

@@ -7,7 +7,7 @@ public struct Hello: Hashable, Sendable {
     /// Feature bits the client would like.
     public var features: UInt64
     /// Creates an offer.
-    public init(minVersion: UInt16 = Wire.version, maxVersion: UInt16 = Wire.version, features: UInt64 = 0) {
+    public init(minVersion: UInt16 = Wire.minimumVersion, maxVersion: UInt16 = Wire.version, features: UInt64 = 0) {
         self.minVersion = minVersion
         self.maxVersion = maxVersion
         self.features = features
@@ -183,9 +183,12 @@ public struct SubmitView {
     /// The descriptor bytes (count × 64).
     public var body: UnsafeRawBufferPointer
 
+    /// The protocol version the SUBMIT was framed with.
+    public var version: UInt16 = Wire.version
+
     /// Decodes and shape-checks descriptor `i`.
     public func descriptor(at i: Int) throws(ProtocolError) -> Descriptor {
-        try Descriptor.decode(body, at: i * Descriptor.size, index: UInt32(i))
+        try Descriptor.decode(body, at: i * Descriptor.size, index: UInt32(i), version: version)
     }
 }
 

@@ -10,16 +10,43 @@ public enum Opcode: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case crc32c = 3
     /// Copies and computes the CRC32C of the bytes copied. Mirrors ioat(4) `ioat_copy_crc`.
     case copyCRC32C = 4
+    /// Compares source with destination (both read); MISMATCH with the first differing offset. (v2)
+    case compare = 5
+    /// Compares source with the repeating 64-bit pattern in `arg`. (v2)
+    case comparePattern = 6
+    /// Copies source to destination and to the auxiliary address. (v2)
+    case dualcast = 7
+    /// Writes to destination the XOR of `arg` (2–16) sources listed at the auxiliary address. (v2)
+    case xor = 8
+    /// Completes once every earlier op of the queue has completed. (v2)
+    case drain = 9
+
+    /// The protocol version that introduced the opcode.
+    public var version: UInt16 { rawValue <= 4 ? 1 : 2 }
 
     /// Bit of this opcode in a channel's capability mask.
     public var capabilityBit: UInt64 { 1 << UInt64(rawValue) }
 
     /// Whether the opcode reads a source range.
-    public var readsSource: Bool { self == .copy || self == .crc32c || self == .copyCRC32C }
-    /// Whether the opcode writes a destination range.
-    public var writesDestination: Bool { self == .copy || self == .fill || self == .copyCRC32C }
+    public var readsSource: Bool {
+        switch self {
+        case .copy, .crc32c, .copyCRC32C, .compare, .comparePattern, .dualcast: true
+        default: false
+        }
+    }
+    /// Whether the opcode uses the destination range (written, or read by COMPARE).
+    public var usesDestination: Bool {
+        switch self {
+        case .copy, .fill, .copyCRC32C, .compare, .dualcast, .xor: true
+        default: false
+        }
+    }
+    /// Whether the opcode writes its destination range (COMPARE only reads it).
+    public var writesDestination: Bool { usesDestination && self != .compare }
     /// Whether the opcode computes a CRC32C.
     public var computesCRC: Bool { self == .crc32c || self == .copyCRC32C }
+    /// Whether the opcode moves no bytes (length must be 0).
+    public var takesNoLength: Bool { self == .null || self == .drain }
 
     /// The SPEC.md name, e.g. `COPY_CRC32C`.
     public var name: String {
@@ -29,6 +56,11 @@ public enum Opcode: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .fill: "FILL"
         case .crc32c: "CRC32C"
         case .copyCRC32C: "COPY_CRC32C"
+        case .compare: "COMPARE"
+        case .comparePattern: "COMPARE_PATTERN"
+        case .dualcast: "DUALCAST"
+        case .xor: "XOR"
+        case .drain: "DRAIN"
         }
     }
 
@@ -70,10 +102,32 @@ public struct Descriptor: Hashable, Sendable {
         /// CRC ops: start from `arg`'s low 32 bits (a CRC32C value) instead of the empty CRC.
         /// Mirrors the `initialseed` argument of ioat(4) `ioat_crc`.
         public static let crcSeed = Flags(rawValue: 1 << 3)
+        /// CRC ops: write the CRC (u32, little-endian) to the auxiliary address, or after the data with
+        /// `crcInline`. Mirrors ioat(4) `DMA_CRC_STORE`. (v2)
+        public static let crcStore = Flags(rawValue: 1 << 4)
+        /// CRC ops: compare the CRC with the u32 at the auxiliary address, or with the 4 bytes after the
+        /// source with `crcInline`; a difference is status MISMATCH. Mirrors ioat(4) `DMA_CRC_TEST`. (v2)
+        public static let crcTest = Flags(rawValue: 1 << 5)
+        /// CRC ops: STORE or TEST next to the data instead of at the auxiliary address. Mirrors ioat(4)
+        /// `DMA_CRC_INLINE`. (v2)
+        public static let crcInline = Flags(rawValue: 1 << 6)
+        /// CRC ops: continue from the CRC of the previous CRC op of the same queue (ioat(4)'s default
+        /// "accumulate" mode). (v2)
+        public static let crcChain = Flags(rawValue: 1 << 7)
 
-        /// Every flag defined in this protocol version.
-        public static let defined: Flags = [.interrupt, .fence, .noWait, .crcSeed]
+        /// Flags of protocol version 1.
+        public static let version1: Flags = [.interrupt, .fence, .noWait, .crcSeed]
+        /// Every flag defined in the newest protocol version.
+        public static let defined: Flags = [.interrupt, .fence, .noWait, .crcSeed, .crcStore, .crcTest, .crcInline, .crcChain]
+
+        /// The flags defined in protocol `version`.
+        public static func defined(in version: UInt16) -> Flags { version >= 2 ? defined : version1 }
     }
+
+    /// One entry of an XOR source list (16 bytes: u32 handle, u32 reserved, u64 offset). (v2)
+    public static let xorSourceEntrySize = 16
+    /// Fewest and most XOR sources.
+    public static let xorSources = 2...16
 
     /// Wire size of one descriptor.
     public static let size = 64
@@ -164,8 +218,8 @@ extension Descriptor {
 
     /// Decodes and validates the descriptor at `offset` of `bytes` (SPEC.md §6.3: everything that can be
     /// checked without knowing the connection's buffers). `index` names it in error messages.
-    public static func decode(_ bytes: UnsafeRawBufferPointer, at offset: Int, index: UInt32) throws(ProtocolError)
-        -> Descriptor
+    public static func decode(_ bytes: UnsafeRawBufferPointer, at offset: Int, index: UInt32, version: UInt16 = Wire.version)
+        throws(ProtocolError) -> Descriptor
     {
         let r = WireReader(bytes)
         guard let rawOpcode: UInt8 = r.get(at: offset), let reserved: UInt8 = r.get(at: offset + 1),
@@ -177,8 +231,8 @@ extension Descriptor {
         else {
             throw ProtocolError(.malformed, "descriptor \(index): truncated", index: index)
         }
-        guard let opcode = Opcode(rawValue: rawOpcode) else {
-            throw ProtocolError(.unknownOpcode, "descriptor \(index): opcode \(rawOpcode) is not defined",
+        guard let opcode = Opcode(rawValue: rawOpcode), opcode.version <= version else {
+            throw ProtocolError(.unknownOpcode, "descriptor \(index): opcode \(rawOpcode) is not defined in protocol version \(version)",
                                 index: index)
         }
         guard reserved == 0 else {
@@ -186,7 +240,7 @@ extension Descriptor {
                                 index: index)
         }
         let flags = Flags(rawValue: rawFlags)
-        let unknown = flags.subtracting(.defined)
+        let unknown = flags.subtracting(.defined(in: version))
         guard unknown.isEmpty else {
             throw ProtocolError(
                 .unknownFlags, "descriptor \(index): flag bits 0x\(String(unknown.rawValue, radix: 16)) are not defined",
@@ -208,35 +262,55 @@ extension Descriptor {
             ProtocolError(.reservedNotZero, "descriptor \(index): \(opcode.name) does not use \(what); it must be 0",
                           index: index)
         }
-        if auxiliary != .none { throw unused("the auxiliary address") }
-        if opcode == .null {
+        func badFlags(_ why: String) -> ProtocolError {
+            ProtocolError(.badFlags, "descriptor \(index): \(why)", index: index)
+        }
+        func needsHandle(_ role: String, _ handle: UInt32) throws(ProtocolError) {
+            if handle == 0 {
+                throw ProtocolError(.badHandle, "descriptor \(index): \(opcode.name) needs a \(role) handle; 0 is never valid",
+                                    index: index)
+            }
+        }
+        if opcode.takesNoLength {
             if length != 0 {
-                throw ProtocolError(.badLength, "descriptor \(index): NULL takes length 0, got \(length)", index: index)
+                throw ProtocolError(.badLength, "descriptor \(index): \(opcode.name) takes length 0, got \(length)", index: index)
             }
         } else if length == 0 {
             throw ProtocolError(.badLength, "descriptor \(index): \(opcode.name) needs a length above 0", index: index)
         }
         if !opcode.readsSource && source != .none { throw unused("a source") }
-        if !opcode.writesDestination && destination != .none { throw unused("a destination") }
-        if opcode.readsSource && source.handle == 0 {
-            throw ProtocolError(.badHandle, "descriptor \(index): \(opcode.name) needs a source handle; 0 is never valid",
-                                index: index)
+        if !opcode.usesDestination && destination != .none { throw unused("a destination") }
+        if opcode.readsSource { try needsHandle("source", source.handle) }
+        if opcode.usesDestination { try needsHandle("destination", destination.handle) }
+
+        let crcFlags: Flags = [.crcSeed, .crcStore, .crcTest, .crcInline, .crcChain]
+        if !opcode.computesCRC && !flags.isDisjoint(with: crcFlags) {
+            throw badFlags("CRC flags are only valid on CRC32C and COPY_CRC32C")
         }
-        if opcode.writesDestination && destination.handle == 0 {
-            throw ProtocolError(.badHandle,
-                                "descriptor \(index): \(opcode.name) needs a destination handle; 0 is never valid",
-                                index: index)
+        if flags.contains(.crcStore) && flags.contains(.crcTest) { throw badFlags("CRC_STORE and CRC_TEST cannot be combined") }
+        if flags.contains(.crcInline) && flags.isDisjoint(with: [.crcStore, .crcTest]) {
+            throw badFlags("CRC_INLINE needs CRC_STORE or CRC_TEST")
         }
-        if flags.contains(.crcSeed) && !opcode.computesCRC {
-            throw ProtocolError(.badFlags, "descriptor \(index): CRC_SEED is only valid on CRC32C and COPY_CRC32C",
-                                index: index)
+        if flags.contains(.crcSeed) && flags.contains(.crcChain) { throw badFlags("CRC_SEED and CRC_CHAIN cannot be combined") }
+
+        // The auxiliary address: second destination, CRC location, or XOR source list.
+        let usesAuxiliary = opcode == .dualcast || opcode == .xor
+            || (opcode.computesCRC && !flags.isDisjoint(with: [.crcStore, .crcTest]) && !flags.contains(.crcInline))
+        if usesAuxiliary {
+            try needsHandle("auxiliary", auxiliary.handle)
+        } else if auxiliary != .none {
+            throw unused("the auxiliary address")
         }
         switch opcode {
-        case .fill: break
+        case .fill, .comparePattern: break
         case .crc32c, .copyCRC32C:
             if !flags.contains(.crcSeed) && arg != 0 { throw unused("arg without CRC_SEED") }
             if arg >> 32 != 0 { throw unused("the high 32 bits of arg") }
-        case .null, .copy:
+        case .xor:
+            guard Descriptor.xorSources.contains(Int(clamping: arg)) else {
+                throw ProtocolError(.badCount, "descriptor \(index): XOR takes 2...16 sources in arg, got \(arg)", index: index)
+            }
+        case .null, .copy, .compare, .dualcast, .drain:
             if arg != 0 { throw unused("arg") }
         }
     }

@@ -10,8 +10,7 @@ struct InflightOp {
     var flags: Descriptor.Flags = []
     var length: Int = 0
     /// Kept only so the buffers stay mapped until the engine is done with them.
-    var source: SharedBuffer?
-    var destination: SharedBuffer?
+    var buffers: PendingOp?
 
     static var empty: InflightOp { InflightOp(queue: nil) }
 }
@@ -24,6 +23,8 @@ final class ChannelScheduler {
     private var active: Deque<Queue>
     private var slots: [InflightOp]
     private var freeSlots: [Int]
+    /// Per slot, room for the XOR source pointers the engine reads while the op runs.
+    private let sourceTable: UnsafeMutablePointer<UnsafeRawPointer>
     /// Queues opened on this channel (for "any channel" placement and status).
     var queueCount = 0
     /// Lifetime counters.
@@ -37,7 +38,10 @@ final class ChannelScheduler {
         active = Deque(minimumCapacity: 64)
         slots = Array(repeating: .empty, count: window)
         freeSlots = Array((0..<window).reversed())
+        sourceTable = .allocate(capacity: window * Descriptor.xorSources.upperBound)
     }
+
+    deinit { sourceTable.deallocate() }
 
     /// Ops in the engine now.
     var inEngine: Int { slots.count - freeSlots.count }
@@ -61,12 +65,21 @@ final class ChannelScheduler {
             queue.isScheduled = false
             guard queue.connection != nil, let op = queue.pending.first else { continue }
             // Re-scheduled by `complete` when its last in-engine op finishes.
-            if op.flags.contains(.fence) && queue.inEngine > 0 { continue }
+            if op.isFenced && queue.inEngine > 0 { continue }
             queue.pending.removeFirst()
             let slot = freeSlots.removeLast()
             slots[slot] = InflightOp(queue: queue, cookie: op.cookie, opcode: op.opcode, flags: op.flags,
-                                     length: op.length, source: op.source, destination: op.destination)
-            let accepted = engine.enqueue(op.engineOp(engineCookie: UInt64(slot)))
+                                     length: op.length, buffers: op)
+            var sources: UnsafePointer<UnsafeRawPointer>? = nil
+            if let list = op.sources {
+                let base = sourceTable + slot * Descriptor.xorSources.upperBound
+                for (i, p) in list.enumerated() { base[i] = UnsafeRawPointer(p.pointer) }
+                sources = UnsafePointer(base)
+            }
+            let accepted = engine.enqueue(EngineOp(
+                cookie: UInt64(slot), opcode: op.opcode, flags: op.flags, source: op.source.map { UnsafeRawPointer($0.pointer) },
+                destination: op.destination?.pointer, length: op.length, arg: op.arg, auxiliary: op.auxiliary?.pointer,
+                crcState: queue.crcState, sources: sources))
             precondition(accepted, "engine refused an op although it reported free slots")
             queue.inEngine += 1
             started = true

@@ -11,7 +11,8 @@ final class Connection {
     let peer: PeerCredentials
     let connectedAt: Double
     var negotiated = false
-    var version: UInt16 = Wire.version
+    /// The version messages are framed with: 1 until HELLO_OK, then the negotiated one.
+    var version: UInt16 = 1
 
     var buffers: [UInt32: SharedBuffer] = [:]
     var nextHandle: UInt32 = 1

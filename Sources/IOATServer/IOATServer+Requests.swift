@@ -72,19 +72,20 @@ extension IOATServer {
 
     private func handleHello(_ connection: Connection, _ hello: Hello, requestID: UInt64) throws(ProtocolError) {
         guard !connection.negotiated else { throw ProtocolError(.alreadyNegotiated, "HELLO was already answered on this connection") }
-        guard hello.minVersion <= Wire.version && Wire.version <= hello.maxVersion else {
+        let chosen = min(hello.maxVersion, Wire.version)
+        guard chosen >= max(hello.minVersion, Wire.minimumVersion) else {
             throw ProtocolError(.unsupportedVersion,
-                                "client speaks versions \(hello.minVersion)...\(hello.maxVersion); this server speaks \(Wire.version)")
+                                "client speaks versions \(hello.minVersion)...\(hello.maxVersion); this server speaks \(Wire.minimumVersion)...\(Wire.version)")
         }
         connection.negotiated = true
-        connection.version = Wire.version
         let answer = HelloReply(
-            version: Wire.version, features: 0, maxMessage: UInt32(configuration.maxMessage),
+            version: chosen, features: 0, maxMessage: UInt32(configuration.maxMessage),
             maxDescriptors: UInt32(configuration.maxDescriptors), maxQueueDepth: UInt32(configuration.maxQueueDepth),
             maxQueues: UInt32(configuration.maxQueues), maxBuffers: UInt32(configuration.maxBuffers),
             maxBufferBytes: configuration.maxBufferBytes, hugepageSize: configuration.hugepages ? hugepageSize : 0,
             channels: engine.channels.map(\.info))
         reply(connection, .helloReply(answer), requestID: requestID)
+        connection.version = chosen  // HELLO_OK itself is framed with version 1, like HELLO
     }
 
     private func checkBufferQuota(_ connection: Connection, adding size: UInt64) throws(ProtocolError) {
@@ -267,7 +268,7 @@ extension IOATServer {
 
     /// Resolves a descriptor's range in one of the connection's buffers (SPEC.md §6.3).
     private func resolve(_ connection: Connection, _ address: BufferAddress, length: UInt64, role: String, index: Int,
-                         writing: Bool) throws(ProtocolError) -> SharedBuffer {
+                         writing: Bool) throws(ProtocolError) -> Placement {
         guard let buffer = connection.buffers[address.handle] else {
             throw ProtocolError(.badHandle, "descriptor \(index): \(role) handle \(address.handle) is not open on this connection",
                                 index: UInt32(index))
@@ -286,7 +287,66 @@ extension IOATServer {
             throw ProtocolError(.readOnly, "descriptor \(index): \(role) buffer \(address.handle) is registered read-only",
                                 index: UInt32(index))
         }
-        return buffer
+        return Placement(buffer: buffer, offset: Int(address.offset))
+    }
+
+    /// Resolves every range a descriptor names (SPEC.md §6.3 step 4), copying an XOR source list out of
+    /// the client's memory so it cannot change after validation.
+    private func resolveAll(_ connection: Connection, _ d: Descriptor, index i: Int) throws(ProtocolError) -> PendingOp {
+        var op = PendingOp(cookie: d.cookie, opcode: d.opcode, flags: d.flags, source: nil, destination: nil, auxiliary: nil,
+                           sources: nil, length: Int(clamping: d.length), arg: d.arg)
+        if d.opcode.readsSource {
+            op.source = try resolve(connection, d.source, length: d.length, role: "source", index: i, writing: false)
+        }
+        if d.opcode.usesDestination {
+            op.destination = try resolve(connection, d.destination, length: d.length, role: "destination", index: i,
+                                         writing: d.opcode.writesDestination)
+        }
+        switch d.opcode {
+        case .dualcast:
+            op.auxiliary = try resolve(connection, d.auxiliary, length: d.length, role: "second destination", index: i, writing: true)
+        case .crc32c, .copyCRC32C:
+            // (A `where` here would bind to .copyCRC32C alone.)
+            guard !d.flags.isDisjoint(with: [.crcStore, .crcTest]) else { break }
+            let store = d.flags.contains(.crcStore)
+            if !d.flags.contains(.crcInline) {
+                op.auxiliary = try resolve(connection, d.auxiliary, length: 4, role: store ? "CRC store" : "CRC test", index: i, writing: store)
+            } else {
+                // Inline: STORE after the destination data (after the source for CRC32C), TEST against the
+                // 4 bytes after the source (ioat(4) DMA_CRC_INLINE).
+                let base = store && d.opcode == .copyCRC32C ? d.destination : d.source
+                let (at, overflow) = base.offset.addingReportingOverflow(d.length)
+                guard !overflow else {
+                    throw ProtocolError(.overflow, "descriptor \(i): inline CRC at offset \(base.offset) + length \(d.length) overflows 64 bits",
+                                        index: UInt32(i))
+                }
+                op.auxiliary = try resolve(connection, BufferAddress(handle: base.handle, offset: at), length: 4,
+                                           role: store ? "inline CRC store" : "inline CRC test", index: i, writing: store)
+            }
+        case .xor:
+            let count = Int(d.arg)
+            let list = try resolve(connection, d.auxiliary, length: UInt64(count * Descriptor.xorSourceEntrySize),
+                                   role: "XOR source list", index: i, writing: false)
+            var sources: [Placement] = []
+            sources.reserveCapacity(count)
+            let bytes = UnsafeRawBufferPointer(start: list.pointer, count: count * Descriptor.xorSourceEntrySize)
+            let reader = WireReader(bytes)
+            for s in 0..<count {
+                let handle: UInt32 = reader.get(at: s * 16)!
+                let reserved: UInt32 = reader.get(at: s * 16 + 4)!
+                let offset: UInt64 = reader.get(at: s * 16 + 8)!
+                guard reserved == 0 else {
+                    throw ProtocolError(.reservedNotZero, "descriptor \(i): XOR source \(s) has reserved field \(reserved), must be 0",
+                                        index: UInt32(i))
+                }
+                sources.append(try resolve(connection, BufferAddress(handle: handle, offset: offset), length: d.length,
+                                           role: "XOR source \(s)", index: i, writing: false))
+            }
+            op.sources = sources
+        default:
+            break
+        }
+        return op
     }
 
     /// Validates a whole SUBMIT, then queues all of it or none of it (SPEC.md §6.3). Parks it when the
@@ -306,10 +366,7 @@ extension IOATServer {
                 throw ProtocolError(.unsupportedOpcode, "descriptor \(i): channel \(info.index) (\(info.name)) does not run \(d.opcode.name)",
                                     index: UInt32(i))
             }
-            if d.opcode.readsSource { _ = try resolve(connection, d.source, length: d.length, role: "source", index: i, writing: false) }
-            if d.opcode.writesDestination {
-                _ = try resolve(connection, d.destination, length: d.length, role: "destination", index: i, writing: true)
-            }
+            _ = try resolveAll(connection, d, index: i)
             if d.flags.contains(.noWait) { noWait = true }
         }
         if submit.count > queue.freeCredits {
@@ -321,12 +378,7 @@ extension IOATServer {
             return
         }
         for i in 0..<submit.count {
-            let d = try submit.descriptor(at: i)
-            let source = d.opcode.readsSource ? connection.buffers[d.source.handle] : nil
-            let destination = d.opcode.writesDestination ? connection.buffers[d.destination.handle] : nil
-            queue.pending.append(PendingOp(cookie: d.cookie, opcode: d.opcode, flags: d.flags, source: source,
-                                           sourceOffset: Int(d.source.offset), destination: destination,
-                                           destinationOffset: Int(d.destination.offset), length: Int(d.length), arg: d.arg))
+            queue.pending.append(try resolveAll(connection, try submit.descriptor(at: i), index: i))
         }
         queue.outstanding += submit.count
         let scheduler = schedulers[queue.channel]

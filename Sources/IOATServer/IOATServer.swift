@@ -367,7 +367,8 @@ public final class IOATServer: @unchecked Sendable {
         let op = scheduler.complete(slot: Int(completion.cookie))
         guard let queue = op.queue else { preconditionFailure("engine completed an unknown slot \(completion.cookie)") }
         queue.inEngine -= 1
-        let failed = !completion.status.isSuccess
+        // MISMATCH is a result, not a failure: it is reported at once but counts as no error.
+        let failed = !completion.status.isSuccess && completion.status != .mismatch
         scheduler.opsCompleted += 1
         scheduler.bytesCompleted += completion.bytesDone
         queue.opsCompleted += 1
@@ -383,7 +384,7 @@ public final class IOATServer: @unchecked Sendable {
         queue.undelivered.append(CompletionRecord(cookie: op.cookie, status: completion.status, opcode: op.opcode.rawValue,
                                                   result: completion.result, bytesDone: completion.bytesDone))
         // Flush points (SPEC.md §6.4): an INT_EN op, a failure, the queue going idle, or a full message.
-        if op.flags.contains(.interrupt) || failed || queue.isIdle
+        if op.flags.contains(.interrupt) || !completion.status.isSuccess || queue.isIdle
             || queue.undelivered.count >= configuration.maxRecordsPerMessage
         {
             if !queue.needsFlush {

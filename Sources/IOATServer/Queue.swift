@@ -2,25 +2,30 @@ import DequeModule
 import IOATEngine
 import IOATProtocol
 
-/// A descriptor accepted into a queue: resolved addresses plus references keeping its buffers mapped.
+/// One resolved range: the buffer (kept mapped by this reference) and the offset in it.
+struct Placement {
+    var buffer: SharedBuffer
+    var offset: Int
+
+    var pointer: UnsafeMutableRawPointer { buffer.mapping.unsafeBase + offset }
+}
+
+/// A descriptor accepted into a queue: resolved ranges plus references keeping their buffers mapped.
 struct PendingOp {
     var cookie: UInt64
     var opcode: Opcode
     var flags: Descriptor.Flags
-    var source: SharedBuffer?
-    var sourceOffset: Int
-    var destination: SharedBuffer?
-    var destinationOffset: Int
+    var source: Placement?
+    var destination: Placement?
+    /// DUALCAST second destination, or where a CRC STORE writes / TEST reads (inline or not).
+    var auxiliary: Placement?
+    /// XOR sources, copied from the client's list when the SUBMIT was validated.
+    var sources: [Placement]?
     var length: Int
     var arg: UInt64
 
-    /// The engine form, with `engineCookie` in place of the client's cookie.
-    func engineOp(engineCookie: UInt64) -> EngineOp {
-        EngineOp(cookie: engineCookie, opcode: opcode, flags: flags,
-                 source: source.map { UnsafeRawPointer($0.mapping.unsafeBase + sourceOffset) },
-                 destination: destination.map { $0.mapping.unsafeBase + destinationOffset },
-                 length: length, arg: arg)
-    }
+    /// Whether it must wait until every earlier op of its queue has completed.
+    var isFenced: Bool { flags.contains(.fence) || opcode == .drain }
 }
 
 /// One queue of one connection (SPEC.md §5.4): ops run in submission order on one channel, and at most
@@ -45,6 +50,9 @@ final class Queue {
     /// Whether the queue is in the event loop's flush list.
     var needsFlush = false
 
+    /// The queue's running CRC (SPEC.md §6.2 CRC_CHAIN), written by the engine as CRC ops complete.
+    let crcState: UnsafeMutablePointer<UInt32>
+
     /// Lifetime counters.
     var opsCompleted: UInt64 = 0
     var bytesCompleted: UInt64 = 0
@@ -58,7 +66,11 @@ final class Queue {
         pending = Deque(minimumCapacity: depth)
         undelivered = []
         undelivered.reserveCapacity(depth)
+        crcState = .allocate(capacity: 1)
+        crcState.initialize(to: 0)
     }
+
+    deinit { crcState.deallocate() }
 
     /// Credits free for new ops.
     var freeCredits: Int { depth - outstanding }

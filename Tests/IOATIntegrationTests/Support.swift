@@ -123,7 +123,10 @@ final class RawClient {
         let packet = try storage.withUnsafeMutableBytes { try UnixSocket.receive(fd, into: $0) }
         if packet.isEndOfStream { return nil }
         storage.removeSubrange(packet.count...)
-        let (header, message) = try storage.withUnsafeBytes { try Message.decode($0) }
+        // Decode with whatever version the server framed it with (1 before the handshake, then the
+        // negotiated one): this client checks answers, not framing.
+        let version = storage.count >= 6 ? UInt16(storage[4]) | UInt16(storage[5]) << 8 : Wire.version
+        let (header, message) = try storage.withUnsafeBytes { try Message.decode($0, version: version) }
         // Views in `message` point into `storage`; keep only owned cases outside.
         return Answer(header: header, message: message, fds: packet.fds, storage: storage)
     }
@@ -138,7 +141,7 @@ final class RawClient {
 }
 
 /// A packet built field by field: header then body.
-func packet(_ type: MessageType, body: [UInt8] = [], requestID: UInt64 = 7, version: UInt16 = 1) -> [UInt8] {
+func packet(_ type: MessageType, body: [UInt8] = [], requestID: UInt64 = 7, version: UInt16 = Wire.version) -> [UInt8] {
     var w = WireWriter()
     MessageHeader(version: version, type: type, length: UInt32(24 + body.count), requestID: requestID).encode(into: &w)
     w.write(bytes: body)

@@ -14,6 +14,7 @@ enum Vectors {
         let requestID: UInt64?
         let fieldsJSON: String?
         let error: String?
+        let version: UInt16
         var testDescription: String { name }
     }
 
@@ -26,7 +27,8 @@ enum Vectors {
             let fields = v["fields"].flatMap { try? JSONSerialization.data(withJSONObject: $0, options: [.sortedKeys]) }
             return Vector(name: v["name"] as! String, bytes: hexBytes(v["hex"] as! String), type: v["type"] as? String,
                           requestID: (v["request_id"] as? NSNumber)?.uint64Value,
-                          fieldsJSON: fields.map { String(decoding: $0, as: UTF8.self) }, error: v["error"] as? String)
+                          fieldsJSON: fields.map { String(decoding: $0, as: UTF8.self) }, error: v["error"] as? String,
+                          version: (v["version"] as? NSNumber)?.uint16Value ?? 1)
         }
     }
 
@@ -66,9 +68,14 @@ func fields(of message: Message) throws -> Any {
         var list: [[String: String]] = []
         for i in 0..<s.count {
             let d = try s.descriptor(at: i)
-            list.append(["opcode": d.opcode.name, "flags": n(d.flags.rawValue), "cookie": n(d.cookie), "length": n(d.length),
-                         "src_handle": n(d.source.handle), "src_offset": n(d.source.offset),
-                         "dst_handle": n(d.destination.handle), "dst_offset": n(d.destination.offset), "arg": n(d.arg)])
+            var f = ["opcode": d.opcode.name, "flags": n(d.flags.rawValue), "cookie": n(d.cookie), "length": n(d.length),
+                     "src_handle": n(d.source.handle), "src_offset": n(d.source.offset),
+                     "dst_handle": n(d.destination.handle), "dst_offset": n(d.destination.offset), "arg": n(d.arg)]
+            if s.version >= 2 {
+                f["aux_handle"] = n(d.auxiliary.handle)
+                f["aux_offset"] = n(d.auxiliary.offset)
+            }
+            list.append(f)
         }
         return ["queue": n(s.queue), "descriptors": list]
     case .helloReply(let r):
@@ -121,12 +128,13 @@ struct VectorTests {
     @Test("valid vectors decode to their fields and re-encode to the same bytes", arguments: Vectors.valid)
     func valid(_ vector: Vectors.Vector) throws {
         try vector.bytes.withUnsafeBytes { raw in
-            let (header, message) = try Message.decode(raw, maxDescriptors: 512)
+            let framing: UInt16 = vector.type == "HELLO" || vector.type == "HELLO_OK" ? 1 : vector.version
+            let (header, message) = try Message.decode(raw, version: framing, maxDescriptors: 512)
             #expect(MessageType(rawValue: header.type)?.name == vector.type)
             #expect(header.requestID == vector.requestID)
             let expected = try JSONSerialization.jsonObject(with: Data(vector.fieldsJSON!.utf8))
             #expect(try canonicalJSON(fields(of: message)) == canonicalJSON(expected))
-            #expect(message.encode(requestID: header.requestID) == vector.bytes)
+            #expect(message.encode(requestID: header.requestID, version: vector.version) == vector.bytes)
         }
     }
 
@@ -134,7 +142,7 @@ struct VectorTests {
     func invalid(_ vector: Vectors.Vector) {
         vector.bytes.withUnsafeBytes { raw in
             do throws(ProtocolError) {
-                _ = try Message.decode(raw, maxDescriptors: 512)
+                _ = try Message.decode(raw, version: vector.version, maxDescriptors: 512)
                 Issue.record("decoded without error; expected \(vector.error!)")
             } catch {
                 #expect(error.code.name == vector.error, "\(error)")

@@ -15,8 +15,10 @@ TYPES = {
     "REGISTER_OK": 0x8003, "FREE_OK": 0x8004, "OPEN_OK": 0x8005, "CLOSE_OK": 0x8006,
     "STATUS_OK": 0x8008, "COMPLETION": 0xC001, "GOODBYE": 0xC002, "ERROR": 0xFFFF,
 }
-OPCODES = {"NULL": 0, "COPY": 1, "FILL": 2, "CRC32C": 3, "COPY_CRC32C": 4}
+OPCODES = {"NULL": 0, "COPY": 1, "FILL": 2, "CRC32C": 3, "COPY_CRC32C": 4,
+           "COMPARE": 5, "COMPARE_PATTERN": 6, "DUALCAST": 7, "XOR": 8, "DRAIN": 9}
 INT_EN, FENCE, NO_WAIT, CRC_SEED = 1, 2, 4, 8
+CRC_STORE, CRC_TEST, CRC_INLINE, CRC_CHAIN = 16, 32, 64, 128
 
 
 def packet(type_name, body, request_id=1, version=1, magic=MAGIC, reserved=0, length=None, type_value=None):
@@ -55,12 +57,23 @@ valid = []
 invalid = []
 
 
-def ok(name, type_name, data, fields, request_id=1):
-    valid.append({"name": name, "type": type_name, "request_id": request_id, "hex": data.hex(), "fields": fields})
+def ok(name, type_name, data, fields, request_id=1, version=1):
+    valid.append({"name": name, "type": type_name, "request_id": request_id, "version": version, "hex": data.hex(), "fields": fields})
 
 
-def bad(name, data, code):
-    invalid.append({"name": name, "hex": data.hex(), "error": code})
+def bad(name, data, code, version=1):
+    invalid.append({"name": name, "version": version, "hex": data.hex(), "error": code})
+
+
+def v2(type_name, body, request_id=1):
+    return packet(type_name, body, request_id=request_id, version=2)
+
+
+def d2(opcode, flags=0, src=(0, 0), cookie=0, length=0, dst=(0, 0), aux=(0, 0), arg=0):
+    """A v2 descriptor with its expected decoded fields."""
+    raw = desc(opcode, flags, src, cookie, length, dst, aux, arg)
+    return raw, {"opcode": opcode, "flags": flags, "cookie": cookie, "length": length, "src_handle": src[0], "src_offset": src[1],
+                 "dst_handle": dst[0], "dst_offset": dst[1], "aux_handle": aux[0], "aux_offset": aux[1], "arg": arg}
 
 
 # ---- valid -------------------------------------------------------------------------------------
@@ -211,6 +224,42 @@ def big_as_string(value):
 
 
 valid = [big_as_string(v) for v in valid]
+# ---- version 2 -----------------------------------------------------------------------------------
+ok("hello offering 1..2", "HELLO", packet("HELLO", struct.pack("<HHIQ", 1, 2, 0, 0), request_id=0),
+   {"min_version": 1, "max_version": 2, "features": 0}, request_id=0)
+v2_descs = [
+    d2("COMPARE", 0, src=(1, 0), cookie=1, length=4096, dst=(2, 0)),
+    d2("COMPARE_PATTERN", 0, src=(1, 8), cookie=2, length=100, arg=0xA5A5A5A5A5A5A5A5),
+    d2("DUALCAST", INT_EN, src=(1, 0), cookie=3, length=64, dst=(2, 0), aux=(3, 64)),
+    d2("XOR", 0, cookie=4, length=4096, dst=(4, 0), aux=(5, 0), arg=3),
+    d2("DRAIN", INT_EN, cookie=5),
+    d2("CRC32C", CRC_STORE, src=(1, 0), cookie=6, length=9, aux=(2, 100)),
+    d2("CRC32C", CRC_TEST | CRC_INLINE | CRC_CHAIN, src=(1, 0), cookie=7, length=9),
+    d2("COPY_CRC32C", CRC_STORE | CRC_INLINE | CRC_SEED, src=(1, 0), cookie=8, length=9, dst=(2, 0), arg=0xE3069283),
+]
+ok("v2 submit of every new opcode and CRC mode", "SUBMIT", v2("SUBMIT", submit(9, [r for r, _ in v2_descs])),
+   {"queue": 9, "descriptors": [f for _, f in v2_descs]}, version=2)
+bad("v1 connection: COMPARE is not defined", packet("SUBMIT", submit(1, [desc("COMPARE", src=(1, 0), length=8, dst=(2, 0))])), "UNKNOWN_OPCODE")
+bad("v1 connection: CRC_STORE is not defined", packet("SUBMIT", submit(1, [desc("CRC32C", CRC_STORE, src=(1, 0), length=8, aux=(2, 0))])), "UNKNOWN_FLAGS")
+bad("CRC_STORE with CRC_TEST", v2("SUBMIT", submit(1, [desc("CRC32C", CRC_STORE | CRC_TEST, src=(1, 0), length=8, aux=(2, 0))])), "BAD_FLAGS", 2)
+bad("CRC_INLINE alone", v2("SUBMIT", submit(1, [desc("CRC32C", CRC_INLINE, src=(1, 0), length=8)])), "BAD_FLAGS", 2)
+bad("CRC_SEED with CRC_CHAIN", v2("SUBMIT", submit(1, [desc("CRC32C", CRC_SEED | CRC_CHAIN, src=(1, 0), length=8, arg=1)])), "BAD_FLAGS", 2)
+bad("CRC_CHAIN on a copy", v2("SUBMIT", submit(1, [desc("COPY", CRC_CHAIN, src=(1, 0), length=8, dst=(2, 0))])), "BAD_FLAGS", 2)
+bad("CRC_STORE without a place to store", v2("SUBMIT", submit(1, [desc("CRC32C", CRC_STORE, src=(1, 0), length=8)])), "BAD_HANDLE", 2)
+bad("inline CRC_TEST with an auxiliary address", v2("SUBMIT", submit(1, [desc("CRC32C", CRC_TEST | CRC_INLINE, src=(1, 0), length=8, aux=(2, 0))])),
+    "RESERVED_NOT_ZERO", 2)
+bad("XOR of one source", v2("SUBMIT", submit(1, [desc("XOR", length=8, dst=(2, 0), aux=(3, 0), arg=1)])), "BAD_COUNT", 2)
+bad("XOR of seventeen sources", v2("SUBMIT", submit(1, [desc("XOR", length=8, dst=(2, 0), aux=(3, 0), arg=17)])), "BAD_COUNT", 2)
+bad("XOR without a source list", v2("SUBMIT", submit(1, [desc("XOR", length=8, dst=(2, 0), arg=2)])), "BAD_HANDLE", 2)
+bad("XOR with a source field", v2("SUBMIT", submit(1, [desc("XOR", src=(1, 0), length=8, dst=(2, 0), aux=(3, 0), arg=2)])), "RESERVED_NOT_ZERO", 2)
+bad("DUALCAST without a second destination", v2("SUBMIT", submit(1, [desc("DUALCAST", src=(1, 0), length=8, dst=(2, 0))])), "BAD_HANDLE", 2)
+bad("DRAIN with a length", v2("SUBMIT", submit(1, [desc("DRAIN", length=8)])), "BAD_LENGTH", 2)
+bad("COMPARE with arg", v2("SUBMIT", submit(1, [desc("COMPARE", src=(1, 0), length=8, dst=(2, 0), arg=1)])), "RESERVED_NOT_ZERO", 2)
+bad("COMPARE_PATTERN with a destination", v2("SUBMIT", submit(1, [desc("COMPARE_PATTERN", src=(1, 0), length=8, dst=(2, 0))])),
+    "RESERVED_NOT_ZERO", 2)
+bad("undefined opcode 10 on v2", v2("SUBMIT", submit(1, [desc(10, length=8)])), "UNKNOWN_OPCODE", 2)
+bad("undefined flag bit 8 on v2", v2("SUBMIT", submit(1, [desc("NULL", 256)])), "UNKNOWN_FLAGS", 2)
+
 here = os.path.dirname(os.path.abspath(__file__))
 header = "Generated by generate.py from SPEC.md. Each hex is one whole packet (SPEC.md §2)."
 with open(os.path.join(here, "valid.json"), "w") as f:
@@ -220,7 +269,7 @@ with open(os.path.join(here, "valid.json"), "w") as f:
     f.write("\n")
 with open(os.path.join(here, "invalid.json"), "w") as f:
     json.dump({"description": header + " Decoding must fail with the error code named (SPEC.md §7), "
-               "on a connection that speaks version 1 with max_descriptors 512.",
+               "on a connection that speaks the vector's version with max_descriptors 512.",
                "vectors": invalid}, f, indent=1)
     f.write("\n")
 print(f"{len(valid)} valid, {len(invalid)} invalid vectors")
