@@ -95,6 +95,9 @@ public struct ConformanceSuite: Sendable {
             await record("crc32c chained across descriptors") { try await crcChain(queue, src, &rng) }
             await record("drain completes after everything before it") { try await drain(queue, src, dst) }
             await record("refusals of CRC flag combinations and xor counts") { try await refusalsV2(queue, src, dst) }
+            await record("ops above the channel's max transfer are split and look like one op") {
+                try await splitOps(client, queue, &rng)
+            }
         }
         await record("refusals name their codes") { try await refusals(client, queue, src) }
         await record("ops after a refusal still run") {
@@ -414,6 +417,44 @@ public struct ConformanceSuite: Sendable {
             return "XOR with a bad handle in its source list was accepted"
         } catch {
             guard error.code == .badHandle else { return "XOR source list: \(error)" }
+        }
+        return nil
+    }
+
+    /// Copy, fill, CRC with inline STORE, and compare, each a little over two max transfers long.
+    private func splitOps(_ client: IOATClient, _ queue: IOATQueue, _ rng: inout SplitMix64) async throws -> String? {
+        guard let info = client.server.channels.first(where: { $0.index == queue.channel }), info.maxTransfer <= 64 << 20 else {
+            return nil  // a channel with a huge max transfer never splits
+        }
+        let piece = Int(info.maxTransfer)
+        let length = 2 * piece + 4099
+        let a = try await client.allocate(size: length + 8192, pages: .normal)
+        let b = try await client.allocate(size: length + 8192, pages: .normal)
+        defer { Task { try? await client.free(a); try? await client.free(b) } }
+        a.fillPseudoRandom(0..<length, seed: rng.next())
+        b.set(0..<length + 64, to: Self.guardValue)
+        let crc = ReferenceCRC32C.checksum(a.unsafeBytes(0..<length))
+        var r = try await queue.submit(Descriptor(opcode: .copyCRC32C, flags: [.crcStore, .crcInline], length: UInt64(length),
+                                                  source: a.address(0), destination: b.address(0)))
+        guard r.status == .success, r.bytesDone == UInt64(length), r.result == crc else {
+            return "COPY_CRC32C of \(length): \(r.status), \(r.bytesDone) bytes, CRC \(hex(r.result)) vs \(hex(crc))"
+        }
+        if !equal(a.unsafeBytes(0..<length), b.unsafeBytes(0..<length)) { return "split copy differs" }
+        if b.read(at: length, count: 4) != withUnsafeBytes(of: crc.littleEndian, { Array($0) }) { return "inline STORE after a split copy" }
+        if b.read(at: length + 4, count: 1) != [Self.guardValue] { return "split copy wrote past its CRC" }
+        // COMPARE finds a difference in the last piece, at its absolute offset.
+        let at = 2 * piece + 17
+        b.write([b.read(at: at, count: 1)[0] ^ 1], at: at)
+        r = try await queue.submit(Descriptor(opcode: .compare, length: UInt64(length), source: a.address(0), destination: b.address(0)))
+        guard r.status == .mismatch, r.bytesDone == UInt64(at) else { return "split COMPARE: \(r.status) at \(r.bytesDone), expected \(at)" }
+        // FILL keeps its pattern phase across pieces.
+        let pattern: UInt64 = 0x0102_0304_0506_0708
+        r = try await queue.fill(b, length: length, pattern: pattern)
+        guard r.status == .success, r.bytesDone == UInt64(length) else { return "split FILL: \(r.status)" }
+        let filled = b.unsafeBytes(0..<length)
+        for i in [0, piece - 1, piece, piece + 3, 2 * piece + 1, length - 1]
+        where filled[i] != UInt8(truncatingIfNeeded: pattern >> (8 * UInt64(i % 8))) {
+            return "split FILL: byte \(i) is \(filled[i])"
         }
         return nil
     }

@@ -10,8 +10,9 @@ public final class CPUEngine: Engine {
     public let channels: [any EngineChannel]
     public let notifier: EventFD
 
-    /// Largest transfer one CPU op takes (larger descriptors are split by the server).
-    public static let maxTransfer: UInt64 = 1 << 62
+    /// Largest transfer one CPU op takes; the server splits larger descriptors into pieces of this size,
+    /// which also keeps one tenant's 64 MiB copy from holding a channel for long.
+    public static let maxTransfer: UInt64 = 4 << 20
     /// Ring slots per channel.
     public static let ringSize = 4096
 

@@ -9,6 +9,9 @@ struct InflightOp {
     var opcode: Opcode = .null
     var flags: Descriptor.Flags = []
     var length: Int = 0
+    /// For a piece of a split op: the bytes before it, and whether it is the last.
+    var pieceOffset = 0
+    var isLastPiece = true
     /// Kept only so the buffers stay mapped until the engine is done with them.
     var buffers: PendingOp?
 
@@ -32,8 +35,12 @@ final class ChannelScheduler {
     var bytesCompleted: UInt64 = 0
     var opsFailed: UInt64 = 0
 
+    /// Largest piece the engine takes (a multiple of 8, so FILL and COMPARE_PATTERN keep their phase).
+    let maxTransfer: Int
+
     init(engine: any EngineChannel, window: Int) {
         self.engine = engine
+        maxTransfer = max(8, Int(clamping: min(engine.info.maxTransfer, UInt64(Int.max))) & ~7)
         let window = max(1, min(window, engine.info.maxDepth == 0 ? window : Int(engine.info.maxDepth)))
         active = Deque(minimumCapacity: 64)
         slots = Array(repeating: .empty, count: window)
@@ -65,20 +72,37 @@ final class ChannelScheduler {
             queue.isScheduled = false
             guard queue.connection != nil, let op = queue.pending.first else { continue }
             // Re-scheduled by `complete` when its last in-engine op finishes.
-            if op.isFenced && queue.inEngine > 0 { continue }
-            queue.pending.removeFirst()
+            if op.dispatched == 0 && op.isFenced && queue.inEngine > 0 { continue }
+            // Ops above the engine's max transfer go in pieces (SPEC.md §6.7); the head op stays queued
+            // until its last piece is in the engine.
+            let offset = op.dispatched
+            let pieceLength = min(op.length - offset, maxTransfer)
+            let isLast = offset + pieceLength == op.length
+            if isLast {
+                queue.pending.removeFirst()
+            } else {
+                queue.pending[queue.pending.startIndex].dispatched += pieceLength
+            }
+            var flags = op.flags
+            if op.opcode.computesCRC {
+                if offset > 0 { flags = flags.subtracting(.crcSeed).union(.crcChain) }
+                if !isLast { flags.subtract([.crcStore, .crcTest, .crcInline]) }
+            }
             let slot = freeSlots.removeLast()
             slots[slot] = InflightOp(queue: queue, cookie: op.cookie, opcode: op.opcode, flags: op.flags,
-                                     length: op.length, buffers: op)
+                                     length: pieceLength, pieceOffset: offset, isLastPiece: isLast, buffers: op)
             var sources: UnsafePointer<UnsafeRawPointer>? = nil
             if let list = op.sources {
                 let base = sourceTable + slot * Descriptor.xorSources.upperBound
-                for (i, p) in list.enumerated() { base[i] = UnsafeRawPointer(p.pointer) }
+                for (i, p) in list.enumerated() { base[i] = UnsafeRawPointer(p.pointer + offset) }
                 sources = UnsafePointer(base)
             }
+            // The auxiliary range is a second destination (moves with the piece) or a CRC location
+            // (used by the last piece only).
+            let auxiliary = op.opcode == .dualcast ? op.auxiliary.map { $0.pointer + offset } : isLast ? op.auxiliary?.pointer : nil
             let accepted = engine.enqueue(EngineOp(
-                cookie: UInt64(slot), opcode: op.opcode, flags: op.flags, source: op.source.map { UnsafeRawPointer($0.pointer) },
-                destination: op.destination?.pointer, length: op.length, arg: op.arg, auxiliary: op.auxiliary?.pointer,
+                cookie: UInt64(slot), opcode: op.opcode, flags: flags, source: op.source.map { UnsafeRawPointer($0.pointer + offset) },
+                destination: op.destination.map { $0.pointer + offset }, length: pieceLength, arg: op.arg, auxiliary: auxiliary,
                 crcState: queue.crcState, sources: sources))
             precondition(accepted, "engine refused an op although it reported free slots")
             queue.inEngine += 1

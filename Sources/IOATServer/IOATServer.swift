@@ -367,6 +367,25 @@ public final class IOATServer: @unchecked Sendable {
         let op = scheduler.complete(slot: Int(completion.cookie))
         guard let queue = op.queue else { preconditionFailure("engine completed an unknown slot \(completion.cookie)") }
         queue.inEngine -= 1
+        var completion = completion
+        if !op.isLastPiece || op.pieceOffset > 0 {
+            // A piece of a split op: fold it into the queue's progress; only the last piece makes a record.
+            if queue.split.outcome == nil && !completion.status.isSuccess {
+                queue.split.outcome = (completion.status, UInt64(op.pieceOffset) + completion.bytesDone)
+            }
+            queue.split.bytesDone += completion.bytesDone
+            guard op.isLastPiece else {
+                scheduler.schedule(queue)
+                return
+            }
+            if let outcome = queue.split.outcome {
+                completion.status = outcome.status
+                completion.bytesDone = outcome.bytesDone
+            } else {
+                completion.bytesDone = queue.split.bytesDone
+            }
+            queue.split = SplitProgress()
+        }
         // MISMATCH is a result, not a failure: it is reported at once but counts as no error.
         let failed = !completion.status.isSuccess && completion.status != .mismatch
         scheduler.opsCompleted += 1

@@ -23,9 +23,18 @@ struct PendingOp {
     var sources: [Placement]?
     var length: Int
     var arg: UInt64
+    /// Bytes already handed to the engine, when the op is split into pieces (SPEC.md §6.7).
+    var dispatched = 0
 
     /// Whether it must wait until every earlier op of its queue has completed.
     var isFenced: Bool { flags.contains(.fence) || opcode == .drain }
+}
+
+/// What the pieces of a split op have done so far; the last piece's completion turns it into one record.
+struct SplitProgress {
+    var bytesDone: UInt64 = 0
+    /// The first piece status other than SUCCESS, with the absolute bytes_done it implies.
+    var outcome: (status: CompletionStatus, bytesDone: UInt64)? = nil
 }
 
 /// One queue of one connection (SPEC.md §5.4): ops run in submission order on one channel, and at most
@@ -50,6 +59,8 @@ final class Queue {
     /// Whether the queue is in the event loop's flush list.
     var needsFlush = false
 
+    /// Progress of the split op whose pieces are completing (pieces of one queue complete in order).
+    var split = SplitProgress()
     /// The queue's running CRC (SPEC.md §6.2 CRC_CHAIN), written by the engine as CRC ops complete.
     let crcState: UnsafeMutablePointer<UInt32>
 
