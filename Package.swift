@@ -12,12 +12,14 @@ import PackageDescription
 //                 configuration (TOML) and systemd integration (libsystemd).
 //   IOATClient    the client library.
 //   IOATConformance  the behaviours every engine must show, run by `ioatctl test` and the tests.
+//   IOATTestKit   test support as a product: a fault-injecting engine wrapper and an in-process server.
 let package = Package(
     name: "ioatd",
     products: [
         .executable(name: "ioatd", targets: ["ioatd"]),
         .executable(name: "ioatctl", targets: ["ioatctl"]),
         .library(name: "IOATClient", targets: ["IOATClient"]),
+        .library(name: "IOATTestKit", targets: ["IOATTestKit"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -46,6 +48,12 @@ let package = Package(
             dependencies: ["IOATProtocol", "IOATSystem", .product(name: "DequeModule", package: "swift-collections")]
         ),
         .target(name: "IOATConformance", dependencies: ["IOATClient", "IOATProtocol"]),
+        .target(
+            name: "IOATTestKit",
+            dependencies: [
+                "IOATEngine", "IOATServer", "IOATSystem", "IOATProtocol", .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "ioatd",
             dependencies: [
@@ -66,7 +74,8 @@ let package = Package(
         .testTarget(
             name: "IOATIntegrationTests",
             dependencies: [
-                "IOATClient", "IOATConformance", "IOATProtocol", "IOATSystem", "IOATEngine", "IOATServer", "ioatd", "ioatctl",
+                "IOATClient", "IOATConformance", "IOATProtocol", "IOATSystem", "IOATEngine", "IOATServer", "IOATTestKit",
+                "ioatd", "ioatctl",
             ]
         ),
     ]

@@ -146,6 +146,9 @@ final class CPUChannel: EngineChannel, @unchecked Sendable {
         return n
     }
 
+    /// The CPU never halts; nothing to reset.
+    func reset() {}
+
     func shutdown() {
         guard let worker else { return }
         stopping.store(true, ordering: .sequentiallyConsistent)

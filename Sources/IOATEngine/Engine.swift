@@ -87,6 +87,9 @@ public protocol EngineChannel: AnyObject, Sendable {
     func reap(into completions: UnsafeMutableBufferPointer<EngineCompletion>) -> Int
     /// Whether `reap` would return something now (cheap: for polling loops).
     var hasCompletions: Bool { get }
+    /// Brings a halted channel back into service (ioat(4)'s reset after a hardware error). Ops the
+    /// engine reported NOT_ATTEMPTED because of the halt may then be enqueued again.
+    func reset()
     /// Stops the channel's workers after the ops already submitted finish.
     func shutdown()
 }

@@ -34,6 +34,17 @@ final class ChannelScheduler {
     var opsCompleted: UInt64 = 0
     var bytesCompleted: UInt64 = 0
     var opsFailed: UInt64 = 0
+    var halts: UInt64 = 0
+    var resets: UInt64 = 0
+    var replayed: UInt64 = 0
+    var lastError: String? = nil
+    /// Set between a CHANNEL_HALTED completion and the reset that follows it: NOT_ATTEMPTED completions
+    /// in that window are ops the halt stopped, to run again.
+    var recovering = false
+    /// Ops the halt stopped, in completion order, waiting for the reset.
+    var returned: [(Queue, PendingOp)] = []
+    /// Called for a FENCE op that will not run because an op it depends on failed.
+    var skip: (Queue, PendingOp) -> Void = { _, _ in }
 
     /// Largest piece the engine takes (a multiple of 8, so FILL and COMPARE_PATTERN keep their phase).
     let maxTransfer: Int
@@ -67,17 +78,28 @@ final class ChannelScheduler {
     /// Moves pending ops into the engine while the window has room, then rings the doorbell once.
     /// A FENCE op waits until every earlier op of its queue has completed (SPEC.md §6.2).
     func dispatch() {
+        // A halted channel takes nothing new until everything it held has come back and it is reset.
+        guard !recovering else { return }
         var started = false
         while !freeSlots.isEmpty, engine.freeSlots > 0, let queue = active.popFirst() {
             queue.isScheduled = false
             guard queue.connection != nil, let op = queue.pending.first else { continue }
-            // Re-scheduled by `complete` when its last in-engine op finishes.
-            if op.dispatched == 0 && op.isFenced && queue.inEngine > 0 { continue }
+            if op.dispatched == 0 && op.isFenced {
+                // Re-scheduled by `complete` when its last in-engine op finishes.
+                if queue.inEngine > 0 { continue }
+                if queue.failedSinceFence {
+                    queue.pending.removeFirst()
+                    skip(queue, op)
+                    schedule(queue)
+                    continue
+                }
+            }
             // Ops above the engine's max transfer go in pieces (SPEC.md §6.7); the head op stays queued
             // until its last piece is in the engine.
             let offset = op.dispatched
             let pieceLength = min(op.length - offset, maxTransfer)
             let isLast = offset + pieceLength == op.length
+            if offset == 0 && op.isFenced { queue.failedSinceFence = false }
             if isLast {
                 queue.pending.removeFirst()
             } else {
@@ -118,6 +140,33 @@ final class ChannelScheduler {
         slots[slot] = .empty
         freeSlots.append(slot)
         return op
+    }
+
+    /// Puts ops a halt stopped back at the front of their queues, in their original order. A piece whose
+    /// op is still at the head (partly dispatched) rewinds that op instead of being inserted again.
+    func requeue(_ returned: [(Queue, PendingOp)]) {
+        var byQueue: [ObjectIdentifier: (Queue, [PendingOp])] = [:]
+        var order: [ObjectIdentifier] = []
+        for (queue, op) in returned {
+            let key = ObjectIdentifier(queue)
+            if byQueue[key] == nil {
+                byQueue[key] = (queue, [])
+                order.append(key)
+            }
+            byQueue[key]!.1.append(op)
+        }
+        for key in order {
+            let (queue, ops) = byQueue[key]!
+            for op in ops.reversed() {
+                if let head = queue.pending.first, head.serial == op.serial {
+                    queue.pending[queue.pending.startIndex].dispatched = min(head.dispatched, op.dispatched)
+                } else {
+                    queue.pending.prepend(op)
+                }
+            }
+            replayed += UInt64(ops.count)
+            schedule(queue)
+        }
     }
 
     /// Drops every pending op of `queue` (its connection closed) so their buffers can be unmapped.

@@ -378,11 +378,15 @@ extension IOATServer {
             return
         }
         for i in 0..<submit.count {
-            queue.pending.append(try resolveAll(connection, try submit.descriptor(at: i), index: i))
+            var op = try resolveAll(connection, try submit.descriptor(at: i), index: i)
+            op.serial = nextSerial
+            nextSerial += 1
+            queue.pending.append(op)
         }
         queue.outstanding += submit.count
         let scheduler = schedulers[queue.channel]
         scheduler.schedule(queue)
         scheduler.dispatch()
+        flushMarked()
     }
 }

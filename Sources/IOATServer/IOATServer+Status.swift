@@ -96,6 +96,10 @@ extension IOATServer {
             j.field("ops", s.opsCompleted)
             j.field("bytes", s.bytesCompleted)
             j.field("errors", s.opsFailed)
+            j.field("halts", s.halts)
+            j.field("resets", s.resets)
+            j.field("replayed", s.replayed)
+            j.field("last_error", s.lastError ?? "")
             j.endObject()
         }
         j.endArray()

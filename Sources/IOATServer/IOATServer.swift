@@ -42,6 +42,8 @@ public final class IOATServer: @unchecked Sendable {
     var state: State = .starting {
         didSet { publishedState.withLock { $0 = state } }
     }
+    /// Acceptance order of ops, server-wide.
+    var nextSerial: UInt64
     /// Lifetime counters.
     var connectionsAccepted: UInt64 = 0
     var connectionsRefused: UInt64 = 0
@@ -74,10 +76,16 @@ public final class IOATServer: @unchecked Sendable {
         epoll = try Epoll()
         wakeup = try EventFD()
         schedulers = engine.channels.map { ChannelScheduler(engine: $0, window: configuration.engineWindow) }
+        nextSerial = 1
         reapBuffer = .allocate(capacity: 256)
         reapBuffer.initialize(repeating: .empty)
         hugepageSize = Self.readHugepageSize()
         startedAt = Self.now()
+        for scheduler in schedulers {
+            scheduler.skip = { [unowned self] queue, op in
+                self.finishUnrun(queue, op, status: .notAttempted)
+            }
+        }
         try epoll.add(self.listener.rawValue, .readable, token: Self.listenerToken)
         try epoll.add(engine.notifier.fd.rawValue, .readable, token: Self.engineToken)
         try epoll.add(wakeup.fd.rawValue, .readable, token: Self.wakeupToken)
@@ -356,11 +364,49 @@ public final class IOATServer: @unchecked Sendable {
                 if n == 0 { break }
                 for i in 0..<n { complete(reapBuffer[i], on: scheduler) }
             }
+            if scheduler.recovering && scheduler.inEngine == 0 {
+                // SPEC.md §6.6: once everything the halted channel held has come back, reset it and run
+                // again every op the halt stopped.
+                scheduler.engine.reset()
+                scheduler.resets += 1
+                scheduler.recovering = false
+                let replays = scheduler.returned
+                scheduler.returned.removeAll()
+                scheduler.requeue(replays)
+                logger.warning("channel halted and reset", metadata: [
+                    "channel": "\(scheduler.engine.info.index)", "replayed": "\(replays.count)",
+                    "error": "\(scheduler.lastError ?? "")",
+                ])
+            }
             scheduler.dispatch()
         }
+        flushMarked()
+        resumeParked()
+    }
+
+    /// Sends the records of every queue that reached a flush point.
+    func flushMarked() {
         for queue in flushList { flush(queue) }
         flushList.removeAll(keepingCapacity: true)
-        resumeParked()
+    }
+
+    /// Completes an op the engine never ran (a FENCE op behind a failure) with `status`.
+    private func finishUnrun(_ queue: Queue, _ op: PendingOp, status: CompletionStatus) {
+        guard queue.connection != nil else {
+            queue.outstanding -= 1
+            return
+        }
+        queue.undelivered.append(CompletionRecord(cookie: op.cookie, status: status, opcode: op.opcode.rawValue, result: 0,
+                                                  bytesDone: UInt64(op.dispatched)))
+        queue.opsFailed += 1
+        markFlush(queue)
+    }
+
+    private func markFlush(_ queue: Queue) {
+        if !queue.needsFlush {
+            queue.needsFlush = true
+            flushList.append(queue)
+        }
     }
 
     private func complete(_ completion: EngineCompletion, on scheduler: ChannelScheduler) {
@@ -368,6 +414,20 @@ public final class IOATServer: @unchecked Sendable {
         guard let queue = op.queue else { preconditionFailure("engine completed an unknown slot \(completion.cookie)") }
         queue.inEngine -= 1
         var completion = completion
+        if completion.status == .channelHalted {
+            scheduler.halts += 1
+            scheduler.recovering = true
+            scheduler.lastError = "op \(op.cookie) (\(op.opcode.name)) of client \(queue.connection.map { "\($0.id)" } ?? "gone") halted the channel"
+        } else if completion.status == .notAttempted && scheduler.recovering, var again = op.buffers {
+            // Stopped by the halt, not by anything it did: it runs again after the reset.
+            if queue.connection != nil {
+                again.dispatched = op.pieceOffset
+                scheduler.returned.append((queue, again))
+            } else if op.isLastPiece {
+                queue.outstanding -= 1
+            }
+            return
+        }
         if !op.isLastPiece || op.pieceOffset > 0 {
             // A piece of a split op: fold it into the queue's progress; only the last piece makes a record.
             if queue.split.outcome == nil && !completion.status.isSuccess {
@@ -388,6 +448,7 @@ public final class IOATServer: @unchecked Sendable {
         }
         // MISMATCH is a result, not a failure: it is reported at once but counts as no error.
         let failed = !completion.status.isSuccess && completion.status != .mismatch
+        if failed { queue.failedSinceFence = true }
         scheduler.opsCompleted += 1
         scheduler.bytesCompleted += completion.bytesDone
         queue.opsCompleted += 1
@@ -406,10 +467,7 @@ public final class IOATServer: @unchecked Sendable {
         if op.flags.contains(.interrupt) || !completion.status.isSuccess || queue.isIdle
             || queue.undelivered.count >= configuration.maxRecordsPerMessage
         {
-            if !queue.needsFlush {
-                queue.needsFlush = true
-                flushList.append(queue)
-            }
+            markFlush(queue)
         }
         scheduler.schedule(queue)
     }

@@ -25,6 +25,8 @@ struct PendingOp {
     var arg: UInt64
     /// Bytes already handed to the engine, when the op is split into pieces (SPEC.md §6.7).
     var dispatched = 0
+    /// Server-wide acceptance order; identifies the op when a halted channel hands it back.
+    var serial: UInt64 = 0
 
     /// Whether it must wait until every earlier op of its queue has completed.
     var isFenced: Bool { flags.contains(.fence) || opcode == .drain }
@@ -59,6 +61,9 @@ final class Queue {
     /// Whether the queue is in the event loop's flush list.
     var needsFlush = false
 
+    /// Whether an op of this queue failed since the last FENCE op was started: the next FENCE op (which
+    /// depends on everything before it) is then NOT_ATTEMPTED (SPEC.md §6.6).
+    var failedSinceFence = false
     /// Progress of the split op whose pieces are completing (pieces of one queue complete in order).
     var split = SplitProgress()
     /// The queue's running CRC (SPEC.md §6.2 CRC_CHAIN), written by the engine as CRC ops complete.
