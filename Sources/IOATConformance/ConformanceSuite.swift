@@ -247,14 +247,7 @@ public struct ConformanceSuite: Sendable {
             ("seed on a copy", Descriptor(opcode: .copy, flags: .crcSeed, length: 8, source: src.address(0), destination: src.address(64)),
              .badFlags),
         ]
-        for (name, descriptor, code) in cases {
-            do {
-                let r = try await queue.submit(descriptor)
-                return "\(name): accepted (\(r.status)) instead of \(code.name)"
-            } catch {
-                guard error.code == code else { return "\(name): got \(error), expected \(code.name)" }
-            }
-        }
+        if let failure = await expectRefusals(queue, cases) { return failure }
         do {
             _ = try await client.openQueue(depth: 0)
             return "OPEN depth 0 was accepted"
@@ -400,14 +393,7 @@ public struct ConformanceSuite: Sendable {
             ("DUALCAST second destination past the end", Descriptor(opcode: .dualcast, length: 64, source: a.address(0), destination: b.address(0),
                                                                     auxiliary: b.address(b.size - 8)), .outOfRange),
         ]
-        for (name, descriptor, code) in cases {
-            do {
-                let r = try await queue.submit(descriptor)
-                return "\(name): accepted (\(r.status)) instead of \(code.name)"
-            } catch {
-                guard error.code == code else { return "\(name): got \(error), expected \(code.name)" }
-            }
-        }
+        if let failure = await expectRefusals(queue, cases) { return failure }
         // An XOR source list naming a handle that is not open: refused, nothing runs.
         var entries = withUnsafeBytes(of: a.handle.littleEndian) { Array($0) } + [UInt8](repeating: 0, count: 12)
         entries += withUnsafeBytes(of: UInt32(0xBEEF).littleEndian) { Array($0) } + [UInt8](repeating: 0, count: 12)
@@ -460,6 +446,19 @@ public struct ConformanceSuite: Sendable {
     }
 
     // MARK: Helpers
+
+    /// Submits each descriptor alone and checks the server refuses it with the given code.
+    private func expectRefusals(_ queue: IOATQueue, _ cases: [(String, Descriptor, ErrorCode)]) async -> String? {
+        for (name, descriptor, code) in cases {
+            do {
+                let r = try await queue.submit(descriptor)
+                return "\(name): accepted (\(r.status)) instead of \(code.name)"
+            } catch {
+                guard error.code == code else { return "\(name): got \(error), expected \(code.name)" }
+            }
+        }
+        return nil
+    }
 
     private func untouched(_ buffer: IOATBuffer, around range: Range<Int>) -> String? {
         let before = max(0, range.lowerBound - Self.guardBytes)

@@ -60,11 +60,7 @@ struct RobustnessTests {
         let server = try TestServer()
         let probe = try await server.connect()
         for _ in 0..<5 {
-            let raw = try RawClient(path: server.path)
-            try raw.send(packet(.alloc, body: le(UInt64(64 << 20)) + le(UInt32(2)) + le(UInt32(0)), requestID: 2))
-            _ = try raw.receive()
-            try raw.send(packet(.open, body: le(UInt32(0)) + le(UInt32(64)), requestID: 3))
-            _ = try raw.receive()
+            let raw = try RawClient.withBufferAndQueue(server.path, bufferSize: 64 << 20, depth: 64)
             let ops = (0..<16).map { i in
                 Descriptor.copy(from: .init(handle: 1, offset: 0), to: .init(handle: 1, offset: 32 << 20), length: 32 << 20, cookie: UInt64(i))
             }

@@ -55,16 +55,6 @@ struct ServerTests {
         #expect(after.received - before.received < 64)
     }
 
-    /// A raw connection with one 256 MiB buffer (handle 1) and one queue (id 1) of `depth`.
-    func rawSetup(_ server: TestServer, depth: UInt32) throws -> RawClient {
-        let raw = try RawClient(path: server.path)
-        try raw.send(packet(.alloc, body: le(UInt64(256 << 20)) + le(Alloc.flagNoHuge) + le(UInt32(0)), requestID: 2))
-        guard case .allocReply(let b) = try raw.receive()?.message, b.handle == 1 else { throw ProtocolError(.internal, "no ALLOC_OK") }
-        try raw.send(packet(.open, body: le(UInt32(0)) + le(depth), requestID: 3))
-        guard case .openReply(let q) = try raw.receive()?.message, q.queue == 1 else { throw ProtocolError(.internal, "no OPEN_OK") }
-        return raw
-    }
-
     /// Four 64 MiB copies inside buffer 1: tens of milliseconds of work.
     let longCopies = (0..<4).map { i in
         Descriptor.copy(from: .init(handle: 1, offset: 0), to: .init(handle: 1, offset: 128 << 20), length: 64 << 20, cookie: UInt64(i))
@@ -86,7 +76,7 @@ struct ServerTests {
     @Test("a SUBMIT over the queue's free credits waits, and NO_WAIT refuses it")
     func creditsAndNoWait() throws {
         let server = try TestServer()
-        let raw = try rawSetup(server, depth: 4)
+        let raw = try RawClient.withBufferAndQueue(server.path, bufferSize: 256 << 20, depth: 4)
         try raw.send(Message.encodeSubmit(queue: 1, descriptors: longCopies, requestID: 10))
         // The queue has no free credit now: NO_WAIT is refused at once, before any copy completes.
         let refused = try raw.expectError(Message.encodeSubmit(queue: 1, descriptors: [.null(flags: .noWait, cookie: 9)], requestID: 11))
@@ -102,7 +92,7 @@ struct ServerTests {
     @Test("CLOSE with outstanding ops is BUSY; FREE of a busy buffer defers the unmap")
     func closeBusyAndFreeInFlight() async throws {
         let server = try TestServer()
-        let raw = try rawSetup(server, depth: 4)
+        let raw = try RawClient.withBufferAndQueue(server.path, bufferSize: 256 << 20, depth: 4)
         try raw.send(Message.encodeSubmit(queue: 1, descriptors: longCopies, requestID: 10))
         #expect(try raw.expectError(packet(.close, body: le(UInt32(1)) + le(UInt32(0)), requestID: 11))?.0 == .busy)
         // FREE succeeds at once; the server keeps the mapping until the copies are done.

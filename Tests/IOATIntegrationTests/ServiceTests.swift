@@ -208,11 +208,7 @@ struct ServiceTests {
     @Test("SIGTERM under load: clients get GOODBYE, accepted ops complete, new work is refused, exit 0")
     func gracefulStopUnderLoad() throws {
         let server = try TestServer()
-        let raw = try RawClient(path: server.path)
-        try raw.send(packet(.alloc, body: le(UInt64(128 << 20)) + le(Alloc.flagNoHuge) + le(UInt32(0)), requestID: 2))
-        _ = try raw.receive()
-        try raw.send(packet(.open, body: le(UInt32(0)) + le(UInt32(8)), requestID: 3))
-        _ = try raw.receive()
+        let raw = try RawClient.withBufferAndQueue(server.path, bufferSize: 128 << 20, depth: 8)
         let ops = (0..<8).map { i in
             Descriptor.copy(from: .init(handle: 1, offset: 0), to: .init(handle: 1, offset: 64 << 20), length: 64 << 20, cookie: UInt64(i))
         }

@@ -236,3 +236,16 @@ final class SpawnedProcess: @unchecked Sendable {
         }
     }
 }
+
+extension RawClient {
+    /// A raw connection with one buffer of `bufferSize` bytes (handle 1, 4 KiB pages) and one queue
+    /// (id 1) of `depth` on channel 0.
+    static func withBufferAndQueue(_ path: String, bufferSize: UInt64, depth: UInt32) throws -> RawClient {
+        let raw = try RawClient(path: path)
+        try raw.send(packet(.alloc, body: le(bufferSize) + le(Alloc.flagNoHuge) + le(UInt32(0)), requestID: 2))
+        guard case .allocReply(let b) = try raw.receive()?.message, b.handle == 1 else { throw ProtocolError(.internal, "no ALLOC_OK") }
+        try raw.send(packet(.open, body: le(UInt32(0)) + le(depth), requestID: 3))
+        guard case .openReply(let q) = try raw.receive()?.message, q.queue == 1 else { throw ProtocolError(.internal, "no OPEN_OK") }
+        return raw
+    }
+}
