@@ -360,13 +360,17 @@ extension IOATServer {
         }
         let info = schedulers[queue.channel].engine.info
         var noWait = false
+        // Resolve every descriptor once, into reused scratch space, before any is queued: the SUBMIT is
+        // all or nothing, and an XOR source list is read from client memory exactly once.
+        submitScratch.removeAll(keepingCapacity: true)
+        defer { submitScratch.removeAll(keepingCapacity: true) }  // drop buffer references on every exit
         for i in 0..<submit.count {
             let d = try submit.descriptor(at: i)
             guard info.supports(d.opcode) else {
                 throw ProtocolError(.unsupportedOpcode, "descriptor \(i): channel \(info.index) (\(info.name)) does not run \(d.opcode.name)",
                                     index: UInt32(i))
             }
-            _ = try resolveAll(connection, d, index: i)
+            submitScratch.append(try resolveAll(connection, d, index: i))
             if d.flags.contains(.noWait) { noWait = true }
         }
         if submit.count > queue.freeCredits {
@@ -377,8 +381,7 @@ extension IOATServer {
             parked.append(connection)
             return
         }
-        for i in 0..<submit.count {
-            var op = try resolveAll(connection, try submit.descriptor(at: i), index: i)
+        for var op in submitScratch {
             op.serial = nextSerial
             nextSerial += 1
             queue.pending.append(op)

@@ -44,6 +44,8 @@ public final class IOATServer: @unchecked Sendable {
     }
     /// Acceptance order of ops, server-wide.
     var nextSerial: UInt64
+    /// A SUBMIT's resolved descriptors between validation and queueing; capacity kept across SUBMITs.
+    var submitScratch: [PendingOp] = []
     /// Lifetime counters.
     var connectionsAccepted: UInt64 = 0
     var connectionsRefused: UInt64 = 0
@@ -77,6 +79,7 @@ public final class IOATServer: @unchecked Sendable {
         wakeup = try EventFD()
         schedulers = engine.channels.map { ChannelScheduler(engine: $0, window: configuration.engineWindow) }
         nextSerial = 1
+        submitScratch.reserveCapacity(configuration.maxDescriptors)
         reapBuffer = .allocate(capacity: 256)
         reapBuffer.initialize(repeating: .empty)
         hugepageSize = Self.readHugepageSize()
