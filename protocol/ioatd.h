@@ -29,6 +29,7 @@ enum ioatd_msg_type {
     IOATD_MSG_CLOSE = 0x0006,
     IOATD_MSG_SUBMIT = 0x0007,
     IOATD_MSG_STATUS = 0x0008,
+    IOATD_MSG_RESERVE = 0x0009, /* version 2 */
     IOATD_MSG_HELLO_OK = 0x8001,
     IOATD_MSG_ALLOC_OK = 0x8002,
     IOATD_MSG_REGISTER_OK = 0x8003,
@@ -36,6 +37,7 @@ enum ioatd_msg_type {
     IOATD_MSG_OPEN_OK = 0x8005,
     IOATD_MSG_CLOSE_OK = 0x8006,
     IOATD_MSG_STATUS_OK = 0x8008,
+    IOATD_MSG_RESERVE_OK = 0x8009, /* version 2 */
     IOATD_MSG_COMPLETION = 0xC001,
     IOATD_MSG_GOODBYE = 0xC002,
     IOATD_MSG_ERROR = 0xFFFF,
@@ -53,6 +55,7 @@ enum ioatd_opcode {
     IOATD_OP_DUALCAST = 7,        /* version 2 */
     IOATD_OP_XOR = 8,             /* version 2 */
     IOATD_OP_DRAIN = 9,           /* version 2 */
+    IOATD_OP_COPY_SG = 10,        /* version 2 */
 };
 
 /* Descriptor flags (SPEC.md §6.2). */
@@ -267,6 +270,29 @@ struct ioatd_completion_record {
     uint64_t reserved2;
 };
 
+/* §5.8 (version 2) */
+#define IOATD_RESERVE_NO_WAIT (1u << 0)
+struct ioatd_reserve {
+    uint32_t queue;
+    uint32_t credits;
+    uint32_t flags;
+    uint32_t reserved;
+};
+
+struct ioatd_reserve_ok {
+    uint32_t free_credits;
+    uint32_t reserved;
+};
+
+/* One entry of a COPY_SG list (SPEC.md §6.2), addressed by the descriptor's aux fields. */
+struct ioatd_sg_entry {
+    uint32_t src_handle;
+    uint32_t dst_handle;
+    uint64_t src_offset;
+    uint64_t dst_offset;
+    uint64_t length;
+};
+
 /* §5.7 */
 struct ioatd_goodbye {
     uint32_t drain_ms;
@@ -322,6 +348,10 @@ _Static_assert(offsetof(struct ioatd_completion_record, result) == 12, "ioatd_co
 _Static_assert(offsetof(struct ioatd_completion_record, bytes_done) == 16, "ioatd_completion_record.bytes_done");
 _Static_assert(sizeof(struct ioatd_goodbye) == 8, "ioatd_goodbye");
 _Static_assert(sizeof(struct ioatd_xor_source) == 16, "ioatd_xor_source");
+_Static_assert(sizeof(struct ioatd_reserve) == 16, "ioatd_reserve");
+_Static_assert(sizeof(struct ioatd_reserve_ok) == 8, "ioatd_reserve_ok");
+_Static_assert(sizeof(struct ioatd_sg_entry) == 32, "ioatd_sg_entry");
+_Static_assert(offsetof(struct ioatd_sg_entry, length) == 24, "ioatd_sg_entry.length");
 _Static_assert(sizeof(struct ioatd_error_msg) == 16, "ioatd_error_msg");
 
 #endif /* IOATD_H */

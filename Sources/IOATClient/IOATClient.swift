@@ -22,6 +22,7 @@ public final class IOATClient: Sendable {
         case open(OpenReply)
         case ok
         case status(String)
+        case reserved(Int)
     }
 
     /// What a finished batch hands back.

@@ -61,6 +61,14 @@ public final class IOATQueue: Sendable {
         return record.result
     }
 
+    /// Waits until the queue has room for `credits` more ops (ioat(4) `ioat_acquire_reserve`) and returns
+    /// its free credits. Only this connection uses the queue, so the room stays until it submits. With
+    /// `noWait`, fails at once with NO_SPACE instead of waiting.
+    @discardableResult
+    public func reserve(credits: Int, noWait: Bool = false) async throws(IOATError) -> Int {
+        try await session.reserve(queue: id, credits: credits, noWait: noWait)
+    }
+
     /// Closes the queue; refused with BUSY while ops are outstanding.
     public func close() async throws(IOATError) {
         try await session.closeQueue(id)

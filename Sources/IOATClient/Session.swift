@@ -275,6 +275,15 @@ final class Session: Sendable {
         return IOATQueue(session: self, reply: reply)
     }
 
+    func reserve(queue: UInt32, credits: Int, noWait: Bool) async throws(IOATError) -> Int {
+        guard credits > 0, credits <= Int(UInt32.max) else { throw .invalidArgument("reserve(credits:) needs 1...\(UInt32.max), got \(credits)") }
+        guard server.version >= 2 else { throw .invalidArgument("RESERVE needs protocol version 2; the server speaks \(server.version)") }
+        guard case .reserved(let free) = try await request(.reserve(queue: queue, credits: UInt32(credits), noWait: noWait)) else {
+            throw .invalidReply("RESERVE answered with something else")
+        }
+        return free
+    }
+
     func closeQueue(_ id: UInt32) async throws(IOATError) {
         _ = try await request(.close(queue: id))
     }
@@ -458,6 +467,7 @@ final class Session: Sendable {
             case .openReply(let o): reply = .open(o)
             case .freeReply, .closeReply: reply = .ok
             case .statusReply(let json): reply = .status(json)
+            case .reserveReply(let free): reply = .reserved(Int(free))
             default: return
             }
             let c = state.withLock { $0.replies.removeValue(forKey: header.requestID) }

@@ -95,6 +95,9 @@ public struct ConformanceSuite: Sendable {
             await record("crc32c chained across descriptors") { try await crcChain(queue, src, &rng) }
             await record("drain completes after everything before it") { try await drain(queue, src, dst) }
             await record("refusals of CRC flag combinations and xor counts") { try await refusalsV2(queue, src, dst) }
+            await record("scatter-gather copy, and the two-page copy of ioat_copy_8k_aligned") { try await copySG(queue, src, dst, registered, &rng) }
+            await record("reserve credits: granted, NO_SPACE with NO_WAIT, beyond the depth refused") { try await reserve(client) }
+            await record("queue index wrap-around: 40 rounds through a queue of depth 8") { try await wrapAround(client, src, dst) }
             await record("ops above the channel's max transfer are split and look like one op") {
                 try await splitOps(client, queue, &rng)
             }
@@ -403,6 +406,95 @@ public struct ConformanceSuite: Sendable {
             return "XOR with a bad handle in its source list was accepted"
         } catch {
             guard error.code == .badHandle else { return "XOR source list: \(error)" }
+        }
+        return nil
+    }
+
+    private func copySG(_ queue: IOATQueue, _ a: IOATBuffer, _ b: IOATBuffer, _ list: IOATBuffer, _ rng: inout SplitMix64) async throws
+        -> String?
+    {
+        func entry(_ src: Int, _ dst: Int, _ length: Int) -> [UInt8] {
+            withUnsafeBytes(of: a.handle.littleEndian) { Array($0) } + withUnsafeBytes(of: b.handle.littleEndian) { Array($0) }
+                + withUnsafeBytes(of: UInt64(src).littleEndian) { Array($0) } + withUnsafeBytes(of: UInt64(dst).littleEndian) { Array($0) }
+                + withUnsafeBytes(of: UInt64(length).littleEndian) { Array($0) }
+        }
+        // ioat_copy_8k_aligned: two 4 KiB pages from anywhere to anywhere.
+        var cases: [[(Int, Int, Int)]] = [[(8192, 65536, 4096), (0, 20480, 4096)]]
+        // Odd sizes and offsets, in no particular order, scaled to the buffers: sources in the first half of
+        // `a`, destinations in 8 disjoint slots of the second half of `b`.
+        let span = min(a.size, b.size)
+        let slot = span / 16
+        var odd: [(Int, Int, Int)] = []
+        for i in 0..<7 {
+            odd.append((i * 100_003 % (span / 2 - slot) + 1, span / 2 + i * slot + 7, Int(rng.next() % UInt64(slot - 2 * Self.guardBytes - 7)) + 1))
+        }
+        cases.append(odd)
+        for entries in cases {
+            a.fillPseudoRandom(0..<span / 2 + slot, seed: rng.next())
+            for (_, dst, length) in entries { b.set(dst - Self.guardBytes..<dst + length + Self.guardBytes, to: Self.guardValue) }
+            list.write(entries.flatMap { entry($0.0, $0.1, $0.2) }, at: 0)
+            let total = entries.reduce(0) { $0 + $1.2 }
+            let r = try await queue.submit(Descriptor(opcode: .copySG, length: UInt64(total), auxiliary: list.address(0), arg: UInt64(entries.count)))
+            guard r.status == .success, r.bytesDone == UInt64(total), r.opcode == Opcode.copySG.rawValue else {
+                return "\(entries.count) entries: \(r.status), \(r.bytesDone) of \(total)"
+            }
+            for (i, (src, dst, length)) in entries.enumerated() {
+                if !equal(a.unsafeBytes(src..<src + length), b.unsafeBytes(dst..<dst + length)) { return "entry \(i) differs" }
+                if let bad = untouched(b, around: dst..<dst + length) { return "entry \(i): \(bad)" }
+            }
+        }
+        // A length that is not the sum of the entries is refused.
+        list.write(entry(0, 0, 100), at: 0)
+        let bad = [("COPY_SG length is not the sum", Descriptor(opcode: .copySG, length: 99, auxiliary: list.address(0), arg: 1), ErrorCode.badLength)]
+        return await expectRefusals(queue, bad)
+    }
+
+    private func reserve(_ client: IOATClient) async throws -> String? {
+        let queue = try await client.openQueue(channel: channel, depth: 4)
+        defer { Task { try? await queue.close() } }
+        guard try await queue.reserve(credits: 4) == 4 else { return "an idle queue of depth 4 should have 4 free credits" }
+        do {
+            _ = try await queue.reserve(credits: 5)
+            return "reserving beyond the depth was accepted"
+        } catch {
+            guard error.code == .badCount else { return "beyond the depth: \(error)" }
+        }
+        // Hold every credit with a long op, then NO_WAIT must be refused and a waiting RESERVE answered later.
+        let big = try await client.allocate(size: 64 << 20, pages: .normal)
+        let busy = (0..<4).map { _ in Descriptor.copy(from: big.address(0), to: big.address(32 << 20), length: 32 << 20) }
+        // The callback form sends the SUBMIT before it returns, so the server reads it before the RESERVE.
+        let held = AsyncStream<IOATClient.BatchResult>.makeStream()
+        queue.submit(busy) { held.continuation.yield($0) }
+        var sawNoSpace = false
+        do {
+            _ = try await queue.reserve(credits: 1, noWait: true)
+        } catch {
+            guard error.code == .noSpace else { return "NO_WAIT: \(error)" }
+            sawNoSpace = true
+        }
+        let granted = try await queue.reserve(credits: 4)
+        for await result in held.stream {
+            guard case .success(let records) = result, records.allSatisfy({ $0.status == .success }) else { return "the busy copies: \(result)" }
+            break
+        }
+        try await client.free(big)
+        if !sawNoSpace { return "NO_WAIT RESERVE was granted while 4 long copies held every credit" }
+        return granted == 4 ? nil : "waiting RESERVE answered with \(granted) free credits"
+    }
+
+    private func wrapAround(_ client: IOATClient, _ a: IOATBuffer, _ b: IOATBuffer) async throws -> String? {
+        let queue = try await client.openQueue(channel: channel, depth: 8)
+        defer { Task { try? await queue.close() } }
+        for round in 0..<40 {
+            let ops = (0..<8).map { i in
+                Descriptor.fill(b.address((round * 8 + i) * 64), length: 64,
+                                pattern: UInt64(UInt8(truncatingIfNeeded: round * 8 + i)) * 0x0101_0101_0101_0101)
+            }
+            let records = try await queue.submit(ops)
+            guard records.allSatisfy({ $0.status == .success }) else { return "round \(round): \(records.map(\.status))" }
+        }
+        for k in 0..<320 where b.read(at: k * 64, count: 64) != [UInt8](repeating: UInt8(truncatingIfNeeded: k), count: 64) {
+            return "op \(k) wrote the wrong bytes"
         }
         return nil
     }

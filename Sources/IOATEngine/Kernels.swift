@@ -52,6 +52,9 @@ public enum Kernels {
         case .xor:
             xor(op.sources!, count: Int(op.arg), into: op.destination!, length: n)
             return done
+        case .copySG:
+            // The server hands COPY_SG to engines as one COPY per entry piece.
+            return EngineCompletion(cookie: op.cookie, status: .invalidOpcode)
         }
     }
 

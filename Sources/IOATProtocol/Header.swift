@@ -27,6 +27,8 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case close = 0x0006
     case submit = 0x0007
     case status = 0x0008
+    /// (v2) Wait until a queue has this many free credits (ioat(4) `ioat_acquire_reserve`).
+    case reserve = 0x0009
     case helloReply = 0x8001
     case allocReply = 0x8002
     case registerReply = 0x8003
@@ -34,12 +36,16 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case openReply = 0x8005
     case closeReply = 0x8006
     case statusReply = 0x8008
+    case reserveReply = 0x8009
     case completion = 0xC001
     case goodbye = 0xC002
     case error = 0xFFFF
 
     /// Whether a client may send this type.
     public var isRequest: Bool { rawValue < 0x8000 }
+
+    /// The protocol version that introduced the type.
+    public var version: UInt16 { self == .reserve || self == .reserveReply ? 2 : 1 }
 
     /// The SPEC.md name.
     public var name: String {
@@ -52,6 +58,8 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
         case .close: "CLOSE"
         case .submit: "SUBMIT"
         case .status: "STATUS"
+        case .reserve: "RESERVE"
+        case .reserveReply: "RESERVE_OK"
         case .helloReply: "HELLO_OK"
         case .allocReply: "ALLOC_OK"
         case .registerReply: "REGISTER_OK"

@@ -31,6 +31,14 @@ extension Message {
         case .close(let queue):
             w.write(queue)
             w.write(UInt32(0))
+        case .reserve(let queue, let credits, let noWait):
+            w.write(queue)
+            w.write(credits)
+            w.write(noWait ? ReserveFlags.noWait : 0)
+            w.write(UInt32(0))
+        case .reserveReply(let free):
+            w.write(free)
+            w.write(UInt32(0))
         case .submit(let s):
             w.write(s.queue)
             w.write(UInt32(s.count))
@@ -121,8 +129,8 @@ extension Message {
         let rawType = WireReader(packet).get(at: 6, as: UInt16.self)
         let framing: UInt16 = rawType == MessageType.hello.rawValue || rawType == MessageType.helloReply.rawValue ? 1 : version
         let header = try MessageHeader.decode(packet, version: framing)
-        guard let type = MessageType(rawValue: header.type) else {
-            throw ProtocolError(.unknownType, "message type 0x\(String(header.type, radix: 16)) is not defined")
+        guard let type = MessageType(rawValue: header.type), type.version <= header.version else {
+            throw ProtocolError(.unknownType, "message type 0x\(String(header.type, radix: 16)) is not defined in protocol version \(header.version)")
         }
         var r = WireReader(packet, cursor: Wire.headerSize)
         let bodySize = r.remaining
@@ -203,6 +211,22 @@ extension Message {
         case .status:
             try expectBody(0)
             return (header, .status)
+        case .reserve:
+            try expectBody(16)
+            let queue: UInt32 = r.read()!
+            let credits: UInt32 = r.read()!
+            let flags: UInt32 = r.read()!
+            guard flags & ~ReserveFlags.noWait == 0 else {
+                throw ProtocolError(.unknownFlags, "RESERVE flag bits 0x\(String(flags & ~ReserveFlags.noWait, radix: 16)) are not defined")
+            }
+            try reserved32(r.read()!, "reserved")
+            guard credits > 0 else { throw ProtocolError(.badCount, "RESERVE of 0 credits") }
+            return (header, .reserve(queue: queue, credits: credits, noWait: flags & ReserveFlags.noWait != 0))
+        case .reserveReply:
+            try expectBody(8)
+            let free: UInt32 = r.read()!
+            try reserved32(r.read()!, "reserved")
+            return (header, .reserveReply(freeCredits: free))
         case .freeReply:
             try expectBody(0)
             return (header, .freeReply)

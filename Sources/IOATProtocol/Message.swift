@@ -99,6 +99,13 @@ public struct HelloReply: Hashable, Sendable {
 }
 
 /// ALLOC: a server-owned shared buffer (SPEC.md §5.1).
+/// Flag bits of RESERVE (v2).
+public enum ReserveFlags {
+    /// Refuse with NO_SPACE instead of waiting (ioat(4) `M_NOWAIT`).
+    public static let noWait: UInt32 = 1 << 0
+}
+
+/// ALLOC: a server-owned shared buffer (SPEC.md §5.1).
 public struct Alloc: Hashable, Sendable {
     /// How hard to try for hugepages.
     public enum Pages: Sendable, Hashable {
@@ -237,6 +244,9 @@ public enum Message {
     case close(queue: UInt32)
     case submit(SubmitView)
     case status
+    /// (v2) Answered once `queue` has at least `credits` free credits; with NO_WAIT, refused at once
+    /// with NO_SPACE when it has not.
+    case reserve(queue: UInt32, credits: UInt32, noWait: Bool)
     case helloReply(HelloReply)
     case allocReply(BufferReply)
     case registerReply(BufferReply)
@@ -244,6 +254,8 @@ public enum Message {
     case openReply(OpenReply)
     case closeReply
     case statusReply(json: String)
+    /// (v2) The queue's free credits when RESERVE was answered.
+    case reserveReply(freeCredits: UInt32)
     case completion(CompletionView)
     /// The server is stopping: it takes no new work, and in-flight ops have `drainMilliseconds` to finish.
     case goodbye(drainMilliseconds: UInt32)
@@ -260,6 +272,7 @@ public enum Message {
         case .close: .close
         case .submit: .submit
         case .status: .status
+        case .reserve: .reserve
         case .helloReply: .helloReply
         case .allocReply: .allocReply
         case .registerReply: .registerReply
@@ -267,6 +280,7 @@ public enum Message {
         case .openReply: .openReply
         case .closeReply: .closeReply
         case .statusReply: .statusReply
+        case .reserveReply: .reserveReply
         case .completion: .completion
         case .goodbye: .goodbye
         case .error: .error

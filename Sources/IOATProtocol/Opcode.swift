@@ -20,6 +20,9 @@ public enum Opcode: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case xor = 8
     /// Completes once every earlier op of the queue has completed. (v2)
     case drain = 9
+    /// Copies every (source, destination, length) entry of the list at the auxiliary address — `arg`
+    /// entries, `length` bytes in all. Covers ioat(4) `ioat_copy_8k_aligned` (two 4 KiB entries). (v2)
+    case copySG = 10
 
     /// The protocol version that introduced the opcode.
     public var version: UInt16 { rawValue <= 4 ? 1 : 2 }
@@ -61,6 +64,7 @@ public enum Opcode: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .dualcast: "DUALCAST"
         case .xor: "XOR"
         case .drain: "DRAIN"
+        case .copySG: "COPY_SG"
         }
     }
 
@@ -128,6 +132,11 @@ public struct Descriptor: Hashable, Sendable {
     public static let xorSourceEntrySize = 16
     /// Fewest and most XOR sources.
     public static let xorSources = 2...16
+    /// One entry of a COPY_SG list (32 bytes: u32 src handle, u32 dst handle, u64 src offset, u64 dst
+    /// offset, u64 length). (v2)
+    public static let sgEntrySize = 32
+    /// Fewest and most COPY_SG entries.
+    public static let sgEntries = 1...64
 
     /// Wire size of one descriptor.
     public static let size = 64
@@ -294,7 +303,7 @@ extension Descriptor {
         if flags.contains(.crcSeed) && flags.contains(.crcChain) { throw badFlags("CRC_SEED and CRC_CHAIN cannot be combined") }
 
         // The auxiliary address: second destination, CRC location, or XOR source list.
-        let usesAuxiliary = opcode == .dualcast || opcode == .xor
+        let usesAuxiliary = opcode == .dualcast || opcode == .xor || opcode == .copySG
             || (opcode.computesCRC && !flags.isDisjoint(with: [.crcStore, .crcTest]) && !flags.contains(.crcInline))
         if usesAuxiliary {
             try needsHandle("auxiliary", auxiliary.handle)
@@ -309,6 +318,10 @@ extension Descriptor {
         case .xor:
             guard Descriptor.xorSources.contains(Int(clamping: arg)) else {
                 throw ProtocolError(.badCount, "descriptor \(index): XOR takes 2...16 sources in arg, got \(arg)", index: index)
+            }
+        case .copySG:
+            guard Descriptor.sgEntries.contains(Int(clamping: arg)) else {
+                throw ProtocolError(.badCount, "descriptor \(index): COPY_SG takes 1...64 entries in arg, got \(arg)", index: index)
             }
         case .null, .copy, .compare, .dualcast, .drain:
             if arg != 0 { throw unused("arg") }

@@ -97,7 +97,21 @@ final class ChannelScheduler {
             // Ops above the engine's max transfer go in pieces (SPEC.md §6.7); the head op stays queued
             // until its last piece is in the engine.
             let offset = op.dispatched
-            let pieceLength = min(op.length - offset, maxTransfer)
+            var pieceLength = min(op.length - offset, maxTransfer)
+            // COPY_SG: the piece lies inside one entry.
+            var entry: (source: UnsafeRawPointer, destination: UnsafeMutableRawPointer)? = nil
+            if let segments = op.segments {
+                var start = 0
+                for segment in segments {
+                    if offset < start + segment.length {
+                        let inside = offset - start
+                        pieceLength = min(segment.length - inside, maxTransfer)
+                        entry = (UnsafeRawPointer(segment.source.pointer + inside), segment.destination.pointer + inside)
+                        break
+                    }
+                    start += segment.length
+                }
+            }
             let isLast = offset + pieceLength == op.length
             if offset == 0 && op.isFenced { queue.failedSinceFence = false }
             if isLast {
@@ -122,7 +136,10 @@ final class ChannelScheduler {
             // The auxiliary range is a second destination (moves with the piece) or a CRC location
             // (used by the last piece only).
             let auxiliary = op.opcode == .dualcast ? op.auxiliary.map { $0.pointer + offset } : isLast ? op.auxiliary?.pointer : nil
-            let accepted = engine.enqueue(EngineOp(
+            let accepted = entry.map { entry in
+                engine.enqueue(EngineOp(cookie: UInt64(slot), opcode: .copy, source: entry.source, destination: entry.destination,
+                                        length: pieceLength))
+            } ?? engine.enqueue(EngineOp(
                 cookie: UInt64(slot), opcode: op.opcode, flags: flags, source: op.source.map { UnsafeRawPointer($0.pointer + offset) },
                 destination: op.destination.map { $0.pointer + offset }, length: pieceLength, arg: op.arg, auxiliary: auxiliary,
                 crcState: queue.crcState, sources: sources))

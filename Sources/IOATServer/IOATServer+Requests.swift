@@ -62,6 +62,8 @@ extension IOATServer {
             case .close(let queue): try handleClose(connection, queue: queue, requestID: requestID)
             case .submit(let submit): try handleSubmit(connection, submit, packetLength: packet.count)
             case .status: reply(connection, .statusReply(json: statusJSON()), requestID: requestID)
+            case .reserve(let queue, let credits, let noWait):
+                try handleReserve(connection, queue: queue, credits: credits, noWait: noWait, packetLength: packet.count, requestID: requestID)
             default: preconditionFailure("request types are covered above")
             }
         } catch {
@@ -266,6 +268,25 @@ extension IOATServer {
         reply(connection, .closeReply, requestID: requestID)
     }
 
+    /// RESERVE (SPEC.md §5.8): answered once the queue has `credits` free; parked like a SUBMIT until then.
+    private func handleReserve(_ connection: Connection, queue id: UInt32, credits: UInt32, noWait: Bool, packetLength: Int,
+                               requestID: UInt64) throws(ProtocolError) {
+        guard let queue = connection.queues[id] else {
+            throw ProtocolError(.badQueue, "RESERVE on queue \(id), which is not open on this connection")
+        }
+        guard Int(credits) <= queue.depth else {
+            throw ProtocolError(.badCount, "RESERVE of \(credits) credits on queue \(id) of depth \(queue.depth)")
+        }
+        if queue.freeCredits >= Int(credits) {
+            reply(connection, .reserveReply(freeCredits: UInt32(queue.freeCredits)), requestID: requestID)
+        } else if noWait {
+            throw ProtocolError(.noSpace, "queue \(id) has \(queue.freeCredits) free credits; RESERVE asked for \(credits) (NO_WAIT)")
+        } else {
+            connection.parkedLength = packetLength
+            parked.append(connection)
+        }
+    }
+
     /// Resolves a descriptor's range in one of the connection's buffers (SPEC.md §6.3).
     private func resolve(_ connection: Connection, _ address: BufferAddress, length: UInt64, role: String, index: Int,
                          writing: Bool) throws(ProtocolError) -> Placement {
@@ -294,7 +315,7 @@ extension IOATServer {
     /// the client's memory so it cannot change after validation.
     private func resolveAll(_ connection: Connection, _ d: Descriptor, index i: Int) throws(ProtocolError) -> PendingOp {
         var op = PendingOp(cookie: d.cookie, opcode: d.opcode, flags: d.flags, source: nil, destination: nil, auxiliary: nil,
-                           sources: nil, length: Int(clamping: d.length), arg: d.arg)
+                           sources: nil, segments: nil, length: Int(clamping: d.length), arg: d.arg)
         if d.opcode.readsSource {
             op.source = try resolve(connection, d.source, length: d.length, role: "source", index: i, writing: false)
         }
@@ -343,6 +364,36 @@ extension IOATServer {
                                            role: "XOR source \(s)", index: i, writing: false))
             }
             op.sources = sources
+        case .copySG:
+            let count = Int(d.arg)
+            let list = try resolve(connection, d.auxiliary, length: UInt64(count * Descriptor.sgEntrySize),
+                                   role: "COPY_SG entry list", index: i, writing: false)
+            let reader = WireReader(UnsafeRawBufferPointer(start: list.pointer, count: count * Descriptor.sgEntrySize))
+            var segments: [(source: Placement, destination: Placement, length: Int)] = []
+            segments.reserveCapacity(count)
+            var total: UInt64 = 0
+            for e in 0..<count {
+                let at = e * Descriptor.sgEntrySize
+                let srcHandle: UInt32 = reader.get(at: at)!
+                let dstHandle: UInt32 = reader.get(at: at + 4)!
+                let srcOffset: UInt64 = reader.get(at: at + 8)!
+                let dstOffset: UInt64 = reader.get(at: at + 16)!
+                let length: UInt64 = reader.get(at: at + 24)!
+                guard length > 0 else {
+                    throw ProtocolError(.badLength, "descriptor \(i): COPY_SG entry \(e) has length 0", index: UInt32(i))
+                }
+                total = total &+ length
+                let source = try resolve(connection, BufferAddress(handle: srcHandle, offset: srcOffset), length: length,
+                                         role: "COPY_SG entry \(e) source", index: i, writing: false)
+                let destination = try resolve(connection, BufferAddress(handle: dstHandle, offset: dstOffset), length: length,
+                                              role: "COPY_SG entry \(e) destination", index: i, writing: true)
+                segments.append((source, destination, Int(length)))
+            }
+            guard total == d.length else {
+                throw ProtocolError(.badLength, "descriptor \(i): COPY_SG length \(d.length) is not the sum of its entries (\(total))",
+                                    index: UInt32(i))
+            }
+            op.segments = segments
         default:
             break
         }

@@ -21,6 +21,8 @@ struct PendingOp {
     var auxiliary: Placement?
     /// XOR sources, copied from the client's list when the SUBMIT was validated.
     var sources: [Placement]?
+    /// COPY_SG entries, copied likewise; their lengths add up to `length`.
+    var segments: [(source: Placement, destination: Placement, length: Int)]?
     var length: Int
     var arg: UInt64
     /// Bytes already handed to the engine, when the op is split into pieces (SPEC.md §6.7).

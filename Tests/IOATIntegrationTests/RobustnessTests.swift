@@ -23,7 +23,7 @@ struct RobustnessTests {
         }
         let results = await worker.value
         for r in results where !r.passed { Issue.record("\(r.name): \(r.detail)") }
-        #expect(results.allSatisfy { $0.passed })
+        #expect(results.allSatisfy { $0.passed }, "\(results.filter { !$0.passed }.map { "\($0.name): \($0.detail)" })")
         #expect(server.process.isRunning)
     }
 
@@ -103,7 +103,7 @@ struct RobustnessTests {
         // Meanwhile another client is served normally.
         let other = try await server.connect()
         let results = await ConformanceSuite(iterations: 50, seed: 5, bufferSize: 1 << 20).run(other)
-        #expect(results.allSatisfy { $0.passed })
+        #expect(results.allSatisfy { $0.passed }, "\(results.filter { !$0.passed }.map { "\($0.name): \($0.detail)" })")
         let doc = try await statusDocument(other)
         #expect((doc["server"] as? [String: Any])?["connections"] as? Int == 2)
     }

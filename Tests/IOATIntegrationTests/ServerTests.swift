@@ -135,7 +135,7 @@ struct BadInputTests {
         }
         let h = handle
         return [
-            ("unknown type", packet(.status).enumerated().map { $0.offset == 6 ? 0x09 : $0.element }, .unknownType),
+            ("unknown type", packet(.status).enumerated().map { $0.offset == 6 ? 0x7F : $0.element }, .unknownType),
             ("reserved header field", packet(.status).enumerated().map { $0.offset == 12 ? 1 : $0.element }, .reservedNotZero),
             ("length mismatch", Array(packet(.status)) + [0, 0, 0, 0], .malformed),
             ("truncated header", Array(packet(.status).prefix(10)), .malformed),

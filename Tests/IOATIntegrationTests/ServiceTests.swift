@@ -199,7 +199,7 @@ struct ServiceTests {
         let status = try await statusDocument(client)
         #expect(((status["server"] as? [String: Any])?["socket"] as? String)?.contains("socket-activated") == true)
         let results = await ConformanceSuite(iterations: 30, seed: 3, bufferSize: 1 << 20).run(client)
-        #expect(results.allSatisfy { $0.passed })
+        #expect(results.allSatisfy { $0.passed }, "\(results.filter { !$0.passed }.map { "\($0.name): \($0.detail)" })")
         kill(process.pid, SIGTERM)
         #expect(notify.wait(for: "STOPPING=1") != nil)
         #expect(process.wait() == 0)

@@ -11,12 +11,12 @@ import struct
 MAGIC = 0x54414F49
 TYPES = {
     "HELLO": 0x0001, "ALLOC": 0x0002, "REGISTER": 0x0003, "FREE": 0x0004, "OPEN": 0x0005,
-    "CLOSE": 0x0006, "SUBMIT": 0x0007, "STATUS": 0x0008, "HELLO_OK": 0x8001, "ALLOC_OK": 0x8002,
+    "CLOSE": 0x0006, "SUBMIT": 0x0007, "STATUS": 0x0008, "RESERVE": 0x0009, "HELLO_OK": 0x8001, "ALLOC_OK": 0x8002,
     "REGISTER_OK": 0x8003, "FREE_OK": 0x8004, "OPEN_OK": 0x8005, "CLOSE_OK": 0x8006,
-    "STATUS_OK": 0x8008, "COMPLETION": 0xC001, "GOODBYE": 0xC002, "ERROR": 0xFFFF,
+    "STATUS_OK": 0x8008, "RESERVE_OK": 0x8009, "COMPLETION": 0xC001, "GOODBYE": 0xC002, "ERROR": 0xFFFF,
 }
 OPCODES = {"NULL": 0, "COPY": 1, "FILL": 2, "CRC32C": 3, "COPY_CRC32C": 4,
-           "COMPARE": 5, "COMPARE_PATTERN": 6, "DUALCAST": 7, "XOR": 8, "DRAIN": 9}
+           "COMPARE": 5, "COMPARE_PATTERN": 6, "DUALCAST": 7, "XOR": 8, "DRAIN": 9, "COPY_SG": 10}
 INT_EN, FENCE, NO_WAIT, CRC_SEED = 1, 2, 4, 8
 CRC_STORE, CRC_TEST, CRC_INLINE, CRC_CHAIN = 16, 32, 64, 128
 
@@ -236,9 +236,25 @@ v2_descs = [
     d2("CRC32C", CRC_STORE, src=(1, 0), cookie=6, length=9, aux=(2, 100)),
     d2("CRC32C", CRC_TEST | CRC_INLINE | CRC_CHAIN, src=(1, 0), cookie=7, length=9),
     d2("COPY_CRC32C", CRC_STORE | CRC_INLINE | CRC_SEED, src=(1, 0), cookie=8, length=9, dst=(2, 0), arg=0xE3069283),
+    d2("COPY_SG", INT_EN, cookie=9, length=8192, aux=(6, 4096), arg=2),
 ]
 ok("v2 submit of every new opcode and CRC mode", "SUBMIT", v2("SUBMIT", submit(9, [r for r, _ in v2_descs])),
    {"queue": 9, "descriptors": [f for _, f in v2_descs]}, version=2)
+ok("reserve 8 credits, waiting", "RESERVE", v2("RESERVE", struct.pack("<IIII", 1, 8, 0, 0)),
+   {"queue": 1, "credits": 8, "no_wait": "false"}, version=2)
+ok("reserve 1 credit with NO_WAIT", "RESERVE", v2("RESERVE", struct.pack("<IIII", 3, 1, 1, 0)),
+   {"queue": 3, "credits": 1, "no_wait": "true"}, version=2)
+ok("reserve_ok", "RESERVE_OK", v2("RESERVE_OK", struct.pack("<II", 60, 0)), {"free_credits": 60}, version=2)
+bad("v1 connection: RESERVE is not defined", packet("RESERVE", struct.pack("<IIII", 1, 8, 0, 0)), "UNKNOWN_TYPE")
+bad("reserve of 0 credits", v2("RESERVE", struct.pack("<IIII", 1, 0, 0, 0)), "BAD_COUNT", 2)
+bad("reserve undefined flag", v2("RESERVE", struct.pack("<IIII", 1, 1, 2, 0)), "UNKNOWN_FLAGS", 2)
+bad("reserve reserved not zero", v2("RESERVE", struct.pack("<IIII", 1, 1, 0, 9)), "RESERVED_NOT_ZERO", 2)
+bad("reserve body too short", v2("RESERVE", struct.pack("<II", 1, 1)), "MALFORMED", 2)
+bad("reserve_ok reserved not zero", v2("RESERVE_OK", struct.pack("<II", 1, 1)), "RESERVED_NOT_ZERO", 2)
+bad("COPY_SG of no entries", v2("SUBMIT", submit(1, [desc("COPY_SG", length=8, aux=(3, 0), arg=0)])), "BAD_COUNT", 2)
+bad("COPY_SG of 65 entries", v2("SUBMIT", submit(1, [desc("COPY_SG", length=8, aux=(3, 0), arg=65)])), "BAD_COUNT", 2)
+bad("COPY_SG without an entry list", v2("SUBMIT", submit(1, [desc("COPY_SG", length=8, arg=1)])), "BAD_HANDLE", 2)
+bad("COPY_SG with a source field", v2("SUBMIT", submit(1, [desc("COPY_SG", src=(1, 0), length=8, aux=(3, 0), arg=1)])), "RESERVED_NOT_ZERO", 2)
 bad("v1 connection: COMPARE is not defined", packet("SUBMIT", submit(1, [desc("COMPARE", src=(1, 0), length=8, dst=(2, 0))])), "UNKNOWN_OPCODE")
 bad("v1 connection: CRC_STORE is not defined", packet("SUBMIT", submit(1, [desc("CRC32C", CRC_STORE, src=(1, 0), length=8, aux=(2, 0))])), "UNKNOWN_FLAGS")
 bad("CRC_STORE with CRC_TEST", v2("SUBMIT", submit(1, [desc("CRC32C", CRC_STORE | CRC_TEST, src=(1, 0), length=8, aux=(2, 0))])), "BAD_FLAGS", 2)
@@ -257,7 +273,7 @@ bad("DRAIN with a length", v2("SUBMIT", submit(1, [desc("DRAIN", length=8)])), "
 bad("COMPARE with arg", v2("SUBMIT", submit(1, [desc("COMPARE", src=(1, 0), length=8, dst=(2, 0), arg=1)])), "RESERVED_NOT_ZERO", 2)
 bad("COMPARE_PATTERN with a destination", v2("SUBMIT", submit(1, [desc("COMPARE_PATTERN", src=(1, 0), length=8, dst=(2, 0))])),
     "RESERVED_NOT_ZERO", 2)
-bad("undefined opcode 10 on v2", v2("SUBMIT", submit(1, [desc(10, length=8)])), "UNKNOWN_OPCODE", 2)
+bad("undefined opcode 11 on v2", v2("SUBMIT", submit(1, [desc(11, length=8)])), "UNKNOWN_OPCODE", 2)
 bad("undefined flag bit 8 on v2", v2("SUBMIT", submit(1, [desc("NULL", 256)])), "UNKNOWN_FLAGS", 2)
 
 here = os.path.dirname(os.path.abspath(__file__))
