@@ -30,6 +30,7 @@ enum ioatd_msg_type {
     IOATD_MSG_SUBMIT = 0x0007,
     IOATD_MSG_STATUS = 0x0008,
     IOATD_MSG_RESERVE = 0x0009, /* version 2 */
+    IOATD_MSG_SET_COALESCE = 0x000A, /* version 2 */
     IOATD_MSG_HELLO_OK = 0x8001,
     IOATD_MSG_ALLOC_OK = 0x8002,
     IOATD_MSG_REGISTER_OK = 0x8003,
@@ -38,6 +39,7 @@ enum ioatd_msg_type {
     IOATD_MSG_CLOSE_OK = 0x8006,
     IOATD_MSG_STATUS_OK = 0x8008,
     IOATD_MSG_RESERVE_OK = 0x8009, /* version 2 */
+    IOATD_MSG_COALESCE_OK = 0x800A, /* version 2 */
     IOATD_MSG_COMPLETION = 0xC001,
     IOATD_MSG_GOODBYE = 0xC002,
     IOATD_MSG_ERROR = 0xFFFF,
@@ -142,6 +144,7 @@ enum ioatd_error {
     IOATD_E_SHUTTING_DOWN = 32,
     IOATD_E_UNEXPECTED_TYPE = 33,
     IOATD_E_INTERNAL = 34,
+    IOATD_E_BAD_PERIOD = 35, /* version 2 */
 };
 
 /* §2.2 */
@@ -284,6 +287,17 @@ struct ioatd_reserve_ok {
     uint32_t reserved;
 };
 
+/* §5.9 (version 2) */
+struct ioatd_set_coalesce {
+    uint32_t queue;
+    uint32_t period_us;
+};
+
+struct ioatd_coalesce_ok {
+    uint32_t period_us;
+    uint32_t reserved;
+};
+
 /* One entry of a COPY_SG list (SPEC.md §6.2), addressed by the descriptor's aux fields. */
 struct ioatd_sg_entry {
     uint32_t src_handle;
@@ -351,6 +365,8 @@ _Static_assert(sizeof(struct ioatd_xor_source) == 16, "ioatd_xor_source");
 _Static_assert(sizeof(struct ioatd_reserve) == 16, "ioatd_reserve");
 _Static_assert(sizeof(struct ioatd_reserve_ok) == 8, "ioatd_reserve_ok");
 _Static_assert(sizeof(struct ioatd_sg_entry) == 32, "ioatd_sg_entry");
+_Static_assert(sizeof(struct ioatd_set_coalesce) == 8, "ioatd_set_coalesce");
+_Static_assert(sizeof(struct ioatd_coalesce_ok) == 8, "ioatd_coalesce_ok");
 _Static_assert(offsetof(struct ioatd_sg_entry, length) == 24, "ioatd_sg_entry.length");
 _Static_assert(sizeof(struct ioatd_error_msg) == 16, "ioatd_error_msg");
 

@@ -69,6 +69,13 @@ public final class IOATQueue: Sendable {
         try await session.reserve(queue: id, credits: credits, noWait: noWait)
     }
 
+    /// Holds the queue's completion records for up to `microseconds` after a flush point (ioat(4)
+    /// `ioat_set_interrupt_coalesce`), so records of ops finishing close together share one message.
+    /// 0 turns it off; above the channel's `maxCoalesceMicroseconds` is BAD_PERIOD.
+    public func setCoalescing(microseconds: Int) async throws(IOATError) {
+        try await session.setCoalescing(queue: id, microseconds: microseconds)
+    }
+
     /// Closes the queue; refused with BUSY while ops are outstanding.
     public func close() async throws(IOATError) {
         try await session.closeQueue(id)

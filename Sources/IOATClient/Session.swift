@@ -284,6 +284,12 @@ final class Session: Sendable {
         return free
     }
 
+    func setCoalescing(queue: UInt32, microseconds: Int) async throws(IOATError) {
+        guard (0...Int(UInt32.max)).contains(microseconds) else { throw .invalidArgument("coalescing period \(microseconds) µs is out of range") }
+        guard server.version >= 2 else { throw .invalidArgument("SET_COALESCE needs protocol version 2; the server speaks \(server.version)") }
+        _ = try await request(.setCoalesce(queue: queue, microseconds: UInt32(microseconds)))
+    }
+
     func closeQueue(_ id: UInt32) async throws(IOATError) {
         _ = try await request(.close(queue: id))
     }
@@ -468,6 +474,7 @@ final class Session: Sendable {
             case .freeReply, .closeReply: reply = .ok
             case .statusReply(let json): reply = .status(json)
             case .reserveReply(let free): reply = .reserved(Int(free))
+            case .coalesceReply: reply = .ok
             default: return
             }
             let c = state.withLock { $0.replies.removeValue(forKey: header.requestID) }

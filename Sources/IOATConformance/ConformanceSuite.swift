@@ -98,6 +98,7 @@ public struct ConformanceSuite: Sendable {
             await record("scatter-gather copy, and the two-page copy of ioat_copy_8k_aligned") { try await copySG(queue, src, dst, registered, &rng) }
             await record("reserve credits: granted, NO_SPACE with NO_WAIT, beyond the depth refused") { try await reserve(client) }
             await record("queue index wrap-around: 40 rounds through a queue of depth 8") { try await wrapAround(client, src, dst) }
+            await record("interrupt coalescing: within the maximum, ops still complete; above it, BAD_PERIOD") { try await coalescing(client, src, dst) }
             await record("ops above the channel's max transfer are split and look like one op") {
                 try await splitOps(client, queue, &rng)
             }
@@ -480,6 +481,30 @@ public struct ConformanceSuite: Sendable {
         try await client.free(big)
         if !sawNoSpace { return "NO_WAIT RESERVE was granted while 4 long copies held every credit" }
         return granted == 4 ? nil : "waiting RESERVE answered with \(granted) free credits"
+    }
+
+    private func coalescing(_ client: IOATClient, _ a: IOATBuffer, _ b: IOATBuffer) async throws -> String? {
+        let queue = try await client.openQueue(channel: channel, depth: 16)
+        defer { Task { try? await queue.close() } }
+        let maximum = client.server.channels.first { $0.index == queue.channel }?.maxCoalesceMicroseconds ?? 0
+        do {
+            try await queue.setCoalescing(microseconds: Int(maximum) + 1)
+            return "a period above the maximum \(maximum) µs was accepted"
+        } catch {
+            guard error.code == .badPeriod else { return "above the maximum: \(error)" }
+        }
+        try await queue.setCoalescing(microseconds: min(2000, Int(maximum)))
+        // Several batches, each with INT_EN on its last op: every record still arrives, bytes are right.
+        a.fillPseudoRandom(0..<65536, seed: 12)
+        for round in 0..<4 {
+            let records = try await queue.submit((0..<4).map { i in
+                .copy(from: a.address((round * 4 + i) * 4096), to: b.address((round * 4 + i) * 4096), length: 4096)
+            })
+            guard records.allSatisfy({ $0.status == .success }) else { return "round \(round): \(records.map(\.status))" }
+        }
+        if !equal(a.unsafeBytes(0..<65536), b.unsafeBytes(0..<65536)) { return "coalesced copies differ" }
+        try await queue.setCoalescing(microseconds: 0)
+        return nil
     }
 
     private func wrapAround(_ client: IOATClient, _ a: IOATBuffer, _ b: IOATBuffer) async throws -> String? {

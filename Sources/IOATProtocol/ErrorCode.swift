@@ -74,9 +74,11 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     public static let unexpectedType = ErrorCode(rawValue: 33)
     /// The server failed in a way that is not the client's fault.
     public static let `internal` = ErrorCode(rawValue: 34)
+    /// A coalescing period above the channel's `max_coalesce_us`. (v2)
+    public static let badPeriod = ErrorCode(rawValue: 35)
 
     /// Every defined code, in wire order.
-    public static let all: [ErrorCode] = (1...34).map { ErrorCode(rawValue: $0) }
+    public static let all: [ErrorCode] = (1...35).map { ErrorCode(rawValue: $0) }
 
     /// The SPEC.md name, e.g. `OUT_OF_RANGE`.
     public var name: String {
@@ -115,6 +117,7 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
         case 32: "SHUTTING_DOWN"
         case 33: "UNEXPECTED_TYPE"
         case 34: "INTERNAL"
+        case 35: "BAD_PERIOD"
         default: "UNKNOWN_ERROR_\(rawValue)"
         }
     }

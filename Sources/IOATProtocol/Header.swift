@@ -29,6 +29,8 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case status = 0x0008
     /// (v2) Wait until a queue has this many free credits (ioat(4) `ioat_acquire_reserve`).
     case reserve = 0x0009
+    /// (v2) Set a queue's completion-coalescing period (ioat(4) `ioat_set_interrupt_coalesce`).
+    case setCoalesce = 0x000A
     case helloReply = 0x8001
     case allocReply = 0x8002
     case registerReply = 0x8003
@@ -37,6 +39,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case closeReply = 0x8006
     case statusReply = 0x8008
     case reserveReply = 0x8009
+    case coalesceReply = 0x800A
     case completion = 0xC001
     case goodbye = 0xC002
     case error = 0xFFFF
@@ -45,7 +48,12 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     public var isRequest: Bool { rawValue < 0x8000 }
 
     /// The protocol version that introduced the type.
-    public var version: UInt16 { self == .reserve || self == .reserveReply ? 2 : 1 }
+    public var version: UInt16 {
+        switch self {
+        case .reserve, .reserveReply, .setCoalesce, .coalesceReply: 2
+        default: 1
+        }
+    }
 
     /// The SPEC.md name.
     public var name: String {
@@ -60,6 +68,8 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
         case .status: "STATUS"
         case .reserve: "RESERVE"
         case .reserveReply: "RESERVE_OK"
+        case .setCoalesce: "SET_COALESCE"
+        case .coalesceReply: "COALESCE_OK"
         case .helloReply: "HELLO_OK"
         case .allocReply: "ALLOC_OK"
         case .registerReply: "REGISTER_OK"

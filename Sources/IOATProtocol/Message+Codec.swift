@@ -39,6 +39,12 @@ extension Message {
         case .reserveReply(let free):
             w.write(free)
             w.write(UInt32(0))
+        case .setCoalesce(let queue, let microseconds):
+            w.write(queue)
+            w.write(microseconds)
+        case .coalesceReply(let microseconds):
+            w.write(microseconds)
+            w.write(UInt32(0))
         case .submit(let s):
             w.write(s.queue)
             w.write(UInt32(s.count))
@@ -222,6 +228,14 @@ extension Message {
             try reserved32(r.read()!, "reserved")
             guard credits > 0 else { throw ProtocolError(.badCount, "RESERVE of 0 credits") }
             return (header, .reserve(queue: queue, credits: credits, noWait: flags & ReserveFlags.noWait != 0))
+        case .setCoalesce:
+            try expectBody(8)
+            return (header, .setCoalesce(queue: r.read()!, microseconds: r.read()!))
+        case .coalesceReply:
+            try expectBody(8)
+            let microseconds: UInt32 = r.read()!
+            try reserved32(r.read()!, "reserved")
+            return (header, .coalesceReply(microseconds: microseconds))
         case .reserveReply:
             try expectBody(8)
             let free: UInt32 = r.read()!

@@ -247,6 +247,8 @@ public enum Message {
     /// (v2) Answered once `queue` has at least `credits` free credits; with NO_WAIT, refused at once
     /// with NO_SPACE when it has not.
     case reserve(queue: UInt32, credits: UInt32, noWait: Bool)
+    /// (v2) Hold a queue's records for up to `microseconds` after a flush point, to send fewer messages.
+    case setCoalesce(queue: UInt32, microseconds: UInt32)
     case helloReply(HelloReply)
     case allocReply(BufferReply)
     case registerReply(BufferReply)
@@ -256,6 +258,8 @@ public enum Message {
     case statusReply(json: String)
     /// (v2) The queue's free credits when RESERVE was answered.
     case reserveReply(freeCredits: UInt32)
+    /// (v2) The period now in force.
+    case coalesceReply(microseconds: UInt32)
     case completion(CompletionView)
     /// The server is stopping: it takes no new work, and in-flight ops have `drainMilliseconds` to finish.
     case goodbye(drainMilliseconds: UInt32)
@@ -273,6 +277,7 @@ public enum Message {
         case .submit: .submit
         case .status: .status
         case .reserve: .reserve
+        case .setCoalesce: .setCoalesce
         case .helloReply: .helloReply
         case .allocReply: .allocReply
         case .registerReply: .registerReply
@@ -281,6 +286,7 @@ public enum Message {
         case .closeReply: .closeReply
         case .statusReply: .statusReply
         case .reserveReply: .reserveReply
+        case .coalesceReply: .coalesceReply
         case .completion: .completion
         case .goodbye: .goodbye
         case .error: .error

@@ -62,6 +62,16 @@ extension IOATServer {
             case .close(let queue): try handleClose(connection, queue: queue, requestID: requestID)
             case .submit(let submit): try handleSubmit(connection, submit, packetLength: packet.count)
             case .status: reply(connection, .statusReply(json: statusJSON()), requestID: requestID)
+            case .setCoalesce(let id, let microseconds):
+                guard let queue = connection.queues[id] else {
+                    throw ProtocolError(.badQueue, "SET_COALESCE on queue \(id), which is not open on this connection")
+                }
+                let maximum = schedulers[queue.channel].engine.info.maxCoalesceMicroseconds
+                guard microseconds <= maximum else {
+                    throw ProtocolError(.badPeriod, "coalescing period \(microseconds) µs is above channel \(queue.channel)'s maximum of \(maximum) µs")
+                }
+                queue.coalesceNanoseconds = UInt64(microseconds) * 1000
+                reply(connection, .coalesceReply(microseconds: microseconds), requestID: requestID)
             case .reserve(let queue, let credits, let noWait):
                 try handleReserve(connection, queue: queue, credits: credits, noWait: noWait, packetLength: packet.count, requestID: requestID)
             default: preconditionFailure("request types are covered above")

@@ -38,6 +38,8 @@ public final class IOATServer: @unchecked Sendable {
     var parked: [Connection] = []
     /// Queues with completion records to send, gathered while reaping.
     private var flushList: [Queue] = []
+    /// Queues holding records until their coalescing deadline.
+    private var coalescing: [Queue] = []
     private let reapBuffer: UnsafeMutableBufferPointer<EngineCompletion>
     var state: State = .starting {
         didSet { publishedState.withLock { $0 = state } }
@@ -157,6 +159,8 @@ public final class IOATServer: @unchecked Sendable {
                 lastActivity = Clock.nanoseconds()
             }
             var timeout: Int32 = polling ? 0 : state == .draining ? 50 : -1
+            let untilCoalesced = expireCoalesced()
+            if untilCoalesced >= 0 && timeout != 0 { timeout = timeout < 0 ? untilCoalesced : min(timeout, untilCoalesced) }
             if timeout != 0 && tickInterval.isFinite {
                 let untilTick = Int32(max(0, min(60_000, (nextTick - Self.now()) * 1000)).rounded(.up))
                 timeout = timeout < 0 ? untilTick : min(timeout, untilTick)
@@ -467,17 +471,43 @@ public final class IOATServer: @unchecked Sendable {
         queue.undelivered.append(CompletionRecord(cookie: op.cookie, status: completion.status, opcode: op.opcode.rawValue,
                                                   result: completion.result, bytesDone: completion.bytesDone))
         // Flush points (SPEC.md §6.4): an INT_EN op, a failure, the queue going idle, or a full message.
-        if op.flags.contains(.interrupt) || !completion.status.isSuccess || queue.isIdle
-            || queue.undelivered.count >= configuration.maxRecordsPerMessage
-        {
+        if !completion.status.isSuccess || queue.undelivered.count >= configuration.maxRecordsPerMessage {
             markFlush(queue)
+        } else if op.flags.contains(.interrupt) || queue.isIdle {
+            if queue.coalesceNanoseconds == 0 {
+                markFlush(queue)
+            } else if queue.flushDeadline == 0 {
+                // ioat(4) interrupt coalescing: wait up to the period for more records to share the message.
+                queue.flushDeadline = Clock.nanoseconds() + queue.coalesceNanoseconds
+                coalescing.append(queue)
+            }
         }
         scheduler.schedule(queue)
+    }
+
+    /// Moves queues whose coalescing deadline has passed to the flush list; returns the milliseconds until
+    /// the next deadline (-1 when none).
+    private func expireCoalesced() -> Int32 {
+        guard !coalescing.isEmpty else { return -1 }
+        let now = Clock.nanoseconds()
+        var next = UInt64.max
+        coalescing.removeAll { queue in
+            if queue.flushDeadline == 0 || queue.connection == nil { return true }
+            if queue.flushDeadline <= now {
+                markFlush(queue)
+                return true
+            }
+            next = min(next, queue.flushDeadline)
+            return false
+        }
+        flushMarked()
+        return next == .max ? -1 : Int32(clamping: (next - now + 999_999) / 1_000_000)
     }
 
     /// Sends a queue's undelivered records as COMPLETION messages.
     private func flush(_ queue: Queue) {
         queue.needsFlush = false
+        queue.flushDeadline = 0
         guard let connection = queue.connection, !queue.undelivered.isEmpty else { return }
         var start = 0
         while start < queue.undelivered.count {

@@ -62,6 +62,10 @@ final class Queue {
     var isScheduled = false
     /// Whether the queue is in the event loop's flush list.
     var needsFlush = false
+    /// Coalescing period (SET_COALESCE), in nanoseconds; 0 sends records at each flush point.
+    var coalesceNanoseconds: UInt64 = 0
+    /// When held records must go out (monotonic ns), or 0 when no flush point is waiting.
+    var flushDeadline: UInt64 = 0
 
     /// Whether an op of this queue failed since the last FENCE op was started: the next FENCE op (which
     /// depends on everything before it) is then NOT_ATTEMPTED (SPEC.md §6.6).

@@ -101,6 +101,8 @@ func fields(of message: Message) throws -> Any {
     case .goodbye(let drain): return ["drain_ms": n(drain)]
     case .reserve(let queue, let credits, let noWait): return ["queue": n(queue), "credits": n(credits), "no_wait": "\(noWait)"]
     case .reserveReply(let free): return ["free_credits": n(free)]
+    case .setCoalesce(let queue, let microseconds): return ["queue": n(queue), "microseconds": n(microseconds)]
+    case .coalesceReply(let microseconds): return ["microseconds": n(microseconds)]
     case .error(let e): return ["code": e.code.name, "index": n(e.index), "message": e.message]
     }
 }

@@ -11,9 +11,9 @@ import struct
 MAGIC = 0x54414F49
 TYPES = {
     "HELLO": 0x0001, "ALLOC": 0x0002, "REGISTER": 0x0003, "FREE": 0x0004, "OPEN": 0x0005,
-    "CLOSE": 0x0006, "SUBMIT": 0x0007, "STATUS": 0x0008, "RESERVE": 0x0009, "HELLO_OK": 0x8001, "ALLOC_OK": 0x8002,
+    "CLOSE": 0x0006, "SUBMIT": 0x0007, "STATUS": 0x0008, "RESERVE": 0x0009, "SET_COALESCE": 0x000A, "HELLO_OK": 0x8001, "ALLOC_OK": 0x8002,
     "REGISTER_OK": 0x8003, "FREE_OK": 0x8004, "OPEN_OK": 0x8005, "CLOSE_OK": 0x8006,
-    "STATUS_OK": 0x8008, "RESERVE_OK": 0x8009, "COMPLETION": 0xC001, "GOODBYE": 0xC002, "ERROR": 0xFFFF,
+    "STATUS_OK": 0x8008, "RESERVE_OK": 0x8009, "COALESCE_OK": 0x800A, "COMPLETION": 0xC001, "GOODBYE": 0xC002, "ERROR": 0xFFFF,
 }
 OPCODES = {"NULL": 0, "COPY": 1, "FILL": 2, "CRC32C": 3, "COPY_CRC32C": 4,
            "COMPARE": 5, "COMPARE_PATTERN": 6, "DUALCAST": 7, "XOR": 8, "DRAIN": 9, "COPY_SG": 10}
@@ -245,6 +245,11 @@ ok("reserve 8 credits, waiting", "RESERVE", v2("RESERVE", struct.pack("<IIII", 1
 ok("reserve 1 credit with NO_WAIT", "RESERVE", v2("RESERVE", struct.pack("<IIII", 3, 1, 1, 0)),
    {"queue": 3, "credits": 1, "no_wait": "true"}, version=2)
 ok("reserve_ok", "RESERVE_OK", v2("RESERVE_OK", struct.pack("<II", 60, 0)), {"free_credits": 60}, version=2)
+ok("set coalescing to 500 us", "SET_COALESCE", v2("SET_COALESCE", struct.pack("<II", 2, 500)), {"queue": 2, "microseconds": 500}, version=2)
+ok("coalesce_ok", "COALESCE_OK", v2("COALESCE_OK", struct.pack("<II", 500, 0)), {"microseconds": 500}, version=2)
+bad("v1 connection: SET_COALESCE is not defined", packet("SET_COALESCE", struct.pack("<II", 2, 500)), "UNKNOWN_TYPE")
+bad("set_coalesce body too long", v2("SET_COALESCE", struct.pack("<III", 2, 500, 0)), "MALFORMED", 2)
+bad("coalesce_ok reserved not zero", v2("COALESCE_OK", struct.pack("<II", 500, 1)), "RESERVED_NOT_ZERO", 2)
 bad("v1 connection: RESERVE is not defined", packet("RESERVE", struct.pack("<IIII", 1, 8, 0, 0)), "UNKNOWN_TYPE")
 bad("reserve of 0 credits", v2("RESERVE", struct.pack("<IIII", 1, 0, 0, 0)), "BAD_COUNT", 2)
 bad("reserve undefined flag", v2("RESERVE", struct.pack("<IIII", 1, 1, 2, 0)), "UNKNOWN_FLAGS", 2)
