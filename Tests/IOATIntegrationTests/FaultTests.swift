@@ -85,6 +85,19 @@ struct FaultTests {
         #expect(plain.status == .success, "ops without FENCE are never skipped")
     }
 
+    @Test("a delayed op holds back the records behind it, then everything completes in order with the right bytes")
+    func delay() async throws {
+        let rig = try await FaultRig { _, ordinal, _ in ordinal == 2 ? .delay(microseconds: 50_000) : nil }
+        rig.src.fillPseudoRandom(0..<(1 << 20), seed: 21)
+        let start = Date()
+        let records = try await rig.queue.submit(rig.burst(fenced: false))
+        #expect(records.map(\.cookie) == (0..<8).map { UInt64($0) })
+        #expect(records.allSatisfy { $0.status == .success })
+        #expect((0..<8).allSatisfy(rig.copied))
+        // Not a timing assertion on the server: the delay is the fault injected, and it must be visible.
+        #expect(Date().timeIntervalSince(start) >= 0.05)
+    }
+
     @Test("a corrupted op is visible only in the bytes: the conformance method catches it")
     func corruption() async throws {
         let rig = try await FaultRig { _, ordinal, _ in ordinal == 3 ? .corrupt : nil }
