@@ -1,3 +1,4 @@
+SHELL := /bin/bash
 # ioatd — build, run and test. Every target installs the Debian packages it needs first.
 SWIFT ?= swift
 PREFIX ?= /usr/local
@@ -5,7 +6,7 @@ DESTDIR ?=
 APT_PACKAGES := libisal-dev libsystemd-dev pkg-config gcc python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build release run test vectors clean
+.PHONY: all deps build release run test vectors fuzz clean
 
 all: build
 
@@ -32,11 +33,25 @@ release: deps
 run: release
 	.build/release/ioatd --engine cpu
 
-## test: build and run every test (unit, kernel objects, whole processes). A crash fails at once:
-## the Swift backtracer is off (it can hang a crashed test process).
+## test: build and run every test (unit, kernel objects, whole processes), after a short bounded fuzz
+## run. A crash fails at once: the Swift backtracer is off (it can hang a crashed test process).
 test: deps
+	$(MAKE) fuzz FUZZ_SECONDS=20
 	$(SWIFT) build --build-tests
 	SWIFT_BACKTRACE=enable=no timeout 1800 $(SWIFT) test
+
+## fuzz: libFuzzer over the wire decoder and validator for FUZZ_SECONDS, seeded from protocol/vectors.
+## A crash leaves its input in .build/fuzz/crash-*: turn it into a vector in protocol/vectors/generate.py.
+FUZZ_SECONDS ?= 300
+fuzz: deps
+	mkdir -p .build/fuzz
+	swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name IOATProtocol \
+		Sources/IOATProtocol/*.swift Tests/fuzz/FuzzDecode.swift -o .build/fuzz/fuzz-decode \
+		2> .build/fuzz/build.log || { cat .build/fuzz/build.log; exit 1; }
+	python3 Tests/fuzz/seed.py .build/fuzz/corpus
+	SWIFT_BACKTRACE=enable=no .build/fuzz/fuzz-decode -max_total_time=$(FUZZ_SECONDS) -max_len=65560 \
+		-artifact_prefix=.build/fuzz/ -print_final_stats=1 .build/fuzz/corpus 2>&1 | grep -E '^(Done|stat::number_of_executed_units|==|SUMMARY|.*ERROR)' ; \
+		test $${PIPESTATUS[0]} -eq 0
 
 ## vectors: regenerate protocol/vectors from the Python encoder.
 vectors:
