@@ -328,3 +328,51 @@ struct BadInputTests {
         #expect(secret.read(at: 0, count: 13) == Array("alice's bytes".utf8))
     }
 }
+
+@Suite("ioatd refuses bad version-2 input")
+struct BadInputV2Tests {
+    @Test("bad entries in SG and XOR lists, and RESERVE / SET_COALESCE on unknown queues, get their codes")
+    func listsAndQueueRequests() async throws {
+        let server = try TestServer()
+        let client = try await server.connect()
+        let a = try await client.allocate(size: 65536)
+        let list = try await client.allocate(size: 4096)
+        let queue = try await client.openQueue(depth: 8)
+        func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+        func sgEntry(src: UInt32, dst: UInt32, length: UInt64) -> [UInt8] {
+            le(src) + le(dst) + le(UInt64(0)) + le(UInt64(4096)) + le(length)
+        }
+        let cases: [(String, [UInt8], Descriptor, ErrorCode)] = [
+            ("SG entry of length 0", sgEntry(src: a.handle, dst: a.handle, length: 0),
+             Descriptor(opcode: .copySG, length: 8, auxiliary: list.address(0), arg: 1), .badLength),
+            ("SG entry with an unopened handle", sgEntry(src: 0xBEEF, dst: a.handle, length: 8),
+             Descriptor(opcode: .copySG, length: 8, auxiliary: list.address(0), arg: 1), .badHandle),
+            // The destination starts at 4096, so a.size bytes (whatever ALLOC rounded to) run past the end.
+            ("SG entry past the end", sgEntry(src: a.handle, dst: a.handle, length: UInt64(a.size)),
+             Descriptor(opcode: .copySG, length: UInt64(a.size), auxiliary: list.address(0), arg: 1), .outOfRange),
+            ("XOR source with a reserved field", le(a.handle) + le(UInt32(1)) + le(UInt64(0)) + le(a.handle) + le(UInt32(0)) + le(UInt64(8)),
+             Descriptor(opcode: .xor, length: 8, destination: a.address(4096), auxiliary: list.address(0), arg: 2), .reservedNotZero),
+        ]
+        for (name, entries, descriptor, code) in cases {
+            list.write(entries, at: 0)
+            do {
+                let r = try await queue.submit(descriptor)
+                Issue.record("\(name): accepted with \(r.status)")
+            } catch {
+                #expect(error.code == code, "\(name): \(error)")
+            }
+        }
+        let raws: [(String, Message, ErrorCode)] = [
+            ("RESERVE on an unknown queue", .reserve(queue: 99, credits: 1, noWait: false), .badQueue),
+            ("SET_COALESCE on an unknown queue", .setCoalesce(queue: 99, microseconds: 10), .badQueue),
+        ]
+        for (name, message, code) in raws {
+            do {
+                _ = try await client.rawRequest(message.encode(requestID: client.reserveRequestID(), version: client.server.version))
+                Issue.record("\(name): accepted")
+            } catch {
+                #expect(error.code == code, "\(name): \(error)")
+            }
+        }
+    }
+}
