@@ -2,18 +2,22 @@ import DequeModule
 import IOATEngine
 import IOATProtocol
 
-/// An op the engine holds, remembered by ring-window slot; the slot number is the engine cookie.
+/// An op (or a piece of one) the engine holds, remembered by ring-window slot; the slot number is the
+/// engine cookie.
 struct InflightOp {
     var queue: Queue?
-    var cookie: UInt64 = 0
-    var opcode: Opcode = .null
-    var flags: Descriptor.Flags = []
+    /// The accepted op: it keeps its buffers mapped until the engine is done, and is what a halted
+    /// channel hands back to run again.
+    var op: PendingOp?
+    /// Bytes in this piece.
     var length: Int = 0
     /// For a piece of a split op: the bytes before it, and whether it is the last.
     var pieceOffset = 0
     var isLastPiece = true
-    /// Kept only so the buffers stay mapped until the engine is done with them.
-    var buffers: PendingOp?
+
+    var cookie: UInt64 { op!.cookie }
+    var opcode: Opcode { op!.opcode }
+    var flags: Descriptor.Flags { op!.flags }
 
     static var empty: InflightOp { InflightOp(queue: nil) }
 }
@@ -125,8 +129,7 @@ final class ChannelScheduler {
                 if !isLast { flags.subtract([.crcStore, .crcTest, .crcInline]) }
             }
             let slot = freeSlots.removeLast()
-            slots[slot] = InflightOp(queue: queue, cookie: op.cookie, opcode: op.opcode, flags: op.flags,
-                                     length: pieceLength, pieceOffset: offset, isLastPiece: isLast, buffers: op)
+            slots[slot] = InflightOp(queue: queue, op: op, length: pieceLength, pieceOffset: offset, isLastPiece: isLast)
             var sources: UnsafePointer<UnsafeRawPointer>? = nil
             if let list = op.sources {
                 let base = sourceTable + slot * Descriptor.xorSources.upperBound

@@ -425,7 +425,7 @@ public final class IOATServer: @unchecked Sendable {
             scheduler.halts += 1
             scheduler.recovering = true
             scheduler.lastError = "op \(op.cookie) (\(op.opcode.name)) of client \(queue.connection.map { "\($0.id)" } ?? "gone") halted the channel"
-        } else if completion.status == .notAttempted && scheduler.recovering, var again = op.buffers {
+        } else if completion.status == .notAttempted && scheduler.recovering, var again = op.op {
             // Stopped by the halt, not by anything it did: it runs again after the reset.
             if queue.connection != nil {
                 again.dispatched = op.pieceOffset

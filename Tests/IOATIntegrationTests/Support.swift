@@ -150,15 +150,18 @@ func packet(_ type: MessageType, body: [UInt8] = [], requestID: UInt64 = 7, vers
 
 func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
 
-/// Runs a command and returns its exit status and standard output.
-func runTool(_ name: String, _ arguments: [String], environment: [String: String]? = nil) throws -> (Int32, String) {
+/// Runs a command and returns its exit status and standard output (with standard error too when
+/// `mergingErrors`).
+func runTool(_ name: String, _ arguments: [String], environment: [String: String]? = nil, mergingErrors: Bool = false) throws
+    -> (Int32, String)
+{
     let process = Process()
     process.executableURL = name.hasPrefix("/") ? URL(fileURLWithPath: name) : buildDirectory.appendingPathComponent(name)
     process.arguments = arguments
     if let environment { process.environment = environment }
     let out = Pipe()
     process.standardOutput = out
-    process.standardError = FileHandle.nullDevice
+    process.standardError = mergingErrors ? out : FileHandle.nullDevice
     try process.run()
     let data = out.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
