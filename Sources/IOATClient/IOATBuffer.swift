@@ -17,7 +17,11 @@ public final class IOATBuffer: @unchecked Sendable {
     public let memfd: FileDescriptor
     private let mapping: Mapping
 
-    init(reply: BufferReply, memfd: FileDescriptor) throws(SystemError) {
+    /// The connection the handle belongs to: on any other, the same number names something else.
+    let session: UInt64
+
+    init(reply: BufferReply, memfd: FileDescriptor, session: UInt64) throws(SystemError) {
+        self.session = session
         handle = reply.handle
         size = Int(reply.size)
         pageSize = reply.pageSize
@@ -37,7 +41,13 @@ public final class IOATBuffer: @unchecked Sendable {
     /// Whether the server backs it with hugepages.
     public var isHugepageBacked: Bool { flags.contains(.hugepages) }
 
-    /// The address of `offset` in this buffer, for a descriptor.
+    /// Whether descriptors naming this buffer may go to `queue`: both must belong to the same connection.
+    /// After a reconnect, a buffer's handle names nothing — or another buffer — on the new connection;
+    /// allocate it again or re-register its memfd (`IOATClient.register(_:)`).
+    public func isUsable(on queue: IOATQueue) -> Bool { session == queue.session.id }
+
+    /// The address of `offset` in this buffer, for a descriptor. Send it only to a queue of the same
+    /// connection (`isUsable(on:)`); the queue's `copy`, `fill` and `crc32c` check this for you.
     public func address(_ offset: Int = 0) -> BufferAddress {
         BufferAddress(handle: handle, offset: UInt64(offset))
     }

@@ -9,7 +9,7 @@ public final class IOATQueue: Sendable {
     public let channel: UInt32
     /// Most ops in flight.
     public let depth: Int
-    private let session: Session
+    let session: Session
 
     init(session: Session, reply: OpenReply) {
         self.session = session
@@ -38,10 +38,18 @@ public final class IOATQueue: Sendable {
         try await submit([descriptor])[0]
     }
 
+    /// Refuses buffers of another connection: their handles would name nothing, or another buffer, here.
+    private func check(_ buffers: IOATBuffer...) throws(IOATError) {
+        for b in buffers where !b.isUsable(on: self) {
+            throw .connectionLost("buffer \(b.handle) belongs to an earlier connection; allocate or register it again")
+        }
+    }
+
     /// Copies `length` bytes.
     public func copy(from source: IOATBuffer, at sourceOffset: Int = 0, to destination: IOATBuffer,
                      at destinationOffset: Int = 0, length: Int) async throws(IOATError) -> CompletionRecord {
-        try await submit(.copy(from: source.address(sourceOffset), to: destination.address(destinationOffset),
+        try check(source, destination)
+        return try await submit(.copy(from: source.address(sourceOffset), to: destination.address(destinationOffset),
                                length: UInt64(length)))
     }
 
@@ -49,11 +57,13 @@ public final class IOATQueue: Sendable {
     public func fill(_ destination: IOATBuffer, at offset: Int = 0, length: Int, pattern: UInt64) async throws(IOATError)
         -> CompletionRecord
     {
-        try await submit(.fill(destination.address(offset), length: UInt64(length), pattern: pattern))
+        try check(destination)
+        return try await submit(.fill(destination.address(offset), length: UInt64(length), pattern: pattern))
     }
 
     /// The CRC32C of `length` bytes (optionally continuing from `seed`).
     public func crc32c(of source: IOATBuffer, at offset: Int = 0, length: Int, seed: UInt32? = nil) async throws(IOATError) -> UInt32 {
+        try check(source)
         let record = try await submit(.crc32c(of: source.address(offset), length: UInt64(length), seed: seed))
         guard record.status == .success else {
             throw .invalidReply("CRC32C completed with \(record.status.name)")

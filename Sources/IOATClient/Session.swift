@@ -12,6 +12,10 @@ import Synchronization
 /// block — a packet the socket will not take yet waits in an outbox that the reader thread drains in
 /// order.
 final class Session: Sendable {
+    /// Distinguishes this connection from every other of the process: buffers and queues remember it.
+    let id: UInt64 = Session.nextID.add(1, ordering: .relaxed).newValue
+    private static let nextID = Atomic<UInt64>(0)
+
     /// What the server said in the handshake: version, limits and channels.
     public let server: HelloReply
     /// The socket path connected to.
@@ -236,7 +240,7 @@ final class Session: Sendable {
             throw .invalidReply("ALLOC answered without a memfd")
         }
         do throws(SystemError) {
-            return try IOATBuffer(reply: reply, memfd: memfd)
+            return try IOATBuffer(reply: reply, memfd: memfd, session: id)
         } catch {
             throw .system(error)
         }
@@ -254,7 +258,7 @@ final class Session: Sendable {
             throw .invalidReply("REGISTER answered with something else")
         }
         do throws(SystemError) {
-            return try IOATBuffer(reply: reply, memfd: own)
+            return try IOATBuffer(reply: reply, memfd: own, session: id)
         } catch {
             throw .system(error)
         }

@@ -304,9 +304,11 @@ struct BadInputTests {
         secret.write(Array("alice's bytes".utf8), at: 0)
         let aliceQueue = try await alice.openQueue(depth: 4)
         let bobQueue = try await bob.openQueue(depth: 4)
-        // Bob has no buffers: alice's handle number names nothing for him.
+        // Bob has no buffers: alice's handle number names nothing for him. A raw descriptor, so the server
+        // is what refuses it (the client library would already refuse a buffer of another connection).
+        #expect(!secret.isUsable(on: bobQueue))
         do {
-            _ = try await bobQueue.fill(secret, length: 13, pattern: 0)
+            _ = try await bobQueue.submit(.fill(secret.address(0), length: 13, pattern: 0))
             Issue.record("bob wrote through alice's handle number")
         } catch {
             #expect(error.code == .badHandle)
