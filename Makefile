@@ -4,15 +4,28 @@ SWIFT ?= swift
 PREFIX ?= /usr/local
 DESTDIR ?=
 APT_PACKAGES := libisal-dev libsystemd-dev pkg-config gcc python3
+# The DPDK engine (SwiftPM trait DPDK) needs DPDK's headers, libraries and the dma_skeleton driver.
+DPDK_PACKAGES := libdpdk-dev
+DPDK_PMDS ?= $(firstword $(wildcard /usr/lib/*-linux-gnu/dpdk/pmds-*))
+# EAL arguments for DPDK's software dmadev, for machines without I/OAT or DSA (deploy/HARDWARE.md).
+SKELETON_EAL_ARGS ?= --no-huge --no-pci -m 256 --no-shconf --no-telemetry --file-prefix=ioatd \
+	-d $(DPDK_PMDS)/librte_dma_skeleton.so --vdev=dma_skeleton
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build release run test vectors fuzz clean
+.PHONY: all deps deps-dpdk build build-dpdk release run run-dpdk test check-plain-build vectors fuzz clean
 
 all: build
 
 ## deps: install the Debian packages that are missing (idempotent).
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do \
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(APT_PACKAGES)"
+
+## deps-dpdk: the same for the DPDK engine.
+deps-dpdk: deps
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DPDK_PACKAGES)"
+
+install-packages:
+	@missing=""; for p in $(PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -24,6 +37,10 @@ deps:
 build: deps
 	$(SWIFT) build
 
+## build-dpdk: debug build with the DPDK engine (ioatd --engine dpdk).
+build-dpdk: deps-dpdk
+	$(SWIFT) build --traits DPDK
+
 ## release: optimised ioatd and ioatctl in .build/release.
 release: deps
 	$(SWIFT) build -c release --product ioatd
@@ -33,12 +50,29 @@ release: deps
 run: release
 	.build/release/ioatd --engine cpu
 
-## test: build and run every test (unit, kernel objects, whole processes), after a short bounded fuzz
-## run. A crash fails at once: the Swift backtracer is off (it can hang a crashed test process).
-test: deps
+## run-dpdk: the same with the DPDK engine on DPDK's software dmadev (dma_skeleton).
+run-dpdk: deps-dpdk
+	$(SWIFT) build -c release --traits DPDK --product ioatd
+	.build/release/ioatd --engine dpdk --dpdk-eal-args "$(SKELETON_EAL_ARGS)"
+
+## test: build with the DPDK engine and run every test (unit, kernel objects, whole processes, the
+## conformance suite on dma_skeleton), after a short bounded fuzz run; then check that a build without
+## the DPDK trait neither needs nor links DPDK. A crash fails at once: the Swift backtracer is off (it
+## can hang a crashed test process).
+test: deps deps-dpdk
 	$(MAKE) fuzz FUZZ_SECONDS=20
-	$(SWIFT) build --build-tests
-	SWIFT_BACKTRACE=enable=no timeout 1800 $(SWIFT) test
+	$(SWIFT) build --build-tests --traits DPDK
+	SWIFT_BACKTRACE=enable=no timeout 1800 $(SWIFT) test --traits DPDK
+	$(MAKE) check-plain-build
+
+## check-plain-build: build ioatd without the DPDK trait in its own folder; it must link no DPDK library
+## and refuse --engine dpdk with a clear message.
+check-plain-build: deps
+	$(SWIFT) build --scratch-path .build-plain --product ioatd
+	@if ldd .build-plain/debug/ioatd | grep -q librte_; then echo "plain build links DPDK:"; ldd .build-plain/debug/ioatd | grep librte_; exit 1; fi
+	@out=$$(.build-plain/debug/ioatd --engine dpdk --socket /tmp/ioatd-plain-$$$$.sock 2>&1); status=$$?; \
+		if [ $$status -ne 2 ] || ! grep -q "built without it" <<< "$$out"; then echo "plain build: --engine dpdk gave $$status: $$out"; exit 1; fi
+	@echo "plain build (no DPDK trait): links no DPDK library; --engine dpdk refused with exit 2"
 
 ## fuzz: libFuzzer over the wire decoder and validator for FUZZ_SECONDS, seeded from protocol/vectors.
 ## A crash leaves its input in .build/fuzz/crash-*: turn it into a vector in protocol/vectors/generate.py.

@@ -8,11 +8,19 @@ import PackageDescription
 //   CIOATShim     the few C macros and constants Swift cannot import.
 //   IOATSystem    the syscall layer: fds, sockets with SCM_RIGHTS, memfds, mappings, epoll, threads.
 //   IOATEngine    the engine interface and the CPU engine (ISA-L for CRC32C and XOR).
+//   CDPDK, IOATDPDK  the DPDK dmadev engine (I/OAT, DSA, dma_skeleton); compiled only with the `DPDK`
+//                 trait (`swift build --traits DPDK`, needs libdpdk-dev); empty otherwise.
 //   IOATServer    the broker: connections, buffers, queues, scheduling, completion delivery,
 //                 configuration (TOML) and systemd integration (libsystemd).
 //   IOATClient    the client library.
 //   IOATConformance  the behaviours every engine must show, run by `ioatctl test` and the tests.
 //   IOATTestKit   test support as a product: a fault-injecting engine wrapper and an in-process server.
+#if arch(arm64)
+let dpdkArchitecture = "aarch64"
+#else
+let dpdkArchitecture = "x86_64"
+#endif
+
 let package = Package(
     name: "ioatd",
     products: [
@@ -20,6 +28,9 @@ let package = Package(
         .executable(name: "ioatctl", targets: ["ioatctl"]),
         .library(name: "IOATClient", targets: ["IOATClient"]),
         .library(name: "IOATTestKit", targets: ["IOATTestKit"]),
+    ],
+    traits: [
+        .trait(name: "DPDK", description: "Build the DPDK dmadev engine (ioatd --engine dpdk); needs libdpdk-dev."),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -34,6 +45,19 @@ let package = Package(
         .target(name: "IOATProtocol"),
         .target(name: "IOATSystem", dependencies: ["CIOATShim"]),
         .target(name: "IOATEngine", dependencies: ["IOATProtocol", "IOATSystem", "CISAL"]),
+        // Debian's libdpdk.pc cannot be read by SwiftPM (a comment line), so the paths and libraries are
+        // spelled out; Swift itself sees only the shim's own header.
+        .target(
+            name: "CDPDK",
+            cSettings: [
+                .unsafeFlags(["-I/usr/include/dpdk", "-I/usr/include/\(dpdkArchitecture)-linux-gnu/dpdk"], .when(traits: ["DPDK"])),
+            ],
+            linkerSettings: [
+                .linkedLibrary("rte_eal", .when(traits: ["DPDK"])),
+                .linkedLibrary("rte_dmadev", .when(traits: ["DPDK"])),
+            ]
+        ),
+        .target(name: "IOATDPDK", dependencies: ["CDPDK", "IOATEngine", "IOATProtocol", "IOATSystem"]),
         .target(
             name: "IOATServer",
             dependencies: [
@@ -57,7 +81,7 @@ let package = Package(
         .executableTarget(
             name: "ioatd",
             dependencies: [
-                "IOATServer", "IOATEngine",
+                "IOATServer", "IOATEngine", "IOATDPDK",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -75,6 +99,7 @@ let package = Package(
             name: "IOATIntegrationTests",
             dependencies: [
                 "IOATClient", "IOATConformance", "IOATProtocol", "IOATSystem", "IOATEngine", "IOATServer", "IOATTestKit",
+                "IOATDPDK",
                 "ioatd", "ioatctl",
             ]
         ),

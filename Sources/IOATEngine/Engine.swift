@@ -92,6 +92,15 @@ public protocol EngineChannel: AnyObject, Sendable {
     func reset()
     /// Stops the channel's workers after the ops already submitted finish.
     func shutdown()
+    /// What runs `opcode` on this channel: "cpu" or a device driver's name (for status).
+    func runner(of opcode: Opcode) -> String
+    /// Engine-specific facts for status (device, driver, counters), as name/value pairs.
+    var details: [(String, String)] { get }
+}
+
+extension EngineChannel {
+    public func runner(of opcode: Opcode) -> String { "cpu" }
+    public var details: [(String, String)] { [] }
 }
 
 /// A set of channels sharing one completion notifier.
@@ -111,4 +120,16 @@ public protocol Engine: AnyObject, Sendable {
     func disarmNotifier()
     /// Stops every channel.
     func shutdown()
+    /// Makes `memory` (page-aligned, a whole number of `pageSize` pages) reachable by the engine's
+    /// devices, for as long as the returned object lives; nil when nothing was needed. Called for every
+    /// server-allocated and client-registered buffer before it is used.
+    func register(memory: UnsafeMutableRawBufferPointer, pageSize: Int) throws(SystemError) -> AnyObject?
+    /// Engine-wide facts for status, as name/value pairs.
+    var details: [(String, String)] { get }
+}
+
+extension Engine {
+    /// CPU threads reach every mapping; nothing to do.
+    public func register(memory: UnsafeMutableRawBufferPointer, pageSize: Int) throws(SystemError) -> AnyObject? { nil }
+    public var details: [(String, String)] { [] }
 }

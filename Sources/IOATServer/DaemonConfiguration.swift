@@ -18,8 +18,10 @@ public struct ConfigurationError: Error, CustomStringConvertible, Sendable {
 public struct DaemonConfiguration: Sendable {
     /// The server's settings.
     public var server: ServerConfiguration
-    /// Engine kind: "cpu".
+    /// Engine kind: "cpu", or "dpdk" in a build with the `DPDK` trait.
     public var engine = "cpu"
+    /// EAL arguments for the DPDK engine, split on spaces (no quoting).
+    public var dpdkEALArguments: [String] = []
     /// Channels; nil: one per CPU but one.
     public var channels: Int? = nil
     /// Whether CPU workers get CPUs of their own.
@@ -52,7 +54,7 @@ public struct DaemonConfiguration: Sendable {
             throw ConfigurationError(source: source, line: nil, message: "\(error)")
         }
         var config = defaults
-        var reader = Reader(text: text, source: source)
+        let reader = Reader(text: text, source: source)
         try reader.check(table, sections: ["server", "engine", "buffers", "limits"])
         if let s = try reader.section(table, "server") {
             try reader.keys(s, "server", ["socket", "socket_mode", "log_level", "busy_poll_us", "drain_timeout_ms", "max_connections"])
@@ -74,11 +76,14 @@ public struct DaemonConfiguration: Sendable {
             if let v = try reader.int(s, "server", "max_connections", 1...65_536) { config.server.maxConnections = v }
         }
         if let s = try reader.section(table, "engine") {
-            try reader.keys(s, "engine", ["kind", "channels", "pin_workers", "window"])
+            try reader.keys(s, "engine", ["kind", "channels", "pin_workers", "window", "dpdk_eal_args"])
             if let v = try reader.string(s, "engine", "kind") {
-                guard v == "cpu" else { throw reader.error("engine", "kind", "\"\(v)\" is not an engine this build has (cpu)") }
+                guard Self.engines.contains(v) else {
+                    throw reader.error("engine", "kind", "\"\(v)\" is not an engine this build has (\(Self.engines.joined(separator: ", ")))")
+                }
                 config.engine = v
             }
+            if let v = try reader.string(s, "engine", "dpdk_eal_args") { config.dpdkEALArguments = Self.splitArguments(v) }
             if let v = try reader.int(s, "engine", "channels", 0...64) { config.channels = v == 0 ? nil : v }
             if let v = try reader.bool(s, "engine", "pin_workers") { config.pinWorkers = v }
             if let v = try reader.int(s, "engine", "window", 1...4096) { config.server.engineWindow = v }
@@ -97,6 +102,20 @@ public struct DaemonConfiguration: Sendable {
             if let v = try reader.int(s, "limits", "max_descriptors", 1...1000) { config.server.maxDescriptors = v }
         }
         return config
+    }
+
+    /// The engines this build has: "dpdk" only with the `DPDK` trait.
+    public static var engines: [String] {
+        #if DPDK
+        ["cpu", "dpdk"]
+        #else
+        ["cpu"]
+        #endif
+    }
+
+    /// Splits an argument string on spaces and tabs (EAL arguments never need quoting).
+    public static func splitArguments(_ text: String) -> [String] {
+        text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).map(String.init)
     }
 
     /// Typed access to a parsed table that reports the offending line.

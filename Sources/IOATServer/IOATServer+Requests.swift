@@ -178,10 +178,20 @@ extension IOATServer {
                 logger.debug("mlock failed; buffer not locked", metadata: ["client": "\(connection.id)", "error": "\(error)"])
             }
         }
-        let buffer = SharedBuffer(handle: handle, mapping: mapping, flags: flags, pageSize: pageSize)
+        let buffer = SharedBuffer(handle: handle, mapping: mapping, flags: flags, pageSize: pageSize,
+                                  registration: try registerWithEngine(mapping, pageSize: pageSize, what: "ALLOC of \(request.size) bytes"))
         connection.buffers[handle] = buffer
         connection.bufferBytes += buffer.size
         reply(connection, .allocReply(buffer.reply), requestID: requestID, fds: [fd])
+    }
+
+    /// Makes a new buffer's mapping reachable by the engine's devices (nothing for the CPU engine).
+    private func registerWithEngine(_ mapping: Mapping, pageSize: UInt64, what: String) throws(ProtocolError) -> AnyObject? {
+        do throws(SystemError) {
+            return try engine.register(memory: mapping.unsafeBytes, pageSize: Int(pageSize))
+        } catch {
+            throw ProtocolError(.noMemory, "\(what): making it DMA-addressable failed: \(error)")
+        }
     }
 
     /// Maps a client memfd as a new buffer (SPEC.md §5.2) and returns its description.
@@ -225,8 +235,10 @@ extension IOATServer {
         }
         let smallPage = UInt64(sysconf(Int32(_SC_PAGESIZE)))
         if blockSize > smallPage { flags.insert(.hugepages) }
+        let pageSize = max(blockSize, smallPage)
+        let registration = try registerWithEngine(mapping, pageSize: pageSize, what: "REGISTER of a memfd of \(size) bytes")
         let handle = nextHandle(connection)
-        let buffer = SharedBuffer(handle: handle, mapping: mapping, flags: flags, pageSize: max(blockSize, smallPage))
+        let buffer = SharedBuffer(handle: handle, mapping: mapping, flags: flags, pageSize: pageSize, registration: registration)
         connection.buffers[handle] = buffer
         connection.bufferBytes += buffer.size
         return buffer.reply

@@ -78,6 +78,7 @@ extension IOATServer {
         j.field("connections", connections.count)
         j.field("connections_accepted", connectionsAccepted)
         j.field("connections_refused", connectionsRefused)
+        for (key, value) in engine.details { j.field(key, value) }
         j.endObject()
         j.beginArray("channels")
         for s in schedulers {
@@ -86,8 +87,20 @@ extension IOATServer {
             j.field("index", info.index)
             j.field("name", info.name)
             j.field("engine", info.engine == .cpu ? "cpu" : "dpdk")
-            j.field("hardware_version", info.hardwareVersion)
+            // A DPDK channel's hardware version is its driver's name; the CPU engine's is the wire number (0).
+            let details = s.engine.details
+            if let driver = details.first(where: { $0.0 == "hardware_version" }) {
+                j.field("hardware_version", driver.1)
+            } else {
+                j.field("hardware_version", info.hardwareVersion)
+            }
             j.field("opcodes", Opcode.allCases.filter(info.supports).map(\.name).joined(separator: ","))
+            // Which engine runs which op: on the DPDK engine, copy (and fill where the device has it)
+            // run on the device and the rest on the CPU.
+            j.beginObject("runs")
+            for opcode in Opcode.allCases where info.supports(opcode) { j.field(opcode.name, s.engine.runner(of: opcode)) }
+            j.endObject()
+            for (key, value) in details where key != "hardware_version" { j.field(key, value) }
             j.field("max_transfer", info.maxTransfer)
             j.field("max_depth", info.maxDepth)
             j.field("max_coalesce_us", info.maxCoalesceMicroseconds)

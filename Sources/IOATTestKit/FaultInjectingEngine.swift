@@ -38,6 +38,10 @@ public final class FaultInjectingEngine: Engine, @unchecked Sendable {
     }
     public func disarmNotifier() { inner.disarmNotifier() }
     public func shutdown() { inner.shutdown() }
+    public func register(memory: UnsafeMutableRawBufferPointer, pageSize: Int) throws(SystemError) -> AnyObject? {
+        try inner.register(memory: memory, pageSize: pageSize)
+    }
+    public var details: [(String, String)] { inner.details }
 }
 
 /// One wrapped channel. Like every channel it is driven from one thread (the event loop).
@@ -61,6 +65,8 @@ final class FaultyChannel: EngineChannel, @unchecked Sendable {
     }
 
     var info: ChannelInfo { inner.info }
+    var details: [(String, String)] { inner.details }
+    func runner(of opcode: Opcode) -> String { inner.runner(of: opcode) }
     var freeSlots: Int { inner.freeSlots }
     var hasCompletions: Bool { !held.isEmpty || inner.hasCompletions }
     /// Whether completions are held back by a delay.

@@ -27,6 +27,8 @@ struct Bench: AsyncParsableCommand {
     var smallBatch = 32
     @Option(help: "Channel to use (default: the server picks).")
     var channel: UInt32?
+    @Option(help: "A second ioatd's socket (say a CPU-engine server beside a DPDK one): every figure is also measured there, in the same rounds against the same baseline, and printed beside the first.")
+    var beside: String?
     @Flag(help: "Print JSON.")
     var json = false
 
@@ -41,6 +43,35 @@ struct Bench: AsyncParsableCommand {
         /// Lowest and highest per-round ratio.
         var ratioMin: Double
         var ratioMax: Double
+        /// The same figure on the --beside server.
+        var beside: Beside?
+    }
+
+    struct Beside: Codable {
+        var engine: String
+        var ioatdGBps: Double
+        var ratio: Double
+        var ratioMin: Double
+        var ratioMax: Double
+    }
+
+    /// One server under measurement: its buffers and queue.
+    struct Target {
+        var client: IOATClient
+        var engine: String
+        var src: IOATBuffer
+        var dst: IOATBuffer
+        var queue: IOATQueue
+
+        static func open(_ client: IOATClient, size: Int, channel: UInt32?, depth: Int) async throws -> Target {
+            let src = try await client.allocate(size: size)
+            let dst = try await client.allocate(size: size)
+            src.fillPseudoRandom(0..<size, seed: 1)
+            dst.fillPseudoRandom(0..<size, seed: 2)
+            let queue = try await client.openQueue(channel: channel, depth: depth)
+            let engine = client.server.channels.first { $0.index == queue.channel }.map { $0.engine == .cpu ? "cpu" : "dpdk" } ?? "?"
+            return Target(client: client, engine: engine, src: src, dst: dst, queue: queue)
+        }
     }
 
     /// Seconds of one measurement in one round.
@@ -77,34 +108,52 @@ struct Bench: AsyncParsableCommand {
         let opList = ops.split(separator: ",").map(String.init)
         for op in opList where !["copy", "fill", "crc32c"].contains(op) { throw ValidationError("unknown op \(op)") }
         guard depth > 0 else { throw ValidationError("--depth must be above 0") }
-        let client = try await connection.connect()
         let largest = sizeList.max() ?? 4096
-        let src = try await client.allocate(size: largest)
-        let dst = try await client.allocate(size: largest)
-        src.fillPseudoRandom(0..<largest, seed: 1)
-        dst.fillPseudoRandom(0..<largest, seed: 2)
-        let queue = try await client.openQueue(channel: channel, depth: max(depth, smallBatch * 4))
-        let engine = client.server.channels.first { $0.index == queue.channel }.map { $0.engine == .cpu ? "cpu" : "dpdk" } ?? "?"
-        var report = Report(engine: engine, channels: client.server.channels.count, hugepages: src.isHugepageBacked, rows: [])
+        let queueDepth = max(depth, smallBatch * 4)
+        let main = try await Target.open(try await connection.connect(), size: largest, channel: channel, depth: queueDepth)
+        var other: Target? = nil
+        if let beside {
+            let client: IOATClient
+            do {
+                client = try await IOATClient.connect(path: beside)
+            } catch {
+                throw CLIError("cannot connect to the --beside ioatd at \(beside): \(error)")
+            }
+            other = try await Target.open(client, size: largest, channel: nil, depth: queueDepth)
+        }
+        let (client, src, dst, queue) = (main.client, main.src, main.dst, main.queue)
+        var report = Report(engine: main.engine, channels: client.server.channels.count, hugepages: src.isHugepageBacked, rows: [])
         if !json {
-            print("ioatd bench: engine \(engine), channel \(queue.channel), depth \(depth), buffers on \(src.isHugepageBacked ? "hugepages" : "4 KiB pages"), \(seconds) s per figure")
-            print("op       size   baseline GB/s   ioatd GB/s   ratio (min-max of \(rounds) rounds)")
+            print("ioatd bench: engine \(main.engine), channel \(queue.channel), depth \(depth), buffers on \(src.isHugepageBacked ? "hugepages" : "4 KiB pages"), \(seconds) s per figure")
+            if let other { print("beside it: engine \(other.engine) at \(beside!), channel \(other.queue.channel), measured in the same rounds") }
+            print("op       size   baseline GB/s   \(Self.pad(main.engine, 4, right: true)) GB/s   ratio (min-max of \(rounds) rounds)"
+                  + (other.map { "   \(Self.pad($0.engine, 4, right: true)) GB/s   ratio (min-max)" } ?? ""))
         }
         for op in opList {
             for size in sizeList {
                 var baselines: [Double] = []
                 var served: [Double] = []
+                var servedBeside: [Double] = []
                 for _ in 0..<max(1, rounds) {
                     baselines.append(measureBaseline(op: op, size: size, src: src, dst: dst))
                     served.append(try await measureServer(op: op, size: size, queue: queue, src: src, dst: dst))
+                    if let other {
+                        servedBeside.append(try await measureServer(op: op, size: size, queue: other.queue, src: other.src, dst: other.dst))
+                    }
                 }
                 let ratios = zip(served, baselines).map { $0 / $1 }
-                let row = Row(op: op, size: size, depth: depth, baselineGBps: Self.median(baselines), ioatdGBps: Self.median(served),
+                var row = Row(op: op, size: size, depth: depth, baselineGBps: Self.median(baselines), ioatdGBps: Self.median(served),
                               ratio: Self.median(ratios), ratioMin: ratios.min()!, ratioMax: ratios.max()!)
+                if let other {
+                    let besideRatios = zip(servedBeside, baselines).map { $0 / $1 }
+                    row.beside = Beside(engine: other.engine, ioatdGBps: Self.median(servedBeside), ratio: Self.median(besideRatios),
+                                        ratioMin: besideRatios.min()!, ratioMax: besideRatios.max()!)
+                }
                 report.rows.append(row)
                 if !json {
                     print(Self.pad(op, 7) + " " + Self.pad(Self.label(size), 6, right: true)
-                          + String(format: " %15.2f %12.2f %7.2f  (%.2f-%.2f)", row.baselineGBps, row.ioatdGBps, row.ratio, row.ratioMin, row.ratioMax))
+                          + String(format: " %15.2f %12.2f %7.2f  (%.2f-%.2f)", row.baselineGBps, row.ioatdGBps, row.ratio, row.ratioMin, row.ratioMax)
+                          + (row.beside.map { String(format: "     %12.2f %7.2f  (%.2f-%.2f)", $0.ioatdGBps, $0.ratio, $0.ratioMin, $0.ratioMax) } ?? ""))
                 }
             }
         }

@@ -2,6 +2,9 @@ import ArgumentParser
 import Glibc
 import IOATEngine
 import IOATServer
+#if DPDK
+import IOATDPDK
+#endif
 import IOATSystem
 import Logging
 
@@ -19,6 +22,8 @@ struct IOATDaemon: ParsableCommand {
 
     enum EngineKind: String, ExpressibleByArgument, CaseIterable {
         case cpu
+        /// DPDK dmadev (I/OAT, DSA, dma_skeleton): only in a build with the `DPDK` trait.
+        case dpdk
     }
 
     @Option(help: "TOML configuration file (see deploy/ioatd.toml).")
@@ -29,6 +34,10 @@ struct IOATDaemon: ParsableCommand {
 
     @Option(help: "Engine that runs the ops.")
     var engine: EngineKind?
+
+    @Option(parsing: .unconditional, help: ArgumentHelp("EAL arguments for --engine dpdk, one string split on spaces.",
+                               discussion: "For example: --no-huge --no-pci -m 256 -d <pmds dir>/librte_dma_skeleton.so --vdev=dma_skeleton"))
+    var dpdkEalArgs: String?
 
     @Option(help: "Number of channels (CPU engine: one worker thread each). Default: one fewer than the CPUs available, at least 1.")
     var channels: Int?
@@ -65,7 +74,14 @@ struct IOATDaemon: ParsableCommand {
             }
         }
         if let socket { settings.server.socketPath = socket }
-        if let engine { settings.engine = engine.rawValue }
+        if let engine {
+            guard DaemonConfiguration.engines.contains(engine.rawValue) else {
+                FileHandle.standardError.write("ioatd: --engine \(engine.rawValue): this ioatd was built without it; build with `swift build --traits DPDK` (make build-dpdk)\n")
+                throw ExitCode(2)
+            }
+            settings.engine = engine.rawValue
+        }
+        if let dpdkEalArgs { settings.dpdkEALArguments = DaemonConfiguration.splitArguments(dpdkEalArgs) }
         if let channels { settings.channels = channels }
         if let pinWorkers { settings.pinWorkers = pinWorkers }
         if let logLevel { settings.logLevel = logLevel }
@@ -125,21 +141,51 @@ struct IOATDaemon: ParsableCommand {
             if !directory.isEmpty { mkdir(directory, 0o755) }
         }
 
-        let cpus = Affinity.current()
-        let channelCount = settings.channels ?? max(1, cpus.count - 1)
-        let plan = Affinity.Plan(workerCount: channelCount, cpus: cpus, enabled: settings.pinWorkers)
-        let cpu = try CPUEngine(channelCount: channelCount, busyPollMicroseconds: config.busyPollMicroseconds, workerCPUs: plan.workers)
-        if !plan.others.isEmpty { try Affinity.pinCurrentThread(to: plan.others) }
-        logger.info("engine started", metadata: [
-            "engine": "cpu", "channels": "\(channelCount)",
-            "worker_cpus": "\(plan.workers.map { $0.map(String.init) ?? "any" }.joined(separator: ","))",
-            "event_loop_cpus": "\(plan.others.isEmpty ? "any" : plan.others.map(String.init).joined(separator: ","))",
-        ])
-        let server = try IOATServer(configuration: config, engine: cpu, logger: logger, listener: listener, signals: signals,
+        let engine: any Engine
+        if settings.engine == "dpdk" {
+            guard let dpdk = startDPDK(settings, busyPoll: config.busyPollMicroseconds, logger: logger) else {
+                return "the DPDK engine did not start (see the log line above)"
+            }
+            engine = dpdk
+        } else {
+            let cpus = Affinity.current()
+            let channelCount = settings.channels ?? max(1, cpus.count - 1)
+            let plan = Affinity.Plan(workerCount: channelCount, cpus: cpus, enabled: settings.pinWorkers)
+            engine = try CPUEngine(channelCount: channelCount, busyPollMicroseconds: config.busyPollMicroseconds, workerCPUs: plan.workers)
+            if !plan.others.isEmpty { try Affinity.pinCurrentThread(to: plan.others) }
+            logger.info("engine started", metadata: [
+                "engine": "cpu", "channels": "\(channelCount)",
+                "worker_cpus": "\(plan.workers.map { $0.map(String.init) ?? "any" }.joined(separator: ","))",
+                "event_loop_cpus": "\(plan.others.isEmpty ? "any" : plan.others.map(String.init).joined(separator: ","))",
+            ])
+        }
+        let server = try IOATServer(configuration: config, engine: engine, logger: logger, listener: listener, signals: signals,
                                     notifier: Systemd.notifier())
         try server.run()
         return nil
     }
+}
+
+/// Starts the DPDK engine, logging why when it cannot.
+private func startDPDK(_ settings: DaemonConfiguration, busyPoll: Int, logger: Logger) -> (any Engine)? {
+    #if DPDK
+    var options = DPDKEngine.Options(ealArguments: settings.dpdkEALArguments)
+    options.busyPollMicroseconds = busyPoll
+    do throws(DPDKEngine.StartError) {
+        let engine = try DPDKEngine(options: options)
+        logger.info("engine started", metadata: [
+            "engine": "dpdk", "channels": "\(engine.channels.count)", "iova": "\(engine.iovaIsVirtual ? "va" : "pa")",
+            "devices": "\(engine.devices.map { "\($0.name) (\($0.driver))" }.joined(separator: ", "))",
+        ])
+        return engine
+    } catch {
+        logger.critical("DPDK engine failed to start", metadata: ["error": "\(error)"])
+        return nil
+    }
+    #else
+    logger.critical("this ioatd was built without the DPDK engine; build with `swift build --traits DPDK`")
+    return nil
+    #endif
 }
 
 extension FileHandle {

@@ -119,3 +119,22 @@ struct EngineTests {
         #expect(engine.channels.allSatisfy { c in Opcode.allCases.allSatisfy(c.info.supports) })
     }
 }
+
+@Suite("dmadev status mapping")
+struct DmadevStatusTests {
+    @Test("Every rte_dma_status_code maps to the SPEC.md §6.5 status that says the same, and nothing else guesses")
+    func mapping() {
+        let expected: [UInt32: CompletionStatus] = [
+            0: .success, 1: .userAbort, 2: .notAttempted, 3: .invalidSourceAddress, 4: .invalidDestinationAddress,
+            5: .engineError, 6: .invalidLength, 7: .invalidOpcode, 8: .busReadError, 9: .busWriteError, 10: .engineError,
+            11: .dataPoison, 12: .engineError, 13: .engineError, 14: .pageFault, 0x100: .engineError,
+        ]
+        #expect(DmadevStatus.allCases.count == expected.count)
+        for (raw, status) in expected {
+            #expect(DmadevStatus.completionStatus(raw: raw) == status, "dmadev status \(raw)")
+        }
+        // Values a later DPDK adds are failures, never success.
+        for raw: UInt32 in [15, 99, 0x101, .max] { #expect(DmadevStatus.completionStatus(raw: raw) == .engineError) }
+        #expect(DmadevStatus.dataPoison.name == "RTE_DMA_STATUS_DATA_POISION")
+    }
+}
