@@ -1,6 +1,7 @@
 import DequeModule
 import IOATEngine
 import IOATProtocol
+import IOATSystem
 
 /// An op (or a piece of one) the engine holds, remembered by ring-window slot; the slot number is the
 /// engine cookie.
@@ -22,12 +23,41 @@ struct InflightOp {
     static var empty: InflightOp { InflightOp(queue: nil) }
 }
 
-/// Feeds one engine channel from the queues that share it: round-robin, one op per queue per turn,
-/// never more than `window` ops in the engine. Runs on the event-loop thread only.
+/// One tenant's place on one channel: its queues with pending ops, served round-robin, and its
+/// deficit-round-robin account.
+final class Lane {
+    let tenant: Tenant
+    /// Queues with pending ops, in turn order.
+    var queues: Deque<Queue> = []
+    /// Cost it may still be served in its current turn.
+    var deficit = 0
+    /// Whether its turn has started (its quantum was added).
+    var inTurn = false
+    /// Whether it is in the channel's active list.
+    var isActive = false
+
+    init(tenant: Tenant) { self.tenant = tenant }
+}
+
+/// Feeds one engine channel from the queues that share it, fairly between tenants: deficit round robin
+/// (Shreedhar and Varghese) over the tenants backlogged on the channel, where an op costs its bytes plus
+/// a fixed per-op cost and a tenant's turn is worth `quantum × weight`. So tenants backlogged on a
+/// channel are served in proportion to their weights whatever their op sizes, and an idle tenant's
+/// share goes to the others. Within a tenant, its queues take turns one op (or piece) at a time.
+/// The engine never holds more than `window` ops or (beyond one op) `windowBytes` bytes.
+/// Runs on the event-loop thread only.
 final class ChannelScheduler {
     let engine: any EngineChannel
-    /// Queues with pending ops, in turn order.
-    private var active: Deque<Queue>
+    /// Tenants with pending ops on this channel, in turn order.
+    private var active: Deque<Lane>
+    /// Every tenant's lane on this channel.
+    private var lanes: [ObjectIdentifier: Lane] = [:]
+    /// Fair-scheduling parameters (ServerConfiguration).
+    let opCost: Int
+    let quantum: Int
+    let windowBytes: Int
+    /// Bytes in the engine now.
+    private(set) var bytesInEngine = 0
     private var slots: [InflightOp]
     private var freeSlots: [Int]
     /// Per slot, room for the XOR source pointers the engine reads while the op runs.
@@ -53,8 +83,11 @@ final class ChannelScheduler {
     /// Largest piece the engine takes (a multiple of 8, so FILL and COMPARE_PATTERN keep their phase).
     let maxTransfer: Int
 
-    init(engine: any EngineChannel, window: Int) {
+    init(engine: any EngineChannel, window: Int, windowBytes: Int = 16 << 20, opCost: Int = 4096, quantum: Int = 256 << 10) {
         self.engine = engine
+        self.windowBytes = max(1, windowBytes)
+        self.opCost = max(0, opCost)
+        self.quantum = max(1, quantum)
         maxTransfer = max(8, Int(clamping: min(engine.info.maxTransfer, UInt64(Int.max))) & ~7)
         let window = max(1, min(window, engine.info.maxDepth == 0 ? window : Int(engine.info.maxDepth)))
         active = Deque(minimumCapacity: 64)
@@ -68,16 +101,41 @@ final class ChannelScheduler {
     /// Ops in the engine now.
     var inEngine: Int { slots.count - freeSlots.count }
     /// Ops waiting in queues for this channel's window.
-    var pendingCount: Int { active.reduce(0) { $0 + $1.pending.count } }
+    var pendingCount: Int { active.reduce(0) { $0 + $1.queues.reduce(0) { $0 + $1.pending.count } } }
     /// Whether no op is in the engine or waiting for it.
     var isIdle: Bool { inEngine == 0 && active.isEmpty }
 
-    /// Puts `queue` in the turn order if it has pending ops and is not there yet.
+    /// The lane of `tenant` on this channel (made on first use).
+    func lane(for tenant: Tenant) -> Lane {
+        let key = ObjectIdentifier(tenant)
+        if let lane = lanes[key] { return lane }
+        let lane = Lane(tenant: tenant)
+        lanes[key] = lane
+        return lane
+    }
+
+    /// Drops the lane of a tenant that has gone (its queues are no longer scheduled).
+    func forget(_ tenant: Tenant) {
+        lanes[ObjectIdentifier(tenant)] = nil
+    }
+
+    /// Puts `queue` in its tenant's turn order, and the tenant in the channel's, if it has pending ops
+    /// and is not there yet.
     func schedule(_ queue: Queue) {
         guard !queue.isScheduled, !queue.pending.isEmpty else { return }
         queue.isScheduled = true
-        active.append(queue)
+        let lane = queue.lane
+        lane.queues.append(queue)
+        if !lane.isActive {
+            lane.isActive = true
+            lane.inTurn = false
+            lane.deficit = 0
+            active.append(lane)
+        }
     }
+
+    /// The cost fair scheduling charges for `bytes` of one op or piece.
+    func cost(_ bytes: Int) -> Int { bytes + opCost }
 
     /// Moves pending ops into the engine while the window has room, then rings the doorbell once.
     /// A FENCE op waits until every earlier op of its queue has completed (SPEC.md §6.2).
@@ -85,16 +143,34 @@ final class ChannelScheduler {
         // A halted channel takes nothing new until everything it held has come back and it is reset.
         guard !recovering else { return }
         var started = false
-        while !freeSlots.isEmpty, engine.freeSlots > 0, let queue = active.popFirst() {
-            queue.isScheduled = false
-            guard queue.connection != nil, let op = queue.pending.first else { continue }
+        var now: UInt64 = 0
+        while !freeSlots.isEmpty, engine.freeSlots > 0, inEngine == 0 || bytesInEngine < windowBytes, let lane = active.first {
+            guard let queue = lane.queues.first else {
+                // Nothing left to run: the tenant leaves the turn order, and its unused deficit with it.
+                active.removeFirst()
+                lane.isActive = false
+                lane.deficit = 0
+                continue
+            }
+            guard queue.connection != nil, let op = queue.pending.first else {
+                lane.queues.removeFirst()
+                queue.isScheduled = false
+                continue
+            }
             if op.dispatched == 0 && op.isFenced {
                 // Re-scheduled by `complete` when its last in-engine op finishes.
-                if queue.inEngine > 0 { continue }
+                if queue.inEngine > 0 {
+                    lane.queues.removeFirst()
+                    queue.isScheduled = false
+                    continue
+                }
                 if queue.failedSinceFence {
                     queue.pending.removeFirst()
                     skip(queue, op)
-                    schedule(queue)
+                    if queue.pending.isEmpty {
+                        lane.queues.removeFirst()
+                        queue.isScheduled = false
+                    }
                     continue
                 }
             }
@@ -116,8 +192,36 @@ final class ChannelScheduler {
                     start += segment.length
                 }
             }
+            // Deficit round robin: a turn adds quantum × weight; a tenant whose next piece costs more
+            // than it has left goes to the back with what it has. Alone, a tenant is never held back.
+            let charge = cost(pieceLength)
+            if !lane.inTurn {
+                lane.inTurn = true
+                lane.deficit += quantum * max(1, lane.tenant.limits.weight)
+            }
+            if lane.deficit < charge {
+                if active.count == 1 {
+                    lane.deficit = charge
+                } else {
+                    lane.inTurn = false
+                    active.removeFirst()
+                    active.append(lane)
+                    continue
+                }
+            }
+            lane.deficit -= charge
+            lane.tenant.served += UInt64(charge)
+            // The tenant's queues take turns one op or piece at a time.
+            lane.queues.removeFirst()
+            queue.isScheduled = false
+
             let isLast = offset + pieceLength == op.length
             if offset == 0 && op.isFenced { queue.failedSinceFence = false }
+            if offset == 0 {
+                if now == 0 { now = Clock.nanoseconds() }
+                queue.pending[queue.pending.startIndex].startedAt = now
+            }
+            let head = queue.pending[queue.pending.startIndex]
             if isLast {
                 queue.pending.removeFirst()
             } else {
@@ -129,7 +233,7 @@ final class ChannelScheduler {
                 if !isLast { flags.subtract([.crcStore, .crcTest, .crcInline]) }
             }
             let slot = freeSlots.removeLast()
-            slots[slot] = InflightOp(queue: queue, op: op, length: pieceLength, pieceOffset: offset, isLastPiece: isLast)
+            slots[slot] = InflightOp(queue: queue, op: head, length: pieceLength, pieceOffset: offset, isLastPiece: isLast)
             var sources: UnsafePointer<UnsafeRawPointer>? = nil
             if let list = op.sources {
                 let base = sourceTable + slot * Descriptor.xorSources.upperBound
@@ -148,6 +252,7 @@ final class ChannelScheduler {
                 crcState: queue.crcState, sources: sources))
             precondition(accepted, "engine refused an op although it reported free slots")
             queue.inEngine += 1
+            bytesInEngine += pieceLength
             started = true
             schedule(queue)
         }
@@ -159,6 +264,7 @@ final class ChannelScheduler {
         let op = slots[slot]
         slots[slot] = .empty
         freeSlots.append(slot)
+        bytesInEngine -= op.length
         return op
     }
 

@@ -9,16 +9,55 @@ final class Connection {
     let id: UInt64
     let fd: FileDescriptor
     let peer: PeerCredentials
+    /// Every connection of the peer's uid shares one tenant (policy limits, fair share, statistics).
+    let tenant: Tenant
     let connectedAt: Double
     var negotiated = false
     /// The version messages are framed with: 1 until HELLO_OK, then the negotiated one.
     var version: UInt16 = 1
 
-    var buffers: [UInt32: SharedBuffer] = [:]
-    var nextHandle: UInt32 = 1
-    var bufferBytes: UInt64 = 0
-    var queues: [UInt32: Queue] = [:]
-    var nextQueue: UInt32 = 1
+    /// Buffers and queues by handle. Handle numbers are unique across the server's connections, so a
+    /// number taken from another connection names nothing here (SPEC.md §5.2).
+    private(set) var buffers: [UInt32: SharedBuffer] = [:]
+    private(set) var bufferBytes: UInt64 = 0
+    private(set) var queues: [UInt32: Queue] = [:]
+
+    /// Adds a buffer, counting its bytes for the connection and its tenant.
+    func add(_ buffer: SharedBuffer) {
+        buffers[buffer.handle] = buffer
+        bufferBytes += buffer.size
+        tenant.bufferBytes += buffer.size
+    }
+
+    /// Removes a buffer; nil when `handle` names none.
+    func removeBuffer(_ handle: UInt32) -> SharedBuffer? {
+        guard let buffer = buffers.removeValue(forKey: handle) else { return nil }
+        bufferBytes -= buffer.size
+        tenant.bufferBytes -= buffer.size
+        return buffer
+    }
+
+    /// Adds a queue, counting it and its depth for the tenant.
+    func add(_ queue: Queue) {
+        queues[queue.id] = queue
+        tenant.queues += 1
+        tenant.inflightCapacity += queue.depth
+    }
+
+    /// Removes a queue; nil when `id` names none.
+    func removeQueue(_ id: UInt32) -> Queue? {
+        guard let queue = queues.removeValue(forKey: id) else { return nil }
+        tenant.queues -= 1
+        tenant.inflightCapacity -= queue.depth
+        return queue
+    }
+
+    /// Gives back everything the connection held to its tenant's account (the connection is closing).
+    func releaseAll() {
+        for id in Array(queues.keys) { _ = removeQueue(id) }
+        for handle in Array(buffers.keys) { _ = removeBuffer(handle) }
+        tenant.connections -= 1
+    }
 
     /// One packet of receive space (plus one byte, so an oversized packet shows as truncated).
     let receiveBuffer: UnsafeMutableRawBufferPointer
@@ -46,10 +85,12 @@ final class Connection {
     var requests: UInt64 = 0
     var errors: UInt64 = 0
 
-    init(id: UInt64, fd: FileDescriptor, peer: PeerCredentials, maxMessage: Int, now: Double) {
+    init(id: UInt64, fd: FileDescriptor, peer: PeerCredentials, tenant: Tenant, maxMessage: Int, now: Double) {
         self.id = id
         self.fd = fd
         self.peer = peer
+        self.tenant = tenant
+        tenant.connections += 1
         connectedAt = now
         receiveBuffer = .allocate(byteCount: maxMessage + 1, alignment: 16)
         scratch = WireWriter(capacity: maxMessage)

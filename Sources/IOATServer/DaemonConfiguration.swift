@@ -55,7 +55,7 @@ public struct DaemonConfiguration: Sendable {
         }
         var config = defaults
         let reader = Reader(text: text, source: source)
-        try reader.check(table, sections: ["server", "engine", "buffers", "limits"])
+        try reader.check(table, sections: ["server", "engine", "buffers", "limits", "policy"])
         if let s = try reader.section(table, "server") {
             try reader.keys(s, "server", ["socket", "socket_mode", "log_level", "busy_poll_us", "drain_timeout_ms", "max_connections"])
             if let v = try reader.string(s, "server", "socket") { config.server.socketPath = v }
@@ -76,7 +76,8 @@ public struct DaemonConfiguration: Sendable {
             if let v = try reader.int(s, "server", "max_connections", 1...65_536) { config.server.maxConnections = v }
         }
         if let s = try reader.section(table, "engine") {
-            try reader.keys(s, "engine", ["kind", "channels", "pin_workers", "window", "dpdk_eal_args"])
+            try reader.keys(s, "engine", ["kind", "channels", "pin_workers", "window", "window_bytes", "op_cost_bytes", "quantum_bytes",
+                                         "dpdk_eal_args"])
             if let v = try reader.string(s, "engine", "kind") {
                 guard Self.engines.contains(v) else {
                     throw reader.error("engine", "kind", "\"\(v)\" is not an engine this build has (\(Self.engines.joined(separator: ", ")))")
@@ -87,6 +88,9 @@ public struct DaemonConfiguration: Sendable {
             if let v = try reader.int(s, "engine", "channels", 0...64) { config.channels = v == 0 ? nil : v }
             if let v = try reader.bool(s, "engine", "pin_workers") { config.pinWorkers = v }
             if let v = try reader.int(s, "engine", "window", 1...4096) { config.server.engineWindow = v }
+            if let v = try reader.int(s, "engine", "window_bytes", 4096...(1 << 34)) { config.server.engineWindowBytes = v }
+            if let v = try reader.int(s, "engine", "op_cost_bytes", 0...(1 << 24)) { config.server.opCostBytes = v }
+            if let v = try reader.int(s, "engine", "quantum_bytes", 4096...(1 << 30)) { config.server.quantumBytes = v }
         }
         if let s = try reader.section(table, "buffers") {
             try reader.keys(s, "buffers", ["hugepages", "lock"])
@@ -101,7 +105,32 @@ public struct DaemonConfiguration: Sendable {
             if let v = try reader.int(s, "limits", "max_queue_depth", 1...65_536) { config.server.maxQueueDepth = v }
             if let v = try reader.int(s, "limits", "max_descriptors", 1...1000) { config.server.maxDescriptors = v }
         }
+        if let p = try reader.section(table, "policy") {
+            config.server.policy = try parsePolicy(p, reader)
+        }
         return config
+    }
+
+    /// `[policy.default]`, `[policy.users.<name or uid>]`, `[policy.groups.<name or gid>]`.
+    static func parsePolicy(_ table: TOMLTable, _ reader: Reader) throws(ConfigurationError) -> Policy {
+        try reader.keys(table, "policy", ["default", "users", "groups"])
+        var policy = Policy()
+        if let d = try reader.table(table, "policy", "default") {
+            policy.defaults = try reader.limits(d, "policy.default", base: TenantLimits())
+        }
+        for (kind, resolve) in [("users", Policy.resolveUser), ("groups", Policy.resolveGroup)] {
+            guard let entries = try reader.table(table, "policy", kind) else { continue }
+            for name in entries.keys.sorted() {
+                let section = "policy.\(kind).\(name)"
+                guard let entry = entries[name]?.table else { throw reader.error("policy.\(kind)", name, "must be a table ([\(section)])") }
+                guard let id = resolve(name) else {
+                    throw reader.error(nil, section, "no \(kind == "users" ? "user" : "group") named \"\(name)\" on this system")
+                }
+                let limits = try reader.limits(entry, section, base: policy.defaults)
+                if kind == "users" { policy.users[id] = limits } else { policy.groups[id] = limits }
+            }
+        }
+        return policy
     }
 
     /// The engines this build has: "dpdk" only with the `DPDK` trait.
@@ -175,6 +204,25 @@ public struct DaemonConfiguration: Sendable {
             guard let value = t[key] else { return nil }
             guard let s = value.string else { throw error(section, key, "must be a string") }
             return s
+        }
+
+        func table(_ t: TOMLTable, _ section: String, _ key: String) throws(ConfigurationError) -> TOMLTable? {
+            guard let value = t[key] else { return nil }
+            guard let sub = value.table else { throw error(section, key, "must be a table ([\(section).\(key)])") }
+            return sub
+        }
+
+        /// One policy entry over `base`.
+        func limits(_ t: TOMLTable, _ section: String, base: TenantLimits) throws(ConfigurationError) -> TenantLimits {
+            try keys(t, section, ["allowed", "max_connections", "max_buffer_bytes", "max_queues", "max_inflight", "weight"])
+            var l = base
+            if let v = try bool(t, section, "allowed") { l.allowed = v }
+            if let v = try int(t, section, "max_connections", 0...65_536) { l.maxConnections = v }
+            if let v = try int(t, section, "max_buffer_bytes", 0...Int.max) { l.maxBufferBytes = UInt64(v) }
+            if let v = try int(t, section, "max_queues", 0...65_536) { l.maxQueues = v }
+            if let v = try int(t, section, "max_inflight", 0...(1 << 24)) { l.maxInflight = v }
+            if let v = try int(t, section, "weight", 1...1000) { l.weight = v }
+            return l
         }
 
         func bool(_ t: TOMLTable, _ section: String, _ key: String) throws(ConfigurationError) -> Bool? {

@@ -109,12 +109,22 @@ extension IOATServer {
             throw ProtocolError(.quotaExceeded,
                                 "\(size) more bytes would bring this connection to \(overflow ? "more than 2^64" : "\(total)") buffer bytes; the limit is \(configuration.maxBufferBytes)")
         }
+        let tenant = connection.tenant
+        let (tenantTotal, tenantOverflow) = tenant.bufferBytes.addingReportingOverflow(size)
+        guard !tenantOverflow, tenantTotal <= tenant.limits.maxBufferBytes else {
+            tenant.refusals += 1
+            throw ProtocolError(.quotaExceeded,
+                                "\(size) more bytes would bring uid \(tenant.uid) to \(tenantOverflow ? "more than 2^64" : "\(tenantTotal)") buffer bytes over all its connections; its limit is \(tenant.limits.maxBufferBytes) (policy: \(tenant.policySource))")
+        }
     }
 
+    /// A handle number for a new buffer or queue: unique across every connection of the server (until
+    /// 2^32 handles have been made), so a number seen on another connection names nothing on this one.
     private func nextHandle(_ connection: Connection) -> UInt32 {
-        let handle = connection.nextHandle
-        connection.nextHandle = connection.nextHandle == UInt32.max ? 1 : connection.nextHandle + 1
-        return handle
+        repeat {
+            handleCounter &+= 1
+        } while handleCounter == 0 || connection.buffers[handleCounter] != nil || connection.queues[handleCounter] != nil
+        return handleCounter
     }
 
     private func handleAllocate(_ connection: Connection, _ request: Alloc, requestID: UInt64) throws(ProtocolError) {
@@ -180,8 +190,7 @@ extension IOATServer {
         }
         let buffer = SharedBuffer(handle: handle, mapping: mapping, flags: flags, pageSize: pageSize,
                                   registration: try registerWithEngine(mapping, pageSize: pageSize, what: "ALLOC of \(request.size) bytes"))
-        connection.buffers[handle] = buffer
-        connection.bufferBytes += buffer.size
+        connection.add(buffer)
         reply(connection, .allocReply(buffer.reply), requestID: requestID, fds: [fd])
     }
 
@@ -239,22 +248,26 @@ extension IOATServer {
         let registration = try registerWithEngine(mapping, pageSize: pageSize, what: "REGISTER of a memfd of \(size) bytes")
         let handle = nextHandle(connection)
         let buffer = SharedBuffer(handle: handle, mapping: mapping, flags: flags, pageSize: pageSize, registration: registration)
-        connection.buffers[handle] = buffer
-        connection.bufferBytes += buffer.size
+        connection.add(buffer)
         return buffer.reply
     }
 
     private func handleFree(_ connection: Connection, handle: UInt32, requestID: UInt64) throws(ProtocolError) {
-        guard let buffer = connection.buffers.removeValue(forKey: handle) else {
+        guard connection.removeBuffer(handle) != nil else {
             throw ProtocolError(.badHandle, "FREE of handle \(handle), which is not open on this connection")
         }
-        connection.bufferBytes -= buffer.size
         reply(connection, .freeReply, requestID: requestID)
     }
 
     private func handleOpen(_ connection: Connection, channel: UInt32, depth: UInt32, requestID: UInt64) throws(ProtocolError) {
         guard connection.queues.count < configuration.maxQueues else {
             throw ProtocolError(.quotaExceeded, "connection already has \(connection.queues.count) queues; the limit is \(configuration.maxQueues)")
+        }
+        let tenant = connection.tenant
+        guard tenant.queues < tenant.limits.maxQueues else {
+            tenant.refusals += 1
+            throw ProtocolError(.quotaExceeded,
+                                "uid \(tenant.uid) already has \(tenant.queues) queues over all its connections; its limit is \(tenant.limits.maxQueues) (policy: \(tenant.policySource))")
         }
         let index: Int
         if channel == Wire.anyChannel {
@@ -269,10 +282,13 @@ extension IOATServer {
         guard depth >= 1, Int(depth) <= maxDepth else {
             throw ProtocolError(.badDepth, "queue depth \(depth) is outside 1...\(maxDepth)")
         }
-        var id = connection.nextQueue
-        while connection.queues[id] != nil || id == 0 { id &+= 1 }
-        connection.nextQueue = id &+ 1
-        connection.queues[id] = Queue(id: id, channel: index, depth: Int(depth), connection: connection)
+        guard tenant.inflightCapacity + Int(depth) <= tenant.limits.maxInflight else {
+            tenant.refusals += 1
+            throw ProtocolError(.quotaExceeded,
+                                "a queue of depth \(depth) would let uid \(tenant.uid) have \(tenant.inflightCapacity + Int(depth)) descriptors in flight; its limit is \(tenant.limits.maxInflight) (policy: \(tenant.policySource))")
+        }
+        let id = nextHandle(connection)
+        connection.add(Queue(id: id, channel: index, depth: Int(depth), connection: connection, lane: schedulers[index].lane(for: tenant)))
         schedulers[index].queueCount += 1
         reply(connection, .openReply(OpenReply(queue: id, channel: UInt32(index), depth: depth)), requestID: requestID)
     }
@@ -284,7 +300,7 @@ extension IOATServer {
         guard queue.outstanding == 0 else {
             throw ProtocolError(.busy, "queue \(id) has \(queue.outstanding) ops whose completions are not delivered yet")
         }
-        connection.queues[id] = nil
+        _ = connection.removeQueue(id)
         queue.connection = nil
         schedulers[queue.channel].queueCount -= 1
         reply(connection, .closeReply, requestID: requestID)
@@ -454,8 +470,10 @@ extension IOATServer {
             parked.append(connection)
             return
         }
+        let now = Clock.nanoseconds()
         for var op in submitScratch {
             op.serial = nextSerial
+            op.acceptedAt = now
             nextSerial += 1
             queue.pending.append(op)
         }

@@ -1,4 +1,5 @@
 import Glibc
+import Histogram
 import IOATProtocol
 
 /// A minimal JSON writer for the STATUS reply (SPEC.md §5.6); keys are written in the order given.
@@ -78,6 +79,8 @@ extension IOATServer {
         j.field("connections", connections.count)
         j.field("connections_accepted", connectionsAccepted)
         j.field("connections_refused", connectionsRefused)
+        j.field("policy_reloads", policyReloads)
+        j.field("policy_reload_failures", policyReloadFailures)
         for (key, value) in engine.details { j.field(key, value) }
         j.endObject()
         j.beginArray("channels")
@@ -136,6 +139,39 @@ extension IOATServer {
             j.field("errors", c.errors)
             j.field("ops", c.queues.values.reduce(UInt64(0)) { $0 + $1.opsCompleted })
             j.field("bytes", c.queues.values.reduce(UInt64(0)) { $0 + $1.bytesCompleted })
+            j.endObject()
+        }
+        j.endArray()
+        // Tenants: one per uid with a connection. Latencies in microseconds, from SUBMIT acceptance to the
+        // engine taking the op (queue wait) and to its completion (latency).
+        j.beginArray("tenants")
+        for t in tenants.values.sorted(by: { $0.uid < $1.uid }) {
+            j.beginObject()
+            j.field("uid", t.uid)
+            j.field("gid", t.gid)
+            j.field("policy", t.policySource)
+            j.field("weight", t.limits.weight)
+            j.field("connections", t.connections)
+            j.field("max_connections", t.limits.maxConnections)
+            j.field("buffer_bytes", t.bufferBytes)
+            j.field("max_buffer_bytes", t.limits.maxBufferBytes)
+            j.field("queues", t.queues)
+            j.field("max_queues", t.limits.maxQueues)
+            j.field("inflight_capacity", t.inflightCapacity)
+            j.field("max_inflight", t.limits.maxInflight)
+            j.field("ops", t.ops)
+            j.field("bytes", t.bytes)
+            j.field("errors", t.errors)
+            j.field("refusals", t.refusals)
+            j.field("served_cost", t.served)
+            for (name, histogram) in [("queue_wait_us", t.queueWait), ("latency_us", t.latency)] {
+                j.beginObject(name)
+                for (label, p) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9)] {
+                    j.field(label, histogram.totalCount == 0 ? 0 : Double(histogram.valueAtPercentile(p)) / 1000)
+                }
+                j.field("max", histogram.totalCount == 0 ? 0 : Double(histogram.max) / 1000)
+                j.endObject()
+            }
             j.endObject()
         }
         j.endArray()

@@ -46,11 +46,21 @@ public final class IOATServer: @unchecked Sendable {
     }
     /// Acceptance order of ops, server-wide.
     var nextSerial: UInt64
+    /// The last buffer or queue handle given out, server-wide.
+    var handleCounter: UInt32 = 0
+    /// Tenant policy in force (replaced by `reloadPolicy`).
+    private(set) var policy: Policy
+    /// Tenants with at least one connection, by uid.
+    var tenants: [UInt32: Tenant] = [:]
+    /// Reads the policy again (SIGHUP); nil when there is nothing to reload from.
+    private let policySource: (@Sendable () throws(ConfigurationError) -> Policy)?
     /// A SUBMIT's resolved descriptors between validation and queueing; capacity kept across SUBMITs.
     var submitScratch: [PendingOp] = []
     /// Lifetime counters.
     var connectionsAccepted: UInt64 = 0
     var connectionsRefused: UInt64 = 0
+    var policyReloads: UInt64 = 0
+    var policyReloadFailures: UInt64 = 0
 
     private static let listenerToken: UInt64 = 0
     private static let engineToken: UInt64 = 1
@@ -64,9 +74,15 @@ public final class IOATServer: @unchecked Sendable {
     /// one stops at once.
     /// With `notifier`, the loop reports READY=1, a STATUS= line every few seconds, WATCHDOG=1 at the
     /// interval the service manager asked for, and STOPPING=1.
+    /// With `policySource`, SIGHUP (when `signals` includes it) reads the tenant policy again and applies
+    /// it to every tenant, connected or not, without dropping anyone; a policy that fails to load is
+    /// logged with its reason and the old one stays.
     public init(configuration: ServerConfiguration, engine: any Engine, logger: Logger,
-                listener: FileDescriptor? = nil, signals: SignalFD? = nil, notifier: (any ServiceNotifier)? = nil) throws(SystemError) {
+                listener: FileDescriptor? = nil, signals: SignalFD? = nil, notifier: (any ServiceNotifier)? = nil,
+                policySource: (@Sendable () throws(ConfigurationError) -> Policy)? = nil) throws(SystemError) {
         self.configuration = configuration
+        self.policy = configuration.policy
+        self.policySource = policySource
         self.engine = engine
         self.logger = logger
         self.signals = signals
@@ -79,7 +95,10 @@ public final class IOATServer: @unchecked Sendable {
         }
         epoll = try Epoll()
         wakeup = try EventFD()
-        schedulers = engine.channels.map { ChannelScheduler(engine: $0, window: configuration.engineWindow) }
+        schedulers = engine.channels.map {
+            ChannelScheduler(engine: $0, window: configuration.engineWindow, windowBytes: configuration.engineWindowBytes,
+                             opCost: configuration.opCostBytes, quantum: configuration.quantumBytes)
+        }
         nextSerial = 1
         submitScratch.reserveCapacity(configuration.maxDescriptors)
         reapBuffer = .allocate(capacity: 256)
@@ -225,8 +244,36 @@ public final class IOATServer: @unchecked Sendable {
         guard let signals else { return }
         while let signal = signals.next() {
             logger.notice("signal received", metadata: ["signal": "\(signal)"])
-            stopRequested.add(1, ordering: .sequentiallyConsistent)
+            if signal == SIGHUP {
+                reloadPolicy()
+            } else {
+                stopRequested.add(1, ordering: .sequentiallyConsistent)
+            }
         }
+    }
+
+    /// Reads the policy again and applies it; on failure keeps the old one (SIGHUP).
+    func reloadPolicy() {
+        guard let policySource else {
+            logger.notice("reload: no configuration file to read; the policy is unchanged")
+            return
+        }
+        let fresh: Policy
+        do throws(ConfigurationError) {
+            fresh = try policySource()
+        } catch {
+            policyReloadFailures += 1
+            logger.error("reload refused; the previous policy stays in force", metadata: ["error": "\(error)"])
+            return
+        }
+        policy = fresh
+        policyReloads += 1
+        for tenant in tenants.values {
+            (tenant.limits, tenant.policySource) = policy.limits(uid: tenant.uid, gid: tenant.gid)
+        }
+        logger.notice("policy reloaded", metadata: [
+            "users": "\(policy.users.count)", "groups": "\(policy.groups.count)", "tenants": "\(tenants.count)",
+        ])
     }
 
     // MARK: Connections
@@ -243,19 +290,32 @@ public final class IOATServer: @unchecked Sendable {
             }
             guard let peer = try? UnixSocket.peerCredentials(fd) else { continue }
             guard connections.count < configuration.maxConnections else {
-                connectionsRefused += 1
-                logger.warning("connection refused: limit reached", metadata: [
-                    "pid": "\(peer.pid)", "uid": "\(peer.uid)", "max_connections": "\(configuration.maxConnections)",
-                ])
+                refuse(fd, peer, .quotaExceeded, "the server has \(connections.count) connections, its limit")
                 continue
             }
+            let (limits, source) = policy.limits(uid: peer.uid, gid: peer.gid)
+            let existing = tenants[peer.uid]
+            guard limits.allowed else {
+                refuse(fd, peer, .permissionDenied, "uid \(peer.uid) (gid \(peer.gid)) is not allowed to use ioatd (policy: \(source))")
+                continue
+            }
+            guard (existing?.connections ?? 0) < limits.maxConnections else {
+                existing?.refusals += 1
+                refuse(fd, peer, .quotaExceeded,
+                       "uid \(peer.uid) already has \(existing?.connections ?? 0) connections; its limit is \(limits.maxConnections) (policy: \(source))")
+                continue
+            }
+            let tenant = existing ?? Tenant(uid: peer.uid, gid: peer.gid, limits: limits, policySource: source)
+            tenants[peer.uid] = tenant
             let id = nextConnectionID + Self.firstConnectionToken
             nextConnectionID += 1
-            let connection = Connection(id: id, fd: fd, peer: peer, maxMessage: configuration.maxMessage, now: Self.now())
+            let connection = Connection(id: id, fd: fd, peer: peer, tenant: tenant, maxMessage: configuration.maxMessage, now: Self.now())
             do throws(SystemError) {
                 try epoll.add(fd.rawValue, .readable, token: id)
             } catch {
                 logger.error("epoll add failed", metadata: ["error": "\(error)"])
+                connection.releaseAll()
+                forgetIfIdle(tenant)
                 continue
             }
             connections[id] = connection
@@ -264,6 +324,23 @@ public final class IOATServer: @unchecked Sendable {
                 "client": "\(id)", "pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)",
             ])
         }
+    }
+
+    /// Refuses a new connection: one ERROR naming the reason (request_id 0), then close.
+    private func refuse(_ fd: FileDescriptor, _ peer: PeerCredentials, _ code: ErrorCode, _ message: String) {
+        connectionsRefused += 1
+        logger.warning("connection refused", metadata: [
+            "pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)", "code": "\(code.name)", "reason": "\(message)",
+        ])
+        let packet = Message.error(ErrorReply(ProtocolError(code, message))).encode(requestID: 0, version: 1)
+        packet.withUnsafeBytes { _ = try? UnixSocket.send(fd, $0, fds: []) }
+    }
+
+    /// Drops a tenant with no connection left (its lanes go too; statistics start again next time).
+    private func forgetIfIdle(_ tenant: Tenant) {
+        guard tenant.connections == 0, tenants[tenant.uid] === tenant else { return }
+        tenants[tenant.uid] = nil
+        for scheduler in schedulers { scheduler.forget(tenant) }
     }
 
     /// Closes `connection`: stops watching it, drops its pending ops and tables. Ops already in the
@@ -281,9 +358,9 @@ public final class IOATServer: @unchecked Sendable {
             queue.connection = nil
             queue.undelivered.removeAll()
         }
-        connection.queues.removeAll()
-        connection.buffers.removeAll()
+        connection.releaseAll()
         connection.backlog.removeAll()
+        forgetIfIdle(connection.tenant)
         logger.info("client disconnected", metadata: [
             "client": "\(connection.id)", "pid": "\(connection.peer.pid)", "reason": "\(reason)",
         ])
@@ -460,6 +537,10 @@ public final class IOATServer: @unchecked Sendable {
         scheduler.bytesCompleted += completion.bytesDone
         queue.opsCompleted += 1
         queue.bytesCompleted += completion.bytesDone
+        if let accepted = op.op {
+            queue.tenant.completed(bytes: completion.bytesDone, failed: failed, acceptedAt: accepted.acceptedAt,
+                                   startedAt: accepted.startedAt, now: Clock.nanoseconds())
+        }
         if failed {
             scheduler.opsFailed += 1
             queue.opsFailed += 1

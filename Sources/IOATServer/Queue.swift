@@ -29,6 +29,9 @@ struct PendingOp {
     var dispatched = 0
     /// Server-wide acceptance order; identifies the op when a halted channel hands it back.
     var serial: UInt64 = 0
+    /// Monotonic nanoseconds when the SUBMIT was accepted, and when the engine took its first piece.
+    var acceptedAt: UInt64 = 0
+    var startedAt: UInt64 = 0
 
     /// Whether it must wait until every earlier op of its queue has completed.
     var isFenced: Bool { flags.contains(.fence) || opcode == .drain }
@@ -49,6 +52,9 @@ final class Queue {
     let depth: Int
     /// The owning connection; cleared when it closes.
     var connection: Connection?
+    /// The tenant's place on the channel (fair scheduling); its tenant gets the statistics.
+    let lane: Lane
+    var tenant: Tenant { lane.tenant }
 
     /// Ops accepted and waiting for the engine window.
     var pending: Deque<PendingOp>
@@ -58,7 +64,7 @@ final class Queue {
     var outstanding = 0
     /// Completed ops whose records wait for a flush point (SPEC.md §6.4).
     var undelivered: [CompletionRecord]
-    /// Whether the queue is in its channel's round-robin list.
+    /// Whether the queue is in its tenant's turn order on its channel.
     var isScheduled = false
     /// Whether the queue is in the event loop's flush list.
     var needsFlush = false
@@ -80,11 +86,12 @@ final class Queue {
     var bytesCompleted: UInt64 = 0
     var opsFailed: UInt64 = 0
 
-    init(id: UInt32, channel: Int, depth: Int, connection: Connection) {
+    init(id: UInt32, channel: Int, depth: Int, connection: Connection, lane: Lane) {
         self.id = id
         self.channel = channel
         self.depth = depth
         self.connection = connection
+        self.lane = lane
         pending = Deque(minimumCapacity: depth)
         undelivered = []
         undelivered.reserveCapacity(depth)

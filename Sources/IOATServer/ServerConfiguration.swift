@@ -35,6 +35,16 @@ public struct ServerConfiguration: Sendable {
     public var busyPollMicroseconds: Int = 50
     /// How long a graceful stop waits for in-flight ops, in milliseconds.
     public var drainTimeoutMilliseconds: Int = 5000
+    /// Per-tenant (per-uid) limits and scheduling weights; replaced by a reload (SIGHUP).
+    public var policy = Policy()
+    /// Fair scheduling: what one op costs beyond its bytes, so a tenant of tiny ops is charged for the
+    /// work each op takes whatever its size.
+    public var opCostBytes: Int = 4096
+    /// Fair scheduling: bytes of service a tenant of weight 1 gets per turn.
+    public var quantumBytes: Int = 256 << 10
+    /// Most bytes one channel holds in its engine at once (beyond one op), so a tenant's big pieces
+    /// cannot queue a long wait inside the engine ahead of everyone else's next op.
+    public var engineWindowBytes: Int = 16 << 20
 
     /// A configuration listening at `socketPath` with every other default.
     public init(socketPath: String) {

@@ -64,6 +64,20 @@ struct Status: AsyncParsableCommand {
         for c in doc["channels"] as? [[String: Any]] ?? [] {
             print("  \(c["index"] ?? "?") \(c["name"] ?? "?") [\(c["engine"] ?? "?")] queues \(c["queues"] ?? 0) · ops \(c["ops"] ?? 0) · bytes \(c["bytes"] ?? 0) · errors \(c["errors"] ?? 0) · max depth \(c["max_depth"] ?? 0)")
             print("      opcodes \(c["opcodes"] ?? "")")
+            if let runs = c["runs"] as? [String: String], Set(runs.values) != ["cpu"] {
+                let device = runs.filter { $0.value != "cpu" }.keys.sorted().joined(separator: ",")
+                print("      on \(c["driver"] ?? "the device"): \(device); the rest on the CPU")
+            }
+        }
+        print("\ntenants (latency µs from SUBMIT: queue wait to the engine / to completion, p50 p99):")
+        for t in doc["tenants"] as? [[String: Any]] ?? [] {
+            let wait = t["queue_wait_us"] as? [String: Any] ?? [:]
+            let latency = t["latency_us"] as? [String: Any] ?? [:]
+            print("  uid \(t["uid"] ?? "?") (\(t["policy"] ?? "?"), weight \(t["weight"] ?? 1)) · connections \(t["connections"] ?? 0)/\(t["max_connections"] ?? 0)"
+                  + " · buffers \(t["buffer_bytes"] ?? 0)/\(t["max_buffer_bytes"] ?? 0) B · queues \(t["queues"] ?? 0)/\(t["max_queues"] ?? 0)"
+                  + " · in flight \(t["inflight_capacity"] ?? 0)/\(t["max_inflight"] ?? 0)")
+            print("      ops \(t["ops"] ?? 0) · bytes \(t["bytes"] ?? 0) · errors \(t["errors"] ?? 0) · refusals \(t["refusals"] ?? 0)"
+                  + " · wait \(wait["p50"] ?? 0) \(wait["p99"] ?? 0) · latency \(latency["p50"] ?? 0) \(latency["p99"] ?? 0)")
         }
         print("\nclients:")
         for c in doc["clients"] as? [[String: Any]] ?? [] {

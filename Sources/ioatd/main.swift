@@ -18,6 +18,8 @@ struct IOATDaemon: ParsableCommand {
             $IOATD_SOCKET, else /run/ioatd/ioatd.sock as root, else $XDG_RUNTIME_DIR/ioatd.sock.
             Options given here override the configuration file.
             SIGTERM or SIGINT stops gracefully (clients are told, in-flight ops finish); a second signal stops at once.
+            SIGHUP reads the configuration file's [policy] again without dropping clients; a file that does not
+            load is refused with its line and reason, and the policy in force stays.
             """)
 
     enum EngineKind: String, ExpressibleByArgument, CaseIterable {
@@ -121,7 +123,7 @@ struct IOATDaemon: ParsableCommand {
     private func serve(_ settings: DaemonConfiguration, logger: Logger) throws(SystemError) -> String? {
         var config = settings.server
         // Signals must be blocked before any thread starts so only the event loop sees them.
-        let signals = try SignalFD(signals: [SIGTERM, SIGINT])
+        let signals = try SignalFD(signals: [SIGTERM, SIGINT, SIGHUP])
         signal(SIGPIPE, SIG_IGN)
 
         var listener: FileDescriptor? = nil
@@ -159,8 +161,16 @@ struct IOATDaemon: ParsableCommand {
                 "event_loop_cpus": "\(plan.others.isEmpty ? "any" : plan.others.map(String.init).joined(separator: ","))",
             ])
         }
+        // SIGHUP reads the configuration file again for its [policy] (the rest needs a restart).
+        var policySource: (@Sendable () throws(ConfigurationError) -> Policy)? = nil
+        if let path = self.config {
+            policySource = { () throws(ConfigurationError) -> Policy in
+                let fresh = try DaemonConfiguration.load(path: path, defaults: DaemonConfiguration(socketPath: ""))
+                return fresh.server.policy
+            }
+        }
         let server = try IOATServer(configuration: config, engine: engine, logger: logger, listener: listener, signals: signals,
-                                    notifier: Systemd.notifier())
+                                    notifier: Systemd.notifier(), policySource: policySource)
         try server.run()
         return nil
     }

@@ -62,9 +62,9 @@ struct RobustnessTests {
         for _ in 0..<5 {
             let raw = try RawClient.withBufferAndQueue(server.path, bufferSize: 64 << 20, depth: 64)
             let ops = (0..<16).map { i in
-                Descriptor.copy(from: .init(handle: 1, offset: 0), to: .init(handle: 1, offset: 32 << 20), length: 32 << 20, cookie: UInt64(i))
+                Descriptor.copy(from: .init(handle: raw.buffer, offset: 0), to: .init(handle: raw.buffer, offset: 32 << 20), length: 32 << 20, cookie: UInt64(i))
             }
-            try raw.send(Message.encodeSubmit(queue: 1, descriptors: ops, requestID: 4))
+            try raw.send(Message.encodeSubmit(queue: raw.queue, descriptors: ops, requestID: 4))
             // Drop the connection without reading anything.
         }
         let clean = try await eventually {

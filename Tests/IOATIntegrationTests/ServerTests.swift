@@ -56,8 +56,11 @@ struct ServerTests {
     }
 
     /// Four 64 MiB copies inside buffer 1: tens of milliseconds of work.
-    let longCopies = (0..<4).map { i in
-        Descriptor.copy(from: .init(handle: 1, offset: 0), to: .init(handle: 1, offset: 128 << 20), length: 64 << 20, cookie: UInt64(i))
+    func longCopies(_ raw: RawClient) -> [Descriptor] {
+        (0..<4).map { i in
+            Descriptor.copy(from: .init(handle: raw.buffer, offset: 0), to: .init(handle: raw.buffer, offset: 128 << 20), length: 64 << 20,
+                            cookie: UInt64(i))
+        }
     }
 
     /// Reads packets until `count` completion records arrived; returns them and any ERROR codes seen.
@@ -77,12 +80,12 @@ struct ServerTests {
     func creditsAndNoWait() throws {
         let server = try TestServer()
         let raw = try RawClient.withBufferAndQueue(server.path, bufferSize: 256 << 20, depth: 4)
-        try raw.send(Message.encodeSubmit(queue: 1, descriptors: longCopies, requestID: 10))
+        try raw.send(Message.encodeSubmit(queue: raw.queue, descriptors: longCopies(raw), requestID: 10))
         // The queue has no free credit now: NO_WAIT is refused at once, before any copy completes.
-        let refused = try raw.expectError(Message.encodeSubmit(queue: 1, descriptors: [.null(flags: .noWait, cookie: 9)], requestID: 11))
+        let refused = try raw.expectError(Message.encodeSubmit(queue: raw.queue, descriptors: [.null(flags: .noWait, cookie: 9)], requestID: 11))
         #expect(refused?.0 == .noSpace, "\(String(describing: refused))")
         // Without NO_WAIT the SUBMIT waits for credits, then runs after the copies.
-        try raw.send(Message.encodeSubmit(queue: 1, descriptors: [.fill(.init(handle: 1, offset: 200 << 20), length: 4096,
+        try raw.send(Message.encodeSubmit(queue: raw.queue, descriptors: [.fill(.init(handle: raw.buffer, offset: 200 << 20), length: 4096,
                                                                          pattern: 0x1111_1111_1111_1111, cookie: 7)], requestID: 12))
         let records = try collect(raw, records: 5)
         #expect(records.map(\.cookie) == [0, 1, 2, 3, 7])
@@ -93,10 +96,10 @@ struct ServerTests {
     func closeBusyAndFreeInFlight() async throws {
         let server = try TestServer()
         let raw = try RawClient.withBufferAndQueue(server.path, bufferSize: 256 << 20, depth: 4)
-        try raw.send(Message.encodeSubmit(queue: 1, descriptors: longCopies, requestID: 10))
-        #expect(try raw.expectError(packet(.close, body: le(UInt32(1)) + le(UInt32(0)), requestID: 11))?.0 == .busy)
+        try raw.send(Message.encodeSubmit(queue: raw.queue, descriptors: longCopies(raw), requestID: 10))
+        #expect(try raw.expectError(packet(.close, body: le(raw.queue) + le(UInt32(0)), requestID: 11))?.0 == .busy)
         // FREE succeeds at once; the server keeps the mapping until the copies are done.
-        try raw.send(packet(.free, body: le(UInt32(1)) + le(UInt32(0)), requestID: 12))
+        try raw.send(packet(.free, body: le(raw.buffer) + le(UInt32(0)), requestID: 12))
         var sawFree = false
         var records = 0
         while !sawFree || records < 4 {
@@ -110,7 +113,7 @@ struct ServerTests {
             }
         }
         #expect(sawFree && records == 4)
-        try raw.send(packet(.close, body: le(UInt32(1)) + le(UInt32(0)), requestID: 13))
+        try raw.send(packet(.close, body: le(raw.queue) + le(UInt32(0)), requestID: 13))
         guard case .closeReply = try raw.receive()?.message else { Issue.record("no CLOSE_OK once idle"); return }
         let probe = try await server.connect()
         let doc = try await statusDocument(probe)
@@ -321,12 +324,19 @@ struct BadInputTests {
         } catch {
             #expect(error.code == .badQueue)
         }
-        // Once bob has a buffer with the same handle number, the number names bob's memory, not alice's.
-        let mine = try await bob.allocate(size: 4096)
-        #expect(mine.handle == secret.handle)
-        let copy = try await bobQueue.copy(from: mine, at: 0, to: mine, at: 2048, length: 13)
-        #expect(copy.status == .success)
-        #expect(mine.read(at: 2048, count: 13) == [UInt8](repeating: 0, count: 13))
+        // Handle numbers are server-wide: once bob has buffers of his own, alice's number is still not one
+        // of them, and still refused.
+        var mine: [IOATBuffer] = []
+        for _ in 0..<4 { mine.append(try await bob.allocate(size: 4096)) }
+        #expect(!mine.contains { $0.handle == secret.handle })
+        do {
+            _ = try await bobQueue.submit(.copy(from: secret.address(0), to: mine[0].address(0), length: 13))
+            Issue.record("bob read through alice's handle number")
+        } catch {
+            #expect(error.code == .badHandle)
+            #expect("\(error)".contains("\(secret.handle)"), "\(error)")
+        }
+        #expect(mine[0].read(at: 0, count: 13) == [UInt8](repeating: 0, count: 13))
         #expect(secret.read(at: 0, count: 13) == Array("alice's bytes".utf8))
     }
 }

@@ -203,9 +203,9 @@ struct ServiceTests {
         let server = try TestServer()
         let raw = try RawClient.withBufferAndQueue(server.path, bufferSize: 128 << 20, depth: 8)
         let ops = (0..<8).map { i in
-            Descriptor.copy(from: .init(handle: 1, offset: 0), to: .init(handle: 1, offset: 64 << 20), length: 64 << 20, cookie: UInt64(i))
+            Descriptor.copy(from: .init(handle: raw.buffer, offset: 0), to: .init(handle: raw.buffer, offset: 64 << 20), length: 64 << 20, cookie: UInt64(i))
         }
-        try raw.send(Message.encodeSubmit(queue: 1, descriptors: ops, requestID: 4))
+        try raw.send(Message.encodeSubmit(queue: raw.queue, descriptors: ops, requestID: 4))
         usleep(5000)
         kill(server.pid, SIGTERM)
         var sawGoodbye = false

@@ -90,6 +90,9 @@ final class TestServer: @unchecked Sendable {
 final class RawClient {
     let fd: FileDescriptor
     private var nextID: UInt64 = 100
+    /// The buffer and queue `withBufferAndQueue` opened (handle numbers are server-wide, so not 1).
+    var buffer: UInt32 = 0
+    var queue: UInt32 = 0
 
     init(path: String, hello: Bool = true) throws {
         fd = try UnixSocket.connect(path: path)
@@ -241,14 +244,16 @@ final class SpawnedProcess: @unchecked Sendable {
 }
 
 extension RawClient {
-    /// A raw connection with one buffer of `bufferSize` bytes (handle 1, 4 KiB pages) and one queue
-    /// (id 1) of `depth` on channel 0.
+    /// A raw connection with one buffer of `bufferSize` bytes (`buffer`, 4 KiB pages) and one queue
+    /// (`queue`) of `depth` on channel 0.
     static func withBufferAndQueue(_ path: String, bufferSize: UInt64, depth: UInt32) throws -> RawClient {
         let raw = try RawClient(path: path)
         try raw.send(packet(.alloc, body: le(bufferSize) + le(Alloc.flagNoHuge) + le(UInt32(0)), requestID: 2))
-        guard case .allocReply(let b) = try raw.receive()?.message, b.handle == 1 else { throw ProtocolError(.internal, "no ALLOC_OK") }
+        guard case .allocReply(let b) = try raw.receive()?.message else { throw ProtocolError(.internal, "no ALLOC_OK") }
         try raw.send(packet(.open, body: le(UInt32(0)) + le(depth), requestID: 3))
-        guard case .openReply(let q) = try raw.receive()?.message, q.queue == 1 else { throw ProtocolError(.internal, "no OPEN_OK") }
+        guard case .openReply(let q) = try raw.receive()?.message else { throw ProtocolError(.internal, "no OPEN_OK") }
+        raw.buffer = b.handle
+        raw.queue = q.queue
         return raw
     }
 }

@@ -1,0 +1,47 @@
+import Histogram
+
+/// One tenant: every connection of one uid. Holds what the policy limits (summed over the tenant's
+/// connections), its scheduling weight, and its statistics. Lives on the event-loop thread only.
+final class Tenant {
+    let uid: UInt32
+    /// Primary gid of its first connection (the group policy entries match).
+    let gid: UInt32
+    /// The limits in force, and which policy entry they came from; replaced on reload.
+    var limits: TenantLimits
+    var policySource: String
+
+    /// Usage the limits bound.
+    var connections = 0
+    var bufferBytes: UInt64 = 0
+    var queues = 0
+    /// Sum of the depths of its open queues.
+    var inflightCapacity = 0
+
+    /// Statistics since its first current connection.
+    var ops: UInt64 = 0
+    var bytes: UInt64 = 0
+    var errors: UInt64 = 0
+    var refusals: UInt64 = 0
+    /// Scheduling cost served (bytes plus the per-op cost), the unit fair scheduling shares out.
+    var served: UInt64 = 0
+    /// Nanoseconds from acceptance to the engine taking the op's first piece.
+    var queueWait = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .two)
+    /// Nanoseconds from acceptance to completion (the record's creation).
+    var latency = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .two)
+
+    init(uid: UInt32, gid: UInt32, limits: TenantLimits, policySource: String) {
+        self.uid = uid
+        self.gid = gid
+        self.limits = limits
+        self.policySource = policySource
+    }
+
+    /// Records one finished op.
+    func completed(bytes: UInt64, failed: Bool, acceptedAt: UInt64, startedAt: UInt64, now: UInt64) {
+        ops += 1
+        self.bytes += bytes
+        if failed { errors += 1 }
+        if startedAt >= acceptedAt { _ = queueWait.record(max(1, startedAt - acceptedAt)) }
+        if now >= acceptedAt { _ = latency.record(max(1, now - acceptedAt)) }
+    }
+}

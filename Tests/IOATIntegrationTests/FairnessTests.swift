@@ -1,0 +1,116 @@
+import Glibc
+import IOATEngine
+import IOATProtocol
+@testable import IOATServer
+import IOATSystem
+import Synchronization
+import Testing
+
+/// An engine channel that runs nothing: it keeps what it is given in order and hands back the oldest
+/// op when the test says so, so the scheduler's decisions can be counted without timing.
+final class RecordingChannel: EngineChannel, @unchecked Sendable {
+    let info = ChannelInfo(index: 0, engine: .cpu, hardwareVersion: 0, opcodes: ~0, maxTransfer: 4 << 20, maxDepth: 4096,
+                           maxCoalesceMicroseconds: 0, name: "model")
+    var held: [EngineOp] = []
+    var freeSlots: Int { 4096 - held.count }
+    func enqueue(_ op: EngineOp) -> Bool {
+        held.append(op)
+        return true
+    }
+    func submit() {}
+    var hasCompletions: Bool { !held.isEmpty }
+    func reap(into completions: UnsafeMutableBufferPointer<EngineCompletion>) -> Int { 0 }
+    func reset() {}
+    func shutdown() {}
+
+    /// Completes the oldest op; its cookie.
+    func finishOldest() -> UInt64 { held.removeFirst().cookie }
+}
+
+/// One tenant with one queue kept backlogged with ops of one size.
+struct Backlogged {
+    let tenant: Tenant
+    let queue: Queue
+    let buffer: SharedBuffer
+    let opLength: Int
+    let connection: Connection
+
+    init(uid: UInt32, weight: Int, opLength: Int, buffer: SharedBuffer, scheduler: ChannelScheduler) throws {
+        var limits = TenantLimits()
+        limits.weight = weight
+        tenant = Tenant(uid: uid, gid: uid, limits: limits, policySource: "test")
+        connection = Connection(id: UInt64(uid), fd: try EventFD().fd, peer: PeerCredentials(pid: 1, uid: uid, gid: uid), tenant: tenant,
+                                maxMessage: 4096, now: 0)
+        queue = Queue(id: uid, channel: 0, depth: 4096, connection: connection, lane: scheduler.lane(for: tenant))
+        self.buffer = buffer
+        self.opLength = opLength
+    }
+
+    /// Tops the queue up to `count` pending copies.
+    func refill(to count: Int, scheduler: ChannelScheduler) {
+        while queue.pending.count < count {
+            let place = Placement(buffer: buffer, offset: 0)
+            queue.pending.append(PendingOp(cookie: 0, opcode: .copy, flags: [], source: place, destination: place, length: opLength, arg: 0))
+        }
+        scheduler.schedule(queue)
+    }
+}
+
+@Suite("Fair scheduling between tenants sharing a channel")
+struct FairnessTests {
+    /// Runs a bulk tenant (64 MiB copies, split into 4 MiB pieces) and a small-op tenant (4 KiB copies),
+    /// both always backlogged, through the real ChannelScheduler for `steps` completions after a warm-up,
+    /// and returns the small tenant's share of the service (bytes plus the per-op cost).
+    func smallShare(bulkWeight: Int, smallWeight: Int, steps: Int = 20_000) throws -> (share: Double, smallOps: Int, bulkPieces: Int) {
+        let channel = RecordingChannel()
+        let scheduler = ChannelScheduler(engine: channel, window: 64, windowBytes: 16 << 20, opCost: 4096, quantum: 256 << 10)
+        let memfd = try Memfd.create(name: "fairness", size: 64 << 20, hugepages: false)
+        let buffer = SharedBuffer(handle: 1, mapping: try Mapping(fd: memfd, length: 64 << 20, writable: true, populate: false),
+                                  flags: [], pageSize: 4096, registration: nil)
+        let bulk = try Backlogged(uid: 1000, weight: bulkWeight, opLength: 64 << 20, buffer: buffer, scheduler: scheduler)
+        let small = try Backlogged(uid: 2000, weight: smallWeight, opLength: 4096, buffer: buffer, scheduler: scheduler)
+        var served: [UInt32: Int] = [:]
+        var counts: [UInt32: Int] = [:]
+        for step in 0..<(steps + 2000) {
+            bulk.refill(to: 4, scheduler: scheduler)
+            small.refill(to: 512, scheduler: scheduler)
+            scheduler.dispatch()
+            let finished = scheduler.complete(slot: Int(channel.finishOldest()))
+            let queue = try #require(finished.queue)
+            queue.inEngine -= 1
+            scheduler.schedule(queue)
+            if step >= 2000 {
+                served[queue.tenant.uid, default: 0] += scheduler.cost(finished.length)
+                counts[queue.tenant.uid, default: 0] += 1
+            }
+        }
+        let total = Double(served.values.reduce(0, +))
+        return (Double(served[2000] ?? 0) / total, counts[2000] ?? 0, counts[1000] ?? 0)
+    }
+
+    @Test("The small-op tenant's share matches its weight within 10% while a bulk tenant runs",
+          arguments: [(1, 1), (3, 1), (1, 3), (1, 8)])
+    func weightedShare(weights: (bulk: Int, small: Int)) throws {
+        let expected = Double(weights.small) / Double(weights.small + weights.bulk)
+        let (share, smallOps, bulkPieces) = try smallShare(bulkWeight: weights.bulk, smallWeight: weights.small)
+        #expect(abs(share - expected) <= 0.1 * expected,
+                "weights bulk \(weights.bulk) : small \(weights.small): small share \(share), expected \(expected) (\(smallOps) small ops, \(bulkPieces) bulk pieces)")
+        // Both made progress: neither tenant was starved.
+        #expect(smallOps > 0 && bulkPieces > 0)
+    }
+
+    @Test("A tenant alone on a channel is never held back by its weight")
+    func aloneIsNotThrottled() throws {
+        let channel = RecordingChannel()
+        let scheduler = ChannelScheduler(engine: channel, window: 64, windowBytes: 16 << 20, opCost: 4096, quantum: 4096)
+        let memfd = try Memfd.create(name: "fairness", size: 64 << 20, hugepages: false)
+        let buffer = SharedBuffer(handle: 1, mapping: try Mapping(fd: memfd, length: 64 << 20, writable: true, populate: false),
+                                  flags: [], pageSize: 4096, registration: nil)
+        let bulk = try Backlogged(uid: 1000, weight: 1, opLength: 64 << 20, buffer: buffer, scheduler: scheduler)
+        bulk.refill(to: 4, scheduler: scheduler)
+        scheduler.dispatch()
+        // The byte window (16 MiB) is filled with 4 MiB pieces at once, although the quantum is 4 KiB.
+        #expect(channel.held.count == 4)
+        #expect(channel.held.allSatisfy { $0.length == 4 << 20 })
+    }
+}
