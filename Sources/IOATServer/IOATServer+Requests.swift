@@ -61,7 +61,7 @@ extension IOATServer {
             case .open(let channel, let depth): try handleOpen(connection, channel: channel, depth: depth, requestID: requestID)
             case .close(let queue): try handleClose(connection, queue: queue, requestID: requestID)
             case .submit(let submit): try handleSubmit(connection, submit, packetLength: packet.count)
-            case .status: reply(connection, .statusReply(json: statusJSON()), requestID: requestID)
+            case .status: reply(connection, .statusReply(json: statusJSON(for: connection.peer)), requestID: requestID)
             case .setCoalesce(let id, let microseconds):
                 guard let queue = connection.queues[id] else {
                     throw ProtocolError(.badQueue, "SET_COALESCE on queue \(id), which is not open on this connection")

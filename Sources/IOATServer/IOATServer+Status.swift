@@ -1,6 +1,7 @@
 import Glibc
 import Histogram
 import IOATProtocol
+import IOATSystem
 
 /// A minimal JSON writer for the STATUS reply (SPEC.md §5.6); keys are written in the order given.
 struct JSONWriter {
@@ -65,7 +66,12 @@ struct JSONWriter {
 
 extension IOATServer {
     /// The STATUS document: server, channels, clients and buffer totals (SPEC.md §5.6).
-    func statusJSON() -> String {
+    /// Root and the server's own uid see every client and tenant; any other tenant sees the server and
+    /// channel summaries and only its own clients and tenant entry (another tenant's pids, uids and
+    /// usage are not its business).
+    func statusJSON(for viewer: PeerCredentials? = nil) -> String {
+        let seesAll = viewer.map { $0.uid == 0 || $0.uid == getuid() } ?? true
+        func visible(_ uid: UInt32) -> Bool { seesAll || uid == viewer?.uid }
         var j = JSONWriter()
         j.beginObject()
         j.beginObject("server")
@@ -123,7 +129,7 @@ extension IOATServer {
         var bufferBytes: UInt64 = 0
         var hugeBuffers = 0
         j.beginArray("clients")
-        for c in connections.values.sorted(by: { $0.id < $1.id }) {
+        for c in connections.values.sorted(by: { $0.id < $1.id }) where visible(c.peer.uid) {
             bufferCount += c.buffers.count
             bufferBytes += c.bufferBytes
             hugeBuffers += c.buffers.values.filter { $0.flags.contains(.hugepages) }.count
@@ -145,7 +151,7 @@ extension IOATServer {
         // Tenants: one per uid with a connection. Latencies in microseconds, from SUBMIT acceptance to the
         // engine taking the op (queue wait) and to its completion (latency).
         j.beginArray("tenants")
-        for t in tenants.values.sorted(by: { $0.uid < $1.uid }) {
+        for t in tenants.values.sorted(by: { $0.uid < $1.uid }) where visible(t.uid) {
             j.beginObject()
             j.field("uid", t.uid)
             j.field("gid", t.gid)

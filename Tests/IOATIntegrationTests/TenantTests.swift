@@ -1,0 +1,150 @@
+import Foundation
+import Glibc
+import IOATClient
+import IOATProtocol
+import Testing
+
+/// Reads the ERROR a refused connection gets before the server closes it.
+func refusal(at path: String) throws -> (ErrorCode, String)? {
+    let raw = try RawClient(path: path, hello: false)
+    guard case .error(let e) = try raw.receive(timeout: 5)?.message else { return nil }
+    return (e.code, e.message)
+}
+
+/// Whether a connection is accepted (HELLO answered).
+func accepted(at path: String) -> Bool { (try? RawClient(path: path)) != nil }
+
+@Suite("Tenants: policy, isolation between uids, statistics", .serialized)
+struct TenantTests {
+    @Test("Another uid sees only itself in STATUS and cannot name the first tenant's buffer")
+    func secondTenantView() async throws {
+        let server = try TestServer()
+        let owner = try await server.connect()
+        let secret = try await owner.allocate(size: 4096)
+        secret.write(Array("root's bytes....".utf8), at: 0)
+        let (status, out) = try runTool("/usr/bin/setpriv", [
+            "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+            FileManager.default.currentDirectoryPath + "/Tests/support/other-tenant.py", server.path, "\(secret.handle)",
+        ], mergingErrors: true)
+        #expect(status == 0, "\(out)")
+        let lines = out.split(separator: "\n").map(String.init)
+        let statusLine = try #require(lines.first { $0.hasPrefix("STATUS ") }, "\(out)")
+        let doc = try JSONSerialization.jsonObject(with: Data(statusLine.dropFirst(7).utf8)) as? [String: Any] ?? [:]
+        let clients = doc["clients"] as? [[String: Any]] ?? []
+        let tenants = doc["tenants"] as? [[String: Any]] ?? []
+        #expect(clients.count == 1 && clients.allSatisfy { $0["uid"] as? Int == 65534 }, "\(clients)")
+        #expect(tenants.map { $0["uid"] as? Int } == [65534], "\(tenants)")
+        #expect((doc["buffers"] as? [String: Any])?["count"] as? Int == 0, "the other tenant's buffer totals are not shown")
+        let fill = try #require(lines.first { $0.hasPrefix("FILL ") }, "\(out)")
+        #expect(fill.hasPrefix("FILL ERROR \(ErrorCode.badHandle.rawValue) "), "\(fill)")
+        #expect(fill.contains("\(secret.handle)"), "the message names the handle: \(fill)")
+        #expect(secret.read(at: 0, count: 16) == Array("root's bytes....".utf8))
+        // Root's own view shows its tenant (the other one left when its connection closed).
+        let full = try await statusDocument(owner)
+        #expect((full["tenants"] as? [[String: Any]] ?? []).contains { $0["uid"] as? Int == 0 })
+    }
+
+    @Test("Policy refuses, limits and reloads on SIGHUP without dropping clients; a bad file is refused with its line")
+    func policyAndReload() async throws {
+        let config = temporarySocketPath() + ".toml"
+        defer { unlink(config) }
+        try "[policy.users.root]\nallowed = false\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let server = try TestServer(arguments: ["--config", config])
+        let denied = try #require(try refusal(at: server.path))
+        #expect(denied.0 == .permissionDenied)
+        #expect(denied.1.contains("uid 0") && denied.1.contains("user 0"), "\(denied.1)")
+
+        // Allowed again, with small limits, on SIGHUP.
+        try """
+            [policy.default]
+            max_connections = 1
+
+            [policy.users.root]
+            max_connections = 2
+            max_buffer_bytes = 1048576
+            max_queues = 2
+            max_inflight = 16
+            weight = 5
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        kill(server.pid, SIGHUP)
+        #expect(await eventually { accepted(at: server.path) })
+        let a = try await server.connect()
+        let b = try await server.connect()
+        let third = try #require(try refusal(at: server.path))
+        #expect(third.0 == .quotaExceeded)
+        #expect(third.1.contains("2 connections") && third.1.contains("user 0"), "\(third.1)")
+
+        // Limits add up over the tenant's connections.
+        _ = try await a.allocate(size: 768 << 10, pages: .normal)
+        do {
+            _ = try await b.allocate(size: 512 << 10, pages: .normal)
+            Issue.record("the tenant went over max_buffer_bytes through a second connection")
+        } catch {
+            #expect(error.code == .quotaExceeded)
+            #expect("\(error)".contains("1048576"), "\(error)")
+        }
+        _ = try await a.openQueue(depth: 8)
+        do {
+            _ = try await b.openQueue(depth: 9)
+            Issue.record("the tenant went over max_inflight")
+        } catch {
+            #expect(error.code == .quotaExceeded)
+            #expect("\(error)".contains("17 descriptors in flight"), "\(error)")
+        }
+        _ = try await b.openQueue(depth: 8)
+        do {
+            _ = try await b.openQueue(depth: 1)
+            Issue.record("the tenant went over max_queues")
+        } catch {
+            #expect(error.code == .quotaExceeded)
+        }
+        var doc = try await statusDocument(a)
+        let tenant = try #require((doc["tenants"] as? [[String: Any]])?.first)
+        #expect(tenant["weight"] as? Int == 5)
+        #expect(tenant["policy"] as? String == "user 0")
+        #expect(tenant["connections"] as? Int == 2)
+        #expect(tenant["inflight_capacity"] as? Int == 16)
+        #expect(tenant["refusals"] as? Int ?? 0 >= 3)
+
+        // A broken file is refused with its line; the policy in force stays, and nobody is dropped.
+        try "[policy.users.root]\nweight = 5\nmax_queues = \"many\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        kill(server.pid, SIGHUP)
+        #expect(await eventually { server.log.contains("reload refused") })
+        #expect(server.log.contains("\(config):3"), "the log names the file and line")
+        #expect(server.log.contains("max_queues"))
+        doc = try await statusDocument(a)
+        #expect((doc["server"] as? [String: Any])?["policy_reload_failures"] as? Int == 1)
+        #expect((doc["tenants"] as? [[String: Any]])?.first?["weight"] as? Int == 5)
+        #expect(try refusal(at: server.path)?.0 == .quotaExceeded, "still two connections at most")
+        _ = try await b.status()
+    }
+
+    @Test("Unknown users and groups in the policy are refused at start with their line")
+    func unknownNames() throws {
+        let config = temporarySocketPath() + ".toml"
+        defer { unlink(config) }
+        try "[policy.default]\nweight = 1\n\n[policy.groups.no-such-group-here]\nweight = 2\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let (status, out) = try runTool("ioatd", ["--config", config, "--socket", temporarySocketPath()], mergingErrors: true)
+        #expect(status == 2)
+        #expect(out.contains(":4:") && out.contains("no group named \"no-such-group-here\""), "\(out)")
+    }
+
+    @Test("Per-tenant statistics: ops, bytes, errors and latency percentiles")
+    func statistics() async throws {
+        let server = try TestServer()
+        let client = try await server.connect()
+        let buffer = try await client.allocate(size: 1 << 20)
+        let queue = try await client.openQueue(depth: 16)
+        for _ in 0..<20 { _ = try await queue.copy(from: buffer, at: 0, to: buffer, at: 1 << 19, length: 4096) }
+        let doc = try await statusDocument(client)
+        let tenant = try #require((doc["tenants"] as? [[String: Any]])?.first { $0["uid"] as? Int == 0 })
+        #expect(tenant["ops"] as? Int == 20)
+        #expect(tenant["bytes"] as? Int == 20 * 4096)
+        #expect(tenant["errors"] as? Int == 0)
+        let latency = tenant["latency_us"] as? [String: Double] ?? [:]
+        let wait = tenant["queue_wait_us"] as? [String: Double] ?? [:]
+        #expect((latency["p50"] ?? 0) > 0 && (latency["p99"] ?? 0) >= (latency["p50"] ?? 0))
+        #expect((wait["p50"] ?? -1) >= 0 && (wait["max"] ?? 0) <= (latency["max"] ?? 0))
+        #expect((tenant["served_cost"] as? Int ?? 0) >= 20 * 4096)
+    }
+}
