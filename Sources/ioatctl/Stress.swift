@@ -1,0 +1,88 @@
+import ArgumentParser
+import Glibc
+import IOATClient
+import IOATEngine
+import IOATConformance
+import IOATProtocol
+
+/// `ioatctl stress`: one client's share of a load test.
+struct Stress: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run random copy, fill and CRC32C ops on buffers of this client's own and check every byte.",
+        discussion: """
+            Each batch gives every op its own slot of the destination buffer, then checks the slot (the
+            copied bytes, the fill pattern), the CRC against one computed here (ISA-L, which the
+            conformance suite checks against an independent reference), and that the source did not change. Exits 0 when every op was right; prints the first wrong op and exits 1 otherwise.
+            Run many at once, and kill some, to load a server (the load test does).
+            """)
+    @OptionGroup var connection: ConnectionOptions
+    @Option(help: "Ops to run.")
+    var ops = 2000
+    @Option(help: "Ops per SUBMIT.")
+    var batch = 16
+    @Option(help: "Size of each of the two buffers (bytes).")
+    var bufferSize = 256 << 10
+    @Option(help: "Random seed (default: random).")
+    var seed: UInt64?
+
+    func run() async throws {
+        guard ops > 0, (1...256).contains(batch), bufferSize >= batch * 64 else { throw ValidationError("bad --ops, --batch or --buffer-size") }
+        let seed = self.seed ?? UInt64.random(in: 0...UInt64.max)
+        var rng = SplitMix64(seed: seed)
+        let client = try await connection.connect()
+        let source = try await client.allocate(size: bufferSize, pages: .normal)
+        let destination = try await client.allocate(size: bufferSize, pages: .normal)
+        source.fillPseudoRandom(0..<bufferSize, seed: seed)
+        let original = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 64)
+        defer { original.deallocate() }
+        original.copyMemory(from: UnsafeRawBufferPointer(source.unsafeBytes(0..<bufferSize)))
+        let queue = try await client.openQueue(depth: max(32, batch))
+        let slot = bufferSize / batch
+        var done = 0
+        while done < ops {
+            let n = min(batch, ops - done)
+            var descriptors: [Descriptor] = []
+            var checks: [(kind: Int, at: Int, from: Int, length: Int, pattern: UInt64)] = []
+            for i in 0..<n {
+                let length = Int.random(in: 1...slot, using: &rng)
+                let at = i * slot + Int.random(in: 0...(slot - length), using: &rng)
+                let from = Int.random(in: 0...(bufferSize - length), using: &rng)
+                let pattern = UInt64.random(in: 0...UInt64.max, using: &rng)
+                let kind = Int.random(in: 0..<3, using: &rng)
+                switch kind {
+                case 0: descriptors.append(.copy(from: source.address(from), to: destination.address(at), length: UInt64(length)))
+                case 1: descriptors.append(.fill(destination.address(at), length: UInt64(length), pattern: pattern))
+                default: descriptors.append(.crc32c(of: source.address(from), length: UInt64(length)))
+                }
+                checks.append((kind, at, from, length, pattern))
+            }
+            let records = try await queue.submit(descriptors)
+            for (i, (record, check)) in zip(records, checks).enumerated() {
+                let what = "seed \(seed), op \(done + i) (\(["copy", "fill", "crc32c"][check.kind]) of \(check.length) bytes)"
+                guard record.status == .success else { throw CLIError("\(what): status \(record.status)") }
+                switch check.kind {
+                case 0:
+                    guard memcmp(destination.unsafeBytes(check.at..<check.at + check.length).baseAddress!,
+                                 original.baseAddress! + check.from, check.length) == 0 else {
+                        throw CLIError("\(what): destination differs from the source")
+                    }
+                case 1:
+                    // The pattern repeats every 8 bytes: check the first 8, then that the rest repeats them.
+                    let bytes = destination.unsafeBytes(check.at..<check.at + check.length)
+                    let head = min(8, check.length)
+                    let expected = (0..<head).map { UInt8(truncatingIfNeeded: check.pattern >> (8 * UInt64($0))) }
+                    guard Array(bytes[0..<head]) == expected,
+                          check.length <= 8 || memcmp(bytes.baseAddress! + 8, bytes.baseAddress!, check.length - 8) == 0 else {
+                        throw CLIError("\(what): fill pattern wrong")
+                    }
+                default:
+                    let expected = CRC32C.update(seed: 0, original.baseAddress! + check.from, length: check.length)
+                    guard record.result == expected else { throw CLIError("\(what): CRC \(record.result), expected \(expected)") }
+                }
+            }
+            done += n
+        }
+        guard memcmp(source.unsafeBytes(0..<bufferSize).baseAddress!, original.baseAddress!, bufferSize) == 0 else { throw CLIError("seed \(seed): the source buffer changed") }
+        print("stress: \(done) ops verified (seed \(seed))")
+    }
+}
