@@ -107,6 +107,27 @@ struct DPDKTests {
         #expect(try await eventually { try await registrations() == 0 })
     }
 
+    @Test("When the EAL has no memory-segment list left for a buffer, ALLOC is NO_MEMORY and says why; FREE makes room")
+    func registrationExhausted() async throws {
+        let server = try dpdkServer()
+        let client = try await server.connect()
+        var buffers: [IOATBuffer] = []
+        var refusal: IOATError? = nil
+        for _ in 0..<400 {
+            do {
+                buffers.append(try await client.allocate(size: 4096, pages: .normal))
+            } catch {
+                refusal = error
+                break
+            }
+        }
+        let error = try #require(refusal, "400 buffers were all registered")
+        #expect(error.code == .noMemory)
+        #expect("\(error)".contains("DMA-addressable") && "\(error)".contains("ALLOC of 4096 bytes"), "\(error)")
+        try await client.free(buffers.removeLast())
+        buffers.append(try await client.allocate(size: 4096, pages: .normal))
+    }
+
     @Test("The configuration file selects the DPDK engine and its EAL arguments")
     func configurationFile() async throws {
         let path = temporarySocketPath() + ".toml"
