@@ -58,11 +58,19 @@ run-dpdk: deps-dpdk
 ## test: build with the DPDK engine and run every test (unit, kernel objects, whole processes, the
 ## conformance suite on dma_skeleton), after a short bounded fuzz run; then check that a build without
 ## the DPDK trait neither needs nor links DPDK. A crash fails at once: the Swift backtracer is off (it
-## can hang a crashed test process).
+## can hang a crashed test process). On failure the recorded issues, and the tests a crash cut short,
+## are repeated at the end, where a CI log's tail shows them.
 test: deps deps-dpdk
 	$(MAKE) fuzz FUZZ_SECONDS=20
 	$(SWIFT) build --build-tests --traits DPDK
-	SWIFT_BACKTRACE=enable=no timeout 1800 $(SWIFT) test --traits DPDK
+	@mkdir -p .build
+	SWIFT_BACKTRACE=enable=no timeout 1800 $(SWIFT) test --traits DPDK 2>&1 | tee .build/test-output.txt; \
+		status=$${PIPESTATUS[0]}; \
+		if [ $$status -ne 0 ]; then \
+			echo "---- make test: the failures above, repeated (exit $$status) ----"; \
+			python3 Tests/support/test-failures.py .build/test-output.txt; \
+		fi; \
+		exit $$status
 	$(MAKE) check-plain-build
 
 ## check-plain-build: build ioatd without the DPDK trait in its own folder; it must link no DPDK library

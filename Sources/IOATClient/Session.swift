@@ -386,7 +386,7 @@ final class Session: Sendable {
     /// and sends what is queued. Returns false when the connection is gone.
     private func serviceSocket(_ buffer: UnsafeMutableRawBufferPointer) -> Bool {
         let pending = output.withLock { !$0.outbox.isEmpty }
-        let polling = busyPollNanoseconds > 0 && Clock.nanoseconds() - lastActivity.load(ordering: .relaxed) < busyPollNanoseconds
+        let polling = busyPollNanoseconds > 0 && Clock.nanoseconds(since: lastActivity.load(ordering: .relaxed)) < busyPollNanoseconds
             && state.withLock { !$0.batches.isEmpty || !$0.replies.isEmpty }
         let ready: [Poll.Events]
         do throws(SystemError) {

@@ -304,12 +304,16 @@ public struct ConformanceSuite: Sendable {
     }
 
     private func xor(_ queue: IOATQueue, _ a: IOATBuffer, _ b: IOATBuffer, _ list: IOATBuffer, _ rng: inout SplitMix64) async throws -> String? {
-        for (count, length, skew) in [(2, 4096, 0), (3, 1000, 3), (16, 65536, 0), (16, 777, 5)] {
-            // Sources in `a` at 64 KiB strides (+skew), parity into `b`, the source list in `list`.
+        for (count, wanted, skew) in [(2, 4096, 0), (3, 1000, 3), (16, 65536, 0), (16, 777, 5)] {
+            // Sources in `a` at strides of a little over 64 KiB (+skew) where `a` has room, never
+            // overlapping; parity into `b`; the source list in `list`. A 1 MiB buffer on 4 KiB pages
+            // is exactly 16 × 64 KiB, so the stride shrinks to fit it (and the length with it).
+            let stride = min(65_600, (a.size - skew) / count)
+            let length = min(wanted, stride)
             var expected = [UInt8](repeating: 0, count: length)
             var entries: [UInt8] = []
             for s in 0..<count {
-                let offset = s * 65_600 + skew
+                let offset = s * stride + skew
                 a.fillPseudoRandom(offset..<offset + length, seed: rng.next())
                 for (i, byte) in a.read(at: offset, count: length).enumerated() { expected[i] ^= byte }
                 entries += withUnsafeBytes(of: a.handle.littleEndian) { Array($0) } + [0, 0, 0, 0]

@@ -172,7 +172,7 @@ public final class IOATServer: @unchecked Sendable {
                     break
                 }
             }
-            let polling = busyPoll > 0 && Clock.nanoseconds() - lastActivity < busyPoll
+            let polling = busyPoll > 0 && Clock.nanoseconds(since: lastActivity) < busyPoll
             if polling, schedulers.contains(where: { $0.engine.hasCompletions }) {
                 reapCompletions()
                 lastActivity = Clock.nanoseconds()

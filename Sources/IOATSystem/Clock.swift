@@ -10,6 +10,15 @@ public enum Clock {
         return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
     }
 
+    /// Nanoseconds since `start`, a reading of `nanoseconds()`; 0 when `start` is not in the past. Another
+    /// thread may publish a newer reading than the caller's own clock read, so a plain subtraction can
+    /// underflow: elapsed time is never negative.
+    @inline(__always)
+    public static func nanoseconds(since start: UInt64) -> UInt64 {
+        let now = nanoseconds()
+        return now > start ? now - start : 0
+    }
+
     /// Gives the CPU to another runnable thread, if any (sched_yield(2)); used between busy-poll checks
     /// so a spinning thread does not starve an engine worker sharing its core.
     @inline(__always)

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 import IOATEngine
 import IOATProtocol
 import IOATSystem
@@ -136,5 +137,35 @@ struct DmadevStatusTests {
         // Values a later DPDK adds are failures, never success.
         for raw: UInt32 in [15, 99, 0x101, .max] { #expect(DmadevStatus.completionStatus(raw: raw) == .engineError) }
         #expect(DmadevStatus.dataPoison.name == "RTE_DMA_STATUS_DATA_POISION")
+    }
+}
+
+@Suite("monotonic clock")
+struct ClockTests {
+    /// The client's reader thread measured idle time as `now - lastActivity` while its sender thread
+    /// published newer readings; the subtraction underflowed and trapped (seen as `ioatctl stress`
+    /// clients dying of SIGILL under load). Elapsed time must be 0, never negative, in that race.
+    @Test("elapsed time since a reading another thread just published is never negative")
+    func elapsedAcrossThreads() async {
+        #expect(Clock.nanoseconds(since: Clock.nanoseconds() + 1_000_000_000) == 0)
+        let start = Clock.nanoseconds()
+        usleep(1000)
+        #expect(Clock.nanoseconds(since: start) >= 1_000_000)
+
+        final class Shared: Sendable {
+            let published = Atomic<UInt64>(Clock.nanoseconds())
+            let done = Atomic<Bool>(false)
+        }
+        let shared = Shared()
+        let publisher = OSThread(name: "clock-publisher") {
+            while !shared.done.load(ordering: .relaxed) { shared.published.store(Clock.nanoseconds(), ordering: .relaxed) }
+        }
+        var longest: UInt64 = 0
+        for _ in 0..<500_000 {
+            longest = max(longest, Clock.nanoseconds(since: shared.published.load(ordering: .relaxed)))
+        }
+        shared.done.store(true, ordering: .relaxed)
+        publisher.join()
+        #expect(longest < 10_000_000_000, "no reading is mistaken for ten seconds of idleness")
     }
 }
