@@ -14,6 +14,9 @@ import Synchronization
 /// on the client connects again. Buffers and queues belong to the connection that opened them: after a
 /// reconnect, open new queues, and allocate or re-register buffers (`register(_:)` re-registers the
 /// memfd of an old buffer, so its bytes carry over).
+///
+/// Dropping the last reference to a client closes its connection and ends its reader thread, even if the
+/// server never sends anything again.
 public final class IOATClient: Sendable {
     /// A successful answer to a request (see `rawRequest`).
     public enum Reply: @unchecked Sendable {
@@ -70,11 +73,19 @@ public final class IOATClient: Sendable {
         let existing = current.withLock { $0 }
         if !existing.isLost { return existing }
         let fresh = try await Self.connectOffPool(path: path, busyPollMicroseconds: busyPollMicroseconds)
-        reconnects.add(1, ordering: .relaxed)
-        return current.withLock { s in
-            if s.isLost { s = fresh }
-            return s
+        let (live, installed) = current.withLock { s in
+            guard s.isLost else { return (s, false) }
+            s = fresh
+            return (s, true)
         }
+        if installed {
+            reconnects.add(1, ordering: .relaxed)
+        } else {
+            // Another task reconnected first. Its session is the one to use. This one's reader thread
+            // would keep it, and a server connection, alive for ever, so it is closed.
+            fresh.close()
+        }
+        return live
     }
 
     /// What the server said in the handshake of the current connection: version, limits and channels.

@@ -130,17 +130,32 @@ final class Session: Sendable {
 
     deinit {
         _ = shutdown(fd.rawValue, Int32(SHUT_RDWR))
-        reader.withLock { $0 }?.join()
+        wakeup.signal()
+        guard let thread = reader.withLock({ $0 }) else { return }
+        // The reader's own round may drop the last reference; a thread cannot join itself.
+        if thread.isCurrent { thread.detach() } else { thread.join() }
     }
 
     private func startReader() {
+        // The thread keeps the two descriptors, never the session, while it sleeps in poll(2): a session
+        // nobody holds any more is then freed at once, which closes its connection and ends the thread.
+        // (Holding it across the poll kept every dropped, idle session connected until the server spoke.)
+        let socket = fd, wake = wakeup.fd
         let thread = OSThread(name: "ioat-client") { [weak self] in
             let capacity = Int(self?.server.maxMessage ?? UInt32(Wire.defaultMaxMessage)) + 1
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 16)
             defer { buffer.deallocate() }
-            // Hold the client only weakly between rounds so dropping it ends the thread.
-            while let client = self {
-                if !client.serviceSocket(buffer) { return }
+            while true {
+                guard let (pending, polling) = self?.pollPlan() else { return }
+                let ready: [Poll.Events]
+                do throws(SystemError) {
+                    ready = try Poll.wait([(socket, pending ? [.readable, .writable] : .readable), (wake, .readable)],
+                                          timeoutMilliseconds: polling ? 0 : -1)
+                } catch {
+                    self?.connectionLost("poll: \(error)")
+                    return
+                }
+                guard let client = self, client.serviceSocket(ready, pending: pending, polling: polling, buffer) else { return }
             }
         }
         reader.withLock { $0 = thread }
@@ -149,8 +164,10 @@ final class Session: Sendable {
     /// Whether the connection is gone (every later request fails with `connectionLost`).
     var isLost: Bool { state.withLock { $0.lost != nil } }
 
-    /// Closes the connection: every waiting call fails with `connectionLost`.
+    /// Closes the connection: every waiting call fails with `connectionLost` (on the reader thread, like
+    /// every callback), and the session counts as lost at once, so the next call connects again.
     func close() {
+        state.withLock { $0.lost = $0.lost ?? "closed by the client" }
         _ = shutdown(fd.rawValue, Int32(SHUT_RDWR))
         wakeup.signal()
     }
@@ -382,20 +399,18 @@ final class Session: Sendable {
 
     // MARK: Reader thread
 
-    /// Waits for the socket (and, with an outbox, for room in it), then receives and routes what arrived
-    /// and sends what is queued. Returns false when the connection is gone.
-    private func serviceSocket(_ buffer: UnsafeMutableRawBufferPointer) -> Bool {
+    /// What the reader waits for next: room in the socket too when the outbox holds packets, and whether
+    /// to spin (poll without sleeping) because requests are outstanding and the last packet was recent.
+    private func pollPlan() -> (pending: Bool, polling: Bool) {
         let pending = output.withLock { !$0.outbox.isEmpty }
         let polling = busyPollNanoseconds > 0 && Clock.nanoseconds(since: lastActivity.load(ordering: .relaxed)) < busyPollNanoseconds
             && state.withLock { !$0.batches.isEmpty || !$0.replies.isEmpty }
-        let ready: [Poll.Events]
-        do throws(SystemError) {
-            ready = try Poll.wait([(fd, pending ? [.readable, .writable] : .readable), (wakeup.fd, .readable)],
-                                  timeoutMilliseconds: polling ? 0 : -1)
-        } catch {
-            connectionLost("poll: \(error)")
-            return false
-        }
+        return (pending, polling)
+    }
+
+    /// After the reader's poll(2) (`ready`: the socket's events, then the wakeup's), receives and routes
+    /// what arrived and sends what is queued. Returns false when the connection is gone.
+    private func serviceSocket(_ ready: [Poll.Events], pending: Bool, polling: Bool, _ buffer: UnsafeMutableRawBufferPointer) -> Bool {
         guard ready.count == 2, !ready.allSatisfy({ $0.isEmpty }) else {
             if polling { Clock.yield() }
             return true

@@ -334,6 +334,13 @@ public final class IOATServer: @unchecked Sendable {
         ])
         let packet = Message.error(ErrorReply(ProtocolError(code, message))).encode(requestID: 0, version: 1)
         packet.withUnsafeBytes { _ = try? UnixSocket.send(fd, $0, fds: []) }
+        // Discard what the client already sent (its HELLO, usually; any descriptors are closed). Closing
+        // a Unix socket with unread packets resets the peer, and the reset would hide the ERROR from it.
+        withUnsafeTemporaryAllocation(byteCount: 64, alignment: 8) { scratch in
+            for _ in 0..<16 {
+                guard let unread = try? UnixSocket.receive(fd, into: scratch), !unread.isEndOfStream else { break }
+            }
+        }
     }
 
     /// Drops a tenant with no connection left (its lanes go too; statistics start again next time).

@@ -6,7 +6,7 @@ public struct TenantLimits: Sendable, Equatable {
     /// Whether the tenant may connect at all.
     public var allowed = true
     /// Connections at once.
-    public var maxConnections = 256
+    public var maxConnections = 128
     /// Buffer bytes, allocated plus registered.
     public var maxBufferBytes: UInt64 = 4 << 30
     /// Queues open at once.

@@ -34,9 +34,16 @@ public final class OSThread: @unchecked Sendable {
         pthread_join(handle, nil)
     }
 
+    /// Whether the caller is running on this thread.
+    public var isCurrent: Bool { pthread_equal(handle, pthread_self()) != 0 }
+
+    /// Lets the thread clean up after itself when it ends, instead of being joined.
+    public func detach() {
+        pthread_detach(handle)
+    }
+
     /// Runs `body` on a new thread that cleans up after itself (nobody joins it).
     public static func detached(name: String, _ body: @escaping @Sendable () -> Void) {
-        let thread = OSThread(name: name, body)
-        pthread_detach(thread.handle)
+        OSThread(name: name, body).detach()
     }
 }

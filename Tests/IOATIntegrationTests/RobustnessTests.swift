@@ -55,6 +55,35 @@ struct RobustnessTests {
         #expect(await eventually { openDescriptorCount() <= ownBaseline + 1 }, "test process fds \(openDescriptorCount()) vs \(ownBaseline)")
     }
 
+    @Test("a client dropped without close() disconnects; concurrent calls after a lost connection reconnect once")
+    func droppedAndReconnectingClients() async throws {
+        let server = try TestServer()
+        let probe = try await server.connect()
+        func connections() async throws -> Int? {
+            (try await statusDocument(probe)["server"] as? [String: Any])?["connections"] as? Int
+        }
+        // Dropping the last reference ends the connection even though the server never speaks again.
+        do {
+            let dropped = try await server.connect()
+            _ = try await dropped.allocate(size: 4096)
+            #expect(try await connections() == 2)
+        }
+        let gone = try await eventually { try await connections() == 1 }
+        #expect(gone, "a dropped client stayed connected")
+
+        // Eight calls race to reconnect a closed client: one connection wins, the others are closed.
+        let client = try await server.connect()
+        client.close()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<8 { group.addTask { _ = try await client.status() } }
+            try await group.waitForAll()
+        }
+        #expect(client.reconnectCount == 1)
+        let settled = try await eventually { try await connections() == 2 }
+        let now = try await connections() ?? -1
+        #expect(settled, "\(now) connections, expected the probe and one reconnected client")
+    }
+
     @Test("a client that dies with ops in flight leaves nothing behind")
     func dyingClient() async throws {
         let server = try TestServer()

@@ -72,6 +72,16 @@ final class NotifySocket: @unchecked Sendable {
 /// ioatd run by Tests/support/socket-holder.py, which holds the socket and restarts ioatd when it dies.
 /// Spawned without Foundation's Process, whose exit detection breaks when the holder's children inherit
 /// its descriptors.
+/// Connects to `path` until a connection succeeds (closing it at once) or `attempts` have failed,
+/// sleeping `pause` microseconds between attempts; whether one succeeded.
+func waitForListener(_ path: String, attempts: Int, pause: UInt32) -> Bool {
+    for _ in 0..<attempts {
+        if (try? UnixSocket.connect(path: path)) != nil { return true }
+        usleep(pause)
+    }
+    return false
+}
+
 final class HeldServer: @unchecked Sendable {
     let path = temporarySocketPath()
     let outputPath: String
@@ -84,7 +94,9 @@ final class HeldServer: @unchecked Sendable {
             buildDirectory.appendingPathComponent("ioatd").path, "--log-level", "warning",
         ] + arguments, output: outputPath)
         guard childPIDs(waitingFor: 1).count >= 1 else { throw SystemError("socket holder did not start ioatd", errno: ETIMEDOUT) }
-        for _ in 0..<200 where (try? UnixSocket.connect(path: path)) == nil { usleep(10_000) }
+        // One probe connection, once the socket answers. (A `for … where connect(…)` filter would connect on
+        // every one of its rounds: 200 connections queued for the new ioatd, over a tenant's limit.)
+        _ = waitForListener(path, attempts: 200, pause: 10_000)
     }
 
     private var lines: [String] { (readSmallFile(outputPath) ?? "").split(separator: "\n").map(String.init) }
@@ -362,7 +374,7 @@ struct ServiceTests {
         process.standardError = err
         process.standardOutput = FileHandle.nullDevice
         try process.run()
-        for _ in 0..<100 where (try? UnixSocket.connect(path: path)) == nil { usleep(20_000) }
+        _ = waitForListener(path, attempts: 100, pause: 20_000)
         kill(process.processIdentifier, SIGTERM)
         process.waitUntilExit()
         let lines = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n")

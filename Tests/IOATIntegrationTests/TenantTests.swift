@@ -73,6 +73,25 @@ struct TenantTests {
         let third = try #require(try refusal(at: server.path))
         #expect(third.0 == .quotaExceeded)
         #expect(third.1.contains("2 connections") && third.1.contains("user 0"), "\(third.1)")
+        // A client whose HELLO is queued before the server gets to the connection reads the ERROR as well:
+        // the server discards the unread HELLO before closing, since closing over unread packets resets
+        // the peer, and the reset would hide the ERROR. The server is stopped so the HELLO surely waits.
+        kill(server.pid, SIGSTOP)
+        let early = try RawClient(path: server.path, hello: false)
+        try early.send(Message.hello(Hello()).encode(requestID: 1))
+        kill(server.pid, SIGCONT)
+        // Read only once the server has closed its end, as a slower client would.
+        var hangup = pollfd(fd: early.fd.rawValue, events: 0, revents: 0)  // POLLHUP is always reported
+        #expect(poll(&hangup, 1, 5000) == 1 && hangup.revents & Int16(POLLHUP) != 0, "the server kept a refused connection open")
+        do {
+            guard case .error(let e) = try early.receive(timeout: 5)?.message else {
+                Issue.record("a refused client that had sent HELLO got no ERROR")
+                return
+            }
+            #expect(e.code == .quotaExceeded)
+        } catch {
+            Issue.record("a refused client that had sent HELLO saw \(error), not the server's ERROR")
+        }
 
         // Limits add up over the tenant's connections.
         _ = try await a.allocate(size: 768 << 10, pages: .normal)
