@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "CIOATShim.h"
 
+#include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -73,6 +74,18 @@ int cioat_peercred(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
     *uid = cred.uid;
     *gid = cred.gid;
     return 0;
+}
+
+#ifndef SO_PEERGROUPS
+#define SO_PEERGROUPS 59
+#endif
+
+int cioat_peergroups(int fd, gid_t *groups, int max) {
+    socklen_t len = (socklen_t)(max * sizeof(gid_t));
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) != 0) {
+        if (errno != ERANGE) return -1;  // ERANGE: len now says how much room they need
+    }
+    return (int)(len / sizeof(gid_t));
 }
 
 #include <pthread.h>

@@ -29,6 +29,10 @@ struct JSONWriter {
         separate(key)
         text += value ? "true" : "false"
     }
+    mutating func field<T: BinaryInteger>(_ key: String, _ values: [T]) {
+        separate(key)
+        text += "[" + values.map { "\($0)" }.joined(separator: ",") + "]"
+    }
 
     private mutating func open(_ key: String?, _ bracket: String) {
         separate(key)
@@ -138,6 +142,7 @@ extension IOATServer {
             j.field("pid", Int(c.peer.pid))
             j.field("uid", c.peer.uid)
             j.field("gid", c.peer.gid)
+            j.field("groups", c.peer.groups)
             j.field("buffers", c.buffers.count)
             j.field("buffer_bytes", c.bufferBytes)
             j.field("queues", c.queues.count)
@@ -155,6 +160,7 @@ extension IOATServer {
             j.beginObject()
             j.field("uid", t.uid)
             j.field("gid", t.gid)
+            j.field("groups", t.groups)
             j.field("policy", t.policySource)
             j.field("weight", t.limits.weight)
             j.field("connections", t.connections)

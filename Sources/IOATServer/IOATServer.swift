@@ -269,7 +269,7 @@ public final class IOATServer: @unchecked Sendable {
         policy = fresh
         policyReloads += 1
         for tenant in tenants.values {
-            (tenant.limits, tenant.policySource) = policy.limits(uid: tenant.uid, gid: tenant.gid)
+            (tenant.limits, tenant.policySource) = policy.limits(uid: tenant.uid, gid: tenant.gid, groups: tenant.groups)
         }
         logger.notice("policy reloaded", metadata: [
             "users": "\(policy.users.count)", "groups": "\(policy.groups.count)", "tenants": "\(tenants.count)",
@@ -293,7 +293,7 @@ public final class IOATServer: @unchecked Sendable {
                 refuse(fd, peer, .quotaExceeded, "the server has \(connections.count) connections, its limit")
                 continue
             }
-            let (limits, source) = policy.limits(uid: peer.uid, gid: peer.gid)
+            let (limits, source) = policy.limits(uid: peer.uid, gid: peer.gid, groups: peer.groups)
             let existing = tenants[peer.uid]
             guard limits.allowed else {
                 refuse(fd, peer, .permissionDenied, "uid \(peer.uid) (gid \(peer.gid)) is not allowed to use ioatd (policy: \(source))")
@@ -305,7 +305,7 @@ public final class IOATServer: @unchecked Sendable {
                        "uid \(peer.uid) already has \(existing?.connections ?? 0) connections; its limit is \(limits.maxConnections) (policy: \(source))")
                 continue
             }
-            let tenant = existing ?? Tenant(uid: peer.uid, gid: peer.gid, limits: limits, policySource: source)
+            let tenant = existing ?? Tenant(uid: peer.uid, gid: peer.gid, groups: peer.groups, limits: limits, policySource: source)
             tenants[peer.uid] = tenant
             let id = nextConnectionID + Self.firstConnectionToken
             nextConnectionID += 1

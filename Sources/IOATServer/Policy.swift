@@ -22,9 +22,13 @@ public struct TenantLimits: Sendable, Equatable {
     public init() {}
 }
 
-/// The tenant policy: defaults, and overrides per user and per group (by primary gid, the one
-/// SO_PEERCRED reports). A user entry wins over a group entry, which wins over the defaults; keys an
-/// entry does not set come from `[policy.default]`.
+/// The tenant policy: defaults, and overrides per user and per group. A user entry wins over group
+/// entries, which win over the defaults; keys an entry does not set come from `[policy.default]`.
+///
+/// Groups are the peer's primary group (SO_PEERCRED) and its supplementary groups (SO_PEERGROUPS), as
+/// the kernel recorded them when it connected. When several have entries: one that denies wins (a
+/// member of a denied group is refused whatever else it belongs to); else the primary group's entry;
+/// else the entry of the lowest-numbered supplementary group.
 public struct Policy: Sendable, Equatable {
     public var defaults = TenantLimits()
     public var users: [UInt32: TenantLimits] = [:]
@@ -34,9 +38,13 @@ public struct Policy: Sendable, Equatable {
     public init() {}
 
     /// The limits for a peer, and where they came from ("user 1000", "group 100", "default").
-    public func limits(uid: UInt32, gid: UInt32) -> (TenantLimits, source: String) {
+    public func limits(uid: UInt32, gid: UInt32, groups supplementary: [UInt32] = []) -> (TenantLimits, source: String) {
         if let l = users[uid] { return (l, "user \(uid)") }
-        if let l = groups[gid] { return (l, "group \(gid)") }
+        let candidates = [gid] + supplementary.sorted()
+        let matching = candidates.compactMap { g in groups[g].map { (gid: g, limits: $0) } }
+        if let entry = matching.first(where: { !$0.limits.allowed }) ?? matching.first {
+            return (entry.limits, "group \(entry.gid)")
+        }
         return (defaults, "default")
     }
 

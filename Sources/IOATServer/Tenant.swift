@@ -4,8 +4,9 @@ import Histogram
 /// connections), its scheduling weight, and its statistics. Lives on the event-loop thread only.
 final class Tenant {
     let uid: UInt32
-    /// Primary gid of its first connection (the group policy entries match).
+    /// Primary gid and supplementary groups of its first connection (what group policy entries match).
     let gid: UInt32
+    let groups: [UInt32]
     /// The limits in force, and which policy entry they came from; replaced on reload.
     var limits: TenantLimits
     var policySource: String
@@ -29,9 +30,10 @@ final class Tenant {
     /// Nanoseconds from acceptance to completion (the record's creation).
     var latency = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .two)
 
-    init(uid: UInt32, gid: UInt32, limits: TenantLimits, policySource: String) {
+    init(uid: UInt32, gid: UInt32, groups: [UInt32], limits: TenantLimits, policySource: String) {
         self.uid = uid
         self.gid = gid
+        self.groups = groups
         self.limits = limits
         self.policySource = policySource
     }

@@ -5,11 +5,15 @@ import Glibc
 public struct PeerCredentials: Hashable, Sendable {
     public var pid: Int32
     public var uid: UInt32
+    /// The primary group.
     public var gid: UInt32
-    public init(pid: Int32, uid: UInt32, gid: UInt32) {
+    /// Supplementary groups, in the kernel's (ascending) order; empty where SO_PEERGROUPS is missing.
+    public var groups: [UInt32]
+    public init(pid: Int32, uid: UInt32, gid: UInt32, groups: [UInt32] = []) {
         self.pid = pid
         self.uid = uid
         self.gid = gid
+        self.groups = groups
     }
 }
 
@@ -122,7 +126,20 @@ public enum UnixSocket {
     public static func peerCredentials(_ fd: FileDescriptor) throws(SystemError) -> PeerCredentials {
         var pid: pid_t = 0, uid: uid_t = 0, gid: gid_t = 0
         guard cioat_peercred(fd.rawValue, &pid, &uid, &gid) == 0 else { throw SystemError.current("getsockopt(SO_PEERCRED)") }
-        return PeerCredentials(pid: pid, uid: uid, gid: gid)
+        return PeerCredentials(pid: pid, uid: uid, gid: gid, groups: peerGroups(fd))
+    }
+
+    /// The peer's supplementary groups as the kernel recorded them at connect(2) (SO_PEERGROUPS), so
+    /// they cannot change under the server as /proc/PID/status could; empty on kernels before 4.13.
+    static func peerGroups(_ fd: FileDescriptor) -> [UInt32] {
+        var room = 32
+        while true {
+            var groups = [gid_t](repeating: 0, count: room)
+            let count = Int(cioat_peergroups(fd.rawValue, &groups, Int32(room)))
+            if count < 0 { return [] }
+            if count <= room { return Array(groups.prefix(count)) }
+            room = count
+        }
     }
 
     /// Sends one packet, with `fds` attached as SCM_RIGHTS. Throws EAGAIN on a full non-blocking socket.

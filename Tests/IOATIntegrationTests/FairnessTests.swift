@@ -38,7 +38,7 @@ struct Backlogged {
     init(uid: UInt32, weight: Int, opLength: Int, buffer: SharedBuffer, scheduler: ChannelScheduler) throws {
         var limits = TenantLimits()
         limits.weight = weight
-        tenant = Tenant(uid: uid, gid: uid, limits: limits, policySource: "test")
+        tenant = Tenant(uid: uid, gid: uid, groups: [], limits: limits, policySource: "test")
         connection = Connection(id: UInt64(uid), fd: try EventFD().fd, peer: PeerCredentials(pid: 1, uid: uid, gid: uid), tenant: tenant,
                                 maxMessage: 4096, now: 0)
         queue = Queue(id: uid, channel: 0, depth: 4096, connection: connection, lane: scheduler.lane(for: tenant))

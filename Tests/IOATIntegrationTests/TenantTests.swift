@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import IOATClient
 import IOATProtocol
+import IOATServer
 import Testing
 
 /// Reads the ERROR a refused connection gets before the server closes it.
@@ -136,6 +137,50 @@ struct TenantTests {
         #expect((doc["tenants"] as? [[String: Any]])?.first?["weight"] as? Int == 5)
         #expect(try refusal(at: server.path)?.0 == .quotaExceeded, "still two connections at most")
         _ = try await b.status()
+    }
+
+    @Test("Group entries match supplementary groups too: a denying group wins, then the primary group, then the lowest gid")
+    func groupResolution() {
+        var policy = Policy()
+        var seven = TenantLimits(), denied = TenantLimits(), primary = TenantLimits(), mine = TenantLimits()
+        seven.weight = 7
+        denied.allowed = false
+        primary.weight = 2
+        mine.weight = 9
+        policy.groups = [4242: seven, 4243: denied, 100: primary, 4244: seven]
+        #expect(policy.limits(uid: 5, gid: 5).source == "default")
+        #expect(policy.limits(uid: 5, gid: 5, groups: [4244, 4242]) == (seven, "group 4242"))
+        #expect(policy.limits(uid: 5, gid: 100, groups: [4242]) == (primary, "group 100"))
+        #expect(policy.limits(uid: 5, gid: 100, groups: [4242, 4243]) == (denied, "group 4243"))
+        policy.users[5] = mine
+        #expect(policy.limits(uid: 5, gid: 100, groups: [4243]) == (mine, "user 5"), "a user entry wins over every group")
+    }
+
+    @Test("A process's supplementary groups, as the kernel reports them, select its group policy")
+    func supplementaryGroupsThroughTheKernel() async throws {
+        let config = temporarySocketPath() + ".toml"
+        defer { unlink(config) }
+        try "[policy.groups.4242]\nweight = 7\n\n[policy.groups.4243]\nallowed = false\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let server = try TestServer(arguments: ["--config", config])
+        func runAs(groups: String) throws -> (Int32, String) {
+            try runTool("/usr/bin/setpriv", [
+                "--reuid=65534", "--regid=65534", "--groups=\(groups)", "/usr/bin/python3",
+                FileManager.default.currentDirectoryPath + "/Tests/support/other-tenant.py", server.path, "1",
+            ], mergingErrors: true)
+        }
+        let (status, out) = try runAs(groups: "4242")
+        #expect(status == 0, "\(out)")
+        let statusLine = try #require(out.split(separator: "\n").first { $0.hasPrefix("STATUS ") }, "\(out)")
+        let doc = try JSONSerialization.jsonObject(with: Data(statusLine.dropFirst(7).utf8)) as? [String: Any] ?? [:]
+        let tenant = try #require((doc["tenants"] as? [[String: Any]])?.first, "\(doc)")
+        #expect(tenant["policy"] as? String == "group 4242")
+        #expect(tenant["weight"] as? Int == 7)
+        #expect(tenant["groups"] as? [Int] == [4242])
+
+        // A member of a denied group is refused, whatever else it belongs to.
+        let (refusedStatus, refusedOut) = try runAs(groups: "4242,4243")
+        #expect(refusedStatus != 0 && refusedOut.contains("no HELLO_OK"), "\(refusedOut)")
+        #expect(await eventually { server.log.contains("policy: group 4243") }, "\(server.log)")
     }
 
     @Test("Unknown users and groups in the policy are refused at start with their line")
