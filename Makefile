@@ -59,13 +59,15 @@ run-dpdk: deps-dpdk
 ## conformance suite on dma_skeleton), after a short bounded fuzz run; then check that a build without
 ## the DPDK trait neither needs nor links DPDK. A crash fails at once: the Swift backtracer is off (it
 ## can hang a crashed test process). On failure the recorded issues, and the tests a crash cut short,
-## are repeated at the end, where a CI log's tail shows them.
+## are repeated at the end, where a CI log's tail shows them. Processes the tests started and a crash
+## left running are killed afterwards (they carry IOATD_TEST_RUN in their environment).
 test: deps deps-dpdk
 	$(MAKE) fuzz FUZZ_SECONDS=20
 	$(SWIFT) build --build-tests --traits DPDK
 	@mkdir -p .build
-	SWIFT_BACKTRACE=enable=no timeout 1800 $(SWIFT) test --traits DPDK 2>&1 | tee .build/test-output.txt; \
+	IOATD_TEST_RUN=$$$$ SWIFT_BACKTRACE=enable=no timeout 1800 $(SWIFT) test --traits DPDK 2>&1 | tee .build/test-output.txt; \
 		status=$${PIPESTATUS[0]}; \
+		python3 Tests/support/reap.py $$$$; \
 		if [ $$status -ne 0 ]; then \
 			echo "---- make test: the failures above, repeated (exit $$status) ----"; \
 			python3 Tests/support/test-failures.py .build/test-output.txt; \
