@@ -4,6 +4,8 @@ SWIFT ?= swift
 PREFIX ?= /usr/local
 DESTDIR ?=
 APT_PACKAGES := libisal-dev libsystemd-dev pkg-config gcc python3
+# Only the tests use these: strace delays one syscall to set up a race deterministically.
+TEST_PACKAGES := strace
 # The DPDK engine (SwiftPM trait DPDK) needs DPDK's headers, libraries and the dma_skeleton driver.
 DPDK_PACKAGES := libdpdk-dev
 DPDK_PMDS ?= $(firstword $(wildcard /usr/lib/*-linux-gnu/dpdk/pmds-*))
@@ -12,7 +14,7 @@ SKELETON_EAL_ARGS ?= --no-huge --no-pci -m 256 --no-shconf --no-telemetry --file
 	-d $(DPDK_PMDS)/librte_dma_skeleton.so --vdev=dma_skeleton
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps deps-dpdk build build-dpdk release run run-dpdk test check-plain-build vectors fuzz clean
+.PHONY: all deps deps-dpdk deps-test build build-dpdk release run run-dpdk test check-plain-build vectors fuzz clean
 
 all: build
 
@@ -23,6 +25,10 @@ deps:
 ## deps-dpdk: the same for the DPDK engine.
 deps-dpdk: deps
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DPDK_PACKAGES)"
+
+## deps-test: the same for what only the tests use.
+deps-test: deps
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(TEST_PACKAGES)"
 
 install-packages:
 	@missing=""; for p in $(PACKAGES); do \
@@ -61,7 +67,7 @@ run-dpdk: deps-dpdk
 ## can hang a crashed test process). On failure the recorded issues, and the tests a crash cut short,
 ## are repeated at the end, where a CI log's tail shows them. Processes the tests started and a crash
 ## left running are killed afterwards (they carry IOATD_TEST_RUN in their environment).
-test: deps deps-dpdk
+test: deps deps-dpdk deps-test
 	$(MAKE) fuzz FUZZ_SECONDS=20
 	$(SWIFT) build --build-tests --traits DPDK
 	@mkdir -p .build

@@ -90,8 +90,13 @@ final class Session: Sendable {
 
     /// HELLO and its answer, synchronously, before the reader thread exists.
     private static func handshake(_ fd: FileDescriptor) throws(IOATError) -> HelloReply {
+        // A server that refuses the connection (SPEC.md §1) sends its ERROR and closes at once. If that
+        // happened before our HELLO went out, the send fails, and the ERROR is still there to be read.
+        var sendFailure: SystemError? = nil
         do throws(SystemError) {
             try UnixSocket.send(fd, Message.hello(Hello()).encode(requestID: 0, version: 1))
+        } catch where error.errno == EPIPE || error.errno == ECONNRESET {
+            sendFailure = error
         } catch {
             throw .system(error)
         }
@@ -101,9 +106,12 @@ final class Session: Sendable {
         do throws(SystemError) {
             received = try UnixSocket.receive(fd, into: buffer)
         } catch {
-            throw .system(error)
+            throw .system(sendFailure ?? error)
         }
-        if received.isEndOfStream { throw .connectionLost("the server closed the connection during the handshake") }
+        if received.isEndOfStream {
+            if let sendFailure { throw .system(sendFailure) }
+            throw .connectionLost("the server closed the connection during the handshake")
+        }
         let message: Message
         do throws(ProtocolError) {
             (_, message) = try Message.decode(UnsafeRawBufferPointer(rebasing: buffer[0..<received.count]), version: 1)

@@ -139,6 +139,28 @@ struct TenantTests {
         _ = try await b.status()
     }
 
+    @Test("A client refused before its HELLO went out still reports the server's reason, not a broken pipe")
+    func refusedBeforeHello() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/strace") else {
+            print("SKIP: no strace to delay the client's HELLO; the refused-before-HELLO path was not tested")
+            return
+        }
+        let config = temporarySocketPath() + ".toml"
+        defer { unlink(config) }
+        try "[policy.users.root]\nallowed = false\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let server = try TestServer(arguments: ["--config", config])
+        // strace holds the client's first sendmsg (its HELLO) for 300 ms: the server has refused and closed
+        // the connection by then, so the send fails with EPIPE while the ERROR waits to be read.
+        let (status, out) = try runTool("/usr/bin/strace", [
+            "-f", "-o", "/dev/null", "-e", "trace=none", "-e", "inject=sendmsg:delay_enter=300000:when=1",
+            buildDirectory.appendingPathComponent("ioatctl").path, "status", "--socket", server.path,
+        ], mergingErrors: true)
+        
+        #expect(status != 0)
+        #expect(out.contains("PERMISSION_DENIED") && out.contains("uid 0"), "\(out)")
+        #expect(!out.contains("Broken pipe"), "\(out)")
+    }
+
     @Test("Group entries match supplementary groups too: a denying group wins, then the primary group, then the lowest gid")
     func groupResolution() {
         var policy = Policy()
