@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 #include <fcntl.h>
+#include <poll.h>
 
 int cioat_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
 
@@ -13,6 +14,7 @@ const unsigned int cioat_MFD_CLOEXEC = MFD_CLOEXEC;
 const unsigned int cioat_MFD_ALLOW_SEALING = MFD_ALLOW_SEALING;
 const unsigned int cioat_MFD_HUGETLB = MFD_HUGETLB;
 const int cioat_MSG_CMSG_CLOEXEC = MSG_CMSG_CLOEXEC;
+const int cioat_POLLRDHUP = POLLRDHUP;
 
 const int cioat_F_ADD_SEALS = F_ADD_SEALS;
 const int cioat_F_GET_SEALS = F_GET_SEALS;

@@ -140,9 +140,10 @@ public final class IOATClient: Sendable {
         try await session().openQueue(channel: channel, depth: depth)
     }
 
-    /// The server's STATUS document (JSON, SPEC.md §5.6).
-    public func status() async throws(IOATError) -> String {
-        try await session().status()
+    /// One page of the server's STATUS document, as the JSON the server sent (SPEC.md §5.6). `status()`
+    /// gives the whole document, typed.
+    public func statusJSON(_ page: StatusRequest = .first) async throws(IOATError) -> String {
+        try await session().status(page)
     }
 
     /// Sends a raw, already-encoded request (use `reserveRequestID()` for its id) and returns the server's

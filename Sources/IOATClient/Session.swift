@@ -323,9 +323,9 @@ final class Session: Sendable {
         _ = try await request(.close(queue: id))
     }
 
-    /// The server's STATUS document (JSON, SPEC.md §5.6).
-    func status() async throws(IOATError) -> String {
-        guard case .status(let json) = try await request(.status) else { throw .invalidReply("STATUS answered with something else") }
+    /// One page of the server's STATUS document (JSON, SPEC.md §5.6).
+    func status(_ page: StatusRequest) async throws(IOATError) -> String {
+        guard case .status(let json) = try await request(.status(page)) else { throw .invalidReply("STATUS answered with something else") }
         return json
     }
 

@@ -171,12 +171,10 @@ public final class DPDKEngine: Engine, @unchecked Sendable {
     /// Memory registrations alive now.
     public var liveRegistrations: Int { registrations.load(ordering: .relaxed) }
 
-    public var details: [(String, String)] {
-        [
-            ("dpdk_devices", devices.map { "\($0.name) (\($0.driver), \($0.vchans) vchan\($0.vchans == 1 ? "" : "s"))" }.joined(separator: ", ")),
-            ("dpdk_iova_mode", iovaIsVirtual ? "va" : "pa"),
-            ("dma_registrations", "\(liveRegistrations)"),
-        ]
+    public func describe(_ server: inout StatusDocument.Server) {
+        server.dpdkDevices = devices.map { "\($0.name) (\($0.driver), \($0.vchans) vchan\($0.vchans == 1 ? "" : "s"))" }.joined(separator: ", ")
+        server.dpdkIovaMode = iovaIsVirtual ? "va" : "pa"
+        server.dmaRegistrations = liveRegistrations
     }
 
     final class Registration {
@@ -246,13 +244,10 @@ final class DPDKChannel: EngineChannel, @unchecked Sendable {
         deviceOpcodes.contains(opcode == .copySG ? .copy : opcode) ? device.driver : "cpu"
     }
 
-    var details: [(String, String)] {
-        [
-            ("device", device.name), ("driver", device.driver), ("hardware_version", device.driver),
-            ("vchan", "\(vchan)"), ("device_ops", "\(deviceOps.load(ordering: .relaxed))"),
-            ("cpu_ops", "\(cpuOps.load(ordering: .relaxed))"), ("device_restarts", "\(restarts.load(ordering: .relaxed))"),
-            ("last_device_error", lastDeviceError.withLock { $0 } ?? "none"),
-        ]
+    var deviceStatus: StatusDocument.Device? {
+        StatusDocument.Device(name: device.name, driver: device.driver, vchan: vchan, deviceOps: deviceOps.load(ordering: .relaxed),
+                              cpuOps: cpuOps.load(ordering: .relaxed), restarts: restarts.load(ordering: .relaxed),
+                              lastError: lastDeviceError.withLock { $0 } ?? "none")
     }
 
     private func runsOnDevice(_ op: EngineOp) -> Bool { deviceOpcodes.contains(op.opcode) && op.length > 0 }

@@ -94,13 +94,13 @@ public protocol EngineChannel: AnyObject, Sendable {
     func shutdown()
     /// What runs `opcode` on this channel: "cpu" or a device driver's name (for status).
     func runner(of opcode: Opcode) -> String
-    /// Engine-specific facts for status (device, driver, counters), as name/value pairs.
-    var details: [(String, String)] { get }
+    /// The DMA device behind the channel, for status; nil for the CPU engine.
+    var deviceStatus: StatusDocument.Device? { get }
 }
 
 extension EngineChannel {
     public func runner(of opcode: Opcode) -> String { "cpu" }
-    public var details: [(String, String)] { [] }
+    public var deviceStatus: StatusDocument.Device? { nil }
 }
 
 /// A set of channels sharing one completion notifier.
@@ -124,12 +124,12 @@ public protocol Engine: AnyObject, Sendable {
     /// devices, for as long as the returned object lives; nil when nothing was needed. Called for every
     /// server-allocated and client-registered buffer before it is used.
     func register(memory: UnsafeMutableRawBufferPointer, pageSize: Int) throws(SystemError) -> AnyObject?
-    /// Engine-wide facts for status, as name/value pairs.
-    var details: [(String, String)] { get }
+    /// Adds engine-wide facts to the status document's server part (DPDK devices, IOVA mode, registrations).
+    func describe(_ server: inout StatusDocument.Server)
 }
 
 extension Engine {
     /// CPU threads reach every mapping; nothing to do.
     public func register(memory: UnsafeMutableRawBufferPointer, pageSize: Int) throws(SystemError) -> AnyObject? { nil }
-    public var details: [(String, String)] { [] }
+    public func describe(_ server: inout StatusDocument.Server) {}
 }

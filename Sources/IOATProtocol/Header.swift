@@ -83,6 +83,14 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
         }
     }
 
+    /// The type a checked header names, if it is defined in protocol `version` (`UNKNOWN_TYPE` otherwise).
+    public static func of(_ header: MessageHeader, definedBy version: UInt16) throws(ProtocolError) -> MessageType {
+        guard let type = MessageType(rawValue: header.type), type.version <= version else {
+            throw ProtocolError(.unknownType, "message type 0x\(String(header.type, radix: 16)) is not defined in protocol version \(version)")
+        }
+        return type
+    }
+
     /// Whether a message of this type carries exactly one file descriptor.
     public var carriesFD: Bool { self == .register || self == .allocReply }
 }
@@ -121,6 +129,20 @@ public struct MessageHeader: Hashable, Sendable {
     public static func decode(_ packet: UnsafeRawBufferPointer, version expected: UInt16) throws(ProtocolError)
         -> MessageHeader
     {
+        try decode(packet, accepting: expected...expected)
+    }
+
+    /// The request id of a packet as received, before anything in it is trusted: bytes 16–23 when the
+    /// packet holds a whole header, else 0 (SPEC.md §7: the id an ERROR echoes).
+    public static func requestID(of packet: UnsafeRawBufferPointer) -> UInt64 {
+        WireReader(packet).get(at: 16, as: UInt64.self) ?? 0
+    }
+
+    /// Decodes and checks a header, in the order of SPEC.md §2.2: size, magic, version (one of
+    /// `accepting`), length, reserved. The type is not checked here.
+    public static func decode(_ packet: UnsafeRawBufferPointer, accepting versions: ClosedRange<UInt16>) throws(ProtocolError)
+        -> MessageHeader
+    {
         var r = WireReader(packet)
         guard let magic: UInt32 = r.read(), let version: UInt16 = r.read(), let type: UInt16 = r.read(),
             let length: UInt32 = r.read(), let reserved: UInt32 = r.read(), let requestID: UInt64 = r.read()
@@ -130,7 +152,8 @@ public struct MessageHeader: Hashable, Sendable {
         guard magic == Wire.magic else {
             throw ProtocolError(.badMagic, "magic 0x\(String(magic, radix: 16)) is not 0x\(String(Wire.magic, radix: 16)) (\"IOAT\")")
         }
-        guard version == expected else {
+        guard versions.contains(version) else {
+            let expected = versions.count == 1 ? "\(versions.lowerBound)" : "\(versions.lowerBound)...\(versions.upperBound)"
             throw ProtocolError(.unsupportedVersion, "message framed with version \(version); this connection speaks \(expected)")
         }
         guard Int(length) == packet.count else {

@@ -49,7 +49,13 @@ extension Message {
             w.write(s.queue)
             w.write(UInt32(s.count))
             w.write(bytes: s.body)
-        case .status, .freeReply, .closeReply:
+        case .status(let page):
+            if page != .first {
+                w.write(page.clientFrom)
+                w.write(page.tenantFrom)
+                w.write(UInt32(0))
+            }
+        case .freeReply, .closeReply:
             break
         case .helloReply(let r):
             w.write(r.version)
@@ -135,9 +141,18 @@ extension Message {
         let rawType = WireReader(packet).get(at: 6, as: UInt16.self)
         let framing: UInt16 = rawType == MessageType.hello.rawValue || rawType == MessageType.helloReply.rawValue ? 1 : version
         let header = try MessageHeader.decode(packet, version: framing)
-        guard let type = MessageType(rawValue: header.type), type.version <= header.version else {
-            throw ProtocolError(.unknownType, "message type 0x\(String(header.type, radix: 16)) is not defined in protocol version \(header.version)")
-        }
+        let type = try MessageType.of(header, definedBy: header.version)
+        return (header, try decodeBody(type, header: header, packet: packet, maxDescriptors: maxDescriptors))
+    }
+
+    /// Decodes the body of a packet whose header was checked and whose type is `type` (SPEC.md §2.2's last
+    /// step and the body rules of §4–§7). With `validateDescriptors` false a SUBMIT's descriptors are left
+    /// for the receiver to check one by one (`SubmitView.descriptor(at:)`), so that the first bad one,
+    /// whatever the reason, is the one reported.
+    public static func decodeBody(_ type: MessageType, header: MessageHeader, packet: UnsafeRawBufferPointer,
+                                  maxDescriptors: Int = Int(UInt32.max), validateDescriptors: Bool = true)
+        throws(ProtocolError) -> Message
+    {
         var r = WireReader(packet, cursor: Wire.headerSize)
         let bodySize = r.remaining
 
@@ -162,7 +177,7 @@ extension Message {
             guard hello.minVersion <= hello.maxVersion else {
                 throw ProtocolError(.malformed, "HELLO min_version \(hello.minVersion) is above max_version \(hello.maxVersion)")
             }
-            return (header, .hello(hello))
+            return .hello(hello)
         case .alloc:
             try expectBody(16)
             let size: UInt64 = r.read()!
@@ -178,7 +193,7 @@ extension Message {
             guard size > 0 else { throw ProtocolError(.badLength, "ALLOC size must be above 0") }
             let pages: Alloc.Pages = flags == Alloc.flagRequireHuge ? .requireHuge
                 : flags == Alloc.flagNoHuge ? .normal : .preferHuge
-            return (header, .alloc(Alloc(size: size, pages: pages)))
+            return .alloc(Alloc(size: size, pages: pages))
         case .register:
             try expectBody(8)
             let flags: UInt32 = r.read()!
@@ -186,37 +201,47 @@ extension Message {
                 throw ProtocolError(.unknownFlags, "REGISTER flag bits 0x\(String(flags, radix: 16)) are not defined")
             }
             try reserved32(r.read()!, "reserved")
-            return (header, .register)
+            return .register
         case .free:
             try expectBody(8)
             let handle: UInt32 = r.read()!
             try reserved32(r.read()!, "reserved")
-            return (header, .free(handle: handle))
+            return .free(handle: handle)
         case .open:
             try expectBody(8)
-            return (header, .open(channel: r.read()!, depth: r.read()!))
+            return .open(channel: r.read()!, depth: r.read()!)
         case .close:
             try expectBody(8)
             let queue: UInt32 = r.read()!
             try reserved32(r.read()!, "reserved")
-            return (header, .close(queue: queue))
+            return .close(queue: queue)
         case .submit:
             guard bodySize >= 8 else { throw ProtocolError(.malformed, "SUBMIT body must be at least 8 bytes, got \(bodySize)") }
             let queue: UInt32 = r.read()!
             let count: UInt32 = r.read()!
+            // §2.2: the body's size for its type comes first, then the count's bounds.
+            guard r.remaining == Int(count) * Descriptor.size else {
+                throw ProtocolError(.malformed, "SUBMIT says \(count) descriptors (\(Int(count) * Descriptor.size) bytes) but carries \(r.remaining) bytes")
+            }
             guard count > 0 else { throw ProtocolError(.badCount, "SUBMIT to queue \(queue) carries no descriptors") }
             guard Int(count) <= maxDescriptors else {
                 throw ProtocolError(.badCount, "SUBMIT carries \(count) descriptors; the most is \(maxDescriptors)")
             }
-            guard r.remaining == Int(count) * Descriptor.size else {
-                throw ProtocolError(.malformed, "SUBMIT says \(count) descriptors (\(Int(count) * Descriptor.size) bytes) but carries \(r.remaining) bytes")
-            }
             let view = SubmitView(queue: queue, count: Int(count), body: r.readBytes(r.remaining)!, version: header.version)
-            for i in 0..<view.count { _ = try view.descriptor(at: i) }
-            return (header, .submit(view))
+            if validateDescriptors {
+                for i in 0..<view.count { _ = try view.descriptor(at: i) }
+            }
+            return .submit(view)
         case .status:
-            try expectBody(0)
-            return (header, .status)
+            // Empty (the first page) or a paging body (SPEC.md §5.6).
+            guard bodySize == 0 || bodySize == StatusRequest.size else {
+                throw ProtocolError(.malformed, "STATUS body must be 0 or \(StatusRequest.size) bytes, got \(bodySize)")
+            }
+            guard bodySize > 0 else { return .status(.first) }
+            let clientFrom: UInt64 = r.read()!
+            let tenantFrom: UInt32 = r.read()!
+            try reserved32(r.read()!, "reserved")
+            return .status(StatusRequest(clientFrom: clientFrom, tenantFrom: tenantFrom))
         case .reserve:
             try expectBody(16)
             let queue: UInt32 = r.read()!
@@ -227,26 +252,26 @@ extension Message {
             }
             try reserved32(r.read()!, "reserved")
             guard credits > 0 else { throw ProtocolError(.badCount, "RESERVE of 0 credits") }
-            return (header, .reserve(queue: queue, credits: credits, noWait: flags & ReserveFlags.noWait != 0))
+            return .reserve(queue: queue, credits: credits, noWait: flags & ReserveFlags.noWait != 0)
         case .setCoalesce:
             try expectBody(8)
-            return (header, .setCoalesce(queue: r.read()!, microseconds: r.read()!))
+            return .setCoalesce(queue: r.read()!, microseconds: r.read()!)
         case .coalesceReply:
             try expectBody(8)
             let microseconds: UInt32 = r.read()!
             try reserved32(r.read()!, "reserved")
-            return (header, .coalesceReply(microseconds: microseconds))
+            return .coalesceReply(microseconds: microseconds)
         case .reserveReply:
             try expectBody(8)
             let free: UInt32 = r.read()!
             try reserved32(r.read()!, "reserved")
-            return (header, .reserveReply(freeCredits: free))
+            return .reserveReply(freeCredits: free)
         case .freeReply:
             try expectBody(0)
-            return (header, .freeReply)
+            return .freeReply
         case .closeReply:
             try expectBody(0)
-            return (header, .closeReply)
+            return .closeReply
         case .helloReply:
             guard bodySize >= 48 else { throw ProtocolError(.malformed, "HELLO_OK body must be at least 48 bytes, got \(bodySize)") }
             let version: UInt16 = r.read()!
@@ -275,7 +300,7 @@ extension Message {
                                                   maxTransfer: maxTransfer, maxDepth: maxDepth,
                                                   maxCoalesceMicroseconds: coalesce, name: name))
             }
-            return (header, .helloReply(reply))
+            return .helloReply(reply)
         case .allocReply, .registerReply:
             try expectBody(24)
             let handle: UInt32 = r.read()!
@@ -284,18 +309,18 @@ extension Message {
                 throw ProtocolError(.unknownFlags, "\(type.name) flag bits 0x\(String(flags.subtracting(.defined).rawValue, radix: 16)) are not defined")
             }
             let reply = BufferReply(handle: handle, flags: flags, size: r.read()!, pageSize: r.read()!)
-            return (header, type == .allocReply ? .allocReply(reply) : .registerReply(reply))
+            return type == .allocReply ? .allocReply(reply) : .registerReply(reply)
         case .openReply:
             try expectBody(16)
             let reply = OpenReply(queue: r.read()!, channel: r.read()!, depth: r.read()!)
             try reserved32(r.read()!, "reserved")
-            return (header, .openReply(reply))
+            return .openReply(reply)
         case .statusReply:
             let bytes = r.readBytes(r.remaining)!
             guard let json = String(validating: bytes, as: UTF8.self) else {
                 throw ProtocolError(.malformed, "STATUS_OK body is not UTF-8")
             }
-            return (header, .statusReply(json: json))
+            return .statusReply(json: json)
         case .completion:
             guard bodySize >= 8 else { throw ProtocolError(.malformed, "COMPLETION body must be at least 8 bytes, got \(bodySize)") }
             let queue: UInt32 = r.read()!
@@ -305,12 +330,12 @@ extension Message {
             }
             let view = CompletionView(queue: queue, count: Int(count), body: r.readBytes(r.remaining)!)
             for i in 0..<view.count { _ = try view.record(at: i) }
-            return (header, .completion(view))
+            return .completion(view)
         case .goodbye:
             try expectBody(8)
             let drain: UInt32 = r.read()!
             try reserved32(r.read()!, "reserved")
-            return (header, .goodbye(drainMilliseconds: drain))
+            return .goodbye(drainMilliseconds: drain)
         case .error:
             guard bodySize >= 16 else { throw ProtocolError(.malformed, "ERROR body must be at least 16 bytes, got \(bodySize)") }
             let code = ErrorCode(rawValue: r.read()!)
@@ -323,7 +348,7 @@ extension Message {
             guard let text = String(validating: r.readBytes(r.remaining)!, as: UTF8.self) else {
                 throw ProtocolError(.malformed, "ERROR text is not UTF-8")
             }
-            return (header, .error(ErrorReply(code: code, index: index, message: text)))
+            return .error(ErrorReply(code: code, index: index, message: text))
         }
     }
 }

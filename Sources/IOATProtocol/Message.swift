@@ -243,7 +243,8 @@ public enum Message {
     case open(channel: UInt32, depth: UInt32)
     case close(queue: UInt32)
     case submit(SubmitView)
-    case status
+    /// STATUS, for the page that starts where `StatusRequest` says (`.first` is the empty body).
+    case status(StatusRequest)
     /// (v2) Answered once `queue` has at least `credits` free credits; with NO_WAIT, refused at once
     /// with NO_SPACE when it has not.
     case reserve(queue: UInt32, credits: UInt32, noWait: Bool)

@@ -3,39 +3,79 @@ import Glibc
 import IOATProtocol
 import IOATSystem
 
-/// One client connection: its socket, negotiated state, buffers, queues and unsent output.
+/// A request that waits for credits (SPEC.md §5.8, §6.3). While one waits the connection reads nothing,
+/// so the buffers its ops name stay open; a SUBMIT waits already validated and resolved.
+enum ParkedRequest {
+    /// A SUBMIT whose resolved ops go into `queue` once it has credits for all of them.
+    case submit(queue: Queue, ops: [PendingOp])
+    /// A RESERVE answered once `queue` has `credits` free.
+    case reserve(queue: Queue, credits: Int, requestID: UInt64)
+
+    var queue: Queue {
+        switch self {
+        case .submit(let queue, _), .reserve(let queue, _, _): queue
+        }
+    }
+
+    /// Credits it waits for.
+    var credits: Int {
+        switch self {
+        case .submit(_, let ops): ops.count
+        case .reserve(_, let credits, _): credits
+        }
+    }
+}
+
+/// A connection's buffers by handle, and their bytes, counted for the connection and its tenant.
+struct BufferTable: BufferLookup {
+    private(set) var byHandle: [UInt32: SharedBuffer] = [:]
+    private(set) var bytes: UInt64 = 0
+
+    var count: Int { byHandle.count }
+    func buffer(_ handle: UInt32) -> SharedBuffer? { byHandle[handle] }
+    func contains(_ handle: UInt32) -> Bool { byHandle[handle] != nil }
+
+    mutating func add(_ buffer: SharedBuffer, tenant: Tenant) {
+        byHandle[buffer.handle] = buffer
+        bytes += buffer.size
+        tenant.bufferBytes += buffer.size
+    }
+
+    mutating func remove(_ handle: UInt32, tenant: Tenant) -> SharedBuffer? {
+        guard let buffer = byHandle.removeValue(forKey: handle) else { return nil }
+        bytes -= buffer.size
+        tenant.bufferBytes -= buffer.size
+        return buffer
+    }
+}
+
+/// One client connection: its socket, protocol state, buffers, queues and unsent output.
 /// Lives on the event-loop thread only.
-final class Connection {
+final class Connection: BufferLookup {
     let id: UInt64
     let fd: FileDescriptor
     let peer: PeerCredentials
     /// Every connection of the peer's uid shares one tenant (policy limits, fair share, statistics).
     let tenant: Tenant
     let connectedAt: Double
-    var negotiated = false
+    /// Negotiation and the order of checks on every packet.
+    var machine: ConnectionStateMachine
     /// The version messages are framed with: 1 until HELLO_OK, then the negotiated one.
-    var version: UInt16 = 1
+    var version: UInt16 { machine.version }
 
     /// Buffers and queues by handle. Handle numbers are unique across the server's connections, so a
-    /// number taken from another connection names nothing here (SPEC.md §5.2).
-    private(set) var buffers: [UInt32: SharedBuffer] = [:]
-    private(set) var bufferBytes: UInt64 = 0
+    /// number taken from another connection names nothing here (SPEC.md §5).
+    private(set) var buffers = BufferTable()
+    var bufferBytes: UInt64 { buffers.bytes }
     private(set) var queues: [UInt32: Queue] = [:]
 
+    func buffer(_ handle: UInt32) -> SharedBuffer? { buffers.buffer(handle) }
+
     /// Adds a buffer, counting its bytes for the connection and its tenant.
-    func add(_ buffer: SharedBuffer) {
-        buffers[buffer.handle] = buffer
-        bufferBytes += buffer.size
-        tenant.bufferBytes += buffer.size
-    }
+    func add(_ buffer: SharedBuffer) { buffers.add(buffer, tenant: tenant) }
 
     /// Removes a buffer; nil when `handle` names none.
-    func removeBuffer(_ handle: UInt32) -> SharedBuffer? {
-        guard let buffer = buffers.removeValue(forKey: handle) else { return nil }
-        bufferBytes -= buffer.size
-        tenant.bufferBytes -= buffer.size
-        return buffer
-    }
+    func removeBuffer(_ handle: UInt32) -> SharedBuffer? { buffers.remove(handle, tenant: tenant) }
 
     /// Adds a queue, counting it and its depth for the tenant.
     func add(_ queue: Queue) {
@@ -55,14 +95,14 @@ final class Connection {
     /// Gives back everything the connection held to its tenant's account (the connection is closing).
     func releaseAll() {
         for id in Array(queues.keys) { _ = removeQueue(id) }
-        for handle in Array(buffers.keys) { _ = removeBuffer(handle) }
+        for handle in Array(buffers.byHandle.keys) { _ = removeBuffer(handle) }
         tenant.connections -= 1
     }
 
     /// One packet of receive space (plus one byte, so an oversized packet shows as truncated).
     let receiveBuffer: UnsafeMutableRawBufferPointer
-    /// Length of a SUBMIT parked in `receiveBuffer` until its queue has credits, or 0.
-    var parkedLength = 0
+    /// The request waiting for credits, if any.
+    var parked: ParkedRequest? = nil
     /// Scratch space for encoding COMPLETION messages without allocating.
     var scratch: WireWriter
 
@@ -85,11 +125,13 @@ final class Connection {
     var requests: UInt64 = 0
     var errors: UInt64 = 0
 
-    init(id: UInt64, fd: FileDescriptor, peer: PeerCredentials, tenant: Tenant, maxMessage: Int, now: Double) {
+    init(id: UInt64, fd: FileDescriptor, peer: PeerCredentials, tenant: Tenant, maxMessage: Int, maxDescriptors: Int = 512,
+         now: Double) {
         self.id = id
         self.fd = fd
         self.peer = peer
         self.tenant = tenant
+        machine = ConnectionStateMachine(maxMessage: maxMessage, maxDescriptors: maxDescriptors)
         tenant.connections += 1
         connectedAt = now
         receiveBuffer = .allocate(byteCount: maxMessage + 1, alignment: 16)
@@ -99,7 +141,10 @@ final class Connection {
     deinit { receiveBuffer.deallocate() }
 
     /// Whether the server should read requests now.
-    var wantsToRead: Bool { !isClosed && backlog.isEmpty && parkedLength == 0 }
+    var wantsToRead: Bool { !isClosed && !closeAfterFlush && backlog.isEmpty && parked == nil }
+    /// Set by an error that closes the connection while output is still queued: the connection closes
+    /// once the ERROR has been written (SPEC.md §7).
+    var closeAfterFlush = false
 
     enum SendResult {
         case sent

@@ -3,101 +3,67 @@ import IOATProtocol
 import IOATSystem
 
 extension IOATServer {
-    /// Checks the transport-level facts of a packet (size, attached descriptors), then handles it.
-    /// Takes the packet's descriptors: none stays open past the reply.
+    /// Takes one received packet through the connection's state machine (SPEC.md §2.2's order), then
+    /// carries out the request it holds. Takes the packet's descriptors: none stays open past the reply.
     func handlePacket(_ connection: Connection, _ packet: inout ReceivedPacket) {
         var fds = packet.fds
         packet.fds = []
         let bytes = UnsafeRawBufferPointer(rebasing: connection.receiveBuffer[0..<packet.count])
-        let requestID = WireReader(bytes).get(at: 16, as: UInt64.self) ?? 0
-        if packet.isTruncated {
-            fds.removeAll()
-            refuse(connection, ProtocolError(.tooLarge, "packet of \(packet.fullSize) bytes exceeds the maximum of \(configuration.maxMessage)"),
-                   requestID: requestID)
-            return
-        }
-        if packet.foreignControl {
-            fds.removeAll()
-            refuse(connection, ProtocolError(.unexpectedFD, "control messages other than SCM_RIGHTS are not accepted; they were discarded"),
-                   requestID: requestID)
-            return
-        }
-        handleRequest(connection, packet: bytes, fds: &fds, fdsReceived: packet.fdsReceived)
-    }
-
-    /// Decodes and carries out one request. Every refusal is an ERROR with the spec's code. The server
-    /// keeps no received descriptor: they are closed before the reply is sent, so a client that has the
-    /// answer knows the server no longer holds them.
-    func handleRequest(_ connection: Connection, packet: UnsafeRawBufferPointer, fds: inout [FileDescriptor], fdsReceived: Int = 0) {
-        let requestID = WireReader(packet).get(at: 16, as: UInt64.self) ?? 0
-        do throws(ProtocolError) {
-            let (header, message) = try Message.decode(packet, version: connection.version,
-                                                       maxDescriptors: configuration.maxDescriptors)
-            guard let type = MessageType(rawValue: header.type), type.isRequest else {
-                throw ProtocolError(.unexpectedType, "message type \(MessageType(rawValue: header.type)?.name ?? "?") is sent by the server, not to it")
-            }
-            let received = max(fdsReceived, fds.count)
-            if type.carriesFD {
-                guard received == 1 else {
-                    throw ProtocolError(.missingFD, "\(type.name) needs exactly one file descriptor, got \(received)")
-                }
-            } else if received > 0 {
-                throw ProtocolError(.unexpectedFD, "\(type.name) takes no file descriptors, got \(received); they were closed")
-            }
-            if !connection.negotiated && type != .hello {
-                throw ProtocolError(.notNegotiated, "\(type.name) before HELLO; the first message must be HELLO")
-            }
-            if state != .serving && (type == .submit || type == .alloc || type == .register || type == .open) {
-                throw ProtocolError(.shuttingDown, "the server is stopping and takes no new \(type.name)")
-            }
-            switch message {
-            case .hello(let hello): try handleHello(connection, hello, requestID: requestID)
-            case .alloc(let alloc): try handleAllocate(connection, alloc, requestID: requestID)
-            case .register:
-                // The memfd is closed at the end of this statement, before the reply goes out.
-                let registered = try registerBuffer(connection, fds.removeFirst())
-                reply(connection, .registerReply(registered), requestID: requestID)
-            case .free(let handle): try handleFree(connection, handle: handle, requestID: requestID)
-            case .open(let channel, let depth): try handleOpen(connection, channel: channel, depth: depth, requestID: requestID)
-            case .close(let queue): try handleClose(connection, queue: queue, requestID: requestID)
-            case .submit(let submit): try handleSubmit(connection, submit, packetLength: packet.count)
-            case .status: reply(connection, .statusReply(json: statusJSON(for: connection.peer)), requestID: requestID)
-            case .setCoalesce(let id, let microseconds):
-                guard let queue = connection.queues[id] else {
-                    throw ProtocolError(.badQueue, "SET_COALESCE on queue \(id), which is not open on this connection")
-                }
-                let maximum = schedulers[queue.channel].engine.info.maxCoalesceMicroseconds
-                guard microseconds <= maximum else {
-                    throw ProtocolError(.badPeriod, "coalescing period \(microseconds) µs is above channel \(queue.channel)'s maximum of \(maximum) µs")
-                }
-                queue.coalesceNanoseconds = UInt64(microseconds) * 1000
-                reply(connection, .coalesceReply(microseconds: microseconds), requestID: requestID)
-            case .reserve(let queue, let credits, let noWait):
-                try handleReserve(connection, queue: queue, credits: credits, noWait: noWait, packetLength: packet.count, requestID: requestID)
-            default: preconditionFailure("request types are covered above")
-            }
-        } catch {
+        let facts = PacketFacts(size: packet.fullSize, descriptors: packet.fdsReceived,
+                                descriptorsOverflowed: packet.descriptorsOverflowed, foreignControl: packet.foreignControl)
+        switch connection.machine.receive(bytes, facts, stopping: state != .serving) {
+        case .refuse(let error, let requestID, _):
             fds.removeAll()
             refuse(connection, error, requestID: requestID)
+        case .hello(let version, let requestID):
+            let answer = HelloReply(
+                version: version, features: 0, maxMessage: UInt32(configuration.maxMessage),
+                maxDescriptors: UInt32(configuration.maxDescriptors), maxQueueDepth: UInt32(configuration.maxQueueDepth),
+                maxQueues: UInt32(configuration.maxQueues), maxBuffers: UInt32(configuration.maxBuffers),
+                maxBufferBytes: configuration.maxBufferBytes, hugepageSize: configuration.hugepages ? hugepageSize : 0,
+                channels: engine.channels.map(\.info))
+            reply(connection, .helloReply(answer), requestID: requestID)  // framed with version 1, like HELLO
+        case .request(let message, let requestID):
+            do throws(ProtocolError) {
+                try carryOut(message, on: connection, requestID: requestID, fds: &fds)
+            } catch {
+                fds.removeAll()
+                refuse(connection, error, requestID: requestID)
+            }
         }
     }
 
-    private func handleHello(_ connection: Connection, _ hello: Hello, requestID: UInt64) throws(ProtocolError) {
-        guard !connection.negotiated else { throw ProtocolError(.alreadyNegotiated, "HELLO was already answered on this connection") }
-        let chosen = min(hello.maxVersion, Wire.version)
-        guard chosen >= max(hello.minVersion, Wire.minimumVersion) else {
-            throw ProtocolError(.unsupportedVersion,
-                                "client speaks versions \(hello.minVersion)...\(hello.maxVersion); this server speaks \(Wire.minimumVersion)...\(Wire.version)")
+    /// Carries out one checked request. Every refusal is an ERROR with the spec's code. The server keeps
+    /// no received descriptor: they are closed before the reply is sent, so a client that has the answer
+    /// knows the server no longer holds them.
+    private func carryOut(_ message: Message, on connection: Connection, requestID: UInt64,
+                          fds: inout [FileDescriptor]) throws(ProtocolError) {
+        switch message {
+        case .alloc(let alloc): try handleAllocate(connection, alloc, requestID: requestID)
+        case .register:
+            // The memfd is closed at the end of this statement, before the reply goes out.
+            let registered = try registerBuffer(connection, fds.removeFirst())
+            reply(connection, .registerReply(registered), requestID: requestID)
+        case .free(let handle): try handleFree(connection, handle: handle, requestID: requestID)
+        case .open(let channel, let depth): try handleOpen(connection, channel: channel, depth: depth, requestID: requestID)
+        case .close(let queue): try handleClose(connection, queue: queue, requestID: requestID)
+        case .submit(let submit): try handleSubmit(connection, submit)
+        case .status(let page):
+            reply(connection, .statusReply(json: statusJSON(for: connection.peer, page: page, version: connection.version)), requestID: requestID)
+        case .setCoalesce(let id, let microseconds):
+            guard let queue = connection.queues[id] else {
+                throw ProtocolError(.badQueue, "SET_COALESCE on queue \(id), which is not open on this connection")
+            }
+            let maximum = channels[queue.channel].engine.info.maxCoalesceMicroseconds
+            guard microseconds <= maximum else {
+                throw ProtocolError(.badPeriod, "coalescing period \(microseconds) µs is above channel \(queue.channel)'s maximum of \(maximum) µs")
+            }
+            queue.coalesceNanoseconds = UInt64(microseconds) * 1000
+            reply(connection, .coalesceReply(microseconds: microseconds), requestID: requestID)
+        case .reserve(let queue, let credits, let noWait):
+            try handleReserve(connection, queue: queue, credits: credits, noWait: noWait, requestID: requestID)
+        default: preconditionFailure("the state machine passes on requests only, and answers HELLO itself")
         }
-        connection.negotiated = true
-        let answer = HelloReply(
-            version: chosen, features: 0, maxMessage: UInt32(configuration.maxMessage),
-            maxDescriptors: UInt32(configuration.maxDescriptors), maxQueueDepth: UInt32(configuration.maxQueueDepth),
-            maxQueues: UInt32(configuration.maxQueues), maxBuffers: UInt32(configuration.maxBuffers),
-            maxBufferBytes: configuration.maxBufferBytes, hugepageSize: configuration.hugepages ? hugepageSize : 0,
-            channels: engine.channels.map(\.info))
-        reply(connection, .helloReply(answer), requestID: requestID)
-        connection.version = chosen  // HELLO_OK itself is framed with version 1, like HELLO
     }
 
     private func checkBufferQuota(_ connection: Connection, adding size: UInt64) throws(ProtocolError) {
@@ -118,12 +84,20 @@ extension IOATServer {
         }
     }
 
+    /// Whether `size` more buffer bytes fit the connection's and its tenant's limits (no refusal counted).
+    private func fitsBufferQuota(_ connection: Connection, adding size: UInt64) -> Bool {
+        let (total, overflow) = connection.bufferBytes.addingReportingOverflow(size)
+        let (tenantTotal, tenantOverflow) = connection.tenant.bufferBytes.addingReportingOverflow(size)
+        return !overflow && total <= configuration.maxBufferBytes && !tenantOverflow
+            && tenantTotal <= connection.tenant.limits.maxBufferBytes
+    }
+
     /// A handle number for a new buffer or queue: unique across every connection of the server (until
     /// 2^32 handles have been made), so a number seen on another connection names nothing on this one.
     private func nextHandle(_ connection: Connection) -> UInt32 {
         repeat {
             handleCounter &+= 1
-        } while handleCounter == 0 || connection.buffers[handleCounter] != nil || connection.queues[handleCounter] != nil
+        } while handleCounter == 0 || connection.buffers.contains(handleCounter) || connection.queues[handleCounter] != nil
         return handleCounter
     }
 
@@ -140,15 +114,26 @@ extension IOATServer {
             return sum / page * page
         }
         let smallPage = UInt64(sysconf(Int32(_SC_PAGESIZE)))
+        // The quota is checked against what will really be charged: the hugepage-rounded size only when
+        // hugepages are tried. A preferred hugepage buffer that would go over the quota where 4 KiB pages
+        // would not is made of 4 KiB pages (SPEC.md §5.1).
         try checkBufferQuota(connection, adding: try rounded(smallPage))
+        var tryHuge = wantHuge
+        if wantHuge {
+            let size = try rounded(hugepageSize)
+            if request.pages == .requireHuge {
+                try checkBufferQuota(connection, adding: size)
+            } else if !fitsBufferQuota(connection, adding: size) {
+                tryHuge = false
+            }
+        }
         let handle = nextHandle(connection)
         let name = "ioatd:\(connection.id):\(handle)"
 
         var created: (FileDescriptor, Mapping, UInt64)? = nil
         var hugeFailure: SystemError? = nil
-        if wantHuge {
+        if tryHuge {
             let size = try rounded(hugepageSize)
-            try checkBufferQuota(connection, adding: size)
             do throws(SystemError) {
                 let fd = try Memfd.create(name: name, size: size, hugepages: true)
                 created = (fd, try Mapping(fd: fd, length: Int(size), writable: true, populate: true), hugepageSize)
@@ -271,14 +256,14 @@ extension IOATServer {
         }
         let index: Int
         if channel == Wire.anyChannel {
-            index = schedulers.indices.min { schedulers[$0].queueCount < schedulers[$1].queueCount }!
+            index = channels.indices.min { channels[$0].queueCount < channels[$1].queueCount }!
         } else {
-            guard Int(channel) < schedulers.count else {
-                throw ProtocolError(.badChannel, "channel \(channel) does not exist; this server has channels 0...\(schedulers.count - 1)")
+            guard Int(channel) < channels.count else {
+                throw ProtocolError(.badChannel, "channel \(channel) does not exist; this server has channels 0...\(channels.count - 1)")
             }
             index = Int(channel)
         }
-        let maxDepth = min(configuration.maxQueueDepth, Int(schedulers[index].engine.info.maxDepth))
+        let maxDepth = min(configuration.maxQueueDepth, Int(channels[index].engine.info.maxDepth))
         guard depth >= 1, Int(depth) <= maxDepth else {
             throw ProtocolError(.badDepth, "queue depth \(depth) is outside 1...\(maxDepth)")
         }
@@ -288,8 +273,8 @@ extension IOATServer {
                                 "a queue of depth \(depth) would let uid \(tenant.uid) have \(tenant.inflightCapacity + Int(depth)) descriptors in flight; its limit is \(tenant.limits.maxInflight) (policy: \(tenant.policySource))")
         }
         let id = nextHandle(connection)
-        connection.add(Queue(id: id, channel: index, depth: Int(depth), connection: connection, lane: schedulers[index].lane(for: tenant)))
-        schedulers[index].queueCount += 1
+        connection.add(Queue(id: id, channel: index, depth: Int(depth), connection: connection, lane: channels[index].lane(for: tenant)))
+        channels[index].queueCount += 1
         reply(connection, .openReply(OpenReply(queue: id, channel: UInt32(index), depth: depth)), requestID: requestID)
     }
 
@@ -302,12 +287,12 @@ extension IOATServer {
         }
         _ = connection.removeQueue(id)
         queue.connection = nil
-        schedulers[queue.channel].queueCount -= 1
+        channels[queue.channel].queueCount -= 1
         reply(connection, .closeReply, requestID: requestID)
     }
 
     /// RESERVE (SPEC.md §5.8): answered once the queue has `credits` free; parked like a SUBMIT until then.
-    private func handleReserve(_ connection: Connection, queue id: UInt32, credits: UInt32, noWait: Bool, packetLength: Int,
+    private func handleReserve(_ connection: Connection, queue id: UInt32, credits: UInt32, noWait: Bool,
                                requestID: UInt64) throws(ProtocolError) {
         guard let queue = connection.queues[id] else {
             throw ProtocolError(.badQueue, "RESERVE on queue \(id), which is not open on this connection")
@@ -320,167 +305,49 @@ extension IOATServer {
         } else if noWait {
             throw ProtocolError(.noSpace, "queue \(id) has \(queue.freeCredits) free credits; RESERVE asked for \(credits) (NO_WAIT)")
         } else {
-            connection.parkedLength = packetLength
+            connection.parked = .reserve(queue: queue, credits: Int(credits), requestID: requestID)
             parked.append(connection)
         }
     }
 
-    /// Resolves a descriptor's range in one of the connection's buffers (SPEC.md §6.3).
-    private func resolve(_ connection: Connection, _ address: BufferAddress, length: UInt64, role: String, index: Int,
-                         writing: Bool) throws(ProtocolError) -> Placement {
-        guard let buffer = connection.buffers[address.handle] else {
-            throw ProtocolError(.badHandle, "descriptor \(index): \(role) handle \(address.handle) is not open on this connection",
-                                index: UInt32(index))
-        }
-        let (end, overflow) = address.offset.addingReportingOverflow(length)
-        guard !overflow else {
-            throw ProtocolError(.overflow, "descriptor \(index): \(role) offset \(address.offset) + length \(length) overflows 64 bits",
-                                index: UInt32(index))
-        }
-        guard end <= buffer.size else {
-            throw ProtocolError(.outOfRange,
-                                "descriptor \(index): \(role) offset \(address.offset) + length \(length) exceeds buffer \(address.handle) (size \(buffer.size))",
-                                index: UInt32(index))
-        }
-        if writing && buffer.flags.contains(.readOnly) {
-            throw ProtocolError(.readOnly, "descriptor \(index): \(role) buffer \(address.handle) is registered read-only",
-                                index: UInt32(index))
-        }
-        return Placement(buffer: buffer, offset: Int(address.offset))
-    }
-
-    /// Resolves every range a descriptor names (SPEC.md §6.3 step 4), copying an XOR source list out of
-    /// the client's memory so it cannot change after validation.
-    private func resolveAll(_ connection: Connection, _ d: Descriptor, index i: Int) throws(ProtocolError) -> PendingOp {
-        var op = PendingOp(cookie: d.cookie, opcode: d.opcode, flags: d.flags, source: nil, destination: nil, auxiliary: nil,
-                           sources: nil, segments: nil, length: Int(clamping: d.length), arg: d.arg)
-        if d.opcode.readsSource {
-            op.source = try resolve(connection, d.source, length: d.length, role: "source", index: i, writing: false)
-        }
-        if d.opcode.usesDestination {
-            op.destination = try resolve(connection, d.destination, length: d.length, role: "destination", index: i,
-                                         writing: d.opcode.writesDestination)
-        }
-        switch d.opcode {
-        case .dualcast:
-            op.auxiliary = try resolve(connection, d.auxiliary, length: d.length, role: "second destination", index: i, writing: true)
-        case .crc32c, .copyCRC32C:
-            // (A `where` here would bind to .copyCRC32C alone.)
-            guard !d.flags.isDisjoint(with: [.crcStore, .crcTest]) else { break }
-            let store = d.flags.contains(.crcStore)
-            if !d.flags.contains(.crcInline) {
-                op.auxiliary = try resolve(connection, d.auxiliary, length: 4, role: store ? "CRC store" : "CRC test", index: i, writing: store)
-            } else {
-                // Inline: STORE after the destination data (after the source for CRC32C), TEST against the
-                // 4 bytes after the source (ioat(4) DMA_CRC_INLINE).
-                let base = store && d.opcode == .copyCRC32C ? d.destination : d.source
-                let (at, overflow) = base.offset.addingReportingOverflow(d.length)
-                guard !overflow else {
-                    throw ProtocolError(.overflow, "descriptor \(i): inline CRC at offset \(base.offset) + length \(d.length) overflows 64 bits",
-                                        index: UInt32(i))
-                }
-                op.auxiliary = try resolve(connection, BufferAddress(handle: base.handle, offset: at), length: 4,
-                                           role: store ? "inline CRC store" : "inline CRC test", index: i, writing: store)
-            }
-        case .xor:
-            let count = Int(d.arg)
-            let list = try resolve(connection, d.auxiliary, length: UInt64(count * Descriptor.xorSourceEntrySize),
-                                   role: "XOR source list", index: i, writing: false)
-            var sources: [Placement] = []
-            sources.reserveCapacity(count)
-            let bytes = UnsafeRawBufferPointer(start: list.pointer, count: count * Descriptor.xorSourceEntrySize)
-            let reader = WireReader(bytes)
-            for s in 0..<count {
-                let handle: UInt32 = reader.get(at: s * 16)!
-                let reserved: UInt32 = reader.get(at: s * 16 + 4)!
-                let offset: UInt64 = reader.get(at: s * 16 + 8)!
-                guard reserved == 0 else {
-                    throw ProtocolError(.reservedNotZero, "descriptor \(i): XOR source \(s) has reserved field \(reserved), must be 0",
-                                        index: UInt32(i))
-                }
-                sources.append(try resolve(connection, BufferAddress(handle: handle, offset: offset), length: d.length,
-                                           role: "XOR source \(s)", index: i, writing: false))
-            }
-            op.sources = sources
-        case .copySG:
-            let count = Int(d.arg)
-            let list = try resolve(connection, d.auxiliary, length: UInt64(count * Descriptor.sgEntrySize),
-                                   role: "COPY_SG entry list", index: i, writing: false)
-            let reader = WireReader(UnsafeRawBufferPointer(start: list.pointer, count: count * Descriptor.sgEntrySize))
-            var segments: [(source: Placement, destination: Placement, length: Int)] = []
-            segments.reserveCapacity(count)
-            var total: UInt64 = 0
-            for e in 0..<count {
-                let at = e * Descriptor.sgEntrySize
-                let srcHandle: UInt32 = reader.get(at: at)!
-                let dstHandle: UInt32 = reader.get(at: at + 4)!
-                let srcOffset: UInt64 = reader.get(at: at + 8)!
-                let dstOffset: UInt64 = reader.get(at: at + 16)!
-                let length: UInt64 = reader.get(at: at + 24)!
-                guard length > 0 else {
-                    throw ProtocolError(.badLength, "descriptor \(i): COPY_SG entry \(e) has length 0", index: UInt32(i))
-                }
-                total = total &+ length
-                let source = try resolve(connection, BufferAddress(handle: srcHandle, offset: srcOffset), length: length,
-                                         role: "COPY_SG entry \(e) source", index: i, writing: false)
-                let destination = try resolve(connection, BufferAddress(handle: dstHandle, offset: dstOffset), length: length,
-                                              role: "COPY_SG entry \(e) destination", index: i, writing: true)
-                segments.append((source, destination, Int(length)))
-            }
-            guard total == d.length else {
-                throw ProtocolError(.badLength, "descriptor \(i): COPY_SG length \(d.length) is not the sum of its entries (\(total))",
-                                    index: UInt32(i))
-            }
-            op.segments = segments
-        default:
-            break
-        }
-        return op
-    }
-
-    /// Validates a whole SUBMIT, then queues all of it or none of it (SPEC.md §6.3). Parks it when the
-    /// queue lacks credits and no descriptor says NO_WAIT.
-    private func handleSubmit(_ connection: Connection, _ submit: SubmitView, packetLength: Int) throws(ProtocolError) {
+    /// Validates a whole SUBMIT, then queues all of it or none of it (SPEC.md §6.3): first what concerns
+    /// the SUBMIT as a whole (its queue, its count against the depth), then each descriptor in turn.
+    /// Parks the resolved ops when the queue lacks credits and no descriptor says NO_WAIT.
+    private func handleSubmit(_ connection: Connection, _ submit: SubmitView) throws(ProtocolError) {
         guard let queue = connection.queues[submit.queue] else {
             throw ProtocolError(.badQueue, "SUBMIT to queue \(submit.queue), which is not open on this connection")
         }
         guard submit.count <= queue.depth else {
             throw ProtocolError(.badCount, "SUBMIT of \(submit.count) descriptors to queue \(queue.id) of depth \(queue.depth)")
         }
-        let info = schedulers[queue.channel].engine.info
-        var noWait = false
-        // Resolve every descriptor once, into reused scratch space, before any is queued: the SUBMIT is
-        // all or nothing, and an XOR source list is read from client memory exactly once.
-        submitScratch.removeAll(keepingCapacity: true)
-        defer { submitScratch.removeAll(keepingCapacity: true) }  // drop buffer references on every exit
-        for i in 0..<submit.count {
-            let d = try submit.descriptor(at: i)
-            guard info.supports(d.opcode) else {
-                throw ProtocolError(.unsupportedOpcode, "descriptor \(i): channel \(info.index) (\(info.name)) does not run \(d.opcode.name)",
-                                    index: UInt32(i))
-            }
-            submitScratch.append(try resolveAll(connection, d, index: i))
-            if d.flags.contains(.noWait) { noWait = true }
-        }
-        if submit.count > queue.freeCredits {
+        // Resolved into reused scratch space; references to buffers are dropped on every exit.
+        defer { submitScratch.removeAll(keepingCapacity: true) }
+        let noWait = try SubmitValidator(channel: channels[queue.channel].engine.info)
+            .validate(submit, buffers: connection, into: &submitScratch)
+        guard submit.count <= queue.freeCredits else {
             if noWait {
                 throw ProtocolError(.noSpace, "queue \(queue.id) has \(queue.freeCredits) free credits; the SUBMIT needs \(submit.count) (NO_WAIT)")
             }
-            connection.parkedLength = packetLength
+            connection.parked = .submit(queue: queue, ops: submitScratch)
             parked.append(connection)
             return
         }
+        accept(submitScratch, into: queue)
+    }
+
+    /// Queues validated ops and starts what the channel's window takes.
+    func accept(_ ops: [PendingOp], into queue: Queue) {
         let now = Clock.nanoseconds()
-        for var op in submitScratch {
+        for var op in ops {
             op.serial = nextSerial
             op.acceptedAt = now
             nextSerial += 1
             queue.pending.append(op)
         }
-        queue.outstanding += submit.count
-        let scheduler = schedulers[queue.channel]
-        scheduler.schedule(queue)
-        scheduler.dispatch()
-        flushMarked()
+        queue.takeCredits(ops.count)
+        let channel = channels[queue.channel]
+        channel.schedule(queue)
+        channel.dispatch()
+        deliver()
     }
 }

@@ -1,198 +1,123 @@
+import Foundation
 import Glibc
 import Histogram
 import IOATProtocol
 import IOATSystem
 
-/// A minimal JSON writer for the STATUS reply (SPEC.md §5.6); keys are written in the order given.
-struct JSONWriter {
-    private(set) var text = ""
-    private var needsComma = [false]
-
-    mutating func beginObject(_ key: String? = nil) { open(key, "{") }
-    mutating func endObject() { close("}") }
-    mutating func beginArray(_ key: String? = nil) { open(key, "[") }
-    mutating func endArray() { close("]") }
-
-    mutating func field(_ key: String, _ value: String) {
-        separate(key)
-        text += Self.quoted(value)
-    }
-    mutating func field<T: BinaryInteger>(_ key: String, _ value: T) {
-        separate(key)
-        text += "\(value)"
-    }
-    mutating func field(_ key: String, _ value: Double) {
-        separate(key)
-        text += value.isFinite ? "\(value)" : "null"
-    }
-    mutating func field(_ key: String, _ value: Bool) {
-        separate(key)
-        text += value ? "true" : "false"
-    }
-    mutating func field<T: BinaryInteger>(_ key: String, _ values: [T]) {
-        separate(key)
-        text += "[" + values.map { "\($0)" }.joined(separator: ",") + "]"
-    }
-
-    private mutating func open(_ key: String?, _ bracket: String) {
-        separate(key)
-        text += bracket
-        needsComma.append(false)
-    }
-    private mutating func close(_ bracket: String) {
-        needsComma.removeLast()
-        text += bracket
-    }
-    private mutating func separate(_ key: String?) {
-        if needsComma[needsComma.count - 1] { text += "," }
-        needsComma[needsComma.count - 1] = true
-        if let key { text += Self.quoted(key) + ":" }
-    }
-
-    static func quoted(_ s: String) -> String {
-        var out = "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
-    }
-}
-
 extension IOATServer {
-    /// The STATUS document: server, channels, clients and buffer totals (SPEC.md §5.6).
+    /// The STATUS document (SPEC.md §5.6) for `viewer`, as the page that starts where `page` says.
     /// Root and the server's own uid see every client and tenant; any other tenant sees the server and
-    /// channel summaries and only its own clients and tenant entry (another tenant's pids, uids and
-    /// usage are not its business).
-    func statusJSON(for viewer: PeerCredentials? = nil) -> String {
+    /// channel summaries and only its own clients and tenant entry.
+    /// `version` is the viewer connection's negotiated version, reported as `protocol_version`.
+    func statusDocument(for viewer: PeerCredentials? = nil, page: StatusRequest = .first, version: UInt16 = Wire.version)
+        -> StatusDocument
+    {
+        statusPage(for: viewer, page: page, version: version).document
+    }
+
+    /// The STATUS document as JSON, sized to fit one message.
+    func statusJSON(for viewer: PeerCredentials? = nil, page: StatusRequest = .first, version: UInt16 = Wire.version) -> String {
+        statusPage(for: viewer, page: page, version: version).json
+    }
+
+    /// Builds the page: the server, channels and totals always; then as many clients (by id, from
+    /// `page.clientFrom`) and then tenants (by uid, from `page.tenantFrom`) as fit in `max_message`.
+    private func statusPage(for viewer: PeerCredentials?, page: StatusRequest, version: UInt16)
+        -> (document: StatusDocument, json: String)
+    {
         let seesAll = viewer.map { $0.uid == 0 || $0.uid == getuid() } ?? true
         func visible(_ uid: UInt32) -> Bool { seesAll || uid == viewer?.uid }
-        var j = JSONWriter()
-        j.beginObject()
-        j.beginObject("server")
-        j.field("protocol_version", Int(Wire.version))
-        j.field("pid", Int(getpid()))
-        j.field("state", state.rawValue)
-        j.field("engine", engine.name)
-        j.field("socket", configuration.socketPath)
-        j.field("uptime_seconds", ((Self.now() - startedAt) * 1000).rounded() / 1000)
-        j.field("hugepage_size", hugepageSize)
-        j.field("connections", connections.count)
-        j.field("connections_accepted", connectionsAccepted)
-        j.field("connections_refused", connectionsRefused)
-        j.field("policy_reloads", policyReloads)
-        j.field("policy_reload_failures", policyReloadFailures)
-        for (key, value) in engine.details { j.field(key, value) }
-        j.endObject()
-        j.beginArray("channels")
-        for s in schedulers {
-            let info = s.engine.info
-            j.beginObject()
-            j.field("index", info.index)
-            j.field("name", info.name)
-            j.field("engine", info.engine == .cpu ? "cpu" : "dpdk")
-            // A DPDK channel's hardware version is its driver's name; the CPU engine's is the wire number (0).
-            let details = s.engine.details
-            if let driver = details.first(where: { $0.0 == "hardware_version" }) {
-                j.field("hardware_version", driver.1)
-            } else {
-                j.field("hardware_version", info.hardwareVersion)
+        let clients = connections.values.filter { visible($0.peer.uid) }.sorted { $0.id < $1.id }
+        let tenantList = tenants.values.filter { visible($0.uid) }.sorted { $0.uid < $1.uid }
+
+        var server = StatusDocument.Server(
+            protocolVersion: Int(version), pid: Int(getpid()), state: state.rawValue, engine: engine.name,
+            socket: configuration.socketPath, uptimeSeconds: ((Clock.seconds() - startedAt) * 1000).rounded() / 1000,
+            hugepageSize: hugepageSize, connections: connections.count, connectionsAccepted: connectionsAccepted,
+            connectionsRefused: connectionsRefused, policyReloads: policyReloads, policyReloadFailures: policyReloadFailures)
+        engine.describe(&server)
+        var totals = StatusDocument.Buffers(count: 0, bytes: 0, hugepageBacked: 0)
+        for c in clients {
+            totals.count += c.buffers.count
+            totals.bytes += c.bufferBytes
+            totals.hugepageBacked += c.buffers.byHandle.values.filter { $0.flags.contains(.hugepages) }.count
+        }
+        var document = StatusDocument(
+            server: server, channels: channels.map(Self.status(of:)), clients: [], tenants: [], buffers: totals,
+            page: StatusDocument.Page(clientsTotal: clients.count, tenantsTotal: tenantList.count,
+                                      nextClient: nil, nextTenant: nil))
+
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        func size<T: Encodable>(_ value: T) -> Int { (try? encoder.encode(value).count) ?? Int.max / 4 }
+        // Room for the entries: the message limit less the header, the document without entries, and
+        // the page's numbers at their widest.
+        var room = configuration.maxMessage - Wire.headerSize - size(document) - 64
+        let pendingClients = clients.drop { $0.id < page.clientFrom }
+        for c in pendingClients {
+            let entry = Self.status(of: c)
+            let cost = size(entry) + 1
+            guard cost <= room else {
+                document.page.nextClient = c.id
+                break
             }
-            j.field("opcodes", Opcode.allCases.filter(info.supports).map(\.name).joined(separator: ","))
-            // Which engine runs which op: on the DPDK engine, copy (and fill where the device has it)
-            // run on the device and the rest on the CPU.
-            j.beginObject("runs")
-            for opcode in Opcode.allCases where info.supports(opcode) { j.field(opcode.name, s.engine.runner(of: opcode)) }
-            j.endObject()
-            for (key, value) in details where key != "hardware_version" { j.field(key, value) }
-            j.field("max_transfer", info.maxTransfer)
-            j.field("max_depth", info.maxDepth)
-            j.field("max_coalesce_us", info.maxCoalesceMicroseconds)
-            j.field("queues", s.queueCount)
-            j.field("in_engine", s.inEngine)
-            j.field("ops", s.opsCompleted)
-            j.field("bytes", s.bytesCompleted)
-            j.field("errors", s.opsFailed)
-            j.field("halts", s.halts)
-            j.field("resets", s.resets)
-            j.field("replayed", s.replayed)
-            j.field("last_error", s.lastError ?? "")
-            j.endObject()
+            room -= cost
+            document.clients.append(entry)
         }
-        j.endArray()
-        var bufferCount = 0
-        var bufferBytes: UInt64 = 0
-        var hugeBuffers = 0
-        j.beginArray("clients")
-        for c in connections.values.sorted(by: { $0.id < $1.id }) where visible(c.peer.uid) {
-            bufferCount += c.buffers.count
-            bufferBytes += c.bufferBytes
-            hugeBuffers += c.buffers.values.filter { $0.flags.contains(.hugepages) }.count
-            j.beginObject()
-            j.field("id", c.id)
-            j.field("pid", Int(c.peer.pid))
-            j.field("uid", c.peer.uid)
-            j.field("gid", c.peer.gid)
-            j.field("groups", c.peer.groups)
-            j.field("buffers", c.buffers.count)
-            j.field("buffer_bytes", c.bufferBytes)
-            j.field("queues", c.queues.count)
-            j.field("requests", c.requests)
-            j.field("errors", c.errors)
-            j.field("ops", c.queues.values.reduce(UInt64(0)) { $0 + $1.opsCompleted })
-            j.field("bytes", c.queues.values.reduce(UInt64(0)) { $0 + $1.bytesCompleted })
-            j.endObject()
-        }
-        j.endArray()
-        // Tenants: one per uid with a connection. Latencies in microseconds, from SUBMIT acceptance to the
-        // engine taking the op (queue wait) and to its completion (latency).
-        j.beginArray("tenants")
-        for t in tenants.values.sorted(by: { $0.uid < $1.uid }) where visible(t.uid) {
-            j.beginObject()
-            j.field("uid", t.uid)
-            j.field("gid", t.gid)
-            j.field("groups", t.groups)
-            j.field("policy", t.policySource)
-            j.field("weight", t.limits.weight)
-            j.field("connections", t.connections)
-            j.field("max_connections", t.limits.maxConnections)
-            j.field("buffer_bytes", t.bufferBytes)
-            j.field("max_buffer_bytes", t.limits.maxBufferBytes)
-            j.field("queues", t.queues)
-            j.field("max_queues", t.limits.maxQueues)
-            j.field("inflight_capacity", t.inflightCapacity)
-            j.field("max_inflight", t.limits.maxInflight)
-            j.field("ops", t.ops)
-            j.field("bytes", t.bytes)
-            j.field("errors", t.errors)
-            j.field("refusals", t.refusals)
-            j.field("served_cost", t.served)
-            for (name, histogram) in [("queue_wait_us", t.queueWait), ("latency_us", t.latency)] {
-                j.beginObject(name)
-                for (label, p) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9)] {
-                    j.field(label, histogram.totalCount == 0 ? 0 : Double(histogram.valueAtPercentile(p)) / 1000)
+        let pendingTenants = tenantList.drop { $0.uid < page.tenantFrom || page.tenantFrom == StatusRequest.endOfTenants }
+        if document.page.nextClient != nil {
+            // The clients filled the page: tenants start on a later one, from where this one was asked to.
+            document.page.nextTenant = pendingTenants.first?.uid
+        } else {
+            for t in pendingTenants {
+                let entry = Self.status(of: t)
+                let cost = size(entry) + 1
+                guard cost <= room else {
+                    document.page.nextTenant = t.uid
+                    break
                 }
-                j.field("max", histogram.totalCount == 0 ? 0 : Double(histogram.max) / 1000)
-                j.endObject()
+                room -= cost
+                document.tenants.append(entry)
             }
-            j.endObject()
         }
-        j.endArray()
-        j.beginObject("buffers")
-        j.field("count", bufferCount)
-        j.field("bytes", bufferBytes)
-        j.field("hugepage_backed", hugeBuffers)
-        j.endObject()
-        j.endObject()
-        return j.text
+        let json = (try? encoder.encode(document)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        return (document, json)
+    }
+
+    private static func status(of channel: Channel) -> StatusDocument.Channel {
+        let info = channel.engine.info
+        var runs: [String: String] = [:]
+        for opcode in Opcode.allCases where info.supports(opcode) { runs[opcode.name] = channel.engine.runner(of: opcode) }
+        return StatusDocument.Channel(
+            index: info.index, name: info.name, engine: info.engine == .cpu ? "cpu" : "dpdk",
+            hardwareVersion: info.hardwareVersion, opcodes: Opcode.allCases.filter(info.supports).map(\.name).joined(separator: ","),
+            runs: runs, maxTransfer: info.maxTransfer, maxDepth: info.maxDepth, maxCoalesceUs: info.maxCoalesceMicroseconds,
+            queues: channel.queueCount, inEngine: channel.inEngine, ops: channel.opsCompleted, bytes: channel.bytesCompleted,
+            errors: channel.opsFailed, halts: channel.halts, resets: channel.resets, replayed: channel.replayed,
+            lastError: channel.lastError ?? "", device: channel.engine.deviceStatus)
+    }
+
+    private static func status(of c: Connection) -> StatusDocument.Client {
+        StatusDocument.Client(
+            id: c.id, pid: c.peer.pid, uid: c.peer.uid, gid: c.peer.gid, groups: c.peer.groups, buffers: c.buffers.count,
+            bufferBytes: c.bufferBytes, queues: c.queues.count, requests: c.requests, errors: c.errors,
+            ops: c.queues.values.reduce(0) { $0 + $1.opsCompleted }, bytes: c.queues.values.reduce(0) { $0 + $1.bytesCompleted })
+    }
+
+    /// Latencies in microseconds, from SUBMIT acceptance to the engine taking the op (queue wait) and to
+    /// its completion (latency).
+    private static func percentiles(_ h: Histogram<UInt64>) -> StatusDocument.Percentiles {
+        func us(_ p: Double) -> Double { h.totalCount == 0 ? 0 : Double(h.valueAtPercentile(p)) / 1000 }
+        return StatusDocument.Percentiles(p50: us(50), p90: us(90), p99: us(99), p999: us(99.9),
+                                          max: h.totalCount == 0 ? 0 : Double(h.max) / 1000)
+    }
+
+    private static func status(of t: Tenant) -> StatusDocument.Tenant {
+        StatusDocument.Tenant(
+            uid: t.uid, gid: t.gid, groups: t.groups, policy: t.policySource, weight: t.limits.weight, connections: t.connections,
+            maxConnections: t.limits.maxConnections, bufferBytes: t.bufferBytes, maxBufferBytes: t.limits.maxBufferBytes,
+            queues: t.queues, maxQueues: t.limits.maxQueues, inflightCapacity: t.inflightCapacity, maxInflight: t.limits.maxInflight,
+            ops: t.ops, bytes: t.bytes, errors: t.errors, refusals: t.refusals, servedCost: t.served,
+            queueWaitUs: percentiles(t.queueWait), latencyUs: percentiles(t.latency))
     }
 }

@@ -18,7 +18,10 @@ public final class IOATServer: @unchecked Sendable {
     let configuration: ServerConfiguration
     let engine: any Engine
     let logger: Logger
-    let schedulers: [ChannelScheduler]
+    /// One per engine channel: scheduling, fence, split, halt and replay.
+    let channels: [Channel]
+    /// Delivers finished ops' records to their connections.
+    let router: CompletionRouter
     private let listener: FileDescriptor
     private let epoll: Epoll
     private let wakeup: EventFD
@@ -34,12 +37,8 @@ public final class IOATServer: @unchecked Sendable {
 
     var connections: [UInt64: Connection] = [:]
     private var nextConnectionID: UInt64 = 1
-    /// Connections with a SUBMIT waiting for credits.
+    /// Connections with a request waiting for credits.
     var parked: [Connection] = []
-    /// Queues with completion records to send, gathered while reaping.
-    private var flushList: [Queue] = []
-    /// Queues holding records until their coalescing deadline.
-    private var coalescing: [Queue] = []
     private let reapBuffer: UnsafeMutableBufferPointer<EngineCompletion>
     var state: State = .starting {
         didSet { publishedState.withLock { $0 = state } }
@@ -95,21 +94,17 @@ public final class IOATServer: @unchecked Sendable {
         }
         epoll = try Epoll()
         wakeup = try EventFD()
-        schedulers = engine.channels.map {
-            ChannelScheduler(engine: $0, window: configuration.engineWindow, windowBytes: configuration.engineWindowBytes,
-                             opCost: configuration.opCostBytes, quantum: configuration.quantumBytes)
+        channels = engine.channels.map {
+            Channel(engine: $0, window: configuration.engineWindow, windowBytes: configuration.engineWindowBytes,
+                    opCost: configuration.opCostBytes, quantum: configuration.quantumBytes)
         }
+        router = CompletionRouter(maxRecordsPerMessage: configuration.maxRecordsPerMessage)
         nextSerial = 1
         submitScratch.reserveCapacity(configuration.maxDescriptors)
         reapBuffer = .allocate(capacity: 256)
         reapBuffer.initialize(repeating: .empty)
         hugepageSize = Self.readHugepageSize()
-        startedAt = Self.now()
-        for scheduler in schedulers {
-            scheduler.skip = { [unowned self] queue, op in
-                self.finishUnrun(queue, op, status: .notAttempted)
-            }
-        }
+        startedAt = Clock.seconds()
         try epoll.add(self.listener.rawValue, .readable, token: Self.listenerToken)
         try epoll.add(engine.notifier.fd.rawValue, .readable, token: Self.engineToken)
         try epoll.add(wakeup.fd.rawValue, .readable, token: Self.wakeupToken)
@@ -141,9 +136,9 @@ public final class IOATServer: @unchecked Sendable {
         let busyPoll = UInt64(max(0, configuration.busyPollMicroseconds)) * 1000
         var lastActivity: UInt64 = 0
         let tickInterval = notifier.map { min(Self.statusInterval, $0.watchdogInterval ?? Self.statusInterval) } ?? Double.infinity
-        var nextTick = Self.now()
+        var nextTick = Clock.seconds()
         var lastWatchdog = 0.0
-        var lastStatus = (time: Self.now(), ops: UInt64(0))
+        var lastStatus = (time: Clock.seconds(), ops: UInt64(0))
         notifier?.notify("READY=1\nSTATUS=\(statusLine(opsPerSecond: 0))")
         while true {
             let stops = stopRequested.load(ordering: .sequentiallyConsistent)
@@ -152,8 +147,8 @@ public final class IOATServer: @unchecked Sendable {
                 break
             }
             if stops == 1 && state == .serving { drainDeadline = beginDrain() }
-            if tickInterval.isFinite, let notifier, Self.now() >= nextTick {
-                let now = Self.now()
+            if tickInterval.isFinite, let notifier, Clock.seconds() >= nextTick {
+                let now = Clock.seconds()
                 if let interval = notifier.watchdogInterval, now - lastWatchdog >= interval * 0.9 {
                     notifier.notify("WATCHDOG=1")
                     lastWatchdog = now
@@ -166,22 +161,23 @@ public final class IOATServer: @unchecked Sendable {
                 nextTick = now + tickInterval
             }
             if state == .draining {
-                if schedulers.allSatisfy({ $0.isIdle }) && connections.values.allSatisfy({ $0.backlog.isEmpty }) { break }
-                if Self.now() >= drainDeadline {
+                if channels.allSatisfy({ $0.isIdle }) && connections.values.allSatisfy({ $0.backlog.isEmpty }) { break }
+                if Clock.seconds() >= drainDeadline {
                     logger.warning("drain timed out; stopping with ops in flight")
                     break
                 }
             }
             let polling = busyPoll > 0 && Clock.nanoseconds(since: lastActivity) < busyPoll
-            if polling, schedulers.contains(where: { $0.engine.hasCompletions }) {
+            if polling, channels.contains(where: { $0.engine.hasCompletions }) {
                 reapCompletions()
                 lastActivity = Clock.nanoseconds()
             }
             var timeout: Int32 = polling ? 0 : state == .draining ? 50 : -1
-            let untilCoalesced = expireCoalesced()
+            let untilCoalesced = router.expireCoalesced(now: Clock.nanoseconds())
+            deliver()
             if untilCoalesced >= 0 && timeout != 0 { timeout = timeout < 0 ? untilCoalesced : min(timeout, untilCoalesced) }
             if timeout != 0 && tickInterval.isFinite {
-                let untilTick = Int32(max(0, min(60_000, (nextTick - Self.now()) * 1000)).rounded(.up))
+                let untilTick = Int32(max(0, min(60_000, (nextTick - Clock.seconds()) * 1000)).rounded(.up))
                 timeout = timeout < 0 ? untilTick : min(timeout, untilTick)
             }
             if timeout != 0 && !engine.armNotifier() { timeout = 0 }
@@ -191,7 +187,7 @@ public final class IOATServer: @unchecked Sendable {
                 lastActivity = Clock.nanoseconds()
             } else if polling {
                 Clock.yield()
-            } else if schedulers.contains(where: { $0.engine.hasCompletions }) {
+            } else if channels.contains(where: { $0.engine.hasCompletions }) {
                 reapCompletions()
             }
             for i in 0..<n {
@@ -222,22 +218,22 @@ public final class IOATServer: @unchecked Sendable {
     private func beginDrain() -> Double {
         state = .draining
         epoll.remove(listener.rawValue)
-        let inFlight = schedulers.reduce(0) { $0 + $1.inEngine + $1.pendingCount }
+        let inFlight = channels.reduce(0) { $0 + $1.inEngine + $1.pendingCount }
         logger.info("draining", metadata: ["in_flight": "\(inFlight)", "clients": "\(connections.count)"])
         notifier?.notify("STOPPING=1\nSTATUS=stopping: \(inFlight) ops in flight, \(connections.count) clients")
         let goodbye = Message.goodbye(drainMilliseconds: UInt32(configuration.drainTimeoutMilliseconds))
         for connection in Array(connections.values) {
             reply(connection, goodbye, requestID: 0)
         }
-        return Self.now() + Double(configuration.drainTimeoutMilliseconds) / 1000
+        return Clock.seconds() + Double(configuration.drainTimeoutMilliseconds) / 1000
     }
 
     /// Ops completed on every channel so far.
-    private var totalOps: UInt64 { schedulers.reduce(0) { $0 + $1.opsCompleted } }
+    private var totalOps: UInt64 { channels.reduce(0) { $0 + $1.opsCompleted } }
 
     /// The one-line summary for STATUS=.
     private func statusLine(opsPerSecond: Double) -> String {
-        "\(state.rawValue): engine \(engine.name), \(schedulers.count) channels, \(connections.count) clients, \(Int(opsPerSecond)) ops/s"
+        "\(state.rawValue): engine \(engine.name), \(channels.count) channels, \(connections.count) clients, \(Int(opsPerSecond)) ops/s"
     }
 
     private func handleSignals() {
@@ -309,7 +305,8 @@ public final class IOATServer: @unchecked Sendable {
             tenants[peer.uid] = tenant
             let id = nextConnectionID + Self.firstConnectionToken
             nextConnectionID += 1
-            let connection = Connection(id: id, fd: fd, peer: peer, tenant: tenant, maxMessage: configuration.maxMessage, now: Self.now())
+            let connection = Connection(id: id, fd: fd, peer: peer, tenant: tenant, maxMessage: configuration.maxMessage,
+                                        maxDescriptors: configuration.maxDescriptors, now: Clock.seconds())
             do throws(SystemError) {
                 try epoll.add(fd.rawValue, .readable, token: id)
             } catch {
@@ -334,20 +331,15 @@ public final class IOATServer: @unchecked Sendable {
         ])
         let packet = Message.error(ErrorReply(ProtocolError(code, message))).encode(requestID: 0, version: 1)
         packet.withUnsafeBytes { _ = try? UnixSocket.send(fd, $0, fds: []) }
-        // Discard what the client already sent (its HELLO, usually; any descriptors are closed). Closing
-        // a Unix socket with unread packets resets the peer, and the reset would hide the ERROR from it.
-        withUnsafeTemporaryAllocation(byteCount: 64, alignment: 8) { scratch in
-            for _ in 0..<16 {
-                guard let unread = try? UnixSocket.receive(fd, into: scratch), !unread.isEndOfStream else { break }
-            }
-        }
+        // Discard what the client already sent (its HELLO, usually), so it reads the ERROR, not a reset.
+        UnixSocket.discardUnread(fd)
     }
 
     /// Drops a tenant with no connection left (its lanes go too; statistics start again next time).
     private func forgetIfIdle(_ tenant: Tenant) {
         guard tenant.connections == 0, tenants[tenant.uid] === tenant else { return }
         tenants[tenant.uid] = nil
-        for scheduler in schedulers { scheduler.forget(tenant) }
+        for scheduler in channels { scheduler.forget(tenant) }
     }
 
     /// Closes `connection`: stops watching it, drops its pending ops and tables. Ops already in the
@@ -356,12 +348,14 @@ public final class IOATServer: @unchecked Sendable {
         guard !connection.isClosed else { return }
         connection.isClosed = true
         epoll.remove(connection.fd.rawValue)
+        // The peer reads what was sent (an ERROR that closes, say), then the end: never a reset.
+        UnixSocket.discardUnread(connection.fd)
         _ = shutdown(connection.fd.rawValue, Int32(SHUT_RDWR))
         connections[connection.id] = nil
         parked.removeAll { $0 === connection }
         for queue in connection.queues.values {
-            schedulers[queue.channel].cancelPending(of: queue)
-            schedulers[queue.channel].queueCount -= 1
+            channels[queue.channel].cancelPending(of: queue)
+            channels[queue.channel].queueCount -= 1
             queue.connection = nil
             queue.undelivered.removeAll()
         }
@@ -389,9 +383,13 @@ public final class IOATServer: @unchecked Sendable {
 
     private func connectionWritable(_ connection: Connection) {
         do throws(SystemError) {
-            try connection.flushBacklog { queue, records in queue.outstanding -= records }
+            try connection.flushBacklog { queue, records in queue.delivered(records) }
         } catch {
             close(connection, reason: "send: \(error)")
+            return
+        }
+        if connection.closeAfterFlush && connection.backlog.isEmpty {
+            close(connection, reason: "protocol error; its ERROR was delivered")
             return
         }
         updateInterest(connection)
@@ -413,7 +411,8 @@ public final class IOATServer: @unchecked Sendable {
                 close(connection, reason: "receive: \(error)")
                 return
             }
-            if packet.isEndOfStream {
+            // A zero-length read is the end of the stream, or an empty packet (MALFORMED, SPEC.md §2.2).
+            if packet.isEmpty && UnixSocket.peerHasShutDown(connection.fd) {
                 close(connection, reason: "client closed the connection")
                 return
             }
@@ -441,7 +440,14 @@ public final class IOATServer: @unchecked Sendable {
             "client": "\(connection.id)", "code": "\(error.code.name)", "message": "\(error.message)",
         ])
         reply(connection, .error(ErrorReply(error)), requestID: requestID)
-        if error.code.closesConnection { close(connection, reason: "protocol error \(error.code.name)") }
+        guard error.code.closesConnection, !connection.isClosed else { return }
+        if connection.backlog.isEmpty {
+            close(connection, reason: "protocol error \(error.code.name)")
+        } else {
+            // The ERROR waits behind other output: close once it is written.
+            connection.closeAfterFlush = true
+            updateInterest(connection)
+        }
     }
 
     // MARK: Completions
@@ -449,203 +455,54 @@ public final class IOATServer: @unchecked Sendable {
     /// Collects finished ops from every channel, routes their records to queues, sends the records that
     /// reached a flush point, and refills the engine windows.
     func reapCompletions() {
-        for scheduler in schedulers {
-            while true {
-                let n = scheduler.engine.reap(into: reapBuffer)
-                if n == 0 { break }
-                for i in 0..<n { complete(reapBuffer[i], on: scheduler) }
-            }
-            if scheduler.recovering && scheduler.inEngine == 0 {
-                // SPEC.md §6.6: once everything the halted channel held has come back, reset it and run
-                // again every op the halt stopped.
-                scheduler.engine.reset()
-                scheduler.resets += 1
-                scheduler.recovering = false
-                let replays = scheduler.returned
-                scheduler.returned.removeAll()
-                scheduler.requeue(replays)
+        for channel in channels {
+            if channel.reap(into: reapBuffer) {
+                let replayed = channel.recover()
                 logger.warning("channel halted and reset", metadata: [
-                    "channel": "\(scheduler.engine.info.index)", "replayed": "\(replays.count)",
-                    "error": "\(scheduler.lastError ?? "")",
+                    "channel": "\(channel.engine.info.index)", "replayed": "\(replayed)",
+                    "error": "\(channel.lastError ?? "")",
                 ])
             }
-            scheduler.dispatch()
+            channel.dispatch()
         }
-        flushMarked()
+        deliver()
         resumeParked()
     }
 
-    /// Sends the records of every queue that reached a flush point.
-    func flushMarked() {
-        for queue in flushList { flush(queue) }
-        flushList.removeAll(keepingCapacity: true)
-    }
-
-    /// Completes an op the engine never ran (a FENCE op behind a failure) with `status`.
-    private func finishUnrun(_ queue: Queue, _ op: PendingOp, status: CompletionStatus) {
-        guard queue.connection != nil else {
-            queue.outstanding -= 1
-            return
-        }
-        queue.undelivered.append(CompletionRecord(cookie: op.cookie, status: status, opcode: op.opcode.rawValue, result: 0,
-                                                  bytesDone: UInt64(op.dispatched)))
-        queue.opsFailed += 1
-        markFlush(queue)
-    }
-
-    private func markFlush(_ queue: Queue) {
-        if !queue.needsFlush {
-            queue.needsFlush = true
-            flushList.append(queue)
-        }
-    }
-
-    private func complete(_ completion: EngineCompletion, on scheduler: ChannelScheduler) {
-        let op = scheduler.complete(slot: Int(completion.cookie))
-        guard let queue = op.queue else { preconditionFailure("engine completed an unknown slot \(completion.cookie)") }
-        queue.inEngine -= 1
-        var completion = completion
-        if completion.status == .channelHalted {
-            scheduler.halts += 1
-            scheduler.recovering = true
-            scheduler.lastError = "op \(op.cookie) (\(op.opcode.name)) of client \(queue.connection.map { "\($0.id)" } ?? "gone") halted the channel"
-        } else if completion.status == .notAttempted && scheduler.recovering, var again = op.op {
-            // Stopped by the halt, not by anything it did: it runs again after the reset.
-            if queue.connection != nil {
-                again.dispatched = op.pieceOffset
-                scheduler.returned.append((queue, again))
-            } else if op.isLastPiece {
-                queue.outstanding -= 1
-            }
-            return
-        }
-        if !op.isLastPiece || op.pieceOffset > 0 {
-            // A piece of a split op: fold it into the queue's progress; only the last piece makes a record.
-            if queue.split.outcome == nil && !completion.status.isSuccess {
-                queue.split.outcome = (completion.status, UInt64(op.pieceOffset) + completion.bytesDone)
-            }
-            queue.split.bytesDone += completion.bytesDone
-            guard op.isLastPiece else {
-                scheduler.schedule(queue)
-                return
-            }
-            if let outcome = queue.split.outcome {
-                completion.status = outcome.status
-                completion.bytesDone = outcome.bytesDone
-            } else {
-                completion.bytesDone = queue.split.bytesDone
-            }
-            queue.split = SplitProgress()
-        }
-        // MISMATCH is a result, not a failure: it is reported at once but counts as no error.
-        let failed = !completion.status.isSuccess && completion.status != .mismatch
-        if failed { queue.failedSinceFence = true }
-        scheduler.opsCompleted += 1
-        scheduler.bytesCompleted += completion.bytesDone
-        queue.opsCompleted += 1
-        queue.bytesCompleted += completion.bytesDone
-        if let accepted = op.op {
-            queue.tenant.completed(bytes: completion.bytesDone, failed: failed, acceptedAt: accepted.acceptedAt,
-                                   startedAt: accepted.startedAt, now: Clock.nanoseconds())
-        }
-        if failed {
-            scheduler.opsFailed += 1
-            queue.opsFailed += 1
-        }
-        guard queue.connection != nil else {
-            queue.outstanding -= 1  // orphaned: its client is gone
-            return
-        }
-        queue.undelivered.append(CompletionRecord(cookie: op.cookie, status: completion.status, opcode: op.opcode.rawValue,
-                                                  result: completion.result, bytesDone: completion.bytesDone))
-        // Flush points (SPEC.md §6.4): an INT_EN op, a failure, the queue going idle, or a full message.
-        if !completion.status.isSuccess || queue.undelivered.count >= configuration.maxRecordsPerMessage {
-            markFlush(queue)
-        } else if op.flags.contains(.interrupt) || queue.isIdle {
-            if queue.coalesceNanoseconds == 0 {
-                markFlush(queue)
-            } else if queue.flushDeadline == 0 {
-                // ioat(4) interrupt coalescing: wait up to the period for more records to share the message.
-                queue.flushDeadline = Clock.nanoseconds() + queue.coalesceNanoseconds
-                coalescing.append(queue)
-            }
-        }
-        scheduler.schedule(queue)
-    }
-
-    /// Moves queues whose coalescing deadline has passed to the flush list; returns the milliseconds until
-    /// the next deadline (-1 when none).
-    private func expireCoalesced() -> Int32 {
-        guard !coalescing.isEmpty else { return -1 }
+    /// Routes every channel's finished ops, sends what reached a flush point, and closes connections
+    /// whose socket failed.
+    func deliver() {
         let now = Clock.nanoseconds()
-        var next = UInt64.max
-        coalescing.removeAll { queue in
-            if queue.flushDeadline == 0 || queue.connection == nil { return true }
-            if queue.flushDeadline <= now {
-                markFlush(queue)
-                return true
-            }
-            next = min(next, queue.flushDeadline)
-            return false
-        }
-        flushMarked()
-        return next == .max ? -1 : Int32(clamping: (next - now + 999_999) / 1_000_000)
+        for channel in channels { channel.takeFinished { router.route($0, now: now) } }
+        router.flush()
+        for (connection, error) in router.failed { close(connection, reason: "send: \(error)") }
+        for connection in router.touched { updateInterest(connection) }
     }
 
-    /// Sends a queue's undelivered records as COMPLETION messages.
-    private func flush(_ queue: Queue) {
-        queue.needsFlush = false
-        queue.flushDeadline = 0
-        guard let connection = queue.connection, !queue.undelivered.isEmpty else { return }
-        var start = 0
-        while start < queue.undelivered.count {
-            let count = min(configuration.maxRecordsPerMessage, queue.undelivered.count - start)
-            connection.scratch.bytes.removeAll(keepingCapacity: true)
-            let length = Wire.headerSize + 8 + count * CompletionRecord.size
-            MessageHeader(version: connection.version, type: .completion, length: UInt32(length), requestID: 0)
-                .encode(into: &connection.scratch)
-            connection.scratch.write(queue.id)
-            connection.scratch.write(UInt32(count))
-            for i in start..<start + count { queue.undelivered[i].encode(into: &connection.scratch) }
-            let result = connection.scratch.bytes.withUnsafeBytes { connection.send($0, queue: queue, records: count) }
-            switch result {
-            case .sent: queue.outstanding -= count
-            case .queued: break
-            case .failed(let error):
-                close(connection, reason: "send: \(error)")
-                return
-            }
-            start += count
-        }
-        queue.undelivered.removeAll(keepingCapacity: true)
-        updateInterest(connection)
-    }
-
-    /// Retries parked SUBMITs whose queues may have credits again.
+    /// Retries parked requests whose queues may have credits again; a connection whose request went
+    /// through reads its next packets.
     private func resumeParked() {
         guard !parked.isEmpty else { return }
         let waiting = parked
         parked.removeAll(keepingCapacity: true)
         for connection in waiting where !connection.isClosed {
-            let length = connection.parkedLength
-            connection.parkedLength = 0
-            let packet = UnsafeRawBufferPointer(rebasing: connection.receiveBuffer[0..<length])
-            var none: [FileDescriptor] = []
-            handleRequest(connection, packet: packet, fds: &none)
-            if connection.parkedLength == 0 {
-                updateInterest(connection)
-                connectionReadable(connection)
+            guard let request = connection.parked else { continue }
+            guard request.queue.freeCredits >= request.credits else {
+                parked.append(connection)
+                continue
             }
+            connection.parked = nil
+            switch request {
+            case .submit(let queue, let ops): accept(ops, into: queue)
+            case .reserve(let queue, _, let requestID):
+                reply(connection, .reserveReply(freeCredits: UInt32(queue.freeCredits)), requestID: requestID)
+            }
+            updateInterest(connection)
+            connectionReadable(connection)
         }
     }
 
     // MARK: Helpers
-
-    static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
 
     private static func readHugepageSize() -> UInt64 {
         guard let meminfo = readSmallFile("/proc/meminfo") else { return 0 }

@@ -58,26 +58,23 @@ final class Queue {
 
     /// Ops accepted and waiting for the engine window.
     var pending: Deque<PendingOp>
-    /// Ops in the engine.
-    var inEngine = 0
+    /// What its channel does with its ops (written by `Channel` only).
+    var execution = QueueExecution()
     /// Ops accepted whose completion has not been written to the socket: the credits in use.
-    var outstanding = 0
+    private(set) var outstanding = 0
     /// Completed ops whose records wait for a flush point (SPEC.md §6.4).
     var undelivered: [CompletionRecord]
     /// Whether the queue is in its tenant's turn order on its channel.
     var isScheduled = false
-    /// Whether the queue is in the event loop's flush list.
+    /// Whether the queue is in the router's flush list, and whether that flush sends every held
+    /// record (a flush point) or only whole messages (the held records filled one).
     var needsFlush = false
+    var flushAll = false
     /// Coalescing period (SET_COALESCE), in nanoseconds; 0 sends records at each flush point.
     var coalesceNanoseconds: UInt64 = 0
     /// When held records must go out (monotonic ns), or 0 when no flush point is waiting.
     var flushDeadline: UInt64 = 0
 
-    /// Whether an op of this queue failed since the last FENCE op was started: the next FENCE op (which
-    /// depends on everything before it) is then NOT_ATTEMPTED (SPEC.md §6.6).
-    var failedSinceFence = false
-    /// Progress of the split op whose pieces are completing (pieces of one queue complete in order).
-    var split = SplitProgress()
     /// The queue's running CRC (SPEC.md §6.2 CRC_CHAIN), written by the engine as CRC ops complete.
     let crcState: UnsafeMutablePointer<UInt32>
 
@@ -104,5 +101,20 @@ final class Queue {
     /// Credits free for new ops.
     var freeCredits: Int { depth - outstanding }
     /// Whether every accepted op has completed.
-    var isIdle: Bool { inEngine == 0 && pending.isEmpty }
+    var isIdle: Bool { execution.inEngine == 0 && pending.isEmpty }
+
+    /// Takes credits for `count` accepted ops.
+    func takeCredits(_ count: Int) {
+        precondition(count <= freeCredits, "queue \(id): \(count) credits taken with \(freeCredits) free")
+        outstanding += count
+    }
+
+    /// Returns the credits of `count` records written to the socket.
+    func delivered(_ count: Int) {
+        precondition(count <= outstanding, "queue \(id): \(count) records delivered with \(outstanding) outstanding")
+        outstanding -= count
+    }
+
+    /// Returns the credits of ops whose records will never be sent (the connection is gone).
+    func releaseOrphaned(_ count: Int) { delivered(count) }
 }

@@ -10,6 +10,9 @@ public enum Clock {
         return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
     }
 
+    /// Seconds on the monotonic clock (for uptime and intervals that need no nanosecond precision).
+    public static func seconds() -> Double { Double(nanoseconds()) / 1e9 }
+
     /// Nanoseconds since `start`, a reading of `nanoseconds()`; 0 when `start` is not in the past. Another
     /// thread may publish a newer reading than the caller's own clock read, so a plain subtraction can
     /// underflow: elapsed time is never negative.

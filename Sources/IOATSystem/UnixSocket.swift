@@ -29,8 +29,14 @@ public struct ReceivedPacket {
     public var fdsReceived: Int
     /// Whether a control message other than SCM_RIGHTS arrived.
     public var foreignControl: Bool
-    /// Whether the peer closed the connection (a zero-length read with no packet).
-    public var isEndOfStream: Bool { count == 0 && fullSize == 0 && fdsReceived == 0 }
+    /// Whether more descriptors came than the receive space holds (MSG_CTRUNC); the kernel closed the rest.
+    public var descriptorsOverflowed = false
+    /// Whether the read returned nothing: the peer closed the connection, or sent an empty packet. On
+    /// Linux the two look alike; `UnixSocket.peerHasShutDown` tells them apart.
+    public var isEmpty: Bool { count == 0 && fullSize == 0 && fdsReceived == 0 && !descriptorsOverflowed }
+    /// Whether the peer closed the connection (a zero-length read with no packet). Use `isEmpty` and
+    /// `UnixSocket.peerHasShutDown` where an empty packet must not be taken for the end.
+    public var isEndOfStream: Bool { isEmpty }
     /// Whether the packet was cut short by the buffer.
     public var isTruncated: Bool { fullSize > count }
 }
@@ -206,6 +212,7 @@ public enum UnixSocket {
                     return nil
                 }
                 var packet = ReceivedPacket(count: min(n, buffer.count), fullSize: n, fds: [], fdsReceived: 0, foreignControl: false)
+                if msg.msg_flags & Int32(MSG_CTRUNC) != 0 { packet.descriptorsOverflowed = true }
                 if msg.msg_controllen > 0 {
                     var raw = [Int32](repeating: -1, count: maxFDsPerMessage)
                     var foreign: Int32 = 0
@@ -214,11 +221,33 @@ public enum UnixSocket {
                     packet.foreignControl = foreign != 0
                     packet.fds = raw.prefix(min(received, maxFDsPerMessage)).map { FileDescriptor(owning: $0) }
                 }
-                if msg.msg_flags & Int32(MSG_CTRUNC) != 0 { packet.foreignControl = true }
                 return packet
             }
         }
         guard let packet else { throw SystemError("recvmsg", errno: failure) }
         return packet
+    }
+
+    /// Whether the peer has closed or shut down its sending side: after a zero-length read, this tells
+    /// the end of the stream from an empty packet (poll(2) reports POLLRDHUP or POLLHUP only for the end).
+    public static func peerHasShutDown(_ fd: FileDescriptor) -> Bool {
+        var p = pollfd(fd: fd.rawValue, events: Int16(POLLIN) | Int16(cioat_POLLRDHUP), revents: 0)
+        var n: Int32
+        repeat { n = poll(&p, 1, 0) } while n == -1 && errno == EINTR
+        guard n > 0 else { return false }
+        return p.revents & (Int16(cioat_POLLRDHUP) | Int16(POLLHUP)) != 0
+    }
+
+    /// Before a close: stops the peer from sending more (shutdown of our reading side) and discards what
+    /// it had already sent, closing any descriptors that came with it. Closing a Unix socket with unread
+    /// packets resets the peer, and the reset would hide the last ERROR from it (SPEC.md §1, §7).
+    /// Bounded: at most `limit` packets are read.
+    public static func discardUnread(_ fd: FileDescriptor, limit: Int = 4096) {
+        _ = Glibc.shutdown(fd.rawValue, Int32(SHUT_RD))
+        withUnsafeTemporaryAllocation(byteCount: 64, alignment: 8) { scratch in
+            for _ in 0..<limit {
+                guard let unread = try? receive(fd, into: scratch), !unread.isEmpty else { break }
+            }
+        }
     }
 }

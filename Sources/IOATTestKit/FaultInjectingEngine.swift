@@ -41,7 +41,7 @@ public final class FaultInjectingEngine: Engine, @unchecked Sendable {
     public func register(memory: UnsafeMutableRawBufferPointer, pageSize: Int) throws(SystemError) -> AnyObject? {
         try inner.register(memory: memory, pageSize: pageSize)
     }
-    public var details: [(String, String)] { inner.details }
+    public func describe(_ server: inout StatusDocument.Server) { inner.describe(&server) }
 }
 
 /// One wrapped channel. Like every channel it is driven from one thread (the event loop).
@@ -65,7 +65,7 @@ final class FaultyChannel: EngineChannel, @unchecked Sendable {
     }
 
     var info: ChannelInfo { inner.info }
-    var details: [(String, String)] { inner.details }
+    var deviceStatus: StatusDocument.Device? { inner.deviceStatus }
     func runner(of opcode: Opcode) -> String { inner.runner(of: opcode) }
     var freeSlots: Int { inner.freeSlots }
     var hasCompletions: Bool { !held.isEmpty || inner.hasCompletions }

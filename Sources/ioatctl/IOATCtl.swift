@@ -49,43 +49,44 @@ struct Status: AsyncParsableCommand {
 
     func run() async throws {
         let client = try await connection.connect()
-        let text = try await client.status()
+        let doc = try await client.status()
         if json {
-            print(text)
+            // Every page merged into one document.
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+            print(String(decoding: try encoder.encode(doc), as: UTF8.self))
             return
         }
-        guard let doc = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
-            let server = doc["server"] as? [String: Any]
-        else { throw CLIError("server sent a STATUS document that is not a JSON object") }
-        print("ioatd pid \(server["pid"] ?? "?") · \(server["state"] ?? "?") · engine \(server["engine"] ?? "?") · protocol v\(server["protocol_version"] ?? "?")")
-        print("socket \(server["socket"] ?? "?") · up \(server["uptime_seconds"] ?? "?") s · hugepage size \(server["hugepage_size"] ?? 0) B")
-        print("clients \(server["connections"] ?? 0) (accepted \(server["connections_accepted"] ?? 0), refused \(server["connections_refused"] ?? 0))")
+        let server = doc.server
+        print("ioatd pid \(server.pid) · \(server.state) · engine \(server.engine) · protocol v\(server.protocolVersion)")
+        print("socket \(server.socket) · up \(server.uptimeSeconds) s · hugepage size \(server.hugepageSize) B")
+        print("clients \(server.connections) (accepted \(server.connectionsAccepted), refused \(server.connectionsRefused))")
+        if let devices = server.dpdkDevices {
+            print("dpdk devices \(devices) · iova \(server.dpdkIovaMode ?? "?") · dma registrations \(server.dmaRegistrations ?? 0)")
+        }
         print("\nchannels:")
-        for c in doc["channels"] as? [[String: Any]] ?? [] {
-            print("  \(c["index"] ?? "?") \(c["name"] ?? "?") [\(c["engine"] ?? "?")] queues \(c["queues"] ?? 0) · ops \(c["ops"] ?? 0) · bytes \(c["bytes"] ?? 0) · errors \(c["errors"] ?? 0) · max depth \(c["max_depth"] ?? 0)")
-            print("      opcodes \(c["opcodes"] ?? "")")
-            if let runs = c["runs"] as? [String: String], Set(runs.values) != ["cpu"] {
-                let device = runs.filter { $0.value != "cpu" }.keys.sorted().joined(separator: ",")
-                print("      on \(c["driver"] ?? "the device"): \(device); the rest on the CPU")
+        for c in doc.channels {
+            print("  \(c.index) \(c.name) [\(c.engine)] queues \(c.queues) · ops \(c.ops) · bytes \(c.bytes) · errors \(c.errors) · max depth \(c.maxDepth)")
+            print("      opcodes \(c.opcodes)")
+            if Set(c.runs.values) != ["cpu"] {
+                let device = c.runs.filter { $0.value != "cpu" }.keys.sorted().joined(separator: ",")
+                print("      on \(c.device?.driver ?? "the device"): \(device); the rest on the CPU")
             }
+            if c.halts > 0 { print("      halts \(c.halts) · resets \(c.resets) · replayed \(c.replayed) · last error \(c.lastError)") }
         }
         print("\ntenants (latency µs from SUBMIT: queue wait to the engine / to completion, p50 p99):")
-        for t in doc["tenants"] as? [[String: Any]] ?? [] {
-            let wait = t["queue_wait_us"] as? [String: Any] ?? [:]
-            let latency = t["latency_us"] as? [String: Any] ?? [:]
-            print("  uid \(t["uid"] ?? "?") (\(t["policy"] ?? "?"), weight \(t["weight"] ?? 1)) · connections \(t["connections"] ?? 0)/\(t["max_connections"] ?? 0)"
-                  + " · buffers \(t["buffer_bytes"] ?? 0)/\(t["max_buffer_bytes"] ?? 0) B · queues \(t["queues"] ?? 0)/\(t["max_queues"] ?? 0)"
-                  + " · in flight \(t["inflight_capacity"] ?? 0)/\(t["max_inflight"] ?? 0)")
-            print("      ops \(t["ops"] ?? 0) · bytes \(t["bytes"] ?? 0) · errors \(t["errors"] ?? 0) · refusals \(t["refusals"] ?? 0)"
-                  + " · wait \(wait["p50"] ?? 0) \(wait["p99"] ?? 0) · latency \(latency["p50"] ?? 0) \(latency["p99"] ?? 0)")
+        for t in doc.tenants {
+            print("  uid \(t.uid) (\(t.policy), weight \(t.weight)) · connections \(t.connections)/\(t.maxConnections)"
+                  + " · buffers \(t.bufferBytes)/\(t.maxBufferBytes) B · queues \(t.queues)/\(t.maxQueues)"
+                  + " · in flight \(t.inflightCapacity)/\(t.maxInflight)")
+            print("      ops \(t.ops) · bytes \(t.bytes) · errors \(t.errors) · refusals \(t.refusals)"
+                  + " · wait \(t.queueWaitUs.p50) \(t.queueWaitUs.p99) · latency \(t.latencyUs.p50) \(t.latencyUs.p99)")
         }
         print("\nclients:")
-        for c in doc["clients"] as? [[String: Any]] ?? [] {
-            print("  #\(c["id"] ?? "?") pid \(c["pid"] ?? "?") uid \(c["uid"] ?? "?") gid \(c["gid"] ?? "?") · buffers \(c["buffers"] ?? 0) (\(c["buffer_bytes"] ?? 0) B) · queues \(c["queues"] ?? 0) · ops \(c["ops"] ?? 0) · errors \(c["errors"] ?? 0)")
+        for c in doc.clients {
+            print("  #\(c.id) pid \(c.pid) uid \(c.uid) gid \(c.gid) · buffers \(c.buffers) (\(c.bufferBytes) B) · queues \(c.queues) · ops \(c.ops) · errors \(c.errors)")
         }
-        if let b = doc["buffers"] as? [String: Any] {
-            print("\nbuffers: \(b["count"] ?? 0) open, \(b["bytes"] ?? 0) bytes, \(b["hugepage_backed"] ?? 0) on hugepages")
-        }
+        print("\nbuffers: \(doc.buffers.count) open, \(doc.buffers.bytes) bytes, \(doc.buffers.hugepageBacked) on hugepages")
     }
 }
 

@@ -2,7 +2,11 @@ import Foundation
 import Glibc
 import IOATClient
 import IOATConformance
+import IOATDPDK
+import IOATEngine
 import IOATProtocol
+import IOATSystem
+import IOATTestKit
 import Testing
 
 #if DPDK
@@ -20,6 +24,27 @@ func dpdkServer(_ extra: [String] = []) throws -> TestServer {
 
 @Suite("DPDK dmadev engine on dma_skeleton")
 struct DPDKTests {
+    @Test("FENCE behind a failure on the DPDK engine: the same window rule, through the fault wrapper in this process")
+    func fenceWindowOnDPDK() async throws {
+        // The EAL starts once per process; this is the only test that starts it in the test process. It
+        // pins the calling thread, so the thread's CPUs are put back afterwards.
+        let cpus = Affinity.current()
+        let dpdk: DPDKEngine
+        do throws(DPDKEngine.StartError) {
+            dpdk = try DPDKEngine(options: DPDKEngine.Options(
+                ealArguments: skeletonEALArguments().replacingOccurrences(of: "ioatd-test", with: "ioatd-inproc-\(getpid())")
+                    .split(separator: " ").map(String.init)))
+        } catch {
+            try? Affinity.pinCurrentThread(to: cpus)
+            Issue.record("the DPDK engine did not start in the test process: \(error)")
+            return
+        }
+        try Affinity.pinCurrentThread(to: cpus)
+        let server = try InProcessServer(engine: FaultInjectingEngine(wrapping: dpdk, plan: failPoisonLength))
+        defer { server.stop() }
+        try await fenceWindowScenario(path: server.path)
+    }
+
     @Test("ioatctl test passes on the DPDK engine, and status says which engine ran which op")
     func conformance() async throws {
         let server = try dpdkServer()
@@ -29,21 +54,21 @@ struct DPDKTests {
 
         let client = try await server.connect()
         let doc = try await statusDocument(client)
-        #expect((doc["server"] as? [String: Any])?["engine"] as? String == "dpdk")
-        let channels = doc["channels"] as? [[String: Any]] ?? []
+        #expect(doc.server.engine == "dpdk")
+        let channels = doc.channels
         #expect(channels.count == 1)
-        let channel = channels.first ?? [:]
-        #expect(channel["driver"] as? String == "dma_skeleton")
-        #expect(channel["hardware_version"] as? String == "dma_skeleton")
-        let runs = channel["runs"] as? [String: String] ?? [:]
+        let channel = try #require(channels.first)
+        #expect(channel.device?.driver == "dma_skeleton")
+        #expect(channel.engine == "dpdk")
+        let runs = channel.runs
         #expect(runs["COPY"] == "dma_skeleton")
         #expect(runs["COPY_SG"] == "dma_skeleton")
         #expect(runs["FILL"] == "cpu", "dma_skeleton has no fill capability")
         #expect(runs["CRC32C"] == "cpu")
         // The suite's copies ran on the device and the rest on the CPU.
-        #expect(Int(channel["device_ops"] as? String ?? "0") ?? 0 > 0)
-        #expect(Int(channel["cpu_ops"] as? String ?? "0") ?? 0 > 0)
-        #expect(channel["max_transfer"] as? Int == 1 << 20)
+        #expect(channel.device?.deviceOps ?? 0 > 0)
+        #expect(channel.device?.cpuOps ?? 0 > 0)
+        #expect(channel.maxTransfer == 1 << 20)
     }
 
     @Test("Ordering holds across the device and the CPU: each op sees the bytes of the ops before it, without FENCE")
@@ -84,7 +109,7 @@ struct DPDKTests {
         let server = try dpdkServer()
         let client = try await server.connect()
         func registrations() async throws -> Int {
-            Int(((try await statusDocument(client))["server"] as? [String: Any])?["dma_registrations"] as? String ?? "-1") ?? -1
+            (try await statusDocument(client)).server.dmaRegistrations ?? -1
         }
         #expect(try await registrations() == 0)
         let allocated = try await client.allocate(size: 3 << 20)

@@ -23,8 +23,8 @@ final class RecordingChannel: EngineChannel, @unchecked Sendable {
     func reset() {}
     func shutdown() {}
 
-    /// Completes the oldest op; its cookie.
-    func finishOldest() -> UInt64 { held.removeFirst().cookie }
+    /// Completes the oldest op; returns it.
+    func finishOldest() -> EngineOp { held.removeFirst() }
 }
 
 /// One tenant with one queue kept backlogged with ops of one size.
@@ -35,7 +35,7 @@ struct Backlogged {
     let opLength: Int
     let connection: Connection
 
-    init(uid: UInt32, weight: Int, opLength: Int, buffer: SharedBuffer, scheduler: ChannelScheduler) throws {
+    init(uid: UInt32, weight: Int, opLength: Int, buffer: SharedBuffer, scheduler: Channel) throws {
         var limits = TenantLimits()
         limits.weight = weight
         tenant = Tenant(uid: uid, gid: uid, groups: [], limits: limits, policySource: "test")
@@ -47,7 +47,7 @@ struct Backlogged {
     }
 
     /// Tops the queue up to `count` pending copies.
-    func refill(to count: Int, scheduler: ChannelScheduler) {
+    func refill(to count: Int, scheduler: Channel) {
         while queue.pending.count < count {
             let place = Placement(buffer: buffer, offset: 0)
             queue.pending.append(PendingOp(cookie: 0, opcode: .copy, flags: [], source: place, destination: place, length: opLength, arg: 0))
@@ -59,11 +59,11 @@ struct Backlogged {
 @Suite("Fair scheduling between tenants sharing a channel")
 struct FairnessTests {
     /// Runs a bulk tenant (64 MiB copies, split into 4 MiB pieces) and a small-op tenant (4 KiB copies),
-    /// both always backlogged, through the real ChannelScheduler for `steps` completions after a warm-up,
+    /// both always backlogged, through the real Channel for `steps` completions after a warm-up,
     /// and returns the small tenant's share of the service (bytes plus the per-op cost).
     func smallShare(bulkWeight: Int, smallWeight: Int, steps: Int = 20_000) throws -> (share: Double, smallOps: Int, bulkPieces: Int) {
         let channel = RecordingChannel()
-        let scheduler = ChannelScheduler(engine: channel, window: 64, windowBytes: 16 << 20, opCost: 4096, quantum: 256 << 10)
+        let scheduler = Channel(engine: channel, window: 64, windowBytes: 16 << 20, opCost: 4096, quantum: 256 << 10)
         let memfd = try Memfd.create(name: "fairness", size: 64 << 20, hugepages: false)
         let buffer = SharedBuffer(handle: 1, mapping: try Mapping(fd: memfd, length: 64 << 20, writable: true, populate: false),
                                   flags: [], pageSize: 4096, registration: nil)
@@ -75,10 +75,10 @@ struct FairnessTests {
             bulk.refill(to: 4, scheduler: scheduler)
             small.refill(to: 512, scheduler: scheduler)
             scheduler.dispatch()
-            let finished = scheduler.complete(slot: Int(channel.finishOldest()))
+            let oldest = channel.finishOldest()
+            let finished = scheduler.complete(EngineCompletion(cookie: oldest.cookie, status: .success, bytesDone: UInt64(oldest.length)))
+            scheduler.takeFinished { _ in }
             let queue = try #require(finished.queue)
-            queue.inEngine -= 1
-            scheduler.schedule(queue)
             if step >= 2000 {
                 served[queue.tenant.uid, default: 0] += scheduler.cost(finished.length)
                 counts[queue.tenant.uid, default: 0] += 1
@@ -102,7 +102,7 @@ struct FairnessTests {
     @Test("A tenant alone on a channel is never held back by its weight")
     func aloneIsNotThrottled() throws {
         let channel = RecordingChannel()
-        let scheduler = ChannelScheduler(engine: channel, window: 64, windowBytes: 16 << 20, opCost: 4096, quantum: 4096)
+        let scheduler = Channel(engine: channel, window: 64, windowBytes: 16 << 20, opCost: 4096, quantum: 4096)
         let memfd = try Memfd.create(name: "fairness", size: 64 << 20, hugepages: false)
         let buffer = SharedBuffer(handle: 1, mapping: try Mapping(fd: memfd, length: 64 << 20, writable: true, populate: false),
                                   flags: [], pageSize: 4096, registration: nil)

@@ -33,8 +33,8 @@ struct FaultRig {
 
     func copied(_ i: Int) -> Bool { same(src, i * 8192, dst, i * 8192, 4096) }
 
-    func channelStatus() async throws -> [String: Any] {
-        ((try await statusDocument(client))["channels"] as? [[String: Any]] ?? [])[0]
+    func channelStatus() async throws -> StatusDocument.Channel {
+        try await statusDocument(client).channels[0]
     }
 }
 
@@ -61,30 +61,13 @@ struct FaultTests {
         }
     }
 
-    @Test("a failure at every position of a fenced burst: every later fenced op is NOT_ATTEMPTED", arguments: 0..<8)
-    func failureWithFence(position: Int) async throws {
-        let rig = try await FaultRig { _, ordinal, _ in ordinal == position ? .fail(.busWriteError) : nil }
-        rig.src.fillPseudoRandom(0..<(1 << 20), seed: UInt64(position) + 100)
-        let records = try await rig.queue.submit(rig.burst(fenced: true))
-        for (i, r) in records.enumerated() {
-            if i < position {
-                #expect(r.status == .success && rig.copied(i), "op \(i)")
-            } else if i == position {
-                #expect(r.status == .busWriteError)
-            } else {
-                #expect(r.status == .notAttempted, "op \(i): \(r.status)")
-                #expect(!rig.copied(i), "op \(i) ran although it was not attempted")
-            }
-        }
-        // The queue goes on: a new fenced op after the failure window runs.
-        let after = try await rig.queue.submit(.copy(from: rig.src.address(0), to: rig.dst.address(0), length: 8, flags: .fence))
-        #expect(after.status == .notAttempted, "the fence still depends on the failed op")
-        let next = try await rig.queue.submit(.null(flags: .fence))
-        #expect(next.status == .notAttempted)
-        let plain = try await rig.queue.submit(.copy(from: rig.src.address(0), to: rig.dst.address(0), length: 8))
-        #expect(plain.status == .success, "ops without FENCE are never skipped")
+    @Test("FENCE behind a failure: the next fenced op is NOT_ATTEMPTED and closes the window; the queue recovers (CPU engine)")
+    func fenceWindowOnCPU() async throws {
+        let engine = FaultInjectingEngine(wrapping: try CPUEngine(channelCount: 1, busyPollMicroseconds: 0), plan: failPoisonLength)
+        let server = try InProcessServer(engine: engine)
+        defer { server.stop() }
+        try await fenceWindowScenario(path: server.path)
     }
-
     @Test("a delayed op holds back the records behind it, then everything completes in order with the right bytes")
     func delay() async throws {
         let rig = try await FaultRig { _, ordinal, _ in ordinal == 2 ? .delay(microseconds: 50_000) : nil }
@@ -142,13 +125,75 @@ struct FaultTests {
         #expect(rb.allSatisfy { $0.status == .success }, "bob's ops: \(rb.map(\.status))")
         for i in 0..<8 { #expect(same(b, i * 8192, b, 512 << 10 + i * 8192, 4096), "bob op \(i) bytes") }
         #expect(same(big, 0, big, 20 << 20, 8 << 20), "the two pieces before the halt ran")
-        let channel = ((try await statusDocument(bob))["channels"] as? [[String: Any]] ?? [])[0]
-        #expect(channel["halts"] as? Int == 1)
-        #expect(channel["resets"] as? Int == 1)
-        #expect((channel["replayed"] as? Int ?? 0) >= 1)
-        #expect((channel["last_error"] as? String ?? "").contains("halted the channel"))
+        let channel = try await statusDocument(bob).channels[0]
+        #expect(channel.halts == 1)
+        #expect(channel.resets == 1)
+        #expect(channel.replayed >= 1)
+        #expect(channel.lastError.contains("halted the channel"))
         // The channel serves normally after the reset.
         #expect(try await qb.submit(.copy(from: b.address(0), to: b.address(4096), length: 64)).status == .success)
         server.stop()
     }
 }
+
+/// Ops of this length fail (BUS_WRITE_ERROR) in `fenceWindowScenario`; every other op runs.
+let poisonLength = 4104
+
+/// The fault plan of `fenceWindowScenario`: it fails by length, so it holds on any engine and whatever
+/// order ops reach it.
+@Sendable func failPoisonLength(_ channel: Int, _ ordinal: Int, _ op: EngineOp) -> Fault? {
+    op.length == poisonLength ? .fail(.busWriteError) : nil
+}
+
+/// SPEC.md §6.6 on a server whose engine fails ops of `poisonLength` bytes: for a failure at every
+/// position of a burst of eight fenced copies, the ops before it run, it fails, the fenced op right
+/// after it is NOT_ATTEMPTED (and does not run), and that closes the failure window: every later fenced
+/// op runs. Then, on the same long-lived queue, a DRAIN after a new failure is NOT_ATTEMPTED, the next
+/// DRAIN and FENCE ops run, and ops without FENCE are never skipped.
+func fenceWindowScenario(path: String) async throws {
+    let client = try await IOATClient.connect(path: path)
+    let src = try await client.allocate(size: 1 << 20, pages: .normal)
+    let dst = try await client.allocate(size: 1 << 20, pages: .normal)
+    let queue = try await client.openQueue(channel: 0, depth: 64)
+    func length(_ i: Int, failing position: Int) -> Int { i == position ? poisonLength : 4096 }
+    func copied(_ i: Int, _ n: Int) -> Bool { same(src, i * 8192, dst, i * 8192, n) }
+    for position in 0..<8 {
+        src.fillPseudoRandom(0..<(1 << 20), seed: UInt64(position) + 100)
+        dst.fillPseudoRandom(0..<(1 << 20), seed: UInt64(position) + 200)
+        let burst: [Descriptor] = (0..<8).map { i in
+            .copy(from: src.address(i * 8192), to: dst.address(i * 8192), length: UInt64(length(i, failing: position)),
+                  flags: .fence, cookie: UInt64(i))
+        }
+        let records = try await queue.submit(burst)
+        #expect(records.map(\.cookie) == (0..<8).map { UInt64($0) })
+        for (i, r) in records.enumerated() {
+            let n = length(i, failing: position)
+            if i == position {
+                #expect(r.status == .busWriteError && r.bytesDone == 0, "position \(position): op \(i) \(r.status)")
+                #expect(!copied(i, n), "position \(position): the failed op wrote")
+            } else if i == position + 1 {
+                #expect(r.status == .notAttempted && r.bytesDone == 0, "position \(position): op \(i) \(r.status)")
+                #expect(!copied(i, n), "position \(position): op \(i) ran although it was not attempted")
+            } else {
+                #expect(r.status == .success, "position \(position): op \(i) \(r.status)")
+                #expect(copied(i, n), "position \(position): op \(i) bytes")
+            }
+        }
+    }
+    // The same queue goes on: a failure, then DRAIN (an implicit FENCE) is skipped and closes the window.
+    let failing = try await queue.submit([
+        .copy(from: src.address(0), to: dst.address(0), length: UInt64(poisonLength), cookie: 1),
+        Descriptor(opcode: .drain, cookie: 2),
+        Descriptor(opcode: .drain, cookie: 3),
+        .copy(from: src.address(0), to: dst.address(16384), length: 64, flags: .fence, cookie: 4),
+    ])
+    #expect(failing.map(\.status) == [.busWriteError, .notAttempted, .success, .success], "\(failing.map(\.status))")
+    #expect(same(src, 0, dst, 16384, 64))
+    let fenced = try await queue.submit(.copy(from: src.address(8), to: dst.address(32768), length: 64, flags: .fence))
+    #expect(fenced.status == .success, "a later FENCE op runs: \(fenced.status)")
+    #expect(same(src, 8, dst, 32768, 64))
+    let drain = try await queue.submit(Descriptor(opcode: .drain))
+    #expect(drain.status == .success)
+    client.close()
+}
+

@@ -45,7 +45,7 @@ struct HugepageTests {
             #expect(try await queue.copy(from: huge, at: 0, to: huge, at: 2 << 20, length: 2 << 20).status == .success)
             #expect(huge.read(at: 0, count: 2 << 20) == huge.read(at: 2 << 20, count: 2 << 20))
             let doc = try await statusDocument(client)
-            #expect(((doc["buffers"] as? [String: Any])?["hugepage_backed"] as? Int ?? 0) >= 1)
+            #expect(doc.buffers.hugepageBacked >= 1)
             try await client.free(huge)
             return true
         }

@@ -49,7 +49,7 @@ struct RobustnessTests {
         }
         let settled = try await eventually {
             let doc = try await statusDocument(probe)
-            return (doc["server"] as? [String: Any])?["connections"] as? Int == 1 && server.openFDs() <= baseline
+            return doc.server.connections == 1 && server.openFDs() <= baseline
         }
         #expect(settled, "server fds \(server.openFDs()) vs baseline \(baseline)")
         #expect(await eventually { openDescriptorCount() <= ownBaseline + 1 }, "test process fds \(openDescriptorCount()) vs \(ownBaseline)")
@@ -60,7 +60,7 @@ struct RobustnessTests {
         let server = try TestServer()
         let probe = try await server.connect()
         func connections() async throws -> Int? {
-            (try await statusDocument(probe)["server"] as? [String: Any])?["connections"] as? Int
+            try await statusDocument(probe).server.connections
         }
         // Dropping the last reference ends the connection even though the server never speaks again.
         do {
@@ -98,10 +98,7 @@ struct RobustnessTests {
         }
         let clean = try await eventually {
             let doc = try await statusDocument(probe)
-            let buffers = doc["buffers"] as? [String: Any]
-            let channels = doc["channels"] as? [[String: Any]] ?? []
-            return (doc["server"] as? [String: Any])?["connections"] as? Int == 1 && buffers?["count"] as? Int == 0
-                && channels.allSatisfy { $0["in_engine"] as? Int == 0 }
+            return doc.server.connections == 1 && doc.buffers.count == 0 && doc.channels.allSatisfy { $0.inEngine == 0 }
         }
         #expect(clean)
         let q = try await probe.openQueue(depth: 4)
@@ -134,6 +131,6 @@ struct RobustnessTests {
         let results = await ConformanceSuite(iterations: 50, seed: 5, bufferSize: 1 << 20).run(other)
         #expect(results.allSatisfy { $0.passed }, "\(results.filter { !$0.passed }.map { "\($0.name): \($0.detail)" })")
         let doc = try await statusDocument(other)
-        #expect((doc["server"] as? [String: Any])?["connections"] as? Int == 2)
+        #expect(doc.server.connections == 2)
     }
 }

@@ -117,7 +117,7 @@ struct ServerTests {
         guard case .closeReply = try raw.receive()?.message else { Issue.record("no CLOSE_OK once idle"); return }
         let probe = try await server.connect()
         let doc = try await statusDocument(probe)
-        #expect((doc["buffers"] as? [String: Any])?["count"] as? Int == 0)
+        #expect(doc.buffers.count == 0)
     }
 
     @Test("SIGTERM stops the server with status 0")

@@ -202,7 +202,7 @@ struct ServiceTests {
         #expect(notify.wait(for: "READY=1")?.contains("STATUS=serving") == true)
         #expect(notify.wait(for: "WATCHDOG=1") != nil)
         let status = try await statusDocument(client)
-        #expect(((status["server"] as? [String: Any])?["socket"] as? String)?.contains("socket-activated") == true)
+        #expect(status.server.socket.contains("socket-activated"))
         let results = await ConformanceSuite(iterations: 30, seed: 3, bufferSize: 1 << 20).run(client)
         #expect(results.allSatisfy { $0.passed }, "\(results.filter { !$0.passed }.map { "\($0.name): \($0.detail)" })")
         kill(process.pid, SIGTERM)

@@ -182,9 +182,13 @@ func eventually(timeout: Double = 10, _ condition: () async throws -> Bool) asyn
 }
 
 /// The STATUS document as a dictionary.
-func statusDocument(_ client: IOATClient) async throws -> [String: Any] {
-    let json = try await client.status()
-    return try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] ?? [:]
+func statusDocument(_ client: IOATClient) async throws -> StatusDocument {
+    try await client.status()
+}
+
+/// A STATUS document printed by a helper script ("STATUS <json>").
+func statusDocument(line: some StringProtocol) throws -> StatusDocument {
+    try JSONDecoder().decode(StatusDocument.self, from: Data(line.dropFirst(7).utf8))
 }
 
 /// A child process started with posix_spawn and reaped with waitpid by this object. Used for programs

@@ -30,19 +30,18 @@ struct TenantTests {
         #expect(status == 0, "\(out)")
         let lines = out.split(separator: "\n").map(String.init)
         let statusLine = try #require(lines.first { $0.hasPrefix("STATUS ") }, "\(out)")
-        let doc = try JSONSerialization.jsonObject(with: Data(statusLine.dropFirst(7).utf8)) as? [String: Any] ?? [:]
-        let clients = doc["clients"] as? [[String: Any]] ?? []
-        let tenants = doc["tenants"] as? [[String: Any]] ?? []
-        #expect(clients.count == 1 && clients.allSatisfy { $0["uid"] as? Int == 65534 }, "\(clients)")
-        #expect(tenants.map { $0["uid"] as? Int } == [65534], "\(tenants)")
-        #expect((doc["buffers"] as? [String: Any])?["count"] as? Int == 0, "the other tenant's buffer totals are not shown")
+        let doc = try statusDocument(line: statusLine)
+        #expect(doc.clients.count == 1 && doc.clients.allSatisfy { $0.uid == 65534 }, "\(doc.clients)")
+        #expect(doc.tenants.map(\.uid) == [65534], "\(doc.tenants)")
+        #expect(doc.page.clientsTotal == 1 && doc.page.tenantsTotal == 1, "totals count only what the viewer may see")
+        #expect(doc.buffers.count == 0, "the other tenant's buffer totals are not shown")
         let fill = try #require(lines.first { $0.hasPrefix("FILL ") }, "\(out)")
         #expect(fill.hasPrefix("FILL ERROR \(ErrorCode.badHandle.rawValue) "), "\(fill)")
         #expect(fill.contains("\(secret.handle)"), "the message names the handle: \(fill)")
         #expect(secret.read(at: 0, count: 16) == Array("root's bytes....".utf8))
         // Root's own view shows its tenant (the other one left when its connection closed).
         let full = try await statusDocument(owner)
-        #expect((full["tenants"] as? [[String: Any]] ?? []).contains { $0["uid"] as? Int == 0 })
+        #expect(full.tenants.contains { $0.uid == 0 })
     }
 
     @Test("Policy refuses, limits and reloads on SIGHUP without dropping clients; a bad file is refused with its line")
@@ -119,12 +118,12 @@ struct TenantTests {
             #expect(error.code == .quotaExceeded)
         }
         var doc = try await statusDocument(a)
-        let tenant = try #require((doc["tenants"] as? [[String: Any]])?.first)
-        #expect(tenant["weight"] as? Int == 5)
-        #expect(tenant["policy"] as? String == "user 0")
-        #expect(tenant["connections"] as? Int == 2)
-        #expect(tenant["inflight_capacity"] as? Int == 16)
-        #expect(tenant["refusals"] as? Int ?? 0 >= 3)
+        let tenant = try #require(doc.tenants.first)
+        #expect(tenant.weight == 5)
+        #expect(tenant.policy == "user 0")
+        #expect(tenant.connections == 2)
+        #expect(tenant.inflightCapacity == 16)
+        #expect(tenant.refusals >= 3)
 
         // A broken file is refused with its line; the policy in force stays, and nobody is dropped.
         try "[policy.users.root]\nweight = 5\nmax_queues = \"many\"\n".write(toFile: config, atomically: true, encoding: .utf8)
@@ -133,8 +132,8 @@ struct TenantTests {
         #expect(server.log.contains("\(config):3"), "the log names the file and line")
         #expect(server.log.contains("max_queues"))
         doc = try await statusDocument(a)
-        #expect((doc["server"] as? [String: Any])?["policy_reload_failures"] as? Int == 1)
-        #expect((doc["tenants"] as? [[String: Any]])?.first?["weight"] as? Int == 5)
+        #expect(doc.server.policyReloadFailures == 1)
+        #expect(doc.tenants.first?.weight == 5)
         #expect(try refusal(at: server.path)?.0 == .quotaExceeded, "still two connections at most")
         _ = try await b.status()
     }
@@ -193,11 +192,11 @@ struct TenantTests {
         let (status, out) = try runAs(groups: "4242")
         #expect(status == 0, "\(out)")
         let statusLine = try #require(out.split(separator: "\n").first { $0.hasPrefix("STATUS ") }, "\(out)")
-        let doc = try JSONSerialization.jsonObject(with: Data(statusLine.dropFirst(7).utf8)) as? [String: Any] ?? [:]
-        let tenant = try #require((doc["tenants"] as? [[String: Any]])?.first, "\(doc)")
-        #expect(tenant["policy"] as? String == "group 4242")
-        #expect(tenant["weight"] as? Int == 7)
-        #expect(tenant["groups"] as? [Int] == [4242])
+        let doc = try statusDocument(line: statusLine)
+        let tenant = try #require(doc.tenants.first, "\(doc)")
+        #expect(tenant.policy == "group 4242")
+        #expect(tenant.weight == 7)
+        #expect(tenant.groups == [4242])
 
         // A member of a denied group is refused, whatever else it belongs to.
         let (refusedStatus, refusedOut) = try runAs(groups: "4242,4243")
@@ -223,14 +222,14 @@ struct TenantTests {
         let queue = try await client.openQueue(depth: 16)
         for _ in 0..<20 { _ = try await queue.copy(from: buffer, at: 0, to: buffer, at: 1 << 19, length: 4096) }
         let doc = try await statusDocument(client)
-        let tenant = try #require((doc["tenants"] as? [[String: Any]])?.first { $0["uid"] as? Int == 0 })
-        #expect(tenant["ops"] as? Int == 20)
-        #expect(tenant["bytes"] as? Int == 20 * 4096)
-        #expect(tenant["errors"] as? Int == 0)
-        let latency = tenant["latency_us"] as? [String: Double] ?? [:]
-        let wait = tenant["queue_wait_us"] as? [String: Double] ?? [:]
-        #expect((latency["p50"] ?? 0) > 0 && (latency["p99"] ?? 0) >= (latency["p50"] ?? 0))
-        #expect((wait["p50"] ?? -1) >= 0 && (wait["max"] ?? 0) <= (latency["max"] ?? 0))
-        #expect((tenant["served_cost"] as? Int ?? 0) >= 20 * 4096)
+        let tenant = try #require(doc.tenants.first { $0.uid == 0 })
+        #expect(tenant.ops == 20)
+        #expect(tenant.bytes == 20 * 4096)
+        #expect(tenant.errors == 0)
+        let latency = tenant.latencyUs
+        let wait = tenant.queueWaitUs
+        #expect(latency.p50 > 0 && latency.p99 >= latency.p50)
+        #expect(wait.p50 >= 0 && wait.max <= latency.max)
+        #expect(tenant.servedCost >= 20 * 4096)
     }
 }

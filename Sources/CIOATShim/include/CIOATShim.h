@@ -23,6 +23,8 @@ extern const unsigned int cioat_MFD_HUGETLB;
 
 /// recvmsg(2) flag that marks received descriptors close-on-exec atomically.
 extern const int cioat_MSG_CMSG_CLOEXEC;
+/// POLLRDHUP (needs _GNU_SOURCE, so Swift does not see it).
+extern const int cioat_POLLRDHUP;
 
 /// Size of the control buffer needed to carry `count` file descriptors.
 size_t cioat_cmsg_space_fds(unsigned int count);

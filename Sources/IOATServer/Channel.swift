@@ -39,14 +39,20 @@ final class Lane {
     init(tenant: Tenant) { self.tenant = tenant }
 }
 
-/// Feeds one engine channel from the queues that share it, fairly between tenants: deficit round robin
+/// One engine channel and everything that happens to an op between its queue and its completion: fair
+/// scheduling between tenants, FENCE and the failure window (SPEC.md §6.6), splitting above the max
+/// transfer and folding the pieces back into one result (§6.7), and halt, reset and replay (§6.6).
+/// It is the only writer of each queue's `execution` state. Finished ops come out of `complete` and
+/// `dispatch` as `Finished` values for the completion router; the channel knows nothing of sockets.
+///
+/// Scheduling is deficit round robin
 /// (Shreedhar and Varghese) over the tenants backlogged on the channel, where an op costs its bytes plus
 /// a fixed per-op cost and a tenant's turn is worth `quantum × weight`. So tenants backlogged on a
 /// channel are served in proportion to their weights whatever their op sizes, and an idle tenant's
 /// share goes to the others. Within a tenant, its queues take turns one op (or piece) at a time.
 /// The engine never holds more than `window` ops or (beyond one op) `windowBytes` bytes.
 /// Runs on the event-loop thread only.
-final class ChannelScheduler {
+final class Channel {
     let engine: any EngineChannel
     /// Tenants with pending ops on this channel, in turn order.
     private var active: Deque<Lane>
@@ -76,9 +82,10 @@ final class ChannelScheduler {
     /// in that window are ops the halt stopped, to run again.
     var recovering = false
     /// Ops the halt stopped, in completion order, waiting for the reset.
-    var returned: [(Queue, PendingOp)] = []
-    /// Called for a FENCE op that will not run because an op it depends on failed.
-    var skip: (Queue, PendingOp) -> Void = { _, _ in }
+    private var returned: [(Queue, PendingOp)] = []
+    /// Ops finished since the router last took them (completed by the engine, or skipped behind a
+    /// failure): capacity kept, so steady state allocates nothing.
+    private(set) var finished: [Finished] = []
 
     /// Largest piece the engine takes (a multiple of 8, so FILL and COMPARE_PATTERN keep their phase).
     let maxTransfer: Int
@@ -94,6 +101,7 @@ final class ChannelScheduler {
         slots = Array(repeating: .empty, count: window)
         freeSlots = Array((0..<window).reversed())
         sourceTable = .allocate(capacity: window * Descriptor.xorSources.upperBound)
+        finished.reserveCapacity(window * 2)
     }
 
     deinit { sourceTable.deallocate() }
@@ -159,14 +167,19 @@ final class ChannelScheduler {
             }
             if op.dispatched == 0 && op.isFenced {
                 // Re-scheduled by `complete` when its last in-engine op finishes.
-                if queue.inEngine > 0 {
+                if queue.execution.inEngine > 0 {
                     lane.queues.removeFirst()
                     queue.isScheduled = false
                     continue
                 }
-                if queue.failedSinceFence {
+                // SPEC.md §6.6: a FENCE op behind a failure does not run, and closes the failure window.
+                let skipped = queue.execution.failedSinceFence
+                queue.execution.failedSinceFence = false
+                if skipped {
                     queue.pending.removeFirst()
-                    skip(queue, op)
+                    finished.append(Finished(queue: queue, record: CompletionRecord(
+                        cookie: op.cookie, status: .notAttempted, opcode: op.opcode.rawValue, result: 0, bytesDone: 0),
+                        notify: op.flags.contains(.interrupt), accepted: op))
                     if queue.pending.isEmpty {
                         lane.queues.removeFirst()
                         queue.isScheduled = false
@@ -216,7 +229,6 @@ final class ChannelScheduler {
             queue.isScheduled = false
 
             let isLast = offset + pieceLength == op.length
-            if offset == 0 && op.isFenced { queue.failedSinceFence = false }
             if offset == 0 {
                 if now == 0 { now = Clock.nanoseconds() }
                 queue.pending[queue.pending.startIndex].startedAt = now
@@ -251,7 +263,7 @@ final class ChannelScheduler {
                 destination: op.destination.map { $0.pointer + offset }, length: pieceLength, arg: op.arg, auxiliary: auxiliary,
                 crcState: queue.crcState, sources: sources))
             precondition(accepted, "engine refused an op although it reported free slots")
-            queue.inEngine += 1
+            queue.execution.inEngine += 1
             bytesInEngine += pieceLength
             started = true
             schedule(queue)
@@ -260,7 +272,7 @@ final class ChannelScheduler {
     }
 
     /// Takes back the slot of a finished engine op and returns what it was.
-    func complete(slot: Int) -> InflightOp {
+    private func release(slot: Int) -> InflightOp {
         let op = slots[slot]
         slots[slot] = .empty
         freeSlots.append(slot)
@@ -268,9 +280,96 @@ final class ChannelScheduler {
         return op
     }
 
+    /// Takes what the engine finished: folds pieces of split ops into one result, notes failures for
+    /// the fence window, counts, and records halts. Finished ops go to `finished`. Returns true when
+    /// the channel halted and everything it held has come back, so the caller should `recover()`.
+    func reap(into buffer: UnsafeMutableBufferPointer<EngineCompletion>) -> Bool {
+        while true {
+            let n = engine.reap(into: buffer)
+            if n == 0 { break }
+            for i in 0..<n { complete(buffer[i]) }
+        }
+        return recovering && inEngine == 0
+    }
+
+    /// The ops finished since the last call, for the completion router; empties the list.
+    func takeFinished(_ body: (Finished) -> Void) {
+        for f in finished { body(f) }
+        finished.removeAll(keepingCapacity: true)
+    }
+
+    /// Handles one engine completion (one op or one piece of a split op); returns what the engine held.
+    @discardableResult
+    func complete(_ engineCompletion: EngineCompletion) -> InflightOp {
+        let op = release(slot: Int(engineCompletion.cookie))
+        guard let queue = op.queue, let accepted = op.op else {
+            preconditionFailure("engine completed an unknown slot \(engineCompletion.cookie)")
+        }
+        queue.execution.inEngine -= 1
+        var completion = engineCompletion
+        if completion.status == .channelHalted {
+            halts += 1
+            recovering = true
+            lastError = "op \(accepted.cookie) (\(accepted.opcode.name)) of client \(queue.connection.map { "\($0.id)" } ?? "gone") halted the channel"
+        } else if completion.status == .notAttempted && recovering {
+            // Stopped by the halt, not by anything it did: it runs again after the reset.
+            if queue.connection != nil {
+                var again = accepted
+                again.dispatched = op.pieceOffset
+                returned.append((queue, again))
+            } else if op.isLastPiece {
+                queue.releaseOrphaned(1)
+            }
+            return op
+        }
+        if !op.isLastPiece || op.pieceOffset > 0 {
+            // A piece of a split op: fold it into the queue's progress; only the last piece makes a record.
+            if queue.execution.split.outcome == nil && !completion.status.isSuccess {
+                queue.execution.split.outcome = (completion.status, UInt64(op.pieceOffset) + completion.bytesDone)
+            }
+            queue.execution.split.bytesDone += completion.bytesDone
+            guard op.isLastPiece else {
+                schedule(queue)
+                return op
+            }
+            if let outcome = queue.execution.split.outcome {
+                completion.status = outcome.status
+                completion.bytesDone = outcome.bytesDone
+            } else {
+                completion.bytesDone = queue.execution.split.bytesDone
+            }
+            queue.execution.split = SplitProgress()
+        }
+        // MISMATCH is a result, not a failure.
+        let failed = !completion.status.isSuccess && completion.status != .mismatch
+        if failed {
+            queue.execution.failedSinceFence = true
+            opsFailed += 1
+        }
+        opsCompleted += 1
+        bytesCompleted += completion.bytesDone
+        finished.append(Finished(queue: queue, record: CompletionRecord(
+            cookie: accepted.cookie, status: completion.status, opcode: accepted.opcode.rawValue, result: completion.result,
+            bytesDone: completion.bytesDone), notify: accepted.flags.contains(.interrupt), accepted: accepted))
+        schedule(queue)
+        return op
+    }
+
+    /// Resets a halted channel once everything it held has come back, and puts the ops the halt
+    /// stopped back at the front of their queues (SPEC.md §6.6). Returns how many run again.
+    func recover() -> Int {
+        engine.reset()
+        resets += 1
+        recovering = false
+        let replays = returned
+        returned.removeAll()
+        requeue(replays)
+        return replays.count
+    }
+
     /// Puts ops a halt stopped back at the front of their queues, in their original order. A piece whose
     /// op is still at the head (partly dispatched) rewinds that op instead of being inserted again.
-    func requeue(_ returned: [(Queue, PendingOp)]) {
+    private func requeue(_ returned: [(Queue, PendingOp)]) {
         var byQueue: [ObjectIdentifier: (Queue, [PendingOp])] = [:]
         var order: [ObjectIdentifier] = []
         for (queue, op) in returned {
@@ -297,7 +396,29 @@ final class ChannelScheduler {
 
     /// Drops every pending op of `queue` (its connection closed) so their buffers can be unmapped.
     func cancelPending(of queue: Queue) {
-        queue.outstanding -= queue.pending.count
+        queue.releaseOrphaned(queue.pending.count)
         queue.pending.removeAll()
     }
+}
+
+/// An op that left the channel: its record, for the completion router.
+struct Finished {
+    let queue: Queue
+    let record: CompletionRecord
+    /// Whether the op asked to be notified (INT_EN).
+    let notify: Bool
+    /// The op as accepted (its timestamps, for tenant statistics).
+    let accepted: PendingOp
+}
+
+/// The part of a queue's state that only its channel writes: ops in the engine, the FENCE failure
+/// window, and the progress of a split op.
+struct QueueExecution {
+    /// Ops (or pieces) in the engine.
+    fileprivate(set) var inEngine = 0
+    /// Whether an op of this queue failed since the last FENCE op was started or skipped: the next
+    /// FENCE op (which depends on everything before it) is then NOT_ATTEMPTED (SPEC.md §6.6).
+    fileprivate(set) var failedSinceFence = false
+    /// Progress of the split op whose pieces are completing (pieces of one queue complete in order).
+    fileprivate(set) var split = SplitProgress()
 }

@@ -1,0 +1,129 @@
+import IOATProtocol
+import IOATSystem
+
+/// Takes finished ops from the channels and delivers their records (SPEC.md §6.4): holds a queue's
+/// records until a flush point (INT_EN, a failure, the queue going idle, or a full message), applies the
+/// queue's coalescing period, and writes COMPLETION messages to the owning connection. It owns the
+/// flush list and the coalescing list; credits return to a queue when its records are written.
+/// Runs on the event-loop thread only; allocates nothing per op in steady state.
+final class CompletionRouter {
+    /// Most records in one COMPLETION message.
+    let maxRecordsPerMessage: Int
+    /// Queues with records to send, gathered while reaping.
+    private var flushList: [Queue] = []
+    /// Queues holding records until their coalescing deadline.
+    private var coalescing: [Queue] = []
+    /// Connections written to by the last `flush`, for the loop to update what epoll watches.
+    private(set) var touched: [Connection] = []
+    /// Connections whose socket failed during the last `flush`, with the error, for the loop to close.
+    private(set) var failed: [(Connection, SystemError)] = []
+
+    init(maxRecordsPerMessage: Int) {
+        self.maxRecordsPerMessage = max(1, maxRecordsPerMessage)
+        flushList.reserveCapacity(64)
+        touched.reserveCapacity(64)
+    }
+
+    /// Routes one finished op: statistics, then its record to its queue, marking a flush point when it
+    /// is one. A record of a queue whose connection is gone returns its credit and goes nowhere.
+    func route(_ f: Finished, now: UInt64) {
+        let queue = f.queue
+        let status = f.record.status
+        let failed = !status.isSuccess && status != .mismatch
+        queue.opsCompleted += 1
+        queue.bytesCompleted += f.record.bytesDone
+        if failed { queue.opsFailed += 1 }
+        queue.tenant.completed(bytes: f.record.bytesDone, failed: failed, acceptedAt: f.accepted.acceptedAt,
+                               startedAt: f.accepted.startedAt, now: now)
+        guard queue.connection != nil else {
+            queue.releaseOrphaned(1)
+            return
+        }
+        queue.undelivered.append(f.record)
+        if !status.isSuccess {
+            mark(queue, all: true)
+        } else if f.notify || queue.isIdle {
+            if queue.coalesceNanoseconds == 0 {
+                mark(queue, all: true)
+            } else if queue.flushDeadline == 0 {
+                // ioat(4) interrupt coalescing: wait up to the period for more records to share the message.
+                queue.flushDeadline = now + queue.coalesceNanoseconds
+                coalescing.append(queue)
+            }
+        } else if queue.undelivered.count >= maxRecordsPerMessage {
+            mark(queue, all: false)
+        }
+    }
+
+    /// Marks `queue` for the next `flush`: all its records (a flush point), or only whole messages.
+    private func mark(_ queue: Queue, all: Bool) {
+        if all { queue.flushAll = true }
+        if !queue.needsFlush {
+            queue.needsFlush = true
+            flushList.append(queue)
+        }
+    }
+
+    /// Moves queues whose coalescing deadline has passed to the flush list; returns the milliseconds until
+    /// the next deadline (-1 when none).
+    func expireCoalesced(now: UInt64) -> Int32 {
+        guard !coalescing.isEmpty else { return -1 }
+        var next = UInt64.max
+        coalescing.removeAll { queue in
+            if queue.flushDeadline == 0 || queue.connection == nil { return true }
+            if queue.flushDeadline <= now {
+                mark(queue, all: true)
+                return true
+            }
+            next = min(next, queue.flushDeadline)
+            return false
+        }
+        return next == .max ? -1 : Int32(clamping: (next - now + 999_999) / 1_000_000)
+    }
+
+    /// Sends the records of every marked queue. Afterwards `touched` and `failed` say which connections
+    /// were written to and which failed.
+    func flush() {
+        touched.removeAll(keepingCapacity: true)
+        failed.removeAll(keepingCapacity: true)
+        for queue in flushList { send(queue) }
+        flushList.removeAll(keepingCapacity: true)
+    }
+
+    /// Sends a queue's held records as COMPLETION messages: all of them at a flush point, else only the
+    /// messages they fill (the rest wait for the next flush point, SPEC.md §6.4).
+    private func send(_ queue: Queue) {
+        let all = queue.flushAll
+        queue.needsFlush = false
+        queue.flushAll = false
+        if all { queue.flushDeadline = 0 }
+        guard let connection = queue.connection, !connection.isClosed, !queue.undelivered.isEmpty else { return }
+        let total = all ? queue.undelivered.count : queue.undelivered.count / maxRecordsPerMessage * maxRecordsPerMessage
+        var start = 0
+        while start < total {
+            let count = min(maxRecordsPerMessage, total - start)
+            connection.scratch.bytes.removeAll(keepingCapacity: true)
+            let length = Wire.headerSize + 8 + count * CompletionRecord.size
+            MessageHeader(version: connection.version, type: .completion, length: UInt32(length), requestID: 0)
+                .encode(into: &connection.scratch)
+            connection.scratch.write(queue.id)
+            connection.scratch.write(UInt32(count))
+            for i in start..<start + count { queue.undelivered[i].encode(into: &connection.scratch) }
+            let result = connection.scratch.bytes.withUnsafeBytes { connection.send($0, queue: queue, records: count) }
+            switch result {
+            case .sent: queue.delivered(count)
+            case .queued: break
+            case .failed(let error):
+                failed.append((connection, error))
+                return
+            }
+            start += count
+        }
+        if total == queue.undelivered.count {
+            queue.undelivered.removeAll(keepingCapacity: true)
+        } else {
+            queue.undelivered.removeFirst(total)
+        }
+        touched.append(connection)
+    }
+}
