@@ -193,6 +193,14 @@ public struct SubmitView {
     /// The protocol version the SUBMIT was framed with.
     public var version: UInt16 = Wire.version
 
+    /// A view of `count` descriptors in `body` (count × 64 bytes), framed with `version`.
+    public init(queue: UInt32, count: Int, body: UnsafeRawBufferPointer, version: UInt16 = Wire.version) {
+        self.queue = queue
+        self.count = count
+        self.body = body
+        self.version = version
+    }
+
     /// Decodes and shape-checks descriptor `i`.
     public func descriptor(at i: Int) throws(ProtocolError) -> Descriptor {
         try Descriptor.decode(body, at: i * Descriptor.size, index: UInt32(i), version: version)

@@ -113,16 +113,17 @@ struct SubmitValidator {
             // Entries are read once each, in list order, and run in that order (SPEC.md §6.2).
             for e in 0..<count {
                 let entry = try ScatterGatherEntry.decode(bytes, entry: e, index: UInt32(i))
+                let source = try place(entry.source, length: entry.length, role: "COPY_SG entry \(e) source", index: i,
+                                       writing: false, buffers: buffers)
+                let destination = try place(entry.destination, length: entry.length, role: "COPY_SG entry \(e) destination",
+                                            index: i, writing: true, buffers: buffers)
+                // Each entry lies inside a buffer, so 64 of them cannot add up past 2^64; checked all the same.
                 let (sum, overflow) = total.addingReportingOverflow(entry.length)
                 guard !overflow else {
                     throw ProtocolError(.overflow, "descriptor \(i): COPY_SG entry lengths add up to more than 2^64 at entry \(e)",
                                         index: UInt32(i))
                 }
                 total = sum
-                let source = try place(entry.source, length: entry.length, role: "COPY_SG entry \(e) source", index: i,
-                                       writing: false, buffers: buffers)
-                let destination = try place(entry.destination, length: entry.length, role: "COPY_SG entry \(e) destination",
-                                            index: i, writing: true, buffers: buffers)
                 segments.append((source, destination, Int(entry.length)))
             }
             guard total == d.length else {

@@ -45,6 +45,12 @@ struct DPDKTests {
         try await fenceWindowScenario(path: server.path)
     }
 
+    @Test("Two SUBMITs of 512 NULL ops, INT_EN on the last only, arrive as COMPLETIONs of 512 and 512 on dma_skeleton too")
+    func fullMessagesOnly() throws {
+        let server = try dpdkServer()
+        try expectTwoFullMessages(server.path)
+    }
+
     @Test("ioatctl test passes on the DPDK engine, and status says which engine ran which op")
     func conformance() async throws {
         let server = try dpdkServer()

@@ -108,18 +108,14 @@ struct RobustnessTests {
     @Test("a client that never reads its completions stalls only itself")
     func clientThatStopsReading() async throws {
         let server = try TestServer()
-        let hog = try RawClient(path: server.path)
-        try hog.send(packet(.alloc, body: le(UInt64(1 << 20)) + le(UInt32(0)) + le(UInt32(0)), requestID: 2))
-        _ = try hog.receive()
-        try hog.send(packet(.open, body: le(UInt32(0)) + le(UInt32(1024)), requestID: 3))
-        _ = try hog.receive()
+        let hog = try RawClient.withBufferAndQueue(server.path, bufferSize: 1 << 20, depth: 1024)
         // Flood: every op asks for its own COMPLETION, and the hog never reads them.
         try hog.fd.setNonBlocking(true)
         var sent = 0
         sending: for batch in 0..<2000 {
             let ops = (0..<64).map { i in Descriptor.null(flags: .interrupt, cookie: UInt64(batch * 64 + i)) }
             do {
-                try hog.send(Message.encodeSubmit(queue: 1, descriptors: ops, requestID: UInt64(10 + batch)))
+                try hog.send(Message.encodeSubmit(queue: hog.queue, descriptors: ops, requestID: UInt64(10 + batch)))
                 sent += 1
             } catch {
                 break sending  // the server stopped reading from us: the socket is full
@@ -132,5 +128,13 @@ struct RobustnessTests {
         #expect(results.allSatisfy { $0.passed }, "\(results.filter { !$0.passed }.map { "\($0.name): \($0.detail)" })")
         let doc = try await statusDocument(other)
         #expect(doc.server.connections == 2)
+        // What filled the hog's socket was completions of accepted ops, not refusals.
+        try hog.fd.setNonBlocking(false)
+        let first = try #require(try hog.receive())
+        guard case .completion(let view) = first.message else {
+            Issue.record("the hog's first packet is not a COMPLETION: \(first.message.type.name)")
+            return
+        }
+        #expect(try view.record(at: 0).cookie == 0 && view.record(at: 0).status == .success)
     }
 }

@@ -317,13 +317,13 @@ struct BadInputTests {
             #expect(error.code == .badHandle)
         }
         #expect(secret.read(at: 0, count: 13) == Array("alice's bytes".utf8))
-        // Alice's queue id names nothing on bob's connection either.
-        do {
-            _ = try await bob.rawRequest(Message.encodeSubmit(queue: aliceQueue.id == bobQueue.id ? 999 : aliceQueue.id,
-                                                              descriptors: [.null()], requestID: bob.reserveRequestID()))
-        } catch {
-            #expect(error.code == .badQueue)
-        }
+        // Alice's queue id names nothing on another connection either: the SUBMIT is refused BAD_QUEUE. (A
+        // raw connection, so that an accepted SUBMIT shows as a COMPLETION instead of the awaited ERROR.)
+        let carol = try RawClient(path: server.path)
+        let refusal = try carol.expectError(Message.encodeSubmit(queue: aliceQueue.id, descriptors: [.null(flags: .interrupt)],
+                                                                 requestID: carol.requestID()))
+        #expect(refusal?.0 == .badQueue, "alice's queue \(aliceQueue.id) on another connection: \(String(describing: refusal))")
+        #expect(refusal?.1.contains("\(aliceQueue.id)") == true)
         // Handle numbers are server-wide: once bob has buffers of his own, alice's number is still not one
         // of them, and still refused.
         var mine: [IOATBuffer] = []

@@ -1,0 +1,143 @@
+import IOATProtocol
+@testable import IOATServer
+import Testing
+
+/// A packet built field by field: header then body.
+func packet(_ type: MessageType, body: [UInt8] = [], requestID: UInt64 = 7, version: UInt16 = Wire.version) -> [UInt8] {
+    var w = WireWriter()
+    MessageHeader(version: version, type: type, length: UInt32(24 + body.count), requestID: requestID).encode(into: &w)
+    w.write(bytes: body)
+    return w.bytes
+}
+
+func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+
+extension ConnectionStateMachine {
+    /// Feeds `bytes` as one packet and returns the refusal's code, whether it closes, and the echoed id;
+    /// nil when the packet was accepted.
+    mutating func refusal(_ bytes: [UInt8], size: Int? = nil, descriptors: Int = 0, overflowed: Bool = false,
+                          foreign: Bool = false, stopping: Bool = false) -> (code: ErrorCode, close: Bool, requestID: UInt64)? {
+        let facts = PacketFacts(size: size ?? bytes.count, descriptors: descriptors, descriptorsOverflowed: overflowed,
+                                foreignControl: foreign)
+        let action = bytes.withUnsafeBytes { receive($0, facts, stopping: stopping) }
+        guard case .refuse(let error, let requestID, let close) = action else { return nil }
+        return (error.code, close, requestID)
+    }
+
+    /// Answers HELLO (versions 1...2 offered); the connection is then negotiated.
+    mutating func negotiate(max: UInt16 = Wire.version) {
+        let hello = Message.hello(Hello(minVersion: 1, maxVersion: max)).encode(requestID: 1)
+        let action = hello.withUnsafeBytes { receive($0, PacketFacts(size: hello.count), stopping: false) }
+        guard case .hello = action else { preconditionFailure("HELLO was not answered: \(action)") }
+    }
+}
+
+@Suite("connection state machine: the check order of SPEC.md §2.2, §3 and §4, without sockets")
+struct ConnectionStateMachineTests {
+    func machine() -> ConnectionStateMachine { ConnectionStateMachine(maxMessage: 65536, maxDescriptors: 512) }
+
+    @Test("an empty packet is MALFORMED and the connection stays; so is any packet shorter than a header")
+    func emptyAndShort() {
+        var m = machine()
+        #expect(m.refusal([])! == (.malformed, false, 0))
+        #expect(m.refusal([UInt8](repeating: 0x49, count: 23))! == (.malformed, false, 0))
+        #expect(m.state == .awaitingHello)
+    }
+
+    @Test("TOO_LARGE from max_message + 1 bytes, with the request id of the bytes received; max_message itself is decoded")
+    func tooLarge() {
+        var m = machine()
+        m.negotiate()
+        var big = packet(.status, body: [UInt8](repeating: 0, count: 65537 - 24), requestID: 99)
+        #expect(m.refusal(big)! == (.tooLarge, false, 99))
+        big = packet(.status, body: [UInt8](repeating: 0, count: 65536 - 24), requestID: 98)
+        #expect(m.refusal(big)! == (.malformed, false, 98), "65,536 bytes is within the limit: decoded, and its body is wrong")
+        // Larger than the receive buffer: the kept bytes hold the header, the size is the real one.
+        #expect(m.refusal(Array(big.prefix(65537)), size: 200_000)! == (.tooLarge, false, 98))
+    }
+
+    @Test("before HELLO every request type, RESERVE and SET_COALESCE included, whatever version frames it, is NOT_NEGOTIATED")
+    func beforeHello() {
+        for type in MessageType.allCases where type.isRequest && type != .hello {
+            for version: UInt16 in [1, 2] {
+                var m = machine()
+                let r = m.refusal(packet(type, version: version))
+                #expect(r?.code == .notNegotiated && r?.close == false, "\(type.name) framed with version \(version): \(String(describing: r))")
+            }
+        }
+        var m = machine()
+        #expect(m.refusal(packet(.status, version: 3))! == (.unsupportedVersion, true, 7), "a version the server does not speak")
+        #expect(m.state == .closing)
+    }
+
+    @Test("after HELLO: ALREADY_NEGOTIATED, the negotiated framing, UNEXPECTED_TYPE, and type before descriptors")
+    func afterHello() {
+        var m = machine()
+        m.negotiate(max: 1)
+        #expect(m.version == 1)
+        #expect(m.refusal(Message.hello(Hello()).encode(requestID: 3))! == (.alreadyNegotiated, false, 3))
+        #expect(m.refusal(packet(.status, version: 2))! == (.unsupportedVersion, true, 7), "framed with another version than negotiated")
+        var v2 = machine()
+        v2.negotiate()
+        let reserve = le(UInt32(5)) + le(UInt32(1)) + le(UInt32(0)) + le(UInt32(0))
+        #expect(v2.refusal(packet(.reserve, body: reserve, version: 2)) == nil)
+        var v1 = machine()
+        v1.negotiate(max: 1)
+        #expect(v1.refusal(packet(.reserve, body: reserve, version: 1))?.code == .unknownType, "a v2 type on a v1 connection")
+        #expect(v2.refusal(packet(.helloReply))?.code == .unexpectedType)
+        #expect(v2.refusal(packet(.completion), descriptors: 1)?.code == .unexpectedType, "the type is checked before descriptors")
+    }
+
+    @Test("descriptors: REGISTER needs exactly one (more than the cap is MISSING_FD too); others take none; foreign control is UNEXPECTED_FD")
+    func descriptors() {
+        var m = machine()
+        m.negotiate()
+        let register = packet(.register, body: [UInt8](repeating: 0, count: 8))
+        #expect(m.refusal(register, descriptors: 1) == nil)
+        #expect(m.refusal(register, descriptors: 0)?.code == .missingFD)
+        #expect(m.refusal(register, descriptors: 2)?.code == .missingFD)
+        #expect(m.refusal(register, descriptors: 4, overflowed: true)?.code == .missingFD, "five or more descriptors")
+        #expect(m.refusal(packet(.status), descriptors: 1)?.code == .unexpectedFD)
+        #expect(m.refusal(packet(.status), descriptors: 4, overflowed: true)?.code == .unexpectedFD)
+        #expect(m.refusal(packet(.status), foreign: true)?.code == .unexpectedFD)
+        // Before HELLO, NOT_NEGOTIATED comes before the descriptor check.
+        var early = machine()
+        #expect(early.refusal(register, descriptors: 2)?.code == .notNegotiated)
+    }
+
+    @Test("SUBMIT: the body's size is checked before the count, so a huge count with a short body is MALFORMED")
+    func submitBody() {
+        var m = machine()
+        m.negotiate()
+        #expect(m.refusal(packet(.submit, body: le(UInt32(5)) + le(UInt32(0xFFFF_FFFF))))?.code == .malformed)
+        #expect(m.refusal(packet(.submit, body: le(UInt32(5)) + le(UInt32(2)) + [UInt8](repeating: 0, count: 64)))?.code == .malformed)
+        #expect(m.refusal(packet(.submit, body: le(UInt32(5)) + le(UInt32(0))))?.code == .badCount)
+        let tooMany = le(UInt32(5)) + le(UInt32(513)) + [UInt8](repeating: 0, count: 513 * 64)
+        var roomy = ConnectionStateMachine(maxMessage: 1 << 20, maxDescriptors: 512)
+        roomy.negotiate()
+        #expect(roomy.refusal(packet(.submit, body: tooMany))?.code == .badCount)
+        // Descriptors are left for the validator: an undefined opcode passes the state machine.
+        #expect(m.refusal(packet(.submit, body: le(UInt32(5)) + le(UInt32(1)) + [0xEE] + [UInt8](repeating: 0, count: 63))) == nil)
+    }
+
+    @Test("while stopping, SUBMIT, ALLOC, REGISTER and OPEN are SHUTTING_DOWN; the rest are answered")
+    func stopping() {
+        var m = machine()
+        m.negotiate()
+        #expect(m.refusal(packet(.alloc, body: le(UInt64(4096)) + le(UInt32(0)) + le(UInt32(0))), stopping: true)?.code == .shuttingDown)
+        #expect(m.refusal(packet(.open, body: le(UInt32(0)) + le(UInt32(4))), stopping: true)?.code == .shuttingDown)
+        #expect(m.refusal(packet(.status), stopping: true) == nil)
+        #expect(m.refusal(packet(.free, body: le(UInt32(1)) + le(UInt32(0))), stopping: true) == nil)
+    }
+
+    @Test("bad magic closes, with the request id as received; HELLO with no common version closes")
+    func closing() {
+        var m = machine()
+        var bad = packet(.status, requestID: 42)
+        bad[0] = 0x58
+        #expect(m.refusal(bad)! == (.badMagic, true, 42))
+        var old = machine()
+        let hello = Message.hello(Hello(minVersion: 3, maxVersion: 9)).encode(requestID: 5)
+        #expect(old.refusal(hello)! == (.unsupportedVersion, true, 5))
+    }
+}

@@ -1,0 +1,116 @@
+import IOATProtocol
+@testable import IOATServer
+import IOATSystem
+import Testing
+
+/// Buffers by handle, for the validator.
+struct ModelBuffers: BufferLookup {
+    var byHandle: [UInt32: SharedBuffer] = [:]
+    func buffer(_ handle: UInt32) -> SharedBuffer? { byHandle[handle] }
+
+    /// A buffer of `size` bytes under `handle` (a real mapping of a memfd: the validator reads lists from it).
+    mutating func add(_ handle: UInt32, size: Int, readOnly: Bool = false) throws {
+        let fd = try Memfd.create(name: "validator-\(handle)", size: UInt64(size), hugepages: false)
+        byHandle[handle] = SharedBuffer(handle: handle, mapping: try Mapping(fd: fd, length: size, writable: true, populate: false),
+                                        flags: readOnly ? [.readOnly] : [], pageSize: 4096, registration: nil)
+    }
+}
+
+/// Every opcode.
+let everything = ChannelInfo(index: 0, engine: .cpu, hardwareVersion: 0, opcodes: ~0, maxTransfer: 1 << 30, maxDepth: 1024,
+                             maxCoalesceMicroseconds: 0, name: "model")
+
+/// A SUBMIT body of `descriptors`, validated against `buffers`; the refusal, or nil.
+func validate(_ descriptors: [Descriptor], _ buffers: ModelBuffers, channel: ChannelInfo = everything) -> ProtocolError? {
+    var w = WireWriter()
+    for d in descriptors { d.encode(into: &w) }
+    var ops: [PendingOp] = []
+    return w.bytes.withUnsafeBytes { body -> ProtocolError? in
+        let view = SubmitView(queue: 1, count: descriptors.count, body: body)
+        do throws(ProtocolError) {
+            _ = try SubmitValidator(channel: channel).validate(view, buffers: buffers, into: &ops)
+            return nil
+        } catch {
+            return error
+        }
+    }
+}
+
+@Suite("submit validator: one descriptor at a time, without sockets (SPEC.md §6.3)")
+struct SubmitValidatorTests {
+    @Test("the ERROR index is the first bad descriptor, whichever check it fails")
+    func firstBadDescriptor() throws {
+        var buffers = ModelBuffers()
+        try buffers.add(10, size: 8192)
+        let fill = Descriptor.fill(BufferAddress(handle: 10, offset: 0), length: 64, pattern: 1)
+        let foreign = Descriptor.copy(from: BufferAddress(handle: 10, offset: 0), to: BufferAddress(handle: 77, offset: 0), length: 8)
+        let dualcastHandlesZero = Descriptor(opcode: .dualcast, length: 8)
+        let error = try #require(validate([fill, foreign, dualcastHandlesZero], buffers))
+        #expect(error.code == .badHandle && error.index == 1, "\(error)")
+        #expect(error.message.contains("77"))
+        // The other way round: the shape error comes first.
+        let shape = try #require(validate([fill, dualcastHandlesZero, foreign], buffers))
+        #expect(shape.code == .badHandle && shape.index == 1 && shape.message.contains("0 is never valid"), "\(shape)")
+        // An undefined opcode after a range error: the range error, at its index.
+        var unknown = [UInt8](repeating: 0, count: 64)
+        unknown[0] = 0xEE
+        let bad = Descriptor.copy(from: BufferAddress(handle: 10, offset: 8000), to: BufferAddress(handle: 10, offset: 0), length: 400)
+        let outOfRange = try #require(validate([fill, bad], buffers))
+        #expect(outOfRange.code == .outOfRange && outOfRange.index == 1)
+    }
+
+    @Test("UNSUPPORTED_OPCODE is checked with the descriptor it concerns")
+    func unsupported() throws {
+        var buffers = ModelBuffers()
+        try buffers.add(10, size: 8192)
+        let copyOnly = ChannelInfo(index: 3, engine: .cpu, hardwareVersion: 0, opcodes: Opcode.copy.capabilityBit | Opcode.null.capabilityBit,
+                                   maxTransfer: 1 << 20, maxDepth: 64, maxCoalesceMicroseconds: 0, name: "copy-only")
+        let ops: [Descriptor] = [.null(), .fill(BufferAddress(handle: 10, offset: 0), length: 8, pattern: 0), .copy(
+            from: BufferAddress(handle: 99, offset: 0), to: BufferAddress(handle: 10, offset: 0), length: 8)]
+        let error = try #require(validate(ops, buffers, channel: copyOnly))
+        #expect(error.code == .unsupportedOpcode && error.index == 1, "\(error)")
+    }
+
+    @Test("XOR and COPY_SG lists are read once from the buffer, with their entry checks and a 64-bit overflow check")
+    func lists() throws {
+        var buffers = ModelBuffers()
+        try buffers.add(10, size: 1 << 16)
+        try buffers.add(11, size: 4096, readOnly: true)
+        let list = buffers.byHandle[10]!.mapping.unsafeBytes
+        func write(_ entries: [UInt8], at offset: Int) { for (i, b) in entries.enumerated() { list[offset + i] = b } }
+        // XOR: two sources, the second with a non-zero reserved field.
+        var w = WireWriter()
+        XorSource(BufferAddress(handle: 10, offset: 0)).encode(into: &w)
+        w.write(UInt32(10))
+        w.write(UInt32(1))
+        w.write(UInt64(64))
+        write(w.bytes, at: 32768)
+        let xor = Descriptor(opcode: .xor, length: 64, destination: BufferAddress(handle: 10, offset: 4096),
+                             auxiliary: BufferAddress(handle: 10, offset: 32768), arg: 2)
+        let reserved = try #require(validate([.null(), xor], buffers))
+        #expect(reserved.code == .reservedNotZero && reserved.index == 1 && reserved.message.contains("XOR source 1"))
+        // COPY_SG: an entry whose offset + length wraps 2^64 is OVERFLOW; a read-only destination is READ_ONLY.
+        w = WireWriter()
+        ScatterGatherEntry(source: BufferAddress(handle: 10, offset: 8), destination: BufferAddress(handle: 10, offset: 0),
+                           length: UInt64.max).encode(into: &w)
+        ScatterGatherEntry(source: BufferAddress(handle: 10, offset: 0), destination: BufferAddress(handle: 10, offset: 0),
+                           length: 2).encode(into: &w)
+        write(w.bytes, at: 40960)
+        let wrapping = Descriptor(opcode: .copySG, length: 1, auxiliary: BufferAddress(handle: 10, offset: 40960), arg: 2)
+        let first = try #require(validate([wrapping], buffers))
+        #expect(first.code == .overflow && first.message.contains("entry 0 source"), "\(first)")
+        w = WireWriter()
+        ScatterGatherEntry(source: BufferAddress(handle: 10, offset: 0), destination: BufferAddress(handle: 11, offset: 0),
+                           length: 8).encode(into: &w)
+        write(w.bytes, at: 40960)
+        let toReadOnly = Descriptor(opcode: .copySG, length: 8, auxiliary: BufferAddress(handle: 10, offset: 40960), arg: 1)
+        #expect(validate([toReadOnly], buffers)?.code == .readOnly)
+        // A good list passes, and the op keeps its own copy of the entries.
+        w = WireWriter()
+        ScatterGatherEntry(source: BufferAddress(handle: 10, offset: 0), destination: BufferAddress(handle: 10, offset: 8192),
+                           length: 8).encode(into: &w)
+        write(w.bytes, at: 40960)
+        let good = Descriptor(opcode: .copySG, length: 8, auxiliary: BufferAddress(handle: 10, offset: 40960), arg: 1)
+        #expect(validate([good], buffers) == nil)
+    }
+}
