@@ -307,6 +307,13 @@ struct ioatd_sg_entry {
     uint64_t length;
 };
 
+/* §5.6: STATUS's optional paging body (an empty body asks for the first page). */
+struct ioatd_status_page {
+    uint64_t client_from;
+    uint32_t tenant_from;
+    uint32_t reserved;
+};
+
 /* §5.7 */
 struct ioatd_goodbye {
     uint32_t drain_ms;
@@ -369,5 +376,7 @@ _Static_assert(sizeof(struct ioatd_set_coalesce) == 8, "ioatd_set_coalesce");
 _Static_assert(sizeof(struct ioatd_coalesce_ok) == 8, "ioatd_coalesce_ok");
 _Static_assert(offsetof(struct ioatd_sg_entry, length) == 24, "ioatd_sg_entry.length");
 _Static_assert(sizeof(struct ioatd_error_msg) == 16, "ioatd_error_msg");
+_Static_assert(sizeof(struct ioatd_status_page) == 16, "ioatd_status_page");
+_Static_assert(offsetof(struct ioatd_status_page, tenant_from) == 8, "ioatd_status_page.tenant_from");
 
 #endif /* IOATD_H */

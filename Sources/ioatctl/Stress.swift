@@ -81,6 +81,12 @@ struct Stress: AsyncParsableCommand {
                 }
             }
             done += n
+            if done == n {
+                // After the first verified batch: a mark a supervising test can wait for.
+                // Written unbuffered: standard output may be a file, where print(_:) is block-buffered.
+                let mark = "stress: running\n"
+                _ = mark.withCString { write(STDOUT_FILENO, $0, strlen($0)) }
+            }
         }
         guard memcmp(source.unsafeBytes(0..<bufferSize).baseAddress!, original.baseAddress!, bufferSize) == 0 else { throw CLIError("seed \(seed): the source buffer changed") }
         print("stress: \(done) ops verified (seed \(seed))")

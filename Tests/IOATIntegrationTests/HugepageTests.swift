@@ -6,28 +6,29 @@ import IOATProtocol
 import IOATSystem
 import Testing
 
-/// Reserves hugepages for the duration of `body` (as root) and gives them back.
-func withReservedHugepages<R>(_ count: Int, _ body: () async throws -> R) async throws -> R? {
-    let path = "/proc/sys/vm/nr_hugepages"
-    guard getuid() == 0, let text = readSmallFile(path), let before = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
-        print("SKIP: hugepage tests need root and \(path); the hugepage path was not tested")
-        return nil
-    }
-    defer { writeSmallFile(path, "\(before)\n") }
-    guard writeSmallFile(path, "\(before + count)\n"),
-        let now = readSmallFile(path).flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }), now >= before + count
-    else {
-        print("SKIP: could not reserve \(count) hugepages; the hugepage path was not tested")
-        return nil
-    }
+let hugepagePool = "/proc/sys/vm/nr_hugepages"
+
+/// Whether this process can size the hugepage pool (root, and the sysctl exists).
+let canSizeHugepagePool: Bool = getuid() == 0 && readSmallFile(hugepagePool) != nil
+
+/// Sets the hugepage pool to `count` pages for the duration of `body` and puts the old size back. Fails
+/// the test when the kernel would not give that many.
+func withHugepagePool<R>(_ count: (Int) -> Int, _ body: () async throws -> R) async throws -> R {
+    let before = try #require(readSmallFile(hugepagePool).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
+    defer { writeSmallFile(hugepagePool, "\(before)\n") }
+    let wanted = count(before)
+    #expect(writeSmallFile(hugepagePool, "\(wanted)\n"))
+    let now = try #require(readSmallFile(hugepagePool).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
+    try #require(wanted == 0 || now >= wanted, "the kernel gave \(now) hugepages of the \(wanted) asked for")
     return try await body()
 }
 
 @Suite("buffers: hugepages and 4 KiB pages", .serialized)
 struct HugepageTests {
-    @Test("ALLOC with hugepages required gives hugepage-backed, sealed, working buffers")
+    @Test("ALLOC with hugepages required gives hugepage-backed, sealed, working buffers",
+          .enabled(if: canSizeHugepagePool, "needs root to reserve hugepages"))
     func hugepagePath() async throws {
-        let ran: Bool? = try await withReservedHugepages(16) {
+        try await withHugepagePool({ $0 + 16 }) {
             let server = try TestServer()
             let client = try await server.connect()
             #expect(client.server.hugepageSize == 2 << 20)
@@ -47,9 +48,7 @@ struct HugepageTests {
             let doc = try await statusDocument(client)
             #expect(doc.buffers.hugepageBacked >= 1)
             try await client.free(huge)
-            return true
         }
-        if ran == nil { print("hugepage path skipped") }
     }
 
     @Test("without hugepages, ALLOC falls back to 4 KiB pages and says so; REQUIRED is refused")
@@ -73,19 +72,16 @@ struct HugepageTests {
         #expect(buffer.read(at: 0, count: 5000) == buffer.read(at: 6000, count: 5000))
     }
 
-    @Test("preferred hugepages fall back to 4 KiB pages when none are free, with a warning in the log")
+    @Test("preferred hugepages fall back to 4 KiB pages when none are free, with a warning in the log",
+          .enabled(if: canSizeHugepagePool, "needs root to empty the hugepage pool"))
     func preferredFallback() async throws {
-        let path = "/proc/sys/vm/nr_hugepages"
-        guard let free = readSmallFile("/proc/meminfo")?.split(separator: "\n").first(where: { $0.hasPrefix("HugePages_Free:") }),
-            Int(free.filter(\.isNumber)) == 0, readSmallFile(path) != nil
-        else {
-            print("SKIP: hugepages are free on this machine; the preferred-fallback path was not tested")
-            return
+        // An empty pool: no hugepage is free, whatever the machine had reserved.
+        try await withHugepagePool({ _ in 0 }) {
+            let server = try TestServer()
+            let client = try await server.connect()
+            let buffer = try await client.allocate(size: 1 << 20)
+            #expect(!buffer.isHugepageBacked && buffer.pageSize == 4096)
+            #expect(await eventually { server.log.contains("hugepages unavailable") })
         }
-        let server = try TestServer()
-        let client = try await server.connect()
-        let buffer = try await client.allocate(size: 1 << 20)
-        #expect(!buffer.isHugepageBacked && buffer.pageSize == 4096)
-        #expect(await eventually { server.log.contains("hugepages unavailable") })
     }
 }

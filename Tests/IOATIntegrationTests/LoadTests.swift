@@ -14,8 +14,9 @@ func residentBytes(of pid: Int32) -> Int {
 @Suite("Load: many client processes, some killed mid-flight", .serialized)
 struct LoadTests {
     /// Runs `count` `ioatctl stress` clients of `ops` ops each against `server`, killing those whose index
-    /// is in `victims` after `killAfter` seconds; returns the survivors' exit statuses and outputs.
-    func run(_ server: TestServer, count: Int, ops: Int, victims: Set<Int> = [], killAfter: Double = 0.3) throws
+    /// is in `victims` once each has verified its first batch (it prints "stress: running"), so each is
+    /// surely mid-flight; returns the survivors' exit statuses and outputs.
+    func run(_ server: TestServer, count: Int, ops: Int, victims: Set<Int> = []) throws
         -> [(index: Int, status: Int32, output: String)]
     {
         let dir = temporarySocketPath() + ".out"
@@ -28,9 +29,12 @@ struct LoadTests {
                                       "--seed", "\(1000 + i)"],
                                output: "\(dir)/\(i)")
         }
-        if !victims.isEmpty {
-            usleep(UInt32(killAfter * 1_000_000))
-            for i in victims { kill(clients[i].pid, SIGKILL) }
+        for i in victims {
+            let started = waitUntil(timeout: 120) {
+                ((try? String(contentsOfFile: "\(dir)/\(i)", encoding: .utf8)) ?? "").contains("stress: running")
+            }
+            #expect(started, "victim \(i) never verified its first batch")
+            kill(clients[i].pid, SIGKILL)
         }
         var results: [(Int, Int32, String)] = []
         for (i, client) in clients.enumerated() {

@@ -15,6 +15,9 @@ let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
 
 private let socketCounter = Atomic<Int>(0)
 
+/// Whether `path` is an executable file (for tests that need a tool: they are skipped, visibly, without it).
+func isExecutable(_ path: String) -> Bool { FileManager.default.isExecutableFile(atPath: path) }
+
 /// A unique socket path for one test server.
 func temporarySocketPath() -> String {
     "/tmp/ioatd-test-\(getpid())-\(socketCounter.add(1, ordering: .relaxed).newValue).sock"
@@ -169,6 +172,16 @@ func runTool(_ name: String, _ arguments: [String], environment: [String: String
     let data = out.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
     return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+/// Waits until `condition` holds, polling, without async; false after `timeout` seconds.
+func waitUntil(timeout: Double, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if condition() { return true }
+        usleep(10_000)
+    }
+    return condition()
 }
 
 /// Waits until `condition` holds, polling; false after `timeout` seconds.

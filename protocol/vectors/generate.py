@@ -118,8 +118,10 @@ ok("hello_ok with two channels", "HELLO_OK",
           request_id=0),
    {"version": 1, "max_message": 65536, "max_descriptors": 512, "max_queue_depth": 1024, "max_queues": 64,
     "max_buffers": 1024, "max_buffer_bytes": 4 << 30, "hugepage_size": 2 << 20,
-    "channels": [{"index": 0, "engine": 1, "opcodes": 0x1F, "max_transfer": 1 << 62, "max_depth": 4096, "name": "cpu0"},
-                 {"index": 1, "engine": 2, "opcodes": 0x7, "max_transfer": 1 << 20, "max_depth": 512, "name": "dma_skeleton0x"}]},
+    "channels": [{"index": 0, "engine": 1, "hw_version": 0, "opcodes": 0x1F, "max_transfer": 1 << 62, "max_depth": 4096,
+                  "max_coalesce_us": 16383, "name": "cpu0"},
+                 {"index": 1, "engine": 2, "hw_version": 3, "opcodes": 0x7, "max_transfer": 1 << 20, "max_depth": 512,
+                  "max_coalesce_us": 16383, "name": "dma_skeleton0x"}]},
    request_id=0)
 ok("alloc_ok on hugepages", "ALLOC_OK", packet("ALLOC_OK", struct.pack("<IIQQ", 1, 3, 2 << 20, 2 << 20), request_id=2),
    {"handle": 1, "flags": 3, "size": 2 << 20, "page_size": 2 << 20}, request_id=2)
@@ -128,6 +130,7 @@ ok("register_ok read-only", "REGISTER_OK", packet("REGISTER_OK", struct.pack("<I
 ok("free_ok", "FREE_OK", packet("FREE_OK", b""), {})
 ok("open_ok", "OPEN_OK", packet("OPEN_OK", struct.pack("<IIII", 1, 0, 64, 0)), {"queue": 1, "channel": 0, "depth": 64})
 ok("close_ok", "CLOSE_OK", packet("CLOSE_OK", b""), {})
+ok("status next page", "STATUS", packet("STATUS", struct.pack("<QII", 17, 1000, 0)), {"client_from": 17, "tenant_from": 1000})
 ok("status_ok", "STATUS_OK", packet("STATUS_OK", b'{"server":{"pid":1}}'), {"json": '{"server":{"pid":1}}'})
 ok("completion of two ops", "COMPLETION",
    packet("COMPLETION", struct.pack("<II", 1, 2) + record(42, 0, 1, 0, 4096) + record(43, 0, 3, 0xE3069283, 9), request_id=0),
@@ -175,6 +178,10 @@ copy = desc("COPY", src=(1, 0), length=8, dst=(2, 0))
 bad("submit body shorter than 8", packet("SUBMIT", struct.pack("<I", 1)), "MALFORMED")
 bad("submit with no descriptors", packet("SUBMIT", submit(1, [])), "BAD_COUNT")
 bad("submit count says 2, carries 1", packet("SUBMIT", submit(1, [copy], count=2)), "MALFORMED")
+bad("submit count 0xFFFFFFFF with no descriptors: the body size is checked first", packet("SUBMIT", struct.pack("<II", 1, 0xFFFFFFFF)), "MALFORMED")
+bad("empty packet", b"", "MALFORMED")
+bad("status body of 8 bytes", packet("STATUS", b"\0" * 8), "MALFORMED")
+bad("status paging reserved not zero", packet("STATUS", struct.pack("<QII", 0, 0, 1)), "RESERVED_NOT_ZERO")
 bad("submit carries half a descriptor", packet("SUBMIT", submit(1, [copy[:32]], count=1)), "MALFORMED")
 bad("undefined opcode 200", packet("SUBMIT", submit(1, [desc(200, src=(1, 0), length=8, dst=(2, 0))])), "UNKNOWN_OPCODE")
 bad("descriptor reserved byte", packet("SUBMIT", submit(1, [desc("COPY", src=(1, 0), length=8, dst=(2, 0), reserved=1)])), "RESERVED_NOT_ZERO")
