@@ -1,5 +1,23 @@
 import IOATSystem
+import Logging
 import TOMLKit
+
+/// Which engine drives the channels.
+public enum EngineKind: String, Sendable, CaseIterable {
+    /// CPU threads with the hardware's semantics.
+    case cpu
+    /// DPDK dmadev (I/OAT, DSA, dma_skeleton): only in a build with the `DPDK` trait.
+    case dpdk
+
+    /// Whether this build has the engine.
+    public var isBuilt: Bool {
+        #if DPDK
+        true
+        #else
+        self == .cpu
+        #endif
+    }
+}
 
 /// A configuration file that could not be used: where, and why. The server keeps what it had.
 public struct ConfigurationError: Error, CustomStringConvertible, Sendable {
@@ -19,7 +37,7 @@ public struct DaemonConfiguration: Sendable {
     /// The server's settings.
     public var server: ServerConfiguration
     /// Engine kind: "cpu", or "dpdk" in a build with the `DPDK` trait.
-    public var engine = "cpu"
+    public var engine = EngineKind.cpu
     /// EAL arguments for the DPDK engine, split on spaces (no quoting).
     public var dpdkEALArguments: [String] = []
     /// Channels; nil: one per CPU but one.
@@ -27,7 +45,7 @@ public struct DaemonConfiguration: Sendable {
     /// Whether CPU workers get CPUs of their own.
     public var pinWorkers = true
     /// swift-log level name.
-    public var logLevel = "info"
+    public var logLevel = Logger.Level.info
 
     /// The defaults, listening at `socketPath`.
     public init(socketPath: String) {
@@ -66,10 +84,10 @@ public struct DaemonConfiguration: Sendable {
                 config.server.socketMode = mode
             }
             if let v = try reader.string(s, "server", "log_level") {
-                guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(v) else {
-                    throw reader.error("server", "log_level", "\"\(v)\" is not one of trace, debug, info, notice, warning, error, critical")
+                guard let level = Logger.Level(rawValue: v) else {
+                    throw reader.error("server", "log_level", "\"\(v)\" is not one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
                 }
-                config.logLevel = v
+                config.logLevel = level
             }
             if let v = try reader.int(s, "server", "busy_poll_us", 0...10_000) { config.server.busyPollMicroseconds = v }
             if let v = try reader.int(s, "server", "drain_timeout_ms", 0...600_000) { config.server.drainTimeoutMilliseconds = v }
@@ -79,10 +97,10 @@ public struct DaemonConfiguration: Sendable {
             try reader.keys(s, "engine", ["kind", "channels", "pin_workers", "window", "window_bytes", "op_cost_bytes", "quantum_bytes",
                                          "dpdk_eal_args"])
             if let v = try reader.string(s, "engine", "kind") {
-                guard Self.engines.contains(v) else {
+                guard let kind = EngineKind(rawValue: v), kind.isBuilt else {
                     throw reader.error("engine", "kind", "\"\(v)\" is not an engine this build has (\(Self.engines.joined(separator: ", ")))")
                 }
-                config.engine = v
+                config.engine = kind
             }
             if let v = try reader.string(s, "engine", "dpdk_eal_args") { config.dpdkEALArguments = Self.splitArguments(v) }
             if let v = try reader.int(s, "engine", "channels", 0...64) { config.channels = v == 0 ? nil : v }
@@ -134,13 +152,7 @@ public struct DaemonConfiguration: Sendable {
     }
 
     /// The engines this build has: "dpdk" only with the `DPDK` trait.
-    public static var engines: [String] {
-        #if DPDK
-        ["cpu", "dpdk"]
-        #else
-        ["cpu"]
-        #endif
-    }
+    public static var engines: [String] { EngineKind.allCases.filter(\.isBuilt).map(\.rawValue) }
 
     /// Splits an argument string on spaces and tabs (EAL arguments never need quoting).
     public static func splitArguments(_ text: String) -> [String] {

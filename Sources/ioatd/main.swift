@@ -22,11 +22,6 @@ struct IOATDaemon: ParsableCommand {
             load is refused with its line and reason, and the policy in force stays.
             """)
 
-    enum EngineKind: String, ExpressibleByArgument, CaseIterable {
-        case cpu
-        /// DPDK dmadev (I/OAT, DSA, dma_skeleton): only in a build with the `DPDK` trait.
-        case dpdk
-    }
 
     @Option(help: "TOML configuration file (see deploy/ioatd.toml).")
     var config: String?
@@ -77,16 +72,16 @@ struct IOATDaemon: ParsableCommand {
         }
         if let socket { settings.server.socketPath = socket }
         if let engine {
-            guard DaemonConfiguration.engines.contains(engine.rawValue) else {
+            guard engine.isBuilt else {
                 FileHandle.standardError.write("ioatd: --engine \(engine.rawValue): this ioatd was built without it; build with `swift build --traits DPDK` (make build-dpdk)\n")
                 throw ExitCode(2)
             }
-            settings.engine = engine.rawValue
+            settings.engine = engine
         }
         if let dpdkEalArgs { settings.dpdkEALArguments = DaemonConfiguration.splitArguments(dpdkEalArgs) }
         if let channels { settings.channels = channels }
         if let pinWorkers { settings.pinWorkers = pinWorkers }
-        if let logLevel { settings.logLevel = logLevel }
+        if let logLevel, let level = Logger.Level(rawValue: logLevel) { settings.logLevel = level }
         if let busyPollUs { settings.server.busyPollMicroseconds = busyPollUs }
         if noHugepages { settings.server.hugepages = false }
         return settings
@@ -94,7 +89,7 @@ struct IOATDaemon: ParsableCommand {
 
     func run() throws {
         let settings = try settings()
-        let level = Logger.Level(rawValue: settings.logLevel) ?? .info
+        let level = settings.logLevel
         let journal = getenv("JOURNAL_STREAM") != nil
         LoggingSystem.bootstrap { label in
             if journal {
@@ -144,7 +139,7 @@ struct IOATDaemon: ParsableCommand {
         }
 
         let engine: any Engine
-        if settings.engine == "dpdk" {
+        if settings.engine == .dpdk {
             guard let dpdk = startDPDK(settings, busyPoll: config.busyPollMicroseconds, logger: logger) else {
                 return "the DPDK engine did not start (see the log line above)"
             }
@@ -213,3 +208,5 @@ struct FileHandle {
 }
 
 IOATDaemon.main()
+
+extension EngineKind: ExpressibleByArgument {}
