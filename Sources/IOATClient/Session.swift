@@ -325,7 +325,7 @@ final class Session: Sendable {
 
     /// One page of the server's STATUS document (JSON, SPEC.md §5.6).
     func status(_ page: StatusRequest) async throws(IOATError) -> String {
-        guard case .status(let json) = try await request(.status(page)) else { throw .invalidReply("STATUS answered with something else") }
+        guard case .status(let json) = try await request(.status(page == .first ? nil : page)) else { throw .invalidReply("STATUS answered with something else") }
         return json
     }
 

@@ -50,7 +50,7 @@ extension Message {
             w.write(UInt32(s.count))
             w.write(bytes: s.body)
         case .status(let page):
-            if page != .first {
+            if let page {
                 w.write(page.clientFrom)
                 w.write(page.tenantFrom)
                 w.write(UInt32(0))
@@ -237,7 +237,7 @@ extension Message {
             guard bodySize == 0 || bodySize == StatusRequest.size else {
                 throw ProtocolError(.malformed, "STATUS body must be 0 or \(StatusRequest.size) bytes, got \(bodySize)")
             }
-            guard bodySize > 0 else { return .status(.first) }
+            guard bodySize > 0 else { return .status(nil) }
             let clientFrom: UInt64 = r.read()!
             let tenantFrom: UInt32 = r.read()!
             try reserved32(r.read()!, "reserved")

@@ -251,8 +251,8 @@ public enum Message {
     case open(channel: UInt32, depth: UInt32)
     case close(queue: UInt32)
     case submit(SubmitView)
-    /// STATUS, for the page that starts where `StatusRequest` says (`.first` is the empty body).
-    case status(StatusRequest)
+    /// STATUS, for the page that starts where `StatusRequest` says; nil is the empty body (the first page).
+    case status(StatusRequest?)
     /// (v2) Answered once `queue` has at least `credits` free credits; with NO_WAIT, refused at once
     /// with NO_SPACE when it has not.
     case reserve(queue: UInt32, credits: UInt32, noWait: Bool)

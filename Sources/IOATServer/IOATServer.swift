@@ -350,7 +350,6 @@ public final class IOATServer: @unchecked Sendable {
         epoll.remove(connection.fd.rawValue)
         // The peer reads what was sent (an ERROR that closes, say), then the end: never a reset.
         UnixSocket.discardUnread(connection.fd)
-        _ = shutdown(connection.fd.rawValue, Int32(SHUT_RDWR))
         connections[connection.id] = nil
         parked.removeAll { $0 === connection }
         for queue in connection.queues.values {

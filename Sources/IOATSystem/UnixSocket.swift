@@ -241,7 +241,8 @@ public enum UnixSocket {
     /// Before a close: stops the peer from sending more (shutdown of our reading side) and discards what
     /// it had already sent, closing any descriptors that came with it. Closing a Unix socket with unread
     /// packets resets the peer, and the reset would hide the last ERROR from it (SPEC.md §1, §7).
-    /// Bounded: at most `limit` packets are read.
+    /// Bounded: at most `limit` packets are read. Then shuts the socket down both ways, so the peer
+    /// reads the end of the stream after what was already sent to it.
     public static func discardUnread(_ fd: FileDescriptor, limit: Int = 4096) {
         _ = Glibc.shutdown(fd.rawValue, Int32(SHUT_RD))
         withUnsafeTemporaryAllocation(byteCount: 64, alignment: 8) { scratch in
@@ -249,5 +250,6 @@ public enum UnixSocket {
                 guard let unread = try? receive(fd, into: scratch), !unread.isEmpty else { break }
             }
         }
+        _ = Glibc.shutdown(fd.rawValue, Int32(SHUT_RDWR))
     }
 }

@@ -62,7 +62,8 @@ func fields(of message: Message) throws -> Any {
         return ["size": n(a.size), "pages": pages]
     case .register, .freeReply, .closeReply: return [String: Any]()
     case .status(let page):
-        return page == .first ? [String: Any]() : ["client_from": n(page.clientFrom), "tenant_from": n(page.tenantFrom)]
+        guard let page else { return [String: Any]() }
+        return ["client_from": n(page.clientFrom), "tenant_from": n(page.tenantFrom)]
     case .free(let handle): return ["handle": n(handle)]
     case .open(let channel, let depth): return ["channel": n(channel), "depth": n(depth)]
     case .close(let queue): return ["queue": n(queue)]

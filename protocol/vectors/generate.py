@@ -131,6 +131,8 @@ ok("free_ok", "FREE_OK", packet("FREE_OK", b""), {})
 ok("open_ok", "OPEN_OK", packet("OPEN_OK", struct.pack("<IIII", 1, 0, 64, 0)), {"queue": 1, "channel": 0, "depth": 64})
 ok("close_ok", "CLOSE_OK", packet("CLOSE_OK", b""), {})
 ok("status next page", "STATUS", packet("STATUS", struct.pack("<QII", 17, 1000, 0)), {"client_from": 17, "tenant_from": 1000})
+# Found by the fuzzer: a paging body of zeros names the first page but is not the empty body; it re-encodes as sent.
+ok("status paging body of zeros", "STATUS", packet("STATUS", struct.pack("<QII", 0, 0, 0)), {"client_from": 0, "tenant_from": 0})
 ok("status_ok", "STATUS_OK", packet("STATUS_OK", b'{"server":{"pid":1}}'), {"json": '{"server":{"pid":1}}'})
 ok("completion of two ops", "COMPLETION",
    packet("COMPLETION", struct.pack("<II", 1, 2) + record(42, 0, 1, 0, 4096) + record(43, 0, 3, 0xE3069283, 9), request_id=0),
