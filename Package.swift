@@ -98,7 +98,10 @@ let package = Package(
         .testTarget(name: "IOATProtocolTests", dependencies: ["IOATProtocol"]),
         .testTarget(name: "IOATEngineTests", dependencies: ["IOATEngine", "IOATProtocol", "IOATSystem"]),
         // The server's core (state machine, validator, channel, router) driven without sockets.
-        .testTarget(name: "IOATServerTests", dependencies: ["IOATServer", "IOATEngine", "IOATProtocol", "IOATSystem"]),
+        .testTarget(
+            name: "IOATServerTests",
+            dependencies: ["IOATServer", "IOATEngine", "IOATProtocol", "IOATSystem", .product(name: "Logging", package: "swift-log")]
+        ),
         .testTarget(
             name: "IOATIntegrationTests",
             dependencies: [
