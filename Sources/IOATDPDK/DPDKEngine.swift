@@ -171,6 +171,9 @@ public final class DPDKEngine: Engine, @unchecked Sendable {
     /// Memory registrations alive now.
     public var liveRegistrations: Int { registrations.load(ordering: .relaxed) }
 
+    /// Devices without shared virtual addressing reach memory through IOMMU mappings, which pin it.
+    public var pinsRegisteredMemory: Bool { devices.contains { !$0.sharedVirtualAddressing } }
+
     public func describe(_ server: inout StatusDocument.Server) {
         server.dpdkDevices = devices.map { "\($0.name) (\($0.driver), \($0.vchans) vchan\($0.vchans == 1 ? "" : "s"))" }.joined(separator: ", ")
         server.dpdkIovaMode = iovaIsVirtual ? "va" : "pa"

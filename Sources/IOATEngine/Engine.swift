@@ -126,10 +126,14 @@ public protocol Engine: AnyObject, Sendable {
     func register(memory: UnsafeMutableRawBufferPointer, pageSize: Int) throws(SystemError) -> AnyObject?
     /// Adds engine-wide facts to the status document's server part (DPDK devices, IOVA mode, registrations).
     func describe(_ server: inout StatusDocument.Server)
+    /// Whether `register(memory:pageSize:)` pins the memory (an IOMMU mapping does); the server then counts
+    /// a client's registered memory against its budget.
+    var pinsRegisteredMemory: Bool { get }
 }
 
 extension Engine {
     /// CPU threads reach every mapping; nothing to do.
     public func register(memory: UnsafeMutableRawBufferPointer, pageSize: Int) throws(SystemError) -> AnyObject? { nil }
     public func describe(_ server: inout StatusDocument.Server) {}
+    public var pinsRegisteredMemory: Bool { false }
 }

@@ -42,12 +42,18 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public var connectionsRefused: UInt64
         public var policyReloads: UInt64
         public var policyReloadFailures: UInt64
+        /// The server-wide budget of buffer memory, and what uses it.
+        public var bufferBudget: Budget?
+        /// The machine's hugepage pool (HugePages_Total, HugePages_Free), in pages of `hugepage_size`.
+        public var hugepagesTotal: UInt64?
+        public var hugepagesFree: UInt64?
         /// DPDK engine only.
         public var dpdkDevices: String?
         public var dpdkIovaMode: String?
         public var dmaRegistrations: Int?
 
         enum CodingKeys: String, CodingKey {
+            case bufferBudget = "buffer_budget", hugepagesTotal = "hugepages_total", hugepagesFree = "hugepages_free"
             case protocolVersion = "protocol_version", pid, state, engine, socket, uptimeSeconds = "uptime_seconds"
             case hugepageSize = "hugepage_size", connections, connectionsAccepted = "connections_accepted"
             case connectionsRefused = "connections_refused", policyReloads = "policy_reloads"
@@ -71,6 +77,28 @@ public struct StatusDocument: Codable, Sendable, Equatable {
             self.connectionsRefused = connectionsRefused
             self.policyReloads = policyReloads
             self.policyReloadFailures = policyReloadFailures
+        }
+    }
+
+    /// The server-wide buffer budget (SPEC.md §5.1): bytes.
+    public struct Budget: Codable, Sendable, Equatable {
+        /// `max_total_buffer_bytes`.
+        public var limit: UInt64
+        /// Buffers that exist, locked in memory (mlock, hugepages, DMA pins) and not.
+        public var locked: UInt64
+        public var unlocked: UInt64
+        /// Of those, hugepages.
+        public var hugepages: UInt64
+        /// Buffers being made.
+        public var reserved: UInt64
+
+        /// Creates the budget's figures.
+        public init(limit: UInt64, locked: UInt64, unlocked: UInt64, hugepages: UInt64, reserved: UInt64) {
+            self.limit = limit
+            self.locked = locked
+            self.unlocked = unlocked
+            self.hugepages = hugepages
+            self.reserved = reserved
         }
     }
 
@@ -235,6 +263,8 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public var maxQueues: Int
         public var inflightCapacity: Int
         public var maxInflight: Int
+        /// Of `buffer_bytes`, bytes on hugepages.
+        public var hugepageBytes: UInt64?
         public var ops: UInt64
         public var bytes: UInt64
         public var errors: UInt64
@@ -246,7 +276,8 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         enum CodingKeys: String, CodingKey {
             case uid, gid, groups, policy, weight, connections, maxConnections = "max_connections"
             case bufferBytes = "buffer_bytes", maxBufferBytes = "max_buffer_bytes", queues, maxQueues = "max_queues"
-            case inflightCapacity = "inflight_capacity", maxInflight = "max_inflight", ops, bytes, errors, refusals
+            case inflightCapacity = "inflight_capacity", maxInflight = "max_inflight", hugepageBytes = "hugepage_bytes"
+            case ops, bytes, errors, refusals
             case servedCost = "served_cost", queueWaitUs = "queue_wait_us", latencyUs = "latency_us"
         }
 
@@ -254,7 +285,7 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public init(uid: UInt32, gid: UInt32, groups: [UInt32], policy: String, weight: Int, connections: Int,
                     maxConnections: Int, bufferBytes: UInt64, maxBufferBytes: UInt64, queues: Int, maxQueues: Int,
                     inflightCapacity: Int, maxInflight: Int, ops: UInt64, bytes: UInt64, errors: UInt64, refusals: UInt64,
-                    servedCost: UInt64, queueWaitUs: Percentiles, latencyUs: Percentiles) {
+                    servedCost: UInt64, hugepageBytes: UInt64? = nil, queueWaitUs: Percentiles, latencyUs: Percentiles) {
             self.uid = uid
             self.gid = gid
             self.groups = groups
@@ -268,6 +299,7 @@ public struct StatusDocument: Codable, Sendable, Equatable {
             self.maxQueues = maxQueues
             self.inflightCapacity = inflightCapacity
             self.maxInflight = maxInflight
+            self.hugepageBytes = hugepageBytes
             self.ops = ops
             self.bytes = bytes
             self.errors = errors

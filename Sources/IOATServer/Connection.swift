@@ -39,12 +39,14 @@ struct BufferTable: BufferLookup {
         byHandle[buffer.handle] = buffer
         bytes += buffer.size
         tenant.bufferBytes += buffer.size
+        if buffer.flags.contains(.hugepages) { tenant.hugepageBytes += buffer.size }
     }
 
     mutating func remove(_ handle: UInt32, tenant: Tenant) -> SharedBuffer? {
         guard let buffer = byHandle.removeValue(forKey: handle) else { return nil }
         bytes -= buffer.size
         tenant.bufferBytes -= buffer.size
+        if buffer.flags.contains(.hugepages) { tenant.hugepageBytes -= buffer.size }
         return buffer
     }
 }
@@ -141,7 +143,9 @@ final class Connection: BufferLookup {
     deinit { receiveBuffer.deallocate() }
 
     /// Whether the server should read requests now.
-    var wantsToRead: Bool { !isClosed && !closeAfterFlush && backlog.isEmpty && parked == nil }
+    var wantsToRead: Bool { !isClosed && !closeAfterFlush && !awaitingSetup && backlog.isEmpty && parked == nil }
+    /// Set while a setup thread makes a buffer for this connection (its reply comes first).
+    var awaitingSetup = false
     /// Set by an error that closes the connection while output is still queued: the connection closes
     /// once the ERROR has been written (SPEC.md §7).
     var closeAfterFlush = false

@@ -111,9 +111,12 @@ public struct DaemonConfiguration: Sendable {
             if let v = try reader.int(s, "engine", "quantum_bytes", 4096...(1 << 30)) { config.server.quantumBytes = v }
         }
         if let s = try reader.section(table, "buffers") {
-            try reader.keys(s, "buffers", ["hugepages", "lock"])
+            try reader.keys(s, "buffers", ["hugepages", "lock", "max_total_bytes", "setup_threads", "hugepage_share_percent"])
             if let v = try reader.bool(s, "buffers", "hugepages") { config.server.hugepages = v }
             if let v = try reader.bool(s, "buffers", "lock") { config.server.lockBuffers = v }
+            if let v = try reader.int(s, "buffers", "max_total_bytes", 4096...Int.max) { config.server.maxTotalBufferBytes = UInt64(v) }
+            if let v = try reader.int(s, "buffers", "setup_threads", 1...64) { config.server.setupThreads = v }
+            if let v = try reader.int(s, "buffers", "hugepage_share_percent", 1...100) { config.server.hugepageSharePercent = v }
         }
         if let s = try reader.section(table, "limits") {
             try reader.keys(s, "limits", ["max_buffers", "max_buffer_bytes", "max_queues", "max_queue_depth", "max_descriptors"])

@@ -36,6 +36,11 @@ extension IOATServer {
             hugepageSize: hugepageSize, connections: connections.count, connectionsAccepted: connectionsAccepted,
             connectionsRefused: connectionsRefused, policyReloads: policyReloads, policyReloadFailures: policyReloadFailures)
         engine.describe(&server)
+        server.bufferBudget = StatusDocument.Budget(limit: budget.limit, locked: budget.locked, unlocked: budget.unlocked,
+                                                    hugepages: budget.hugepages, reserved: budget.reserved)
+        let pool = MemoryInfo.current()
+        server.hugepagesTotal = pool.hugepagesTotal
+        server.hugepagesFree = pool.hugepagesFree
         var totals = StatusDocument.Buffers(count: 0, bytes: 0, hugepageBacked: 0)
         for c in clients {
             totals.count += c.buffers.count
@@ -118,6 +123,7 @@ extension IOATServer {
             maxConnections: t.limits.maxConnections, bufferBytes: t.bufferBytes, maxBufferBytes: t.limits.maxBufferBytes,
             queues: t.queues, maxQueues: t.limits.maxQueues, inflightCapacity: t.inflightCapacity, maxInflight: t.limits.maxInflight,
             ops: t.ops, bytes: t.bytes, errors: t.errors, refusals: t.refusals, servedCost: t.served,
+            hugepageBytes: t.hugepageBytes,
             queueWaitUs: percentiles(t.queueWait), latencyUs: percentiles(t.latency))
     }
 }

@@ -39,6 +39,13 @@ public final class IOATServer: @unchecked Sendable {
     private var nextConnectionID: UInt64 = 1
     /// Connections with a request waiting for credits.
     var parked: [Connection] = []
+    /// Setup threads: buffer creation, mapping, registration and unmapping, off the event loop.
+    let workers: BufferWorkers
+    /// Buffers being made, by ticket.
+    var pendingSetups: [UInt64: PendingSetup] = [:]
+    var setupTickets: UInt64 = 0
+    /// The server-wide budget of buffer memory.
+    var budget: MemoryBudget
     private let reapBuffer: UnsafeMutableBufferPointer<EngineCompletion>
     var state: State = .starting {
         didSet { publishedState.withLock { $0 = state } }
@@ -65,6 +72,7 @@ public final class IOATServer: @unchecked Sendable {
     private static let engineToken: UInt64 = 1
     private static let wakeupToken: UInt64 = 2
     private static let signalToken: UInt64 = 3
+    private static let setupToken: UInt64 = 4
     private static let firstConnectionToken: UInt64 = 16
 
     /// Creates a server on `engine`. With `listener`, serves that already-listening socket (socket
@@ -99,6 +107,8 @@ public final class IOATServer: @unchecked Sendable {
                     opCost: configuration.opCostBytes, quantum: configuration.quantumBytes)
         }
         router = CompletionRouter(maxRecordsPerMessage: configuration.maxRecordsPerMessage)
+        workers = try BufferWorkers(count: configuration.setupThreads, engine: engine)
+        budget = MemoryBudget(limit: configuration.maxTotalBufferBytes)
         nextSerial = 1
         submitScratch.reserveCapacity(configuration.maxDescriptors)
         reapBuffer = .allocate(capacity: 256)
@@ -108,6 +118,7 @@ public final class IOATServer: @unchecked Sendable {
         try epoll.add(self.listener.rawValue, .readable, token: Self.listenerToken)
         try epoll.add(engine.notifier.fd.rawValue, .readable, token: Self.engineToken)
         try epoll.add(wakeup.fd.rawValue, .readable, token: Self.wakeupToken)
+        try epoll.add(workers.done.fd.rawValue, .readable, token: Self.setupToken)
         if let signals { try epoll.add(signals.fd.rawValue, .readable, token: Self.signalToken) }
     }
 
@@ -198,6 +209,7 @@ public final class IOATServer: @unchecked Sendable {
                     engine.notifier.drain()
                     reapCompletions()
                 case Self.wakeupToken: wakeup.drain()
+                case Self.setupToken: setupsFinished()
                 case Self.signalToken: handleSignals()
                 default:
                     guard let connection = connections[token] else { continue }
@@ -208,6 +220,7 @@ public final class IOATServer: @unchecked Sendable {
         }
         for connection in Array(connections.values) { close(connection, reason: "server stopping") }
         engine.shutdown()
+        workers.shutdown()
         state = .stopped
         logger.info("stopped")
     }
@@ -366,7 +379,7 @@ public final class IOATServer: @unchecked Sendable {
         ])
     }
 
-    private func updateInterest(_ connection: Connection) {
+    func updateInterest(_ connection: Connection) {
         guard !connection.isClosed else { return }
         var wanted: Epoll.Events = []
         if connection.wantsToRead { wanted.insert(.readable) }
@@ -397,7 +410,7 @@ public final class IOATServer: @unchecked Sendable {
     }
 
     /// Reads and handles up to a bounded number of packets, so one busy client cannot hold the loop.
-    private func connectionReadable(_ connection: Connection) {
+    func connectionReadable(_ connection: Connection) {
         var budget = 64
         while budget > 0 && connection.wantsToRead {
             budget -= 1

@@ -1,4 +1,5 @@
 import IOATProtocol
+import IOATSystem
 
 /// Everything the server can be told, with every default in one place. Immutable once built.
 public struct ServerConfiguration: Sendable {
@@ -24,6 +25,13 @@ public struct ServerConfiguration: Sendable {
     public var hugepages: Bool = true
     /// Whether server-allocated buffers are mlock'ed.
     public var lockBuffers: Bool = true
+    /// The server-wide budget of buffer memory: server buffers whole, client memfds for what the server
+    /// pins. Default: a quarter of the machine's memory (MemTotal).
+    public var maxTotalBufferBytes: UInt64 = ServerConfiguration.defaultBudget
+    /// Threads that make, map, register and unmap buffers, off the event loop.
+    public var setupThreads: Int = 2
+    /// The most of the hugepage pool one tenant may hold, in percent.
+    public var hugepageSharePercent: Int = 50
     /// Most ops one channel holds in its engine ring at once; the rest wait in their queues, so a deep
     /// queue cannot push everyone else's ops behind thousands of its own.
     public var engineWindow: Int = 64
@@ -45,6 +53,12 @@ public struct ServerConfiguration: Sendable {
     /// Most bytes one channel holds in its engine at once (beyond one op), so a tenant's big pieces
     /// cannot queue a long wait inside the engine ahead of everyone else's next op.
     public var engineWindowBytes: Int = 16 << 20
+
+    /// A quarter of MemTotal; 1 GiB when /proc/meminfo cannot be read.
+    public static let defaultBudget: UInt64 = {
+        let total = MemoryInfo.current().total
+        return total > 0 ? total / 4 : 1 << 30
+    }()
 
     /// A configuration listening at `socketPath` with every other default.
     public init(socketPath: String) {

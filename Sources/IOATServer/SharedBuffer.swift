@@ -3,7 +3,8 @@ import IOATSystem
 
 /// One buffer open on a connection: a mapping of a server-allocated or client-registered memfd.
 /// In-flight ops hold a reference, so a buffer freed or orphaned while the engine uses it is
-/// unmapped only when the last such op completes.
+/// unmapped only when the last such op completes — on a setup thread when the server has them, so
+/// unmapping gigabytes never stalls the event loop.
 final class SharedBuffer {
     let handle: UInt32
     let mapping: Mapping
@@ -12,19 +13,29 @@ final class SharedBuffer {
     /// The engine's DMA registration of the mapping (DPDK: external memory and IOMMU mapping); undone
     /// before the mapping goes.
     private var registration: AnyObject?
+    /// What it costs the server-wide budget, returned when it is unmapped.
+    let charge: BudgetCharge
+    /// Where the unmap happens; inline when nil.
+    private let workers: BufferWorkers?
     var size: UInt64 { UInt64(mapping.count) }
 
-    init(handle: UInt32, mapping: Mapping, flags: BufferReply.Flags, pageSize: UInt64, registration: AnyObject?) {
+    init(handle: UInt32, mapping: Mapping, flags: BufferReply.Flags, pageSize: UInt64, registration: AnyObject?,
+         charge: BudgetCharge = BudgetCharge(), workers: BufferWorkers? = nil) {
         self.handle = handle
         self.mapping = mapping
         self.flags = flags
         self.pageSize = pageSize
         self.registration = registration
+        self.charge = charge
+        self.workers = workers
     }
 
     deinit {
-        // Explicitly first: the devices must lose access before the memory is unmapped.
+        let disposal = Disposal(mapping: mapping, registration: registration)
         registration = nil
+        if let workers, workers.submit(.dispose(disposal, charge)) { return }
+        // No setup threads (tests, or the server has stopped): the unmap happens here, the registration first.
+        _ = consume disposal
     }
 
     /// The reply that describes this buffer.

@@ -17,6 +17,10 @@ final class Tenant {
     var queues = 0
     /// Sum of the depths of its open queues.
     var inflightCapacity = 0
+    /// Buffer bytes being made for it on setup threads (counted against its limit meanwhile).
+    var reservedBytes: UInt64 = 0
+    /// Of its buffer bytes, those on hugepages (bounded by its share of the pool).
+    var hugepageBytes: UInt64 = 0
 
     /// Statistics since its first current connection.
     var ops: UInt64 = 0

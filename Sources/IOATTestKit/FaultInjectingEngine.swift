@@ -42,6 +42,7 @@ public final class FaultInjectingEngine: Engine, @unchecked Sendable {
         try inner.register(memory: memory, pageSize: pageSize)
     }
     public func describe(_ server: inout StatusDocument.Server) { inner.describe(&server) }
+    public var pinsRegisteredMemory: Bool { inner.pinsRegisteredMemory }
 }
 
 /// One wrapped channel. Like every channel it is driven from one thread (the event loop).

@@ -25,6 +25,8 @@ struct Bench: AsyncParsableCommand {
     var rounds = 3
     @Option(help: "Batch size for the small-op line (0 to skip).")
     var smallBatch = 32
+    @Option(help: "NULL round trips at queue depth 1 for the QD1 line: each waits for its completion before the next (0 to skip).")
+    var qd1 = 2000
     @Option(help: "Channel to use (default: the server picks).")
     var channel: UInt32?
     @Option(help: "A second ioatd's socket (say a CPU-engine server beside a DPDK one): every figure is also measured there, in the same rounds against the same baseline, and printed beside the first.")
@@ -87,10 +89,23 @@ struct Bench: AsyncParsableCommand {
         var packetsPerOp: Double
     }
 
+    /// Round trips at queue depth 1, in microseconds.
+    struct Percentiles: Codable {
+        var p50: Double
+        var p99: Double
+        var max: Double
+    }
+
+    struct QD1: Codable {
+        var ops: Int
+        var nullUs: Percentiles
+    }
+
     struct Report: Codable {
         var engine: String
         var channels: Int
         var hugepages: Bool
+        var qd1: QD1?
         var rows: [Row]
         var smallOps: SmallOps?
     }
@@ -128,6 +143,14 @@ struct Bench: AsyncParsableCommand {
             if let other { print("beside it: engine \(other.engine) at \(beside!), channel \(other.queue.channel), measured in the same rounds") }
             print("op       size   baseline GB/s   \(Self.pad(main.engine, 4, right: true)) GB/s   ratio (min-max of \(rounds) rounds)"
                   + (other.map { "   \(Self.pad($0.engine, 4, right: true)) GB/s   ratio (min-max)" } ?? ""))
+        }
+        if qd1 > 0 {
+            let figure = try await measureQD1(queue: queue)
+            report.qd1 = figure
+            if !json {
+                print(String(format: "QD1 NULL round trip over %d ops: p50 %.1f µs, p99 %.1f µs, max %.1f µs", figure.ops, figure.nullUs.p50,
+                             figure.nullUs.p99, figure.nullUs.max))
+            }
         }
         for op in opList {
             for size in sizeList {
@@ -171,6 +194,22 @@ struct Bench: AsyncParsableCommand {
             encoder.keyEncodingStrategy = .convertToSnakeCase
             print(String(decoding: try encoder.encode(report), as: UTF8.self))
         }
+    }
+
+    /// NULL ops one at a time, each with INT_EN, each waited for: the latency of the whole path.
+    func measureQD1(queue: IOATQueue) async throws -> QD1 {
+        var samples: [Double] = []
+        samples.reserveCapacity(qd1)
+        for i in 0..<(qd1 + qd1 / 10) {
+            let start = now()
+            let record = try await queue.submit(.null(flags: .interrupt, cookie: UInt64(i)))
+            let elapsed = (now() - start) * 1e6
+            guard record.status == .success else { throw CLIError("a QD1 NULL op completed with \(record.status)") }
+            if i >= qd1 / 10 { samples.append(elapsed) }  // the first tenth warms up
+        }
+        samples.sort()
+        func at(_ p: Double) -> Double { samples[min(samples.count - 1, Int(Double(samples.count) * p))] }
+        return QD1(ops: samples.count, nullUs: Percentiles(p50: at(0.5), p99: at(0.99), max: samples.last ?? 0))
     }
 
     static func median(_ values: [Double]) -> Double {

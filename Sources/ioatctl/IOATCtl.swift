@@ -61,6 +61,10 @@ struct Status: AsyncParsableCommand {
         print("ioatd pid \(server.pid) · \(server.state) · engine \(server.engine) · protocol v\(server.protocolVersion)")
         print("socket \(server.socket) · up \(server.uptimeSeconds) s · hugepage size \(server.hugepageSize) B")
         print("clients \(server.connections) (accepted \(server.connectionsAccepted), refused \(server.connectionsRefused))")
+        if let b = server.bufferBudget {
+            print("buffer budget \(b.locked + b.unlocked)/\(b.limit) B (locked \(b.locked), unlocked \(b.unlocked), hugepages \(b.hugepages), being made \(b.reserved))"
+                  + " · hugepages free \(server.hugepagesFree ?? 0)/\(server.hugepagesTotal ?? 0)")
+        }
         if let devices = server.dpdkDevices {
             print("dpdk devices \(devices) · iova \(server.dpdkIovaMode ?? "?") · dma registrations \(server.dmaRegistrations ?? 0)")
         }
