@@ -62,7 +62,8 @@ run-dpdk: deps-dpdk
 	.build/release/ioatd --engine dpdk --dpdk-eal-args "$(SKELETON_EAL_ARGS)"
 
 ## test: build with the DPDK engine and run every test (unit, kernel objects, whole processes, the
-## conformance suite on dma_skeleton), after a short bounded fuzz run; then check that a build without
+## conformance suite on dma_skeleton), after a short bounded fuzz run; the resource tests, which measure
+## how long other tenants wait, run alone after the rest; then check that a build without
 ## the DPDK trait neither needs nor links DPDK. A crash fails at once: the Swift backtracer is off (it
 ## can hang a crashed test process). On failure the recorded issues, and the tests a crash cut short,
 ## are repeated at the end, where a CI log's tail shows them. Processes the tests started and a crash
@@ -71,9 +72,17 @@ test: deps deps-dpdk deps-test
 	$(MAKE) fuzz FUZZ_SECONDS=20
 	$(SWIFT) build --build-tests --traits DPDK
 	@mkdir -p .build
-	IOATD_TEST_RUN=$$$$ SWIFT_BACKTRACE=enable=no timeout 1800 $(SWIFT) test --traits DPDK 2>&1 | tee .build/test-output.txt; \
+	IOATD_TEST_RUN=$$$$ SWIFT_BACKTRACE=enable=no timeout 1800 $(SWIFT) test --skip-build --traits DPDK --skip ResourceTests 2>&1 \
+			| tee .build/test-output.txt; \
 		status=$${PIPESTATUS[0]}; \
 		python3 Tests/support/reap.py $$$$; \
+		if [ $$status -eq 0 ]; then \
+			echo "---- make test: the timing-sensitive resource tests, alone ----"; \
+			IOATD_TEST_RUN=$$$$ SWIFT_BACKTRACE=enable=no timeout 900 $(SWIFT) test --skip-build --traits DPDK --filter ResourceTests 2>&1 \
+				| tee -a .build/test-output.txt; \
+			status=$${PIPESTATUS[0]}; \
+			python3 Tests/support/reap.py $$$$; \
+		fi; \
 		if [ $$status -ne 0 ]; then \
 			echo "---- make test: the failures above, repeated (exit $$status) ----"; \
 			python3 Tests/support/test-failures.py .build/test-output.txt; \

@@ -39,7 +39,7 @@ struct IOATDaemon: ParsableCommand {
     @Option(help: "Number of channels (CPU engine: one worker thread each). Default: one fewer than the CPUs available, at least 1.")
     var channels: Int?
 
-    @Flag(inversion: .prefixedNo, help: "Pin each CPU-engine worker to a CPU of its own when there are more CPUs than workers (default: on).")
+    @Flag(inversion: .prefixedNo, help: "Pin each CPU-engine worker to a CPU of its own when there are more CPUs than workers (default: off: a pinned worker waits behind any busy process on its CPU).")
     var pinWorkers: Bool?
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default: info).")
