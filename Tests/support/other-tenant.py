@@ -24,7 +24,10 @@ def main():
     def request(msg_type, body, version=1):
         nonlocal request_id
         request_id += 1
-        sock.send(struct.pack("<IHHIIQ", MAGIC, version, msg_type, 24 + len(body), 0, request_id) + body)
+        try:
+            sock.send(struct.pack("<IHHIIQ", MAGIC, version, msg_type, 24 + len(body), 0, request_id) + body)
+        except BrokenPipeError:
+            pass  # refused before the request went out (SPEC.md §1): the ERROR is waiting to be read
         data = sock.recv(65536)
         _, _, reply_type, length, _, _ = struct.unpack_from("<IHHIIQ", data)
         return reply_type, data[24:length]
