@@ -25,9 +25,9 @@ func resourceConfig(budget: UInt64, extra: String = "") throws -> String {
 }
 
 /// While `hog` makes and frees buffers, another connection does QD1 NULL round trips and byte-checked
-/// copies; returns the round trips' 99th percentile and maximum in milliseconds and how many there were.
+/// copies; returns the round trips' 99th percentile and maximum in milliseconds, and all of them.
 func serveDuringBufferChurn(_ path: String, hog: @escaping @Sendable (IOATClient) async throws -> Void) async throws
-    -> (p99: Double, max: Double, samples: Int)
+    -> (p99: Double, max: Double, samples: [Double])
 {
     let other = try await IOATClient.connect(path: path)
     let buffer = try await other.allocate(size: 1 << 20, pages: .normal)
@@ -58,7 +58,18 @@ func serveDuringBufferChurn(_ path: String, hog: @escaping @Sendable (IOATClient
     }
     try await churn.value
     samples.sort()
-    return (samples[Int(Double(samples.count) * 0.99)], samples.last!, samples.count)
+    return (samples[Int(Double(samples.count) * 0.99)], samples.last!, samples)
+}
+
+/// Self-calibrating check that buffers were not made on the event loop: had they been, one round trip
+/// per ALLOC would have waited for a whole ALLOC. A round trip as long as half the shortest ALLOC is
+/// allowed twice (a busy 2-core machine has outliers), against the one per ALLOC inline work would cause.
+func expectNoStalls(_ samples: [Double], allocations: [Double], what: String) {
+    let shortest = allocations.min() ?? 0
+    let stalls = samples.filter { $0 >= shortest / 2 }
+    print("\(what): QD1 p50 \(samples[samples.count / 2]) ms, max \(samples.last ?? 0) ms over \(samples.count); "
+          + "\(allocations.count) ALLOCs, shortest \(shortest) ms; \(stalls.count) round trips of half that or more")
+    #expect(stalls.count <= 2, "\(stalls.count) round trips (\(stalls)) waited half the shortest ALLOC (\(shortest) ms) or more, of \(allocations.count) ALLOCs")
 }
 
 /// Server memory (VmRSS, VmLck) settles back to `baseline` once everything is unmapped.
@@ -97,12 +108,8 @@ struct ResourceTests {
                 for b in held { try await hog.free(b) }
             }
         }
-        let shortest = durations.withLock { $0.min() ?? 0 }
-        print("CPU churn: QD1 p99 \(p99) ms, max \(worst) ms over \(samples); shortest 1 GiB ALLOC \(shortest) ms")
-        #expect(p99 < 10, "QD1 p99 \(p99) ms (max \(worst) ms over \(samples) round trips) while another tenant made 8 GiB of buffers")
-        // Self-calibrating: had a buffer been made on the event loop, some round trip would have waited for
-        // a whole ALLOC.
-        #expect(worst < shortest / 2, "the slowest round trip, \(worst) ms, is not far below the shortest 1 GiB ALLOC, \(shortest) ms")
+        #expect(p99 < 10, "QD1 p99 \(p99) ms (max \(worst) ms over \(samples.count) round trips) while another tenant made 8 GiB of buffers")
+        expectNoStalls(samples, allocations: durations.withLock { $0 }, what: "CPU engine, 1 GiB buffers")
         let (settled, now) = await settlesBack(server.pid, to: baseline)
         #expect(settled, "VmRSS \(now?.resident ?? 0) and VmLck \(now?.locked ?? 0) against \(baseline.resident) and \(baseline.locked)")
         let doc = try await statusDocument(probe)
@@ -178,7 +185,7 @@ struct ResourceTests {
                 var held: [IOATBuffer] = []
                 for _ in 0..<4 {
                     let start = Date()
-                    held.append(try await hog.allocate(size: 64 << 20, pages: .normal))
+                    held.append(try await hog.allocate(size: 512 << 20, pages: .normal))
                     let ms = Date().timeIntervalSince(start) * 1000
                     durations.withLock { $0.append(ms) }
                 }
@@ -187,10 +194,8 @@ struct ResourceTests {
                 for b in held { try await hog.free(b) }
             }
         }
-        let shortest = durations.withLock { $0.min() ?? 0 }
-        #expect(p99 < 10, "QD1 p99 \(p99) ms (max \(worst) ms over \(samples) round trips) while another tenant registered buffers")
-        print("DPDK churn: QD1 p99 \(p99) ms, max \(worst) ms; shortest 64 MiB ALLOC \(shortest) ms")
-        #expect(worst < shortest / 2, "the slowest round trip, \(worst) ms, is not far below the shortest 64 MiB ALLOC, \(shortest) ms")
+        #expect(p99 < 10, "QD1 p99 \(p99) ms (max \(worst) ms over \(samples.count) round trips) while another tenant registered buffers")
+        expectNoStalls(samples, allocations: durations.withLock { $0 }, what: "DPDK engine, 512 MiB buffers")
         let back = await eventually { (try? await statusDocument(probe).server.dmaRegistrations) == before }
         #expect(back, "DMA registrations are undone after FREE")
     }
