@@ -4,8 +4,9 @@ SWIFT ?= swift
 PREFIX ?= /usr/local
 DESTDIR ?=
 APT_PACKAGES := libisal-dev libsystemd-dev pkg-config gcc python3
-# Only the tests use these: strace delays one syscall to set up a race deterministically.
-TEST_PACKAGES := strace
+# Only the tests use these: strace delays one syscall to set up a race deterministically; the official
+# Prometheus client parses `ioatctl metrics`; tmux runs `ioatctl top` in a real terminal.
+TEST_PACKAGES := strace python3-prometheus-client tmux
 # The DPDK engine (SwiftPM trait DPDK) needs DPDK's headers, libraries and the dma_skeleton driver.
 DPDK_PACKAGES := libdpdk-dev
 DPDK_PMDS ?= $(firstword $(wildcard /usr/lib/*-linux-gnu/dpdk/pmds-*))
@@ -142,6 +143,9 @@ install-files:
 	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' \
 		deploy/ioatd.service.in > $(DESTDIR)$(UNITDIR)/ioatd.service
 	install -m644 deploy/ioatd.socket $(DESTDIR)$(UNITDIR)/ioatd.socket
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' \
+		deploy/ioatd-metrics.service.in > $(DESTDIR)$(UNITDIR)/ioatd-metrics.service
+	install -m644 deploy/ioatd-metrics.timer $(DESTDIR)$(UNITDIR)/ioatd-metrics.timer
 	install -Dm644 deploy/sysusers.d/ioatd.conf $(DESTDIR)$(LIBDIR)/sysusers.d/ioatd.conf
 	install -Dm644 deploy/tmpfiles.d/ioatd.conf $(DESTDIR)$(LIBDIR)/tmpfiles.d/ioatd.conf
 	install -Dm644 deploy/sysctl.d/60-ioatd-hugepages.conf $(DESTDIR)$(LIBDIR)/sysctl.d/60-ioatd-hugepages.conf

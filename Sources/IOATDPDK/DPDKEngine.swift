@@ -210,6 +210,8 @@ final class DPDKChannel: EngineChannel, @unchecked Sendable {
     private let resumeFrom = Atomic<Int>(0)
     /// Counters for status.
     private let deviceOps = Atomic<UInt64>(0)
+    private let busy = Atomic<UInt64>(0)
+    var busyNanoseconds: UInt64 { busy.load(ordering: .relaxed) }
     private let cpuOps = Atomic<UInt64>(0)
     private let restarts = Atomic<UInt64>(0)
     private let lastDeviceError = Mutex<String?>(nil)
@@ -283,12 +285,19 @@ final class DPDKChannel: EngineChannel, @unchecked Sendable {
             published += 1
         }
 
+        // Busy from the moment work arrives until everything taken has completed.
+        var busySince: UInt64 = 0
         while true {
             var limit = ring.submittedCount
             if published == next && limit == next {
+                if busySince != 0 {
+                    busy.add(Clock.nanoseconds(since: busySince), ordering: .relaxed)
+                    busySince = 0
+                }
                 guard let more = ring.waitForWork(after: next) else { return }
                 limit = more
             }
+            if busySince == 0 { busySince = Clock.nanoseconds() }
             var issued = false
             while next < limit {
                 let op = ring.op(at: next)

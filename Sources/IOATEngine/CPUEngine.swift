@@ -58,6 +58,8 @@ final class CPUChannel: EngineChannel, @unchecked Sendable {
     let info: ChannelInfo
     private let ring: ChannelRing
     private var worker: OSThread?
+    private let busy = Atomic<UInt64>(0)
+    var busyNanoseconds: UInt64 { busy.load(ordering: .relaxed) }
 
     init(info: ChannelInfo, ring: ChannelRing, cpu: Int?) {
         self.info = info
@@ -85,10 +87,12 @@ final class CPUChannel: EngineChannel, @unchecked Sendable {
     private func run() {
         var next = 0
         while let limit = ring.waitForWork(after: next) {
+            let start = Clock.nanoseconds()
             while next < limit {
                 ring.publish(Kernels.execute(ring.op(at: next)), at: next)
                 next += 1
             }
+            busy.add(Clock.nanoseconds(since: start), ordering: .relaxed)
         }
     }
 }

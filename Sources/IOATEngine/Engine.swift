@@ -96,11 +96,14 @@ public protocol EngineChannel: AnyObject, Sendable {
     func runner(of opcode: Opcode) -> String
     /// The DMA device behind the channel, for status; nil for the CPU engine.
     var deviceStatus: StatusDocument.Device? { get }
+    /// Nanoseconds the channel has spent with ops to run (its engine busy time), readable from any thread.
+    var busyNanoseconds: UInt64 { get }
 }
 
 extension EngineChannel {
     public func runner(of opcode: Opcode) -> String { "cpu" }
     public var deviceStatus: StatusDocument.Device? { nil }
+    public var busyNanoseconds: UInt64 { 0 }
 }
 
 /// A set of channels sharing one completion notifier.

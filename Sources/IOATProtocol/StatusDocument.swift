@@ -126,20 +126,22 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public var resets: UInt64
         public var replayed: UInt64
         public var lastError: String
+        /// Seconds the channel had ops to run since the server started (engine busy time).
+        public var busySeconds: Double?
         /// DPDK engine only.
         public var device: Device?
 
         enum CodingKeys: String, CodingKey {
             case index, name, engine, hardwareVersion = "hardware_version", opcodes, runs, maxTransfer = "max_transfer"
             case maxDepth = "max_depth", maxCoalesceUs = "max_coalesce_us", queues, inEngine = "in_engine", ops, bytes
-            case errors, halts, resets, replayed, lastError = "last_error", device
+            case errors, halts, resets, replayed, lastError = "last_error", busySeconds = "busy_seconds", device
         }
 
         /// Creates a channel entry.
         public init(index: UInt32, name: String, engine: String, hardwareVersion: UInt16, opcodes: String,
                     runs: [String: String], maxTransfer: UInt64, maxDepth: UInt32, maxCoalesceUs: UInt32, queues: Int,
                     inEngine: Int, ops: UInt64, bytes: UInt64, errors: UInt64, halts: UInt64, resets: UInt64,
-                    replayed: UInt64, lastError: String, device: Device? = nil) {
+                    replayed: UInt64, lastError: String, busySeconds: Double? = nil, device: Device? = nil) {
             self.index = index
             self.name = name
             self.engine = engine
@@ -158,6 +160,7 @@ public struct StatusDocument: Codable, Sendable, Equatable {
             self.resets = resets
             self.replayed = replayed
             self.lastError = lastError
+            self.busySeconds = busySeconds
             self.device = device
         }
     }
@@ -229,6 +232,29 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         }
     }
 
+    /// A latency distribution as cumulative buckets (the Prometheus shape): `counts[i]` ops took at most
+    /// `bounds_us[i]` µs; `count` ops in all, `sum_us` µs in all.
+    public struct Buckets: Codable, Sendable, Equatable {
+        public var boundsUs: [Double]
+        public var counts: [UInt64]
+        public var count: UInt64
+        public var sumUs: Double
+
+        enum CodingKeys: String, CodingKey { case boundsUs = "bounds_us", counts, count, sumUs = "sum_us" }
+
+        /// Creates buckets.
+        public init(boundsUs: [Double], counts: [UInt64], count: UInt64, sumUs: Double) {
+            self.boundsUs = boundsUs
+            self.counts = counts
+            self.count = count
+            self.sumUs = sumUs
+        }
+
+        /// The bounds every server uses, in µs: 1 µs to 1 s.
+        public static let standardBoundsUs: [Double] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000,
+                                                        50_000, 100_000, 200_000, 500_000, 1_000_000]
+    }
+
     /// Percentiles of a latency distribution, in microseconds.
     public struct Percentiles: Codable, Sendable, Equatable {
         public var p50: Double
@@ -272,6 +298,11 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public var servedCost: UInt64
         public var queueWaitUs: Percentiles
         public var latencyUs: Percentiles
+        /// Ops accepted and not yet delivered, over its queues (credits in use).
+        public var creditsInUse: Int?
+        /// The same distributions as `queue_wait_us` and `latency_us`, as buckets.
+        public var queueWaitBuckets: Buckets?
+        public var latencyBuckets: Buckets?
 
         enum CodingKeys: String, CodingKey {
             case uid, gid, groups, policy, weight, connections, maxConnections = "max_connections"
@@ -279,6 +310,7 @@ public struct StatusDocument: Codable, Sendable, Equatable {
             case inflightCapacity = "inflight_capacity", maxInflight = "max_inflight", hugepageBytes = "hugepage_bytes"
             case ops, bytes, errors, refusals
             case servedCost = "served_cost", queueWaitUs = "queue_wait_us", latencyUs = "latency_us"
+            case creditsInUse = "credits_in_use", queueWaitBuckets = "queue_wait_buckets", latencyBuckets = "latency_buckets"
         }
 
         /// Creates a tenant entry.

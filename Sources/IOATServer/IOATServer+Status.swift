@@ -75,7 +75,7 @@ extension IOATServer {
             document.page.nextTenant = pendingTenants.first?.uid
         } else {
             for t in pendingTenants {
-                let entry = Self.status(of: t)
+                let entry = status(of: t)
                 let cost = size(entry) + 1
                 guard cost <= room else {
                     document.page.nextTenant = t.uid
@@ -99,7 +99,8 @@ extension IOATServer {
             runs: runs, maxTransfer: info.maxTransfer, maxDepth: info.maxDepth, maxCoalesceUs: info.maxCoalesceMicroseconds,
             queues: channel.queueCount, inEngine: channel.inEngine, ops: channel.opsCompleted, bytes: channel.bytesCompleted,
             errors: channel.opsFailed, halts: channel.halts, resets: channel.resets, replayed: channel.replayed,
-            lastError: channel.lastError ?? "", device: channel.engine.deviceStatus)
+            lastError: channel.lastError ?? "", busySeconds: Double(channel.engine.busyNanoseconds) / 1e9,
+            device: channel.engine.deviceStatus)
     }
 
     private static func status(of c: Connection) -> StatusDocument.Client {
@@ -115,6 +116,27 @@ extension IOATServer {
         func us(_ p: Double) -> Double { h.totalCount == 0 ? 0 : Double(h.valueAtPercentile(p)) / 1000 }
         return StatusDocument.Percentiles(p50: us(50), p90: us(90), p99: us(99), p999: us(99.9),
                                           max: h.totalCount == 0 ? 0 : Double(h.max) / 1000)
+    }
+
+    /// A histogram as cumulative buckets at the standard bounds.
+    private static func buckets(_ h: Histogram<UInt64>, sum: UInt64) -> StatusDocument.Buckets {
+        let bounds = StatusDocument.Buckets.standardBoundsUs
+        let counts = bounds.map { h.totalCount == 0 ? 0 : h.count(within: 0...UInt64($0 * 1000)) }
+        return StatusDocument.Buckets(boundsUs: bounds, counts: counts, count: h.totalCount, sumUs: Double(sum) / 1000)
+    }
+
+    private func creditsInUse(of tenant: Tenant) -> Int {
+        connections.values.reduce(0) { total, c in
+            c.tenant === tenant ? total + c.queues.values.reduce(0) { $0 + $1.outstanding } : total
+        }
+    }
+
+    private func status(of t: Tenant) -> StatusDocument.Tenant {
+        var entry = Self.status(of: t)
+        entry.creditsInUse = creditsInUse(of: t)
+        entry.queueWaitBuckets = Self.buckets(t.queueWait, sum: t.queueWaitSum)
+        entry.latencyBuckets = Self.buckets(t.latency, sum: t.latencySum)
+        return entry
     }
 
     private static func status(of t: Tenant) -> StatusDocument.Tenant {

@@ -42,12 +42,24 @@ final class Tenant {
         self.policySource = policySource
     }
 
+    /// Exact sums of what the histograms hold, in nanoseconds (for the Prometheus `_sum`).
+    var queueWaitSum: UInt64 = 0
+    var latencySum: UInt64 = 0
+
     /// Records one finished op.
     func completed(bytes: UInt64, failed: Bool, acceptedAt: UInt64, startedAt: UInt64, now: UInt64) {
         ops += 1
         self.bytes += bytes
         if failed { errors += 1 }
-        if startedAt >= acceptedAt { _ = queueWait.record(max(1, startedAt - acceptedAt)) }
-        if now >= acceptedAt { _ = latency.record(max(1, now - acceptedAt)) }
+        if startedAt >= acceptedAt {
+            let wait = max(1, startedAt - acceptedAt)
+            _ = queueWait.record(wait)
+            queueWaitSum &+= wait
+        }
+        if now >= acceptedAt {
+            let total = max(1, now - acceptedAt)
+            _ = latency.record(total)
+            latencySum &+= total
+        }
     }
 }

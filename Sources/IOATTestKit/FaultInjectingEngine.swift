@@ -67,6 +67,7 @@ final class FaultyChannel: EngineChannel, @unchecked Sendable {
 
     var info: ChannelInfo { inner.info }
     var deviceStatus: StatusDocument.Device? { inner.deviceStatus }
+    var busyNanoseconds: UInt64 { inner.busyNanoseconds }
     func runner(of opcode: Opcode) -> String { inner.runner(of: opcode) }
     var freeSlots: Int { inner.freeSlots }
     var hasCompletions: Bool { !held.isEmpty || inner.hasCompletions }

@@ -133,8 +133,14 @@ struct ServiceTests {
         let unit = template.replacingOccurrences(of: "@BINDIR@", with: buildDirectory.path)
             .replacingOccurrences(of: "@SYSCONFDIR@", with: "/etc").replacingOccurrences(of: "@DOCDIR@", with: "/usr/share/doc/ioatd")
         try unit.write(toFile: "\(dir)/ioatd.service", atomically: true, encoding: .utf8)
-        try FileManager.default.copyItem(atPath: repositoryRoot.appendingPathComponent("deploy/ioatd.socket").path, toPath: "\(dir)/ioatd.socket")
-        let (status, output) = try runTool("/usr/bin/systemd-analyze", ["verify", "--man=no", "\(dir)/ioatd.socket", "\(dir)/ioatd.service"],
+        let metrics = try String(contentsOf: repositoryRoot.appendingPathComponent("deploy/ioatd-metrics.service.in"), encoding: .utf8)
+            .replacingOccurrences(of: "@BINDIR@", with: buildDirectory.path).replacingOccurrences(of: "@DOCDIR@", with: "/usr/share/doc/ioatd")
+        try metrics.write(toFile: "\(dir)/ioatd-metrics.service", atomically: true, encoding: .utf8)
+        for name in ["ioatd.socket", "ioatd-metrics.timer"] {
+            try FileManager.default.copyItem(atPath: repositoryRoot.appendingPathComponent("deploy/\(name)").path, toPath: "\(dir)/\(name)")
+        }
+        let (status, output) = try runTool("/usr/bin/systemd-analyze", ["verify", "--man=no", "\(dir)/ioatd.socket", "\(dir)/ioatd.service",
+                                                                         "\(dir)/ioatd-metrics.service", "\(dir)/ioatd-metrics.timer"],
                                            mergingErrors: true)
         #expect(status == 0, "\(output)")
         #expect(!output.contains("ioatd.s"), "systemd-analyze complained: \(output)")
