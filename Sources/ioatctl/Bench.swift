@@ -33,6 +33,10 @@ struct Bench: AsyncParsableCommand {
     var beside: String?
     @Flag(help: "Print JSON.")
     var json = false
+    @Flag(help: "Print CSV, one row per figure: kind, op, size, depth, side, value, unit, ratio, ratio_min, ratio_max.")
+    var csv = false
+    @Option(help: "Also draw the throughput figures as an SVG chart in this file: GB/s against transfer size on log axes, a line per op and side, and the ratio below.")
+    var plot: String?
 
     struct Row: Codable {
         var op: String
@@ -138,16 +142,21 @@ struct Bench: AsyncParsableCommand {
         }
         let (client, src, dst, queue) = (main.client, main.src, main.dst, main.queue)
         var report = Report(engine: main.engine, channels: client.server.channels.count, hugepages: src.isHugepageBacked, rows: [])
-        if !json {
+        let table = !json && !csv
+        var progress = Progress()
+        defer { progress.clear() }
+        if table {
             print("ioatd bench: engine \(main.engine), channel \(queue.channel), depth \(depth), buffers on \(src.isHugepageBacked ? "hugepages" : "4 KiB pages"), \(seconds) s per figure")
             if let other { print("beside it: engine \(other.engine) at \(beside!), channel \(other.queue.channel), measured in the same rounds") }
             print("op       size   baseline GB/s   \(Self.pad(main.engine, 4, right: true)) GB/s   ratio (min-max of \(rounds) rounds)"
                   + (other.map { "   \(Self.pad($0.engine, 4, right: true)) GB/s   ratio (min-max)" } ?? ""))
         }
         if qd1 > 0 {
+            progress.update("QD1: \(qd1) NULL round trips", force: true)
             let figure = try await measureQD1(queue: queue)
+            progress.clear()
             report.qd1 = figure
-            if !json {
+            if table {
                 print(String(format: "QD1 NULL round trip over %d ops: p50 %.1f µs, p99 %.1f µs, max %.1f µs", figure.ops, figure.nullUs.p50,
                              figure.nullUs.p99, figure.nullUs.max))
             }
@@ -157,7 +166,8 @@ struct Bench: AsyncParsableCommand {
                 var baselines: [Double] = []
                 var served: [Double] = []
                 var servedBeside: [Double] = []
-                for _ in 0..<max(1, rounds) {
+                for round in 0..<max(1, rounds) {
+                    progress.update("\(op) \(Self.label(size)): round \(round + 1) of \(max(1, rounds))", force: true)
                     baselines.append(measureBaseline(op: op, size: size, src: src, dst: dst))
                     served.append(try await measureServer(op: op, size: size, queue: queue, src: src, dst: dst))
                     if let other {
@@ -173,7 +183,8 @@ struct Bench: AsyncParsableCommand {
                                         ratioMin: besideRatios.min()!, ratioMax: besideRatios.max()!)
                 }
                 report.rows.append(row)
-                if !json {
+                progress.clear()
+                if table {
                     print(Self.pad(op, 7) + " " + Self.pad(Self.label(size), 6, right: true)
                           + String(format: " %15.2f %12.2f %7.2f  (%.2f-%.2f)", row.baselineGBps, row.ioatdGBps, row.ratio, row.ratioMin, row.ratioMax)
                           + (row.beside.map { String(format: "     %12.2f %7.2f  (%.2f-%.2f)", $0.ioatdGBps, $0.ratio, $0.ratioMin, $0.ratioMax) } ?? ""))
@@ -181,9 +192,11 @@ struct Bench: AsyncParsableCommand {
             }
         }
         if smallBatch > 0 {
+            progress.update("64-byte copies in batches of \(smallBatch)", force: true)
             let small = try await measureSmallOps(client: client, queue: queue, src: src, dst: dst)
+            progress.clear()
             report.smallOps = small
-            if !json {
+            if table {
                 print(String(format: "\n64-byte copies, batches of %d, %d batches in flight: ioatd %.0f ops/s, baseline memcpy %.0f ops/s (ratio %.4f), %.3f socket packets per op",
                              small.batch, small.batchesInFlight, small.ioatdOpsPerSecond, small.baselineOpsPerSecond, small.ratio, small.packetsPerOp))
             }
@@ -194,6 +207,59 @@ struct Bench: AsyncParsableCommand {
             encoder.keyEncodingStrategy = .convertToSnakeCase
             print(String(decoding: try encoder.encode(report), as: UTF8.self))
         }
+        if csv { print(Self.csv(report), terminator: "") }
+        if let plot {
+            let svg = Self.plot(report, title: "ioatd bench: engine \(main.engine), depth \(depth), \(src.isHugepageBacked ? "hugepages" : "4 KiB pages")")
+            do {
+                try Data(svg.utf8).write(to: URL(fileURLWithPath: plot))
+            } catch {
+                throw CLIError("cannot write \(plot): \(error.localizedDescription)")
+            }
+            if table { print("\nchart: \(plot)") }
+        }
+    }
+
+    /// One CSV row per figure.
+    static func csv(_ report: Report) -> String {
+        var out = "kind,op,size,depth,side,value,unit,ratio,ratio_min,ratio_max\n"
+        func row(_ fields: [String]) { out += fields.joined(separator: ",") + "\n" }
+        func f(_ v: Double) -> String { String(format: "%.6g", v) }
+        if let q = report.qd1 {
+            row(["qd1", "null", "0", "1", report.engine, f(q.nullUs.p50), "us_p50", "", "", ""])
+            row(["qd1", "null", "0", "1", report.engine, f(q.nullUs.p99), "us_p99", "", "", ""])
+        }
+        for r in report.rows {
+            row(["throughput", r.op, "\(r.size)", "\(r.depth)", "baseline", f(r.baselineGBps), "GB/s", "1", "1", "1"])
+            row(["throughput", r.op, "\(r.size)", "\(r.depth)", report.engine, f(r.ioatdGBps), "GB/s", f(r.ratio), f(r.ratioMin), f(r.ratioMax)])
+            if let b = r.beside {
+                row(["throughput", r.op, "\(r.size)", "\(r.depth)", "beside:\(b.engine)", f(b.ioatdGBps), "GB/s", f(b.ratio), f(b.ratioMin),
+                     f(b.ratioMax)])
+            }
+        }
+        if let s = report.smallOps {
+            row(["small_ops", "copy", "\(s.size)", "\(s.batch * s.batchesInFlight)", "baseline", f(s.baselineOpsPerSecond), "ops/s", "1", "1", "1"])
+            row(["small_ops", "copy", "\(s.size)", "\(s.batch * s.batchesInFlight)", report.engine, f(s.ioatdOpsPerSecond), "ops/s", f(s.ratio), "", ""])
+        }
+        return out
+    }
+
+    /// The chart of the throughput rows.
+    static func plot(_ report: Report, title: String) -> String {
+        var throughput: [Plot.Series] = []
+        var ratios: [Plot.Series] = []
+        for op in report.rows.map(\.op).reduce(into: [String](), { if !$0.contains($1) { $0.append($1) } }) {
+            let rows = report.rows.filter { $0.op == op }
+            throughput.append(Plot.Series(name: "\(op) baseline", op: op, dash: "6 4", points: rows.map { ($0.size, $0.baselineGBps) }))
+            throughput.append(Plot.Series(name: "\(op) \(report.engine)", op: op, dash: "", points: rows.map { ($0.size, $0.ioatdGBps) }))
+            ratios.append(Plot.Series(name: "ratio \(op) \(report.engine)", op: op, dash: "", points: rows.map { ($0.size, $0.ratio) }))
+            if let engine = rows.first?.beside?.engine {
+                throughput.append(Plot.Series(name: "\(op) beside \(engine)", op: op, dash: "2 3",
+                                              points: rows.compactMap { r in r.beside.map { (r.size, $0.ioatdGBps) } }))
+                ratios.append(Plot.Series(name: "ratio \(op) beside \(engine)", op: op, dash: "2 3",
+                                          points: rows.compactMap { r in r.beside.map { (r.size, $0.ratio) } }))
+            }
+        }
+        return Plot(title: title, throughput: throughput, ratios: ratios).svg()
     }
 
     /// NULL ops one at a time, each with INT_EN, each waited for: the latency of the whole path.

@@ -18,9 +18,16 @@ struct SelfTest: AsyncParsableCommand {
         let client = try await connection.connect()
         print("ioatctl test: server \(client.path), \(client.server.channels.count) channel(s), seed \(seed)")
         let suite = ConformanceSuite(iterations: iterations, seed: seed, channel: channel)
+        var progress = Progress()
+        var finished = 0
+        progress.update("test: running the first case", force: true)
         let results = await suite.run(client) { r in
+            progress.clear()
             print(r.passed ? "ok    \(r.name)" : r.skipped ? "skip  \(r.name): \(r.detail)" : "FAIL  \(r.name): \(r.detail)")
+            finished += 1
+            progress.update("test: \(finished) cases done, running the next", force: true)
         }
+        progress.clear()
         let skipped = results.filter(\.skipped).count
         let failed = results.filter { !$0.passed && !$0.skipped }.count
         print("\(results.count - failed - skipped) passed, \(failed) failed" + (skipped > 0 ? ", \(skipped) skipped" : ""))

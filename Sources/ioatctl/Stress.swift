@@ -39,7 +39,10 @@ struct Stress: AsyncParsableCommand {
         let queue = try await client.openQueue(depth: max(32, batch))
         let slot = bufferSize / batch
         var done = 0
+        var progress = Progress()
+        defer { progress.clear() }
         while done < ops {
+            progress.update("stress: \(done) of \(ops) ops verified")
             let n = min(batch, ops - done)
             var descriptors: [Descriptor] = []
             var checks: [(kind: Int, at: Int, from: Int, length: Int, pattern: UInt64)] = []
@@ -84,6 +87,7 @@ struct Stress: AsyncParsableCommand {
             if done == n {
                 // After the first verified batch: a mark a supervising test can wait for.
                 // Written unbuffered: standard output may be a file, where print(_:) is block-buffered.
+                progress.clear()
                 let mark = "stress: running\n"
                 _ = mark.withCString { write(STDOUT_FILENO, $0, strlen($0)) }
             }

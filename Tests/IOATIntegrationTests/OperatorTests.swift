@@ -142,4 +142,68 @@ struct OperatorTests {
         #expect(!after.contains("CHANNEL"), "the alternate screen was not left:\n\(after)")
         #expect(after.contains("icanon") && !after.contains("-icanon") && !after.contains("-echo"), "the terminal was not put back:\n\(after)")
     }
+
+    @Test("ioatctl bench --csv and --plot: a row per figure, and a valid SVG with a line per op and side; quiet when piped")
+    func benchCSVAndPlot() throws {
+        let server = try TestServer()
+        let svg = temporarySocketPath() + ".svg"
+        defer { unlink(svg) }
+        let (status, out) = try runTool("ioatctl", ["bench", "--socket", server.path, "--sizes", "4K,64K", "--ops", "copy,fill", "--rounds", "1",
+                                                    "--seconds", "0.05", "--qd1", "50", "--small-batch", "0", "--csv", "--plot", svg],
+                                        mergingErrors: true)
+        #expect(status == 0, "\(out)")
+        #expect(!out.contains("\u{1B}") && !out.contains("\r"), "progress notes reached a pipe: \(out.debugDescription)")
+        let lines = out.split(separator: "\n").map(String.init)
+        #expect(lines.first == "kind,op,size,depth,side,value,unit,ratio,ratio_min,ratio_max")
+        let rows = lines.dropFirst().map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
+        #expect(rows.count == 2 + 2 * 2 * 2, "\(lines)")
+        #expect(rows.allSatisfy { $0.count == 10 })
+        let throughput = rows.filter { $0[0] == "throughput" }
+        #expect(Set(throughput.map { "\($0[1]) \($0[2]) \($0[4])" })
+                == ["copy 4096 baseline", "copy 4096 cpu", "copy 65536 baseline", "copy 65536 cpu",
+                    "fill 4096 baseline", "fill 4096 cpu", "fill 65536 baseline", "fill 65536 cpu"])
+        #expect(throughput.allSatisfy { (Double($0[5]) ?? 0) > 0 && $0[6] == "GB/s" })
+        #expect(rows.filter { $0[0] == "qd1" }.map { $0[6] } == ["us_p50", "us_p99"])
+        // The chart parses as XML, is an SVG, and has a line per op and side, each with a point per size.
+        let script = """
+            import sys, xml.etree.ElementTree as ET
+            root = ET.parse(sys.argv[1]).getroot()
+            assert root.tag == '{http://www.w3.org/2000/svg}svg', root.tag
+            for p in root.iter('{http://www.w3.org/2000/svg}polyline'):
+                print(p.get('data-series') + '|' + str(len(p.get('points').split())))
+            """
+        let (parsed, series) = try runTool("/usr/bin/python3", ["-c", script, svg], mergingErrors: true)
+        #expect(parsed == 0, "\(series)")
+        let found = Dictionary(uniqueKeysWithValues: series.split(separator: "\n").map { line -> (String, Int) in
+            let parts = line.split(separator: "|")
+            return (String(parts[0]), Int(parts.last ?? "") ?? 0)
+        })
+        #expect(Set(found.keys) == ["copy baseline", "copy cpu", "ratio copy cpu", "fill baseline", "fill cpu", "ratio fill cpu"], "\(found)")
+        #expect(found.values.allSatisfy { $0 == 2 }, "\(found)")
+    }
+
+    @Test("Long-running commands show progress on a terminal", .enabled(if: isExecutable("/usr/bin/tmux"), "needs tmux"))
+    func progressOnTerminal() async throws {
+        let server = try TestServer()
+        let socket = "ioatd-progress-\(getpid())"
+        func tmux(_ args: [String]) throws -> (Int32, String) {
+            let out = temporarySocketPath() + ".tmux"
+            defer { unlink(out) }
+            let process = try SpawnedProcess("/usr/bin/tmux", ["-L", socket] + args, output: out)
+            return (process.wait(timeout: 10) ?? -1, (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
+        }
+        defer { _ = try? tmux(["kill-server"]) }
+        let command = "\(buildDirectory.appendingPathComponent("ioatctl").path) stress --socket \(server.path) --ops 100000000; sleep 60"
+        #expect(try tmux(["new-session", "-d", "-s", "p", "-x", "80", "-y", "24", command]).0 == 0)
+        var seen = ""
+        let shown = await eventually(timeout: 20) {
+            seen = (try? tmux(["capture-pane", "-p", "-t", "p"]).1) ?? ""
+            // A note that has moved past 0: "stress: 265216 of 100000000 ops verified".
+            return seen.split(separator: "\n").contains { line in
+                line.hasPrefix("stress: ") && line.hasSuffix(" of 100000000 ops verified")
+                    && (Int(line.dropFirst(8).prefix { $0.isNumber }) ?? 0) > 0
+            }
+        }
+        #expect(shown, "no progress on the terminal:\n\(seen)")
+    }
 }
