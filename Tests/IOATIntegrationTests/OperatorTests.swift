@@ -47,7 +47,7 @@ struct OperatorTests {
     func metrics() async throws {
         let server = try TestServer()
         let client = try await server.connect()
-        let buffer = try await client.allocate(size: 1 << 20)
+        let buffer = try await client.allocate(size: 1 << 20, pages: .normal)
         let queue = try await client.openQueue(depth: 8)
         for _ in 0..<10 { _ = try await queue.copy(from: buffer, at: 0, to: buffer, at: 1 << 19, length: 4096) }
         let (status, text) = try runTool("ioatctl", ["metrics", "--socket", server.path])
@@ -117,7 +117,7 @@ struct OperatorTests {
         }
         defer { _ = try? tmux(["kill-server"]) }
         let command = "\(buildDirectory.appendingPathComponent("ioatctl").path) top --socket \(server.path) --interval 0.3; "
-            + "echo TOP-EXIT=$?; stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon -e echo -e -echo | tr '\\n' ' '; echo; sleep 60"
+            + "echo TOP-EXIT=$?; echo STTY: $(stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon -e echo -e -echo); sleep 60"
         #expect(try tmux(["new-session", "-d", "-s", "top", "-x", "80", "-y", "24", command]).0 == 0)
         func screen() throws -> String { try tmux(["capture-pane", "-p", "-t", "top"]).1 }
         // Keep copies running while top watches, until it shows uid 0 moving.
@@ -135,12 +135,14 @@ struct OperatorTests {
         var after = ""
         let quit = await eventually(timeout: 10) {
             after = (try? screen()) ?? ""
-            return after.contains("TOP-EXIT=")
+            return after.contains("STTY:")
         }
         #expect(quit, "top did not quit on q:\n\(after)")
         #expect(after.contains("TOP-EXIT=0"), "\(after)")
         #expect(!after.contains("CHANNEL"), "the alternate screen was not left:\n\(after)")
-        #expect(after.contains("icanon") && !after.contains("-icanon") && !after.contains("-echo"), "the terminal was not put back:\n\(after)")
+        let stty = after.split(separator: "\n").first { $0.hasPrefix("STTY:") }.map(String.init) ?? ""
+        #expect(stty.contains(" icanon") && stty.contains(" echo") && !stty.contains("-icanon") && !stty.contains("-echo"),
+                "the terminal was not put back: \(stty)")
     }
 
     @Test("ioatctl bench --csv and --plot: a row per figure, and a valid SVG with a line per op and side; quiet when piped")
