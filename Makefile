@@ -136,9 +136,18 @@ install: deps
 	$(SWIFT) build -c release --static-swift-stdlib --product ioatctl
 	$(MAKE) install-files
 
+## install-files: what `install` installs, from the binaries already built. They must be self-contained:
+## a binary that needs the Swift runtime of the toolchain (a plain `make release`) is refused.
 install-files:
-	install -Dm755 .build/release/ioatd $(DESTDIR)$(BINDIR)/ioatd
-	install -Dm755 .build/release/ioatctl $(DESTDIR)$(BINDIR)/ioatctl
+	@for b in ioatd ioatctl; do \
+		if ldd .build/release/$$b | grep -q 'libswiftCore\|libFoundation'; then \
+			echo "install-files: .build/release/$$b needs the Swift runtime of this toolchain:"; \
+			ldd .build/release/$$b | grep 'libswift\|libFoundation'; \
+			echo "build it with --static-swift-stdlib: run 'make install', not 'make release'"; exit 1; \
+		fi; \
+	done
+	install -Dm755 -s .build/release/ioatd $(DESTDIR)$(BINDIR)/ioatd
+	install -Dm755 -s .build/release/ioatctl $(DESTDIR)$(BINDIR)/ioatctl
 	install -d $(DESTDIR)$(UNITDIR)
 	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' \
 		deploy/ioatd.service.in > $(DESTDIR)$(UNITDIR)/ioatd.service
@@ -148,7 +157,8 @@ install-files:
 	install -m644 deploy/ioatd-metrics.timer $(DESTDIR)$(UNITDIR)/ioatd-metrics.timer
 	install -Dm644 deploy/sysusers.d/ioatd.conf $(DESTDIR)$(LIBDIR)/sysusers.d/ioatd.conf
 	install -Dm644 deploy/tmpfiles.d/ioatd.conf $(DESTDIR)$(LIBDIR)/tmpfiles.d/ioatd.conf
-	install -Dm644 deploy/sysctl.d/60-ioatd-hugepages.conf $(DESTDIR)$(LIBDIR)/sysctl.d/60-ioatd-hugepages.conf
+	@# Opt-in: reserving hugepages at every boot is the administrator's choice (README).
+	install -Dm644 deploy/sysctl.d/60-ioatd-hugepages.conf $(DESTDIR)$(DOCDIR)/examples/60-ioatd-hugepages.conf
 	install -Dm644 protocol/ioatd.h $(DESTDIR)$(INCLUDEDIR)/ioatd/ioatd.h
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig
 	sed -e 's|@PREFIX@|$(PREFIX)|g' deploy/ioatd.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/ioatd.pc

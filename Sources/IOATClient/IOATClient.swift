@@ -42,7 +42,7 @@ public final class IOATClient: Sendable {
     /// `busyPollMicroseconds` after each packet (0 disables it): waking a sleeping thread costs tens of
     /// microseconds in a VM, more than a small op.
     public static func connect(path: String? = nil, busyPollMicroseconds: Int = 50) async throws(IOATError) -> IOATClient {
-        let path = path ?? SocketPath.resolved()
+        let path = path ?? SocketPath.forClient()
         return IOATClient(path: path, busyPollMicroseconds: busyPollMicroseconds,
                           session: try await connectOffPool(path: path, busyPollMicroseconds: busyPollMicroseconds))
     }
@@ -151,6 +151,16 @@ public final class IOATClient: Sendable {
     public func rawRequest(_ bytes: [UInt8], fds: [FileDescriptor] = []) async throws(IOATError) -> Reply {
         try await session().rawRequest(bytes, fds: fds)
     }
+
+    /// Calls `handler` (on the client's reader thread) when the server says GOODBYE — it is stopping and
+    /// lets ops already accepted run for `drainMilliseconds` — on the current connection, or at once if it
+    /// already has. Calls on that connection then fail with `serverStopped`, not `connectionLost`.
+    public func onServerStopping(_ handler: @escaping @Sendable (_ drainMilliseconds: UInt32) -> Void) {
+        current.withLock { $0 }.onGoodbye(handler)
+    }
+
+    /// Whether the server said GOODBYE on the current connection.
+    public var isServerStopping: Bool { current.withLock { $0 }.goodbye != nil }
 
     /// A request id no other call uses, for `rawRequest`.
     public func reserveRequestID() -> UInt64 { current.withLock { $0 }.reserveRequestID() }

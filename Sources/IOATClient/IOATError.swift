@@ -13,6 +13,12 @@ public enum IOATError: Error, CustomStringConvertible, Sendable {
     case invalidReply(String)
     /// The caller asked for something the client can check without the server (e.g. a range outside a buffer).
     case invalidArgument(String)
+    /// The process answering at the socket is not one this client trusts with its memory (SPEC.md §1).
+    case untrustedServer(String)
+    /// The server said GOODBYE (it is stopping) and then closed the connection: a clean stop, not a crash.
+    /// Ops without a record did not run to completion. Connect again later (a socket-activated server
+    /// starts again on the next connection).
+    case serverStopped(String)
 
     /// The spec's error code, when the server refused.
     public var code: ErrorCode? {
@@ -27,6 +33,8 @@ public enum IOATError: Error, CustomStringConvertible, Sendable {
         case .system(let e): "\(e)"
         case .invalidReply(let why): "invalid reply from server: \(why)"
         case .invalidArgument(let why): "invalid argument: \(why)"
+        case .untrustedServer(let why): "untrusted server: \(why)"
+        case .serverStopped(let why): "server stopped: \(why)"
         }
     }
 }

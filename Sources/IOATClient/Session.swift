@@ -53,6 +53,10 @@ final class Session: Sendable {
         var submitRequests: [UInt64: UInt64] = [:]
         var nextBatch: UInt64 = 1
         var lost: String? = nil
+        /// The GOODBYE's drain time, once the server said it is stopping.
+        var goodbye: UInt32? = nil
+        /// Called once, on the reader thread, when GOODBYE arrives.
+        var onGoodbye: (@Sendable (UInt32) -> Void)? = nil
     }
 
     /// Packets the socket would not take yet, in send order, with descriptors kept open until sent.
@@ -76,6 +80,14 @@ final class Session: Sendable {
         } catch {
             throw .system(error)
         }
+        // Whom this is: the client sends its memfds to the server, so it checks first (SPEC.md §1).
+        let server: PeerCredentials
+        do throws(SystemError) {
+            server = try UnixSocket.peerCredentials(fd)
+        } catch {
+            throw .system(error)
+        }
+        if let why = SocketPath.distrust(serverUID: server.uid, path: path) { throw .untrustedServer(why) }
         let reply = try handshake(fd)
         do throws(SystemError) {
             try fd.setNonBlocking(true)
@@ -236,13 +248,13 @@ final class Session: Sendable {
         let id = bytes.withUnsafeBytes { WireReader($0).get(at: 16, as: UInt64.self)! }
         do {
             return try await withCheckedThrowingContinuation { (c: CheckedContinuation<Reply, any Error>) in
-                let lost: String? = state.withLock { s in
-                    if let lost = s.lost { return lost }
+                let lost: IOATError? = state.withLock { s in
+                    if let lost = s.lost { return Self.lostError(lost, goodbye: s.goodbye) }
                     s.replies[id] = c
                     return nil
                 }
                 if let lost {
-                    c.resume(throwing: IOATError.connectionLost(lost))
+                    c.resume(throwing: lost)
                     return
                 }
                 do throws(IOATError) {
@@ -356,8 +368,8 @@ final class Session: Sendable {
             })
         }
         var packets: [[UInt8]] = []
-        let lost: String? = state.withLock { s in
-            if let lost = s.lost { return lost }
+        let lost: IOATError? = state.withLock { s in
+            if let lost = s.lost { return Self.lostError(lost, goodbye: s.goodbye) }
             let serial = s.nextBatch
             s.nextBatch += 1
             var start = 0
@@ -376,7 +388,7 @@ final class Session: Sendable {
             s.batches[serial] = batch
             return nil
         }
-        if let lost { return batch.complete(.failure(.connectionLost(lost))) }
+        if let lost { return batch.complete(.failure(lost)) }
         for packet in packets {
             do throws(IOATError) {
                 try send(packet)
@@ -491,6 +503,12 @@ final class Session: Sendable {
             }
             reply?.resume(throwing: error)
             batch?.complete(.failure(error))
+        case .goodbye(let drain):
+            let handler = state.withLock { s -> (@Sendable (UInt32) -> Void)? in
+                s.goodbye = drain
+                return s.onGoodbye
+            }
+            handler?(drain)
         default:
             let reply: Reply
             switch message {
@@ -509,21 +527,40 @@ final class Session: Sendable {
         }
     }
 
+    /// The error for a call on a lost connection: after a GOODBYE the end of the connection is a clean
+    /// stop, not a crash (SPEC.md §5.7).
+    static func lostError(_ why: String, goodbye: UInt32?) -> IOATError {
+        goodbye != nil ? .serverStopped("the server said GOODBYE and closed the connection (\(why))") : .connectionLost(why)
+    }
+
+    /// Whether the server said GOODBYE on this connection, and its drain time.
+    var goodbye: UInt32? { state.withLock { $0.goodbye } }
+
+    /// Calls `handler` when the server says GOODBYE (at once if it already has).
+    func onGoodbye(_ handler: @escaping @Sendable (UInt32) -> Void) {
+        let already = state.withLock { s -> UInt32? in
+            s.onGoodbye = handler
+            return s.goodbye
+        }
+        if let already { handler(already) }
+    }
+
     private func connectionLost(_ why: String) {
-        let (replies, batches) = state.withLock { s in
+        let (replies, batches, stopped) = state.withLock { s in
             s.lost = s.lost ?? why
             let r = Array(s.replies.values)
             let b = Array(s.batches.values)
             s.replies.removeAll()
             s.batches.removeAll()
             s.submitRequests.removeAll()
-            return (r, b)
+            return (r, b, s.goodbye != nil)
         }
         output.withLock { out in
             out.outbox.removeAll()
             if out.failed == nil { out.failed = SystemError("connection lost: \(why)", errno: ECONNRESET) }
         }
-        for c in replies { c.resume(throwing: IOATError.connectionLost(why)) }
-        for b in batches { b.complete(.failure(.connectionLost(why))) }
+        let error = Self.lostError(why, goodbye: stopped ? 0 : nil)
+        for c in replies { c.resume(throwing: error) }
+        for b in batches { b.complete(.failure(error)) }
     }
 }

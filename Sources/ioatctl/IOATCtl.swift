@@ -12,6 +12,41 @@ struct IOATCtl: AsyncParsableCommand {
         abstract: "Inspect, test and measure a running ioatd.",
         discussion: "Every subcommand connects to --socket, else $IOATD_SOCKET, else the default path.",
         subcommands: [Status.self, Metrics.self, Top.self, SelfTest.self, CRC.self, Bench.self, Stress.self])
+
+    /// Runs the command line, taking `--socket PATH` before the subcommand as well as after it
+    /// (`ioatctl --socket /run/ioatd/ioatd.sock status`).
+    static func main() async {
+        let arguments = hoistingSocketOption(Array(CommandLine.arguments.dropFirst()))
+        do {
+            var command = try parseAsRoot(arguments)
+            if var asynchronous = command as? AsyncParsableCommand {
+                try await asynchronous.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
+
+    /// `--socket PATH` (or `--socket=PATH`) given before the subcommand, moved after it.
+    static func hoistingSocketOption(_ arguments: [String]) -> [String] {
+        var before: [String] = []
+        var i = 0
+        while i < arguments.count, arguments[i].hasPrefix("--socket") {
+            if arguments[i] == "--socket", i + 1 < arguments.count {
+                before += arguments[i...i + 1]
+                i += 2
+            } else if arguments[i].hasPrefix("--socket=") {
+                before.append(arguments[i])
+                i += 1
+            } else {
+                break
+            }
+        }
+        guard !before.isEmpty, i < arguments.count else { return arguments }
+        return [arguments[i]] + before + arguments[(i + 1)...]
+    }
 }
 
 /// Options every subcommand shares.
@@ -23,7 +58,7 @@ struct ConnectionOptions: ParsableArguments {
         do {
             return try await IOATClient.connect(path: socket)
         } catch {
-            throw CLIError("cannot connect to ioatd at \(socket ?? SocketPath.resolved()): \(error)")
+            throw CLIError("cannot connect to ioatd at \(socket ?? SocketPath.forClient()): \(error)")
         }
     }
 }

@@ -51,6 +51,9 @@ struct IOATDaemon: ParsableCommand {
     @Flag(help: "Never use hugepages for ALLOC.")
     var noHugepages = false
 
+    @Flag(help: "Read the configuration (the file and the options) and exit: 0 when it would start, 2 with the reason when not. `systemctl reload` runs this first, so a bad policy fails the reload.")
+    var checkConfig = false
+
     func validate() throws {
         if let busyPollUs, !(0...10_000).contains(busyPollUs) { throw ValidationError("--busy-poll-us must be in 0...10000, got \(busyPollUs)") }
         if let channels, !(1...64).contains(channels) { throw ValidationError("--channels must be in 1...64, got \(channels)") }
@@ -66,14 +69,14 @@ struct IOATDaemon: ParsableCommand {
             do {
                 settings = try DaemonConfiguration.load(path: config, defaults: settings)
             } catch {
-                FileHandle.standardError.write("ioatd: configuration: \(error)\n")
+                FileHandle.standardError.writeStartupError("ioatd: configuration: \(error)")
                 throw ExitCode(2)
             }
         }
         if let socket { settings.server.socketPath = socket }
         if let engine {
             guard engine.isBuilt else {
-                FileHandle.standardError.write("ioatd: --engine \(engine.rawValue): this ioatd was built without it; build with `swift build --traits DPDK` (make build-dpdk)\n")
+                FileHandle.standardError.writeStartupError("ioatd: --engine \(engine.rawValue): this ioatd was built without it; build with `swift build --traits DPDK` (make build-dpdk)")
                 throw ExitCode(2)
             }
             settings.engine = engine
@@ -89,6 +92,10 @@ struct IOATDaemon: ParsableCommand {
 
     func run() throws {
         let settings = try settings()
+        if checkConfig {
+            FileHandle.standardOutput.write("ioatd: configuration \(config ?? "(defaults)") is good: engine \(settings.engine.rawValue), \(settings.server.policy.users.count) user and \(settings.server.policy.groups.count) group policy entries\n")
+            return
+        }
         let level = settings.logLevel
         let journal = getenv("JOURNAL_STREAM") != nil
         LoggingSystem.bootstrap { label in
@@ -102,6 +109,12 @@ struct IOATDaemon: ParsableCommand {
             return handler
         }
         let logger = Logger(label: "ioatd")
+        // Without CAP_IPC_LOCK a low memlock limit makes every mlock fail, quietly: say so once, at start.
+        if settings.server.lockBuffers && !ProcessLimits.canLockWithoutLimit(), let limit = ProcessLimits.memlock(), limit < 1 << 30 {
+            logger.warning("buffers will not be locked in memory: no CAP_IPC_LOCK and a memlock limit of \(limit) bytes; give the service AmbientCapabilities=CAP_IPC_LOCK or LimitMEMLOCK=infinity", metadata: [
+                "memlock_limit": "\(limit)",
+            ])
+        }
         let failure: String?
         do throws(SystemError) {
             failure = try serve(settings, logger: logger)
@@ -205,8 +218,34 @@ extension FileHandle {
 struct FileHandle {
     let fd: Int32
     static let standardError = FileHandle(fd: STDERR_FILENO)
+    static let standardOutput = FileHandle(fd: STDOUT_FILENO)
+
+    /// Whether standard error goes to the journal (systemd sets JOURNAL_STREAM).
+    static var toJournal: Bool { getenv("JOURNAL_STREAM") != nil }
+
+    /// An error before logging starts: with the journal, every line carries `<3>` (error), so
+    /// `journalctl -p warning` shows why the service did not start.
+    func writeStartupError(_ text: String) {
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        write(lines.map { (FileHandle.toJournal ? "<3>" : "") + $0 }.joined(separator: "\n") + "\n")
+    }
 }
 
-IOATDaemon.main()
+/// ArgumentParser's own errors (a bad option) go out like every other startup error.
+func runDaemon() {
+    do {
+        var command = try IOATDaemon.parseAsRoot()
+        try command.run()
+    } catch {
+        let code = IOATDaemon.exitCode(for: error)
+        if FileHandle.toJournal && code != .success, !(error is ExitCode) {
+            FileHandle.standardError.writeStartupError(IOATDaemon.fullMessage(for: error))
+            exit(code.rawValue)
+        }
+        IOATDaemon.exit(withError: error)
+    }
+}
+
+runDaemon()
 
 extension EngineKind: ExpressibleByArgument {}
