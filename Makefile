@@ -15,7 +15,7 @@ SKELETON_EAL_ARGS ?= --no-huge --no-pci -m 256 --no-shconf --no-telemetry --file
 	-d $(DPDK_PMDS)/librte_dma_skeleton.so --vdev=dma_skeleton
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps deps-dpdk deps-test build build-dpdk release run run-dpdk test check-plain-build vectors fuzz clean
+.PHONY: all deps deps-dpdk deps-test deps-systemd build build-dpdk release run run-dpdk test test-systemd check-plain-build vectors fuzz clean
 
 all: build
 
@@ -30,6 +30,10 @@ deps-dpdk: deps
 ## deps-test: the same for what only the tests use.
 deps-test: deps
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(TEST_PACKAGES)"
+
+## deps-systemd: what `make test-systemd` needs to build a root file system and boot it.
+deps-systemd: deps
+	@$(MAKE) --no-print-directory install-packages PACKAGES="mmdebstrap systemd-container binutils"
 
 install-packages:
 	@missing=""; for p in $(PACKAGES); do \
@@ -90,6 +94,12 @@ test: deps deps-dpdk deps-test
 		fi; \
 		exit $$status
 	$(MAKE) check-plain-build
+
+## test-systemd: the installed service under a real systemd as PID 1 (Tests/systemd/test-systemd.sh):
+## a cached Debian 12 root, `make install` into a copy, systemd-nspawn --boot, and checks from inside.
+## Fails, saying why, where no container can be booted.
+test-systemd: deps deps-systemd
+	bash Tests/systemd/test-systemd.sh
 
 ## check-plain-build: build ioatd without the DPDK trait in its own folder; it must link no DPDK library
 ## and refuse --engine dpdk with a clear message.

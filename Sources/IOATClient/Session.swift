@@ -205,6 +205,12 @@ final class Session: Sendable {
                     return (nil, false)
                 } catch where error.errno == EAGAIN {
                     // queue below
+                } catch where error.errno == EPIPE || error.errno == ECONNRESET {
+                    // The server closed its side. What it sent before (a GOODBYE, records, an ERROR) is
+                    // still to be read: the reader reads to the end and then fails this call with the
+                    // right error (serverStopped after a GOODBYE), since the call is already registered.
+                    out.failed = error
+                    return (nil, true)
                 } catch {
                     out.failed = error
                     return (error, false)
@@ -213,7 +219,7 @@ final class Session: Sendable {
             out.outbox.append((bytes, fds))
             return (nil, true)
         }
-        if let failure { throw .connectionLost("send: \(failure)") }
+        if let failure { throw Self.lostError("send: \(failure)", goodbye: state.withLock { $0.goodbye }) }
         packetsSent.add(1, ordering: .relaxed)
         lastActivity.store(Clock.nanoseconds(), ordering: .relaxed)
         if queued { wakeup.signal() }
@@ -437,13 +443,13 @@ final class Session: Sendable {
         }
         lastActivity.store(Clock.nanoseconds(), ordering: .relaxed)
         if ready[1].contains(.readable) { wakeup.drain() }
-        if ready[0].contains(.writable) || pending {
-            if !drainOutbox() {
-                connectionLost("send failed")
-                return false
-            }
+        // A failed send is not the end yet: what the server sent before it closed is read first.
+        let sendFailed = (ready[0].contains(.writable) || pending) && !drainOutbox()
+        if ready[0].isDisjoint(with: [.readable, .hangup, .error]) {
+            guard sendFailed else { return true }
+            connectionLost("send failed")
+            return false
         }
-        if ready[0].isDisjoint(with: [.readable, .hangup, .error]) { return true }
         for _ in 0..<64 {
             let packet: ReceivedPacket
             do throws(SystemError) {

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# make test-systemd: the installed service under a real systemd as PID 1.
+#
+# Builds (once, then cached in $CACHE) a Debian 12 root with mmdebstrap, copies it, installs ioatd into
+# the copy with `make install`, boots it with systemd-nspawn, and checks from inside (nsenter) what only
+# a real service manager shows: socket activation, clients that are not root, reload, stop, crash and
+# watchdog restarts, the journal's priorities, and the unit's security score. Ends with a line
+# "systemd: N passed, M failed". It cleans up its container, mounts and copy on every exit. When a
+# container cannot be booted here it says why and exits non-zero: it never passes without running.
+set -uo pipefail
+
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+CACHE=${IOATD_SYSTEMD_CACHE:-/var/cache/ioatd-systemd}
+WORK=$(mktemp -d /var/tmp/ioatd-systemd.XXXXXX)
+ROOT=$WORK/root
+LOG=$WORK/console.log
+passed=0
+failed=0
+nspawn_pid=""
+leader=""
+
+say() { printf '%s\n' "systemd: $*"; }
+fail_setup() { say "cannot run: $*"; say "0 passed, 1 failed"; exit 1; }
+check() {  # check NAME COMMAND...: runs COMMAND, counts it
+    local name=$1; shift
+    if "$@"; then passed=$((passed + 1)); say "ok    $name"; else failed=$((failed + 1)); say "FAIL  $name"; fi
+}
+inside() { nsenter -t "$leader" -a "$@"; }
+as_user() { local user=$1; shift; inside setpriv --reuid="$user" --regid="$user" --init-groups env -u IOATD_SOCKET HOME=/tmp "$@"; }
+
+cleanup() {
+    if [ -n "$leader" ] && kill -0 "$leader" 2>/dev/null; then
+        inside systemctl poweroff --no-block >/dev/null 2>&1
+        for _ in $(seq 100); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    [ -n "$nspawn_pid" ] && kill -KILL "$nspawn_pid" 2>/dev/null
+    wait 2>/dev/null
+    grep -q " $ROOT" /proc/mounts && umount -R "$ROOT" 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+[ "$(id -u)" = 0 ] || fail_setup "needs root (systemd-nspawn)"
+command -v systemd-nspawn >/dev/null || fail_setup "systemd-nspawn is missing (make deps-systemd installs systemd-container)"
+command -v mmdebstrap >/dev/null || fail_setup "mmdebstrap is missing (make deps-systemd installs it)"
+
+# 1. The root file system, cached between runs on this machine.
+started=$(date +%s)
+if [ ! -x "$CACHE/root/lib/systemd/systemd" ]; then
+    say "building a Debian 12 root in $CACHE (once)"
+    mkdir -p "$CACHE"
+    rm -rf "$CACHE/root.tmp"
+    mmdebstrap --variant=minbase --include=systemd,systemd-sysv,dbus,libisal2,util-linux,procps bookworm "$CACHE/root.tmp" \
+        > "$WORK/mmdebstrap.log" 2>&1 || { tail -20 "$WORK/mmdebstrap.log"; fail_setup "mmdebstrap failed"; }
+    mv "$CACHE/root.tmp" "$CACHE/root"
+fi
+cp -a "$CACHE/root" "$ROOT" || fail_setup "cannot copy the root to $ROOT"
+
+# 2. ioatd installed the way an administrator would: make install, then users and units.
+make -C "$REPO" --no-print-directory install DESTDIR="$ROOT" PREFIX=/usr > "$WORK/install.log" 2>&1 \
+    || { tail -30 "$WORK/install.log"; fail_setup "make install failed"; }
+say "root ready and ioatd installed in $(( $(date +%s) - started )) s"
+systemd-sysusers --root="$ROOT" >/dev/null 2>&1 || fail_setup "systemd-sysusers --root failed"
+chroot "$ROOT" useradd -m -G ioatd alice || fail_setup "useradd alice"
+chroot "$ROOT" useradd -m mallory || fail_setup "useradd mallory"
+systemctl --root="$ROOT" enable ioatd.socket >/dev/null 2>&1 || fail_setup "systemctl --root enable ioatd.socket"
+# A short watchdog so the hung-loop check takes seconds, not minutes.
+mkdir -p "$ROOT/etc/systemd/system/ioatd.service.d"
+printf '[Service]\nWatchdogSec=3\n' > "$ROOT/etc/systemd/system/ioatd.service.d/test.conf"
+
+# 3. Boot. No D-Bus on the host: --register=no --keep-unit; CAP_IPC_LOCK is not in nspawn's default set.
+booted=$(date +%s)
+systemd-nspawn --boot --register=no --keep-unit --private-network --capability=CAP_IPC_LOCK -D "$ROOT" \
+    --machine="ioatd-test-$$" > "$LOG" 2>&1 < /dev/null &
+nspawn_pid=$!
+for _ in $(seq 300); do
+    leader=$(pgrep -P "$nspawn_pid" -x systemd | head -1)
+    [ -n "$leader" ] && break
+    kill -0 "$nspawn_pid" 2>/dev/null || { tail -20 "$LOG"; fail_setup "systemd-nspawn exited"; }
+    sleep 0.2
+done
+[ -n "$leader" ] || { tail -20 "$LOG"; fail_setup "no systemd in the container"; }
+state=$(timeout 120 nsenter -t "$leader" -a systemctl is-system-running --wait 2>/dev/null)
+case "$state" in running|degraded) ;; *) tail -20 "$LOG"; fail_setup "the container did not boot ($state)";; esac
+say "booted in $(( $(date +%s) - booted )) s ($state)"
+
+# 4. Checks.
+active() { [ "$(inside systemctl is-active "$1")" = "$2" ]; }
+main_pid() { inside systemctl show -p MainPID --value ioatd.service; }
+
+check "ioatd is not running before the first client" active ioatd.service inactive
+check "an unprivileged member of group ioatd: ioatctl status, with no IOATD_SOCKET" \
+    bash -c "$(declare -f inside as_user); leader=$leader; as_user alice ioatctl status | grep -q 'serving'"
+check "socket activation started ioatd" active ioatd.service active
+capeff=$(inside sh -c 'grep CapEff /proc/$(systemctl show -p MainPID --value ioatd.service)/status' | awk '{ print $2 }')
+check "ioatd has CAP_IPC_LOCK under systemd (CapEff $capeff)" bash -c "[ -n '$capeff' ] && (( 0x$capeff & 16384 ))"
+check "ioatctl test passes for alice" bash -c "$(declare -f inside as_user); leader=$leader; as_user alice ioatctl test --iterations 50 | grep -q ' 0 failed'"
+check "a user outside group ioatd is refused, and told why" \
+    bash -c "$(declare -f inside as_user); leader=$leader; ! as_user mallory ioatctl status 2>&1 | grep -q serving && as_user mallory ioatctl status 2>&1 | grep -qi 'permission denied'"
+check "the installed binaries are stripped and need no Swift runtime" \
+    bash -c "! readelf -S $ROOT/usr/bin/ioatd | grep -q '\.symtab' && ! chroot $ROOT ldd /usr/bin/ioatd | grep -q libswiftCore"
+
+# Reload: a good policy applies; a bad one fails the reload itself, and the old policy stays.
+printf '\n[policy.users.alice]\nweight = 3\n' >> "$ROOT/etc/ioatd/ioatd.toml"
+check "systemctl reload with a good policy succeeds" inside systemctl reload ioatd.service
+check "the new policy is in force" bash -c "$(declare -f inside as_user); leader=$leader; as_user alice ioatctl status | grep -q 'weight 3'"
+cp "$ROOT/etc/ioatd/ioatd.toml" "$WORK/good.toml"
+printf '\n[policy.users.nobody-here]\nweight = 2\n' >> "$ROOT/etc/ioatd/ioatd.toml"
+check "systemctl reload with a bad policy fails visibly" bash -c "! nsenter -t $leader -a systemctl reload ioatd.service"
+check "the bad policy's reason is in the journal at priority err or above" \
+    bash -c "nsenter -t $leader -a journalctl -u ioatd.service -p err --no-pager | grep -q 'nobody-here'"
+cp "$WORK/good.toml" "$ROOT/etc/ioatd/ioatd.toml"
+check "ioatd kept serving through the refused reload" active ioatd.service active
+
+# Stop under load: GOODBYE, drain, exit 0; the socket stays and the next client starts ioatd again.
+inside setpriv --reuid=alice --regid=alice --init-groups ioatctl stress --ops 100000000 > "$WORK/stress1.log" 2>&1 &
+for _ in $(seq 100); do grep -q 'stress: running' "$WORK/stress1.log" && break; sleep 0.1; done
+check "systemctl stop under load" inside systemctl stop ioatd.service
+check "ioatd exited 0" bash -c "[ \"\$(nsenter -t $leader -a systemctl show -p ExecMainStatus --value ioatd.service)\" = 0 ]"
+wait %% 2>/dev/null
+cp "$WORK/stress1.log" "$WORK/stress1.kept"
+check "the stress client was told the server is stopping" grep -Eq 'server stopped|SHUTTING_DOWN' "$WORK/stress1.log" \
+    || { sed 's/^/  stress: /' "$WORK/stress1.kept" | tail -5; false; }
+check "ioatd.socket is still listening" active ioatd.socket active
+check "the next client starts ioatd again" bash -c "$(declare -f inside as_user); leader=$leader; as_user alice ioatctl status | grep -q serving"
+
+# kill -9 under load: clients see the connection lost; systemd restarts ioatd; everything works after.
+inside setpriv --reuid=alice --regid=alice --init-groups ioatctl stress --ops 100000000 > "$WORK/stress2.log" 2>&1 &
+for _ in $(seq 100); do grep -q 'stress: running' "$WORK/stress2.log" && break; sleep 0.1; done
+before=$(main_pid)
+inside systemctl kill -s KILL ioatd.service
+wait %% 2>/dev/null
+check "the stress client saw the connection lost" grep -q 'connection lost' "$WORK/stress2.log"
+restarted=no
+for _ in $(seq 100); do p=$(main_pid); if [ "$p" != 0 ] && [ "$p" != "$before" ] && active ioatd.service active; then restarted=yes; break; fi; sleep 0.1; done
+check "systemd restarted ioatd within 10 s of kill -9" [ "$restarted" = yes ]
+check "ioatctl test passes after the restart" bash -c "$(declare -f inside as_user); leader=$leader; as_user alice ioatctl test --iterations 30 | grep -q ' 0 failed'"
+
+# A hung event loop (SIGSTOP) stops sending WATCHDOG=1 and is restarted.
+before=$(main_pid)
+inside kill -STOP "$before"
+restarted=no
+# WatchdogSec=3 (the drop-in), then SIGABRT, which a stopped process keeps pending until the SIGKILL
+# TimeoutAbortSec (= TimeoutStopSec, 15 s) later.
+for _ in $(seq 400); do p=$(main_pid); if [ "$p" != 0 ] && [ "$p" != "$before" ]; then restarted=yes; break; fi; sleep 0.1; done
+check "the watchdog restarted a hung ioatd" [ "$restarted" = yes ]
+check "ioatd serves after the watchdog restart" bash -c "$(declare -f inside as_user); leader=$leader; as_user alice ioatctl status | grep -q serving"
+
+# A bad configuration: the start fails with its reason at priority err, ioatd.socket stays up, no restart
+# loop, and fixing the file is enough (no reset-failed).
+printf '[server]\nbogus = 1\n' > "$ROOT/etc/ioatd/ioatd.toml"
+inside systemctl stop ioatd.service
+inside timeout 5 setpriv --reuid=alice --regid=alice --init-groups ioatctl status >/dev/null 2>&1
+for _ in $(seq 100); do [ "$(inside systemctl show -p ExecMainStatus --value ioatd.service)" = 2 ] && break; sleep 0.1; done
+check "a bad configuration fails the start with status 2" \
+    bash -c "[ \"\$(nsenter -t $leader -a systemctl show -p ExecMainStatus --value ioatd.service)\" = 2 ]"
+check "its reason is in the journal at priority err" \
+    bash -c "nsenter -t $leader -a journalctl -u ioatd.service -p err --no-pager | grep -q 'server.bogus: unknown key'"
+check "ioatd.socket stays up after the failed start" active ioatd.socket active
+check "ioatd is tried again, not given up on" bash -c "[ \"\$(nsenter -t $leader -a systemctl show -p Result --value ioatd.service)\" = exit-code ] && ! nsenter -t $leader -a systemctl is-failed --quiet ioatd.socket"
+cp "$WORK/good.toml" "$ROOT/etc/ioatd/ioatd.toml"
+check "with the file fixed, the next client starts ioatd (no reset-failed)" \
+    bash -c "$(declare -f inside as_user); leader=$leader; as_user alice timeout 20 ioatctl status | grep -q serving"
+
+# The unit's exposure score, as systemd itself computes it.
+score=$(inside systemd-analyze security ioatd.service --no-pager 2>/dev/null | sed -n 's/.*Overall exposure level for ioatd.service: \([0-9.]*\).*/\1/p')
+check "systemd-analyze security: $score (at most 1.0)" awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 1.0) }'
+
+say "$passed passed, $failed failed (in $(( $(date +%s) - started )) s)"
+[ "$failed" = 0 ]
