@@ -25,13 +25,13 @@ extension IOATServer {
     private func statusPage(for viewer: PeerCredentials?, page: StatusRequest, version: UInt16)
         -> (document: StatusDocument, json: String)
     {
-        let seesAll = viewer.map { $0.uid == 0 || $0.uid == getuid() } ?? true
+        let seesAll = viewer.map { $0.uid == 0 || $0.uid == ProcessIdentity.uid } ?? true
         func visible(_ uid: UInt32) -> Bool { seesAll || uid == viewer?.uid }
         let clients = connections.values.filter { visible($0.peer.uid) }.sorted { $0.id < $1.id }
         let tenantList = tenants.values.filter { visible($0.uid) }.sorted { $0.uid < $1.uid }
 
         var server = StatusDocument.Server(
-            protocolVersion: Int(version), pid: Int(getpid()), state: state.rawValue, engine: engine.name,
+            protocolVersion: Int(version), pid: Int(ProcessIdentity.pid), state: state.rawValue, engine: engine.name,
             socket: configuration.socketPath, uptimeSeconds: ((Clock.seconds() - startedAt) * 1000).rounded() / 1000,
             hugepageSize: hugepageSize, connections: connections.count, connectionsAccepted: connectionsAccepted,
             connectionsRefused: connectionsRefused, policyReloads: policyReloads, policyReloadFailures: policyReloadFailures)

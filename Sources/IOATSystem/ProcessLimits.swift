@@ -24,3 +24,11 @@ extension Substring {
         String(drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
     }
 }
+
+/// Who this process is.
+public enum ProcessIdentity {
+    /// getpid(2).
+    public static var pid: Int32 { getpid() }
+    /// getuid(2).
+    public static var uid: UInt32 { getuid() }
+}
