@@ -3,6 +3,7 @@ import Foundation
 import IOATClient
 import IOATEngine
 import IOATProtocol
+import IOATSystem
 
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -103,6 +104,9 @@ struct Bench: AsyncParsableCommand {
     struct QD1: Codable {
         var ops: Int
         var nullUs: Percentiles
+        /// The floor of any socket transport, in the same run: 64-byte round trips between two threads of
+        /// this process over a SOCK_SEQPACKET socketpair, both sides polling.
+        var barePingPongUs: Percentiles
     }
 
     struct Report: Codable {
@@ -157,8 +161,9 @@ struct Bench: AsyncParsableCommand {
             progress.clear()
             report.qd1 = figure
             if table {
-                print(String(format: "QD1 NULL round trip over %d ops: p50 %.1f µs, p99 %.1f µs, max %.1f µs", figure.ops, figure.nullUs.p50,
-                             figure.nullUs.p99, figure.nullUs.max))
+                print(String(format: "QD1 NULL round trip over %d ops: p50 %.1f µs, p99 %.1f µs, max %.1f µs; bare polled SEQPACKET ping-pong p50 %.1f µs, p99 %.1f µs (p50 ratio %.2f)",
+                             figure.ops, figure.nullUs.p50, figure.nullUs.p99, figure.nullUs.max, figure.barePingPongUs.p50,
+                             figure.barePingPongUs.p99, figure.nullUs.p50 / max(0.001, figure.barePingPongUs.p50)))
             }
         }
         for op in opList {
@@ -227,6 +232,8 @@ struct Bench: AsyncParsableCommand {
         if let q = report.qd1 {
             row(["qd1", "null", "0", "1", report.engine, f(q.nullUs.p50), "us_p50", "", "", ""])
             row(["qd1", "null", "0", "1", report.engine, f(q.nullUs.p99), "us_p99", "", "", ""])
+            row(["qd1", "null", "0", "1", "bare_seqpacket", f(q.barePingPongUs.p50), "us_p50", "", "", ""])
+            row(["qd1", "null", "0", "1", "bare_seqpacket", f(q.barePingPongUs.p99), "us_p99", "", "", ""])
         }
         for r in report.rows {
             row(["throughput", r.op, "\(r.size)", "\(r.depth)", "baseline", f(r.baselineGBps), "GB/s", "1", "1", "1"])
@@ -273,9 +280,40 @@ struct Bench: AsyncParsableCommand {
             guard record.status == .success else { throw CLIError("a QD1 NULL op completed with \(record.status)") }
             if i >= qd1 / 10 { samples.append(elapsed) }  // the first tenth warms up
         }
-        samples.sort()
-        func at(_ p: Double) -> Double { samples[min(samples.count - 1, Int(Double(samples.count) * p))] }
-        return QD1(ops: samples.count, nullUs: Percentiles(p50: at(0.5), p99: at(0.99), max: samples.last ?? 0))
+        return QD1(ops: qd1, nullUs: Self.percentiles(samples), barePingPongUs: try Self.barePingPong(count: qd1))
+    }
+
+    static func percentiles(_ values: [Double]) -> Percentiles {
+        let sorted = values.sorted()
+        func at(_ p: Double) -> Double { sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] }
+        return Percentiles(p50: at(0.5), p99: at(0.99), max: sorted.last ?? 0)
+    }
+
+    /// 64-byte round trips over a SOCK_SEQPACKET socketpair between this thread and an echo thread, both
+    /// polling (MSG_DONTWAIT): what one socket round trip costs on this machine, with no server at all.
+    static func barePingPong(count: Int) throws -> Percentiles {
+        let (a, b) = try UnixSocket.pair()
+        let rounds = count + count / 10
+        let echo = OSThread(name: "ioatctl-echo") {
+            var buffer = [UInt8](repeating: 0, count: 64)
+            for _ in 0..<rounds {
+                var n = -1
+                while n < 0 { n = buffer.withUnsafeMutableBytes { recv(b.rawValue, $0.baseAddress, 64, Int32(MSG_DONTWAIT)) } }
+                _ = buffer.withUnsafeBytes { send(b.rawValue, $0.baseAddress, n, 0) }
+            }
+        }
+        var message = [UInt8](repeating: 7, count: 64)
+        var samples: [Double] = []
+        samples.reserveCapacity(count)
+        for i in 0..<rounds {
+            let start = now()
+            _ = message.withUnsafeBytes { send(a.rawValue, $0.baseAddress, 64, 0) }
+            var n = -1
+            while n < 0 { n = message.withUnsafeMutableBytes { recv(a.rawValue, $0.baseAddress, 64, Int32(MSG_DONTWAIT)) } }
+            if i >= count / 10 { samples.append((now() - start) * 1e6) }
+        }
+        echo.join()
+        return percentiles(samples)
     }
 
     static func median(_ values: [Double]) -> Double {

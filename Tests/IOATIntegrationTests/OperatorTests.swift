@@ -158,14 +158,15 @@ struct OperatorTests {
         let lines = out.split(separator: "\n").map(String.init)
         #expect(lines.first == "kind,op,size,depth,side,value,unit,ratio,ratio_min,ratio_max")
         let rows = lines.dropFirst().map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
-        #expect(rows.count == 2 + 2 * 2 * 2, "\(lines)")
+        #expect(rows.count == 4 + 2 * 2 * 2, "\(lines)")
         #expect(rows.allSatisfy { $0.count == 10 })
         let throughput = rows.filter { $0[0] == "throughput" }
         #expect(Set(throughput.map { "\($0[1]) \($0[2]) \($0[4])" })
                 == ["copy 4096 baseline", "copy 4096 cpu", "copy 65536 baseline", "copy 65536 cpu",
                     "fill 4096 baseline", "fill 4096 cpu", "fill 65536 baseline", "fill 65536 cpu"])
         #expect(throughput.allSatisfy { (Double($0[5]) ?? 0) > 0 && $0[6] == "GB/s" })
-        #expect(rows.filter { $0[0] == "qd1" }.map { $0[6] } == ["us_p50", "us_p99"])
+        #expect(rows.filter { $0[0] == "qd1" }.map { "\($0[4]) \($0[6])" }
+                == ["cpu us_p50", "cpu us_p99", "bare_seqpacket us_p50", "bare_seqpacket us_p99"])
         // The chart parses as XML, is an SVG, and has a line per op and side, each with a point per size.
         let script = """
             import sys, xml.etree.ElementTree as ET
