@@ -58,32 +58,26 @@ extension IOATServer {
         // Room for the entries: the message limit less the header, the document without entries, and
         // the page's numbers at their widest.
         var room = configuration.maxMessage - Wire.headerSize - size(document) - 64
-        let pendingClients = clients.drop { $0.id < page.clientFrom }
-        for c in pendingClients {
-            let entry = Self.status(of: c)
-            let cost = size(entry) + 1
-            guard cost <= room else {
-                document.page.nextClient = c.id
-                break
+        /// Appends entries of `items` while they fit; returns the key of the first that did not.
+        func fill<Item, Entry: Encodable, Key>(_ items: some Sequence<Item>, key: (Item) -> Key, entry: (Item) -> Entry,
+                                              into list: inout [Entry]) -> Key? {
+            for item in items {
+                let e = entry(item)
+                let cost = size(e) + 1
+                guard cost <= room else { return key(item) }
+                room -= cost
+                list.append(e)
             }
-            room -= cost
-            document.clients.append(entry)
+            return nil
         }
+        document.page.nextClient = fill(clients.drop { $0.id < page.clientFrom }, key: \.id, entry: Self.status(of:),
+                                        into: &document.clients)
         let pendingTenants = tenantList.drop { $0.uid < page.tenantFrom || page.tenantFrom == StatusRequest.endOfTenants }
         if document.page.nextClient != nil {
             // The clients filled the page: tenants start on a later one, from where this one was asked to.
             document.page.nextTenant = pendingTenants.first?.uid
         } else {
-            for t in pendingTenants {
-                let entry = status(of: t)
-                let cost = size(entry) + 1
-                guard cost <= room else {
-                    document.page.nextTenant = t.uid
-                    break
-                }
-                room -= cost
-                document.tenants.append(entry)
-            }
+            document.page.nextTenant = fill(pendingTenants, key: \.uid, entry: status(of:), into: &document.tenants)
         }
         let json = (try? encoder.encode(document)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
         return (document, json)

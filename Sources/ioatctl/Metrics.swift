@@ -81,27 +81,16 @@ struct Exposition {
             ["channel": "\(c.index)", "name": c.name, "engine": c.engine]
         }
         let channels = doc.channels
-        family("ioatd_channel_ops_total", .counter, "Ops completed on the channel.") { f in
-            for c in channels { f.sample(channelLabels(c), Double(c.ops)) }
+        func channelFamily(_ name: String, _ type: Kind, _ help: String, _ value: (StatusDocument.Channel) -> Double) {
+            family(name, type, help) { f in for c in channels { f.sample(channelLabels(c), value(c)) } }
         }
-        family("ioatd_channel_bytes_total", .counter, "Bytes processed by the channel's completed ops.") { f in
-            for c in channels { f.sample(channelLabels(c), Double(c.bytes)) }
-        }
-        family("ioatd_channel_errors_total", .counter, "Ops that failed (any status but SUCCESS and MISMATCH).") { f in
-            for c in channels { f.sample(channelLabels(c), Double(c.errors)) }
-        }
-        family("ioatd_channel_halts_total", .counter, "Times the channel's engine halted.") { f in
-            for c in channels { f.sample(channelLabels(c), Double(c.halts)) }
-        }
-        family("ioatd_channel_resets_total", .counter, "Resets after a halt.") { f in
-            for c in channels { f.sample(channelLabels(c), Double(c.resets)) }
-        }
-        family("ioatd_channel_replayed_total", .counter, "Ops run again after a reset.") { f in
-            for c in channels { f.sample(channelLabels(c), Double(c.replayed)) }
-        }
-        family("ioatd_channel_busy_seconds_total", .counter, "Seconds the channel's engine had ops to run.") { f in
-            for c in channels { f.sample(channelLabels(c), c.busySeconds ?? 0) }
-        }
+        channelFamily("ioatd_channel_ops_total", .counter, "Ops completed on the channel.") { Double($0.ops) }
+        channelFamily("ioatd_channel_bytes_total", .counter, "Bytes processed by the channel's completed ops.") { Double($0.bytes) }
+        channelFamily("ioatd_channel_errors_total", .counter, "Ops that failed (any status but SUCCESS and MISMATCH).") { Double($0.errors) }
+        channelFamily("ioatd_channel_halts_total", .counter, "Times the channel's engine halted.") { Double($0.halts) }
+        channelFamily("ioatd_channel_resets_total", .counter, "Resets after a halt.") { Double($0.resets) }
+        channelFamily("ioatd_channel_replayed_total", .counter, "Ops run again after a reset.") { Double($0.replayed) }
+        channelFamily("ioatd_channel_busy_seconds_total", .counter, "Seconds the channel's engine had ops to run.") { $0.busySeconds ?? 0 }
         family("ioatd_channel_runner_ops_total", .counter, "Ops by what ran them: the DMA device, or the CPU.") { f in
             for c in channels {
                 let device = c.device?.deviceOps ?? 0
@@ -110,12 +99,8 @@ struct Exposition {
                 f.sample(channelLabels(c).merging(["runner": "cpu"]) { a, _ in a }, Double(cpu))
             }
         }
-        family("ioatd_channel_queues", .gauge, "Queues open on the channel.") { f in
-            for c in channels { f.sample(channelLabels(c), Double(c.queues)) }
-        }
-        family("ioatd_channel_in_engine", .gauge, "Ops (or pieces) in the channel's engine now.") { f in
-            for c in channels { f.sample(channelLabels(c), Double(c.inEngine)) }
-        }
+        channelFamily("ioatd_channel_queues", .gauge, "Queues open on the channel.") { Double($0.queues) }
+        channelFamily("ioatd_channel_in_engine", .gauge, "Ops (or pieces) in the channel's engine now.") { Double($0.inEngine) }
 
         let tenants = doc.tenants
         func tenantLabels(_ t: StatusDocument.Tenant) -> [String: String] { ["uid": "\(t.uid)"] }
