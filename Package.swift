@@ -4,7 +4,9 @@ import PackageDescription
 // ioatd: a memory-copy offload service. See README.md and protocol/SPEC.md.
 //
 // Module layering (each depends only on those above it):
-//   IOATProtocol  pure wire format: types, encode, decode, validation. No syscalls, no Foundation.
+//   CIOATRing     protocol/ioatd_ring.h: the ring fast path and its atomics, written once in C.
+//   IOATProtocol  pure wire format: types, encode, decode, validation, the server's side of a ring's
+//                 memory. No syscalls, no Foundation.
 //   CIOATShim     the few C macros and constants Swift cannot import.
 //   IOATSystem    the syscall layer: fds, sockets with SCM_RIGHTS, memfds, mappings, epoll, threads.
 //   IOATEngine    the engine interface and the CPU engine (ISA-L for CRC32C and XOR).
@@ -41,9 +43,10 @@ let package = Package(
     ],
     targets: [
         .target(name: "CIOATShim"),
+        .target(name: "CIOATRing"),
         .systemLibrary(name: "CISAL", pkgConfig: "libisal", providers: [.apt(["libisal-dev"])]),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
-        .target(name: "IOATProtocol"),
+        .target(name: "IOATProtocol", dependencies: ["CIOATRing"]),
         .target(name: "IOATSystem", dependencies: ["CIOATShim"]),
         .target(name: "IOATEngine", dependencies: ["IOATProtocol", "IOATSystem", "CISAL"]),
         // Debian's libdpdk.pc cannot be read by SwiftPM (a comment line), so the paths and libraries are
@@ -71,7 +74,7 @@ let package = Package(
         ),
         .target(
             name: "IOATClient",
-            dependencies: ["IOATProtocol", "IOATSystem", .product(name: "DequeModule", package: "swift-collections")]
+            dependencies: ["IOATProtocol", "IOATSystem", "CIOATRing", .product(name: "DequeModule", package: "swift-collections")]
         ),
         .target(name: "IOATConformance", dependencies: ["IOATClient", "IOATProtocol"]),
         .target(
@@ -106,7 +109,7 @@ let package = Package(
             name: "IOATIntegrationTests",
             dependencies: [
                 "IOATClient", "IOATConformance", "IOATProtocol", "IOATSystem", "IOATEngine", "IOATServer", "IOATTestKit",
-                "IOATDPDK",
+                "IOATDPDK", "CIOATRing",
                 "ioatd", "ioatctl",
             ]
         ),

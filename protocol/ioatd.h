@@ -1,5 +1,5 @@
 /*
- * ioatd.h - wire structures of the ioatd protocol, versions 1 and 2.
+ * ioatd.h - wire structures of the ioatd protocol, versions 1, 2 and 3.
  *
  * Normative text: SPEC.md beside this file. Installed by `make install` as <ioatd/ioatd.h>, with a
  * pkg-config file `ioatd.pc`. All integers are little-endian; every struct is laid out with natural
@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #define IOATD_MAGIC 0x54414F49u /* "IOAT" */
-#define IOATD_VERSION 2 /* newest; servers also speak 1 */
+#define IOATD_VERSION 3 /* newest; servers also speak 1 and 2 */
 #define IOATD_MIN_VERSION 1
 #define IOATD_DEFAULT_SOCKET "/run/ioatd/ioatd.sock"
 #define IOATD_SOCKET_ENV "IOATD_SOCKET"
@@ -31,6 +31,7 @@ enum ioatd_msg_type {
     IOATD_MSG_STATUS = 0x0008,
     IOATD_MSG_RESERVE = 0x0009, /* version 2 */
     IOATD_MSG_SET_COALESCE = 0x000A, /* version 2 */
+    IOATD_MSG_RING = 0x000B, /* version 3 */
     IOATD_MSG_HELLO_OK = 0x8001,
     IOATD_MSG_ALLOC_OK = 0x8002,
     IOATD_MSG_REGISTER_OK = 0x8003,
@@ -40,6 +41,7 @@ enum ioatd_msg_type {
     IOATD_MSG_STATUS_OK = 0x8008,
     IOATD_MSG_RESERVE_OK = 0x8009, /* version 2 */
     IOATD_MSG_COALESCE_OK = 0x800A, /* version 2 */
+    IOATD_MSG_RING_OK = 0x800B, /* version 3 */
     IOATD_MSG_COMPLETION = 0xC001,
     IOATD_MSG_GOODBYE = 0xC002,
     IOATD_MSG_ERROR = 0xFFFF,
@@ -145,6 +147,7 @@ enum ioatd_error {
     IOATD_E_UNEXPECTED_TYPE = 33,
     IOATD_E_INTERNAL = 34,
     IOATD_E_BAD_PERIOD = 35, /* version 2 */
+    IOATD_E_RING_BROKEN = 36, /* version 3 */
 };
 
 /* §2.2 */
@@ -328,6 +331,58 @@ struct ioatd_error_msg {
     uint32_t reserved;
 };
 
+
+/* §5.10 (version 3): RING turns an open queue into a shared-memory ring queue. */
+#define IOATD_FEATURE_RINGS (1ull << 0)
+struct ioatd_ring_request {
+    uint32_t queue;
+    uint32_t reserved;
+};
+
+/* RING_OK carries two descriptors, in this order: the ring memfd, then the doorbell socket. */
+struct ioatd_ring_ok {
+    uint32_t queue;
+    uint32_t sq_entries;
+    uint32_t cq_entries;
+    uint32_t reserved;
+    uint64_t size;
+};
+
+/* §5.10.1: the ring memory starts with this header; every field's place is in `offsets`. */
+#define IOATD_RING_MAGIC 0x474E4952u /* "RING" */
+#define IOATD_RING_LAYOUT 1
+#define IOATD_RING_SQ_NEED_WAKEUP (1u << 0) /* in sq_flags, written by the server */
+#define IOATD_RING_CQ_NEED_WAKEUP (1u << 0) /* in cq_flags, written by the client */
+/* A ring record's status for a descriptor the server refused: this base plus the error code (§7). */
+#define IOATD_STATUS_REFUSED 0x0100u
+
+struct ioatd_ring_offsets {
+    uint32_t sq_head;  /* u32, server writes */
+    uint32_t sq_tail;  /* u32, client writes */
+    uint32_t sq_flags; /* u32, server writes */
+    uint32_t sqes;     /* sq_entries struct ioatd_desc */
+    uint32_t cq_head;  /* u32, client writes */
+    uint32_t cq_tail;  /* u32, server writes */
+    uint32_t cq_event; /* u32, client writes */
+    uint32_t cq_flags; /* u32, client writes */
+    uint32_t cqes;     /* cq_entries struct ioatd_completion_record */
+    uint32_t error;    /* u32, server writes: 0, or the code that broke the queue */
+    uint32_t reserved[6];
+};
+
+struct ioatd_ring_header {
+    uint32_t magic;
+    uint16_t layout;
+    uint16_t header_size;
+    uint32_t queue;
+    uint32_t depth;
+    uint32_t sq_entries;
+    uint32_t cq_entries;
+    uint64_t size;
+    struct ioatd_ring_offsets offsets;
+    uint8_t reserved[32];
+};
+
 _Static_assert(sizeof(struct ioatd_header) == 24, "ioatd_header");
 _Static_assert(offsetof(struct ioatd_header, type) == 6, "ioatd_header.type");
 _Static_assert(offsetof(struct ioatd_header, length) == 8, "ioatd_header.length");
@@ -378,5 +433,14 @@ _Static_assert(offsetof(struct ioatd_sg_entry, length) == 24, "ioatd_sg_entry.le
 _Static_assert(sizeof(struct ioatd_error_msg) == 16, "ioatd_error_msg");
 _Static_assert(sizeof(struct ioatd_status_page) == 16, "ioatd_status_page");
 _Static_assert(offsetof(struct ioatd_status_page, tenant_from) == 8, "ioatd_status_page.tenant_from");
+
+_Static_assert(sizeof(struct ioatd_ring_request) == 8, "ioatd_ring_request");
+_Static_assert(sizeof(struct ioatd_ring_ok) == 24, "ioatd_ring_ok");
+_Static_assert(offsetof(struct ioatd_ring_ok, size) == 16, "ioatd_ring_ok.size");
+_Static_assert(sizeof(struct ioatd_ring_offsets) == 64, "ioatd_ring_offsets");
+_Static_assert(offsetof(struct ioatd_ring_offsets, error) == 36, "ioatd_ring_offsets.error");
+_Static_assert(sizeof(struct ioatd_ring_header) == 128, "ioatd_ring_header");
+_Static_assert(offsetof(struct ioatd_ring_header, size) == 24, "ioatd_ring_header.size");
+_Static_assert(offsetof(struct ioatd_ring_header, offsets) == 32, "ioatd_ring_header.offsets");
 
 #endif /* IOATD_H */

@@ -26,6 +26,18 @@ public final class IOATClient: Sendable {
         case ok
         case status(String)
         case reserved(Int)
+        /// RING_OK: the ring's geometry, its memfd and the client's end of its doorbell.
+        case ring(RingReply, memfd: FileDescriptor, doorbell: FileDescriptor)
+    }
+
+    /// How queues reach the server.
+    public enum Transport: String, Sendable, CaseIterable {
+        /// Shared-memory rings when the server grants them (version 3), SUBMIT and COMPLETION otherwise.
+        case automatic
+        /// Rings only: connecting fails when the server does not grant them.
+        case ring
+        /// SUBMIT and COMPLETION messages on the socket only.
+        case socket
     }
 
     /// What a finished batch hands back.
@@ -34,6 +46,8 @@ public final class IOATClient: Sendable {
     /// The socket path connected to.
     public let path: String
     private let busyPollMicroseconds: Int
+    /// How queues reach the server (rings or messages).
+    public let transport: Transport
     private let current: Mutex<Session>
     private let reconnects = Atomic<Int>(0)
 
@@ -41,19 +55,19 @@ public final class IOATClient: Sendable {
     /// While requests are outstanding, the reader thread polls the socket without sleeping for
     /// `busyPollMicroseconds` after each packet (0 disables it): waking a sleeping thread costs tens of
     /// microseconds in a VM, more than a small op.
-    public static func connect(path: String? = nil, busyPollMicroseconds: Int = 50) async throws(IOATError) -> IOATClient {
+    public static func connect(path: String? = nil, busyPollMicroseconds: Int = 50,
+                               transport: Transport = .automatic) async throws(IOATError) -> IOATClient {
         let path = path ?? SocketPath.forClient()
-        return IOATClient(path: path, busyPollMicroseconds: busyPollMicroseconds,
-                          session: try await connectOffPool(path: path, busyPollMicroseconds: busyPollMicroseconds))
+        return IOATClient(path: path, busyPollMicroseconds: busyPollMicroseconds, transport: transport,
+                          session: try await connectOffPool(path: path, busyPollMicroseconds: busyPollMicroseconds, transport: transport))
     }
 
-    /// Connects and shakes hands on a thread of its own: connect(2) and the handshake block, and blocking
-    /// a cooperative-pool thread can stall every other task of the process.
-    private static func connectOffPool(path: String, busyPollMicroseconds: Int) async throws(IOATError) -> Session {
+    private static func connectOffPool(path: String, busyPollMicroseconds: Int, transport: Transport) async throws(IOATError) -> Session {
         let result: Result<Session, IOATError> = await withCheckedContinuation { c in
             OSThread.detached(name: "ioat-connect") {
                 do throws(IOATError) {
-                    c.resume(returning: .success(try Session.connect(path: path, busyPollMicroseconds: busyPollMicroseconds)))
+                    c.resume(returning: .success(try Session.connect(path: path, busyPollMicroseconds: busyPollMicroseconds,
+                                                                     transport: transport)))
                 } catch {
                     c.resume(returning: .failure(error))
                 }
@@ -62,17 +76,17 @@ public final class IOATClient: Sendable {
         return try result.get()
     }
 
-    private init(path: String, busyPollMicroseconds: Int, session: Session) {
+    private init(path: String, busyPollMicroseconds: Int, transport: Transport, session: Session) {
         self.path = path
         self.busyPollMicroseconds = busyPollMicroseconds
+        self.transport = transport
         current = Mutex(session)
     }
 
-    /// The live session, connecting again if the last one was lost.
     func session() async throws(IOATError) -> Session {
         let existing = current.withLock { $0 }
         if !existing.isLost { return existing }
-        let fresh = try await Self.connectOffPool(path: path, busyPollMicroseconds: busyPollMicroseconds)
+        let fresh = try await Self.connectOffPool(path: path, busyPollMicroseconds: busyPollMicroseconds, transport: transport)
         let (live, installed) = current.withLock { s in
             guard s.isLost else { return (s, false) }
             s = fresh
@@ -135,10 +149,20 @@ public final class IOATClient: Sendable {
         try await session().free(buffer)
     }
 
-    /// Opens a queue on `channel` (default: the one with the fewest queues) with room for `depth` ops.
+    /// Opens a queue on `channel` (default: the one with the fewest queues) with room for `depth` ops. It
+    /// runs over a shared-memory ring when the transport allows and the server granted rings.
     public func openQueue(channel: UInt32? = nil, depth: Int = 64) async throws(IOATError) -> IOATQueue {
         try await session().openQueue(channel: channel, depth: depth)
     }
+
+    /// Opens a queue as a ring driven directly by one of the caller's threads (`IOATRing`); needs a
+    /// server that granted rings.
+    public func openRing(channel: UInt32? = nil, depth: Int = 64) async throws(IOATError) -> IOATRing {
+        try await session().openRing(channel: channel, depth: depth)
+    }
+
+    /// Whether the server granted ring queues on the current connection.
+    public var ringsGranted: Bool { current.withLock { $0 }.ringsGranted }
 
     /// One page of the server's STATUS document, as the JSON the server sent (SPEC.md §5.6). `status()`
     /// gives the whole document, typed.

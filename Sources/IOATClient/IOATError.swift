@@ -19,6 +19,8 @@ public enum IOATError: Error, CustomStringConvertible, Sendable {
     /// Ops without a record did not run to completion. Connect again later (a socket-activated server
     /// starts again on the next connection).
     case serverStopped(String)
+    /// A wait with a time limit ran out (`IOATRing.wait`).
+    case timedOut(String)
 
     /// The spec's error code, when the server refused.
     public var code: ErrorCode? {
@@ -35,6 +37,7 @@ public enum IOATError: Error, CustomStringConvertible, Sendable {
         case .invalidArgument(let why): "invalid argument: \(why)"
         case .untrustedServer(let why): "untrusted server: \(why)"
         case .serverStopped(let why): "server stopped: \(why)"
+        case .timedOut(let why): "timed out: \(why)"
         }
     }
 }

@@ -10,9 +10,15 @@ public final class IOATQueue: Sendable {
     /// Most ops in flight.
     public let depth: Int
     let session: Session
+    /// The ring this queue runs over, or nil when it uses SUBMIT and COMPLETION messages.
+    let feeder: RingFeeder?
 
-    init(session: Session, reply: OpenReply) {
+    /// Whether the queue runs over a shared-memory ring (SPEC.md §5.10).
+    public var isRing: Bool { feeder != nil }
+
+    init(session: Session, reply: OpenReply, feeder: RingFeeder? = nil) {
         self.session = session
+        self.feeder = feeder
         id = reply.queue
         channel = reply.channel
         depth = Int(reply.depth)
@@ -23,13 +29,16 @@ public final class IOATQueue: Sendable {
     /// descriptors' own cookies. A refusal (bad handle, out of range…) fails the call and runs none of
     /// that SUBMIT's ops.
     public func submit(_ descriptors: [Descriptor]) async throws(IOATError) -> [CompletionRecord] {
-        try await session.submit(queue: id, descriptors, chunk: min(depth, Int(session.server.maxDescriptors)))
+        guard let feeder else { return try await session.submit(queue: id, descriptors, chunk: min(depth, Int(session.server.maxDescriptors))) }
+        let result: IOATClient.BatchResult = await withCheckedContinuation { c in feeder.submit(descriptors) { c.resume(returning: $0) } }
+        return try result.get()
     }
 
     /// Submits a batch and returns at once; `onComplete` runs once, on the client's reader thread, with
     /// every record (in order, with the descriptors' cookies) or the error that refused the batch.
     /// It must not block; it may submit more work (sends never block).
     public func submit(_ descriptors: [Descriptor], onComplete: @escaping @Sendable (IOATClient.BatchResult) -> Void) {
+        if let feeder { return feeder.submit(descriptors, complete: onComplete) }
         session.submit(queue: id, descriptors, chunk: min(depth, Int(session.server.maxDescriptors)), complete: onComplete)
     }
 
@@ -89,5 +98,6 @@ public final class IOATQueue: Sendable {
     /// Closes the queue; refused with BUSY while ops are outstanding.
     public func close() async throws(IOATError) {
         try await session.closeQueue(id)
+        if let feeder { session.forget(feeder) }
     }
 }

@@ -71,7 +71,7 @@ final class Session: Sendable {
     }
 
     /// Connects to `path` and performs the handshake.
-    static func connect(path: String, busyPollMicroseconds: Int) throws(IOATError) -> Session {
+    static func connect(path: String, busyPollMicroseconds: Int, transport: IOATClient.Transport = .automatic) throws(IOATError) -> Session {
         let fd: FileDescriptor
         let wakeup: EventFD
         do throws(SystemError) {
@@ -88,25 +88,29 @@ final class Session: Sendable {
             throw .system(error)
         }
         if let why = SocketPath.distrust(serverUID: server.uid, path: path) { throw .untrustedServer(why) }
-        let reply = try handshake(fd)
+        let reply = try handshake(fd, features: transport == .socket ? 0 : Wire.featureRings)
+        if transport == .ring && reply.features & Wire.featureRings == 0 {
+            throw .invalidArgument("transport ring: the server did not grant ring queues (it negotiated version \(reply.version))")
+        }
         do throws(SystemError) {
             try fd.setNonBlocking(true)
         } catch {
             throw .system(error)
         }
         let client = Session(fd: fd, wakeup: wakeup, server: reply, path: path,
-                             busyPollNanoseconds: UInt64(max(0, busyPollMicroseconds)) * 1000)
+                             busyPollNanoseconds: UInt64(max(0, busyPollMicroseconds)) * 1000,
+                             useRings: transport != .socket && reply.features & Wire.featureRings != 0)
         client.startReader()
         return client
     }
 
     /// HELLO and its answer, synchronously, before the reader thread exists.
-    private static func handshake(_ fd: FileDescriptor) throws(IOATError) -> HelloReply {
+    private static func handshake(_ fd: FileDescriptor, features: UInt64) throws(IOATError) -> HelloReply {
         // A server that refuses the connection (SPEC.md §1) sends its ERROR and closes at once. If that
         // happened before our HELLO went out, the send fails, and the ERROR is still there to be read.
         var sendFailure: SystemError? = nil
         do throws(SystemError) {
-            try UnixSocket.send(fd, Message.hello(Hello()).encode(requestID: 0, version: 1))
+            try UnixSocket.send(fd, Message.hello(Hello(features: features)).encode(requestID: 0, version: 1))
         } catch where error.errno == EPIPE || error.errno == ECONNRESET {
             sendFailure = error
         } catch {
@@ -140,8 +144,15 @@ final class Session: Sendable {
     private let busyPollNanoseconds: UInt64
     private let lastActivity = Atomic<UInt64>(0)
 
-    private init(fd: FileDescriptor, wakeup: EventFD, server: HelloReply, path: String, busyPollNanoseconds: UInt64) {
+    /// Whether queues go over rings (the transport allows it and the server granted them).
+    let useRings: Bool
+    var ringsGranted: Bool { server.features & Wire.featureRings != 0 }
+    /// The ring queues `IOATQueue` feeds; the reader thread reaps them.
+    private let feeders = Mutex<[RingFeeder]>([])
+
+    private init(fd: FileDescriptor, wakeup: EventFD, server: HelloReply, path: String, busyPollNanoseconds: UInt64, useRings: Bool) {
         self.busyPollNanoseconds = busyPollNanoseconds
+        self.useRings = useRings
         self.fd = fd
         self.wakeup = wakeup
         self.server = server
@@ -166,16 +177,26 @@ final class Session: Sendable {
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 16)
             defer { buffer.deallocate() }
             while true {
-                guard let (pending, polling) = self?.pollPlan() else { return }
+                guard let (pending, polling, rings) = self?.pollPlan() else { return }
+                var targets: [(FileDescriptor, Poll.Events)] = [(socket, pending ? [.readable, .writable] : .readable), (wake, .readable)]
+                var timeout: Int32 = polling ? 0 : -1
+                if !polling {
+                    // Ask the server to ring at its next record (SPEC.md §5.10.3), then sleep.
+                    for feeder in rings {
+                        if feeder.memory.arm(1) { targets.append((feeder.memory.doorbell, .readable)) } else { timeout = 0 }
+                    }
+                }
                 let ready: [Poll.Events]
                 do throws(SystemError) {
-                    ready = try Poll.wait([(socket, pending ? [.readable, .writable] : .readable), (wake, .readable)],
-                                          timeoutMilliseconds: polling ? 0 : -1)
+                    ready = try Poll.wait(targets, timeoutMilliseconds: timeout)
                 } catch {
                     self?.connectionLost("poll: \(error)")
                     return
                 }
-                guard let client = self, client.serviceSocket(ready, pending: pending, polling: polling, buffer) else { return }
+                if !polling { for feeder in rings { feeder.memory.disarm() } }
+                guard let client = self else { return }
+                client.reapRings()
+                guard client.serviceSocket(ready.isEmpty ? [] : Array(ready.prefix(2)), pending: pending, polling: polling, buffer) else { return }
             }
         }
         reader.withLock { $0 = thread }
@@ -319,7 +340,36 @@ final class Session: Sendable {
         guard case .open(let reply) = try await request(.open(channel: channel ?? Wire.anyChannel, depth: UInt32(depth))) else {
             throw .invalidReply("OPEN answered with something else")
         }
-        return IOATQueue(session: self, reply: reply)
+        guard useRings else { return IOATQueue(session: self, reply: reply) }
+        let feeder = RingFeeder(memory: try await ring(for: reply.queue))
+        feeders.withLock { $0.append(feeder) }
+        wakeup.signal()  // the reader thread watches the new ring from its next round
+        return IOATQueue(session: self, reply: reply, feeder: feeder)
+    }
+
+    /// Opens a queue and makes it a ring the caller drives (`IOATRing`).
+    func openRing(channel: UInt32?, depth: Int) async throws(IOATError) -> IOATRing {
+        guard ringsGranted else {
+            throw .invalidArgument("the server did not grant ring queues on this connection (version \(server.version))")
+        }
+        guard depth > 0, depth <= Int(UInt32.max) else { throw .invalidArgument("queue depth \(depth) must be in 1...\(UInt32.max)") }
+        guard case .open(let reply) = try await request(.open(channel: channel ?? Wire.anyChannel, depth: UInt32(depth))) else {
+            throw .invalidReply("OPEN answered with something else")
+        }
+        return IOATRing(session: self, queue: reply, memory: try await ring(for: reply.queue))
+    }
+
+    /// RING for an open queue: maps what RING_OK sent.
+    private func ring(for queue: UInt32) async throws(IOATError) -> RingMemory {
+        guard case .ring(let reply, let memfd, let doorbell) = try await request(.ring(queue: queue)) else {
+            throw .invalidReply("RING answered with something else")
+        }
+        return try RingMemory(reply: reply, memfd: memfd, doorbell: doorbell)
+    }
+
+    /// Stops reaping a ring queue that closed.
+    func forget(_ feeder: RingFeeder) {
+        feeders.withLock { $0.removeAll { $0 === feeder } }
     }
 
     func reserve(queue: UInt32, credits: Int, noWait: Bool) async throws(IOATError) -> Int {
@@ -427,11 +477,22 @@ final class Session: Sendable {
 
     /// What the reader waits for next: room in the socket too when the outbox holds packets, and whether
     /// to spin (poll without sleeping) because requests are outstanding and the last packet was recent.
-    private func pollPlan() -> (pending: Bool, polling: Bool) {
+    private func pollPlan() -> (pending: Bool, polling: Bool, rings: [RingFeeder]) {
         let pending = output.withLock { !$0.outbox.isEmpty }
+        // Every ring is armed before the reader sleeps, busy or not: a batch submitted while it sleeps
+        // then wakes it through the server's first record, with no wake-up of its own.
+        let rings = feeders.withLock { $0 }
         let polling = busyPollNanoseconds > 0 && Clock.nanoseconds(since: lastActivity.load(ordering: .relaxed)) < busyPollNanoseconds
-            && state.withLock { !$0.batches.isEmpty || !$0.replies.isEmpty }
-        return (pending, polling)
+            && (rings.contains(where: \.isBusy) || state.withLock { !$0.batches.isEmpty || !$0.replies.isEmpty })
+        return (pending, polling, rings)
+    }
+
+    /// Reads every ring queue's records and completes its batches (reader thread).
+    private func reapRings() {
+        for feeder in feeders.withLock({ $0 }) {
+            if feeder.reap() { lastActivity.store(Clock.nanoseconds(), ordering: .relaxed) }
+            feeder.failIfBroken()
+        }
     }
 
     /// After the reader's poll(2) (`ready`: the socket's events, then the wakeup's), receives and routes
@@ -526,6 +587,12 @@ final class Session: Sendable {
             case .statusReply(let json): reply = .status(json)
             case .reserveReply(let free): reply = .reserved(Int(free))
             case .coalesceReply: reply = .ok
+            case .ringReply(let r):
+                guard fds.count == 2 else {
+                    connectionLost("RING_OK came with \(fds.count) descriptors; it carries two")
+                    return
+                }
+                reply = .ring(r, memfd: fds[0], doorbell: fds[1])
             default: return
             }
             let c = state.withLock { $0.replies.removeValue(forKey: header.requestID) }
@@ -568,5 +635,6 @@ final class Session: Sendable {
         let error = Self.lostError(why, goodbye: stopped ? 0 : nil)
         for c in replies { c.resume(throwing: error) }
         for b in batches { b.complete(.failure(error)) }
+        for feeder in feeders.withLock({ $0 }) { feeder.fail(error) }
     }
 }

@@ -38,6 +38,15 @@ public struct CompletionStatus: RawRepresentable, Hashable, Sendable, CustomStri
     public static let engineError = CompletionStatus(rawValue: 14)
     /// Cancelled before it ran (the server is stopping).
     public static let cancelled = CompletionStatus(rawValue: 15)
+    /// Base of the statuses a ring queue (version 3) gives a descriptor the server refused: the status
+    /// is this plus the error code the SUBMIT path would have answered (SPEC.md §5.10.4).
+    public static let refusedBase: UInt16 = 0x0100
+    /// The status of a ring descriptor refused with `code`.
+    public static func refused(_ code: ErrorCode) -> CompletionStatus { CompletionStatus(rawValue: refusedBase + UInt16(truncatingIfNeeded: code.rawValue)) }
+    /// The refusal this status names, if it is one.
+    public var refusal: ErrorCode? {
+        rawValue > Self.refusedBase && rawValue < Self.refusedBase + 0x100 ? ErrorCode(rawValue: UInt32(rawValue - Self.refusedBase)) : nil
+    }
     /// Never on the wire: the client library's status for an op whose connection dropped before its
     /// completion arrived. The op may or may not have run.
     public static let connectionLost = CompletionStatus(rawValue: 0xFFFF)
@@ -62,7 +71,7 @@ public struct CompletionStatus: RawRepresentable, Hashable, Sendable, CustomStri
         case 14: "ENGINE_ERROR"
         case 15: "CANCELLED"
         case 0xFFFF: "CONNECTION_LOST"
-        default: "STATUS_\(rawValue)"
+        default: refusal.map { "REFUSED_\($0.name)" } ?? "STATUS_\(rawValue)"
         }
     }
 

@@ -76,9 +76,12 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     public static let `internal` = ErrorCode(rawValue: 34)
     /// A coalescing period above the channel's `max_coalesce_us`. (v2)
     public static let badPeriod = ErrorCode(rawValue: 35)
+    /// A ring queue's shared memory broke the ring's rules (indices past what exists); the queue takes
+    /// no more descriptors (version 3, SPEC.md §5.10).
+    public static let ringBroken = ErrorCode(rawValue: 36)
 
     /// Every defined code, in wire order.
-    public static let all: [ErrorCode] = (1...35).map { ErrorCode(rawValue: $0) }
+    public static let all: [ErrorCode] = (1...36).map { ErrorCode(rawValue: $0) }
 
     /// The SPEC.md name, e.g. `OUT_OF_RANGE`.
     public var name: String {
@@ -118,6 +121,7 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
         case 33: "UNEXPECTED_TYPE"
         case 34: "INTERNAL"
         case 35: "BAD_PERIOD"
+        case 36: "RING_BROKEN"
         default: "UNKNOWN_ERROR_\(rawValue)"
         }
     }

@@ -3,7 +3,7 @@ public enum Wire {
     /// "IOAT" as the first four bytes of every message (read as a little-endian u32).
     public static let magic: UInt32 = 0x5441_4F49
     /// The newest protocol version this code speaks. HELLO is always framed with version 1.
-    public static let version: UInt16 = 2
+    public static let version: UInt16 = 3
     /// The oldest protocol version this code still speaks.
     public static let minimumVersion: UInt16 = 1
     /// Size of the fixed header.
@@ -12,6 +12,8 @@ public enum Wire {
     public static let defaultMaxMessage = 65536
     /// The channel value in OPEN that means "any channel".
     public static let anyChannel: UInt32 = 0xFFFF_FFFF
+    /// HELLO feature bit 0 (version 3): shared-memory ring queues (SPEC.md §4.3, §5.10).
+    public static let featureRings: UInt64 = 1 << 0
     /// The index value in ERROR that means "not about a descriptor".
     public static let noIndex: UInt32 = 0xFFFF_FFFF
 }
@@ -31,6 +33,8 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case reserve = 0x0009
     /// (v2) Set a queue's completion-coalescing period (ioat(4) `ioat_set_interrupt_coalesce`).
     case setCoalesce = 0x000A
+    /// (v3) Turn an open queue into a shared-memory ring queue (SPEC.md §5.10).
+    case ring = 0x000B
     case helloReply = 0x8001
     case allocReply = 0x8002
     case registerReply = 0x8003
@@ -40,6 +44,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case statusReply = 0x8008
     case reserveReply = 0x8009
     case coalesceReply = 0x800A
+    case ringReply = 0x800B
     case completion = 0xC001
     case goodbye = 0xC002
     case error = 0xFFFF
@@ -51,6 +56,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     public var version: UInt16 {
         switch self {
         case .reserve, .reserveReply, .setCoalesce, .coalesceReply: 2
+        case .ring, .ringReply: 3
         default: 1
         }
     }
@@ -70,6 +76,8 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
         case .reserveReply: "RESERVE_OK"
         case .setCoalesce: "SET_COALESCE"
         case .coalesceReply: "COALESCE_OK"
+        case .ring: "RING"
+        case .ringReply: "RING_OK"
         case .helloReply: "HELLO_OK"
         case .allocReply: "ALLOC_OK"
         case .registerReply: "REGISTER_OK"

@@ -45,6 +45,15 @@ extension Message {
         case .coalesceReply(let microseconds):
             w.write(microseconds)
             w.write(UInt32(0))
+        case .ring(let queue):
+            w.write(queue)
+            w.write(UInt32(0))
+        case .ringReply(let r):
+            w.write(r.queue)
+            w.write(r.submissionEntries)
+            w.write(r.completionEntries)
+            w.write(UInt32(0))
+            w.write(r.size)
         case .submit(let s):
             w.write(s.queue)
             w.write(UInt32(s.count))
@@ -256,6 +265,18 @@ extension Message {
         case .setCoalesce:
             try expectBody(8)
             return .setCoalesce(queue: r.read()!, microseconds: r.read()!)
+        case .ring:
+            try expectBody(8)
+            let queue: UInt32 = r.read()!
+            try reserved32(r.read()!, "reserved")
+            return .ring(queue: queue)
+        case .ringReply:
+            try expectBody(24)
+            let queue: UInt32 = r.read()!
+            let sq: UInt32 = r.read()!
+            let cq: UInt32 = r.read()!
+            try reserved32(r.read()!, "reserved")
+            return .ringReply(RingReply(queue: queue, submissionEntries: sq, completionEntries: cq, size: r.read()!))
         case .coalesceReply:
             try expectBody(8)
             let microseconds: UInt32 = r.read()!

@@ -222,6 +222,22 @@ public struct CompletionView {
     }
 }
 
+/// RING_OK (SPEC.md §5.10): the ring's geometry; the memfd and the doorbell come with it.
+public struct RingReply: Hashable, Sendable {
+    public var queue: UInt32
+    public var submissionEntries: UInt32
+    public var completionEntries: UInt32
+    /// Bytes of the ring memfd, all of which the client maps.
+    public var size: UInt64
+
+    public init(queue: UInt32, submissionEntries: UInt32, completionEntries: UInt32, size: UInt64) {
+        self.queue = queue
+        self.submissionEntries = submissionEntries
+        self.completionEntries = completionEntries
+        self.size = size
+    }
+}
+
 /// ERROR (SPEC.md §7).
 public struct ErrorReply: Hashable, Sendable {
     /// The code.
@@ -269,6 +285,10 @@ public enum Message {
     case reserveReply(freeCredits: UInt32)
     /// (v2) The period now in force.
     case coalesceReply(microseconds: UInt32)
+    /// (v3) RING: turn `queue` into a ring queue (SPEC.md §5.10).
+    case ring(queue: UInt32)
+    /// (v3) RING_OK; the ring memfd and the doorbell socket travel with it.
+    case ringReply(RingReply)
     case completion(CompletionView)
     /// The server is stopping: it takes no new work, and in-flight ops have `drainMilliseconds` to finish.
     case goodbye(drainMilliseconds: UInt32)
@@ -296,6 +316,8 @@ public enum Message {
         case .statusReply: .statusReply
         case .reserveReply: .reserveReply
         case .coalesceReply: .coalesceReply
+        case .ring: .ring
+        case .ringReply: .ringReply
         case .completion: .completion
         case .goodbye: .goodbye
         case .error: .error

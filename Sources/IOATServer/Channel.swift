@@ -172,6 +172,21 @@ final class Channel {
                     queue.isScheduled = false
                     continue
                 }
+                if let refusal = op.refusal {
+                    // A refused ring descriptor: its record comes in its turn, and it counts as a failure
+                    // for the next FENCE op, which depended on it (SPEC.md §5.10.4).
+                    queue.pending.removeFirst()
+                    queue.execution.failedSinceFence = true
+                    opsFailed += 1
+                    finished.append(Finished(queue: queue, record: CompletionRecord(
+                        cookie: op.cookie, status: .refused(refusal), opcode: op.refusedOpcode, result: 0, bytesDone: 0),
+                        notify: true, accepted: op))
+                    if queue.pending.isEmpty {
+                        lane.queues.removeFirst()
+                        queue.isScheduled = false
+                    }
+                    continue
+                }
                 // SPEC.md §6.6: a FENCE op behind a failure does not run, and closes the failure window.
                 let skipped = queue.execution.failedSinceFence
                 queue.execution.failedSinceFence = false

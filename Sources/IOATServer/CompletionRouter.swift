@@ -13,6 +13,8 @@ final class CompletionRouter {
     private var flushList: [Queue] = []
     /// Queues holding records until their coalescing deadline.
     private var coalescing: [Queue] = []
+    /// Rings with records written that the next `flush` makes visible (and wakes their clients for).
+    private var ringsToPublish: [ServerRing] = []
     /// Connections written to by the last `flush`, for the loop to update what epoll watches.
     private(set) var touched: [Connection] = []
     /// Connections whose socket failed during the last `flush`, with the error, for the loop to close.
@@ -37,6 +39,19 @@ final class CompletionRouter {
                                startedAt: f.accepted.startedAt, now: now)
         guard queue.connection != nil else {
             queue.releaseOrphaned(1)
+            return
+        }
+        if let ring = queue.ring {
+            // A ring queue's record goes straight into its completion ring; its credit returns when the
+            // client consumes it. A broken ring takes no more records: the credit returns now.
+            guard ring.broken == nil, ring.consumer.push(f.record) else {
+                queue.releaseOrphaned(1)
+                return
+            }
+            if !ring.needsPublish {
+                ring.needsPublish = true
+                ringsToPublish.append(ring)
+            }
             return
         }
         queue.undelivered.append(f.record)
@@ -88,6 +103,8 @@ final class CompletionRouter {
         failed.removeAll(keepingCapacity: true)
         for queue in flushList { send(queue) }
         flushList.removeAll(keepingCapacity: true)
+        for ring in ringsToPublish { ring.publish() }
+        ringsToPublish.removeAll(keepingCapacity: true)
     }
 
     /// Sends a queue's held records as COMPLETION messages: all of them at a flush point, else only the

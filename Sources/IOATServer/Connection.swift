@@ -62,6 +62,8 @@ final class Connection: BufferLookup {
     let connectedAt: Double
     /// Negotiation and the order of checks on every packet.
     var machine: ConnectionStateMachine
+    /// Whether HELLO_OK granted ring queues (feature bit 0, version 3).
+    var ringsGranted = false
     /// The version messages are framed with: 1 until HELLO_OK, then the negotiated one.
     var version: UInt16 { machine.version }
 

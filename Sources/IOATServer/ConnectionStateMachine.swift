@@ -38,8 +38,8 @@ struct ConnectionStateMachine {
     enum Action {
         /// Send ERROR with `requestID`; then close the connection when `close` says so (SPEC.md §7).
         case refuse(ProtocolError, requestID: UInt64, close: Bool)
-        /// Answer HELLO with version `version`; the connection now speaks it.
-        case hello(version: UInt16, requestID: UInt64)
+        /// Answer HELLO with version `version`; the connection now speaks it. `offered`: the client's feature bits.
+        case hello(version: UInt16, offered: UInt64, requestID: UInt64)
         /// Carry out a request whose framing and body were checked. A SUBMIT's descriptors are not
         /// checked yet: the request handler checks each in turn (SPEC.md §6.3).
         case request(Message, requestID: UInt64)
@@ -139,7 +139,7 @@ struct ConnectionStateMachine {
         // Body.
         let message = try Message.decodeBody(type, header: header, packet: packet, maxDescriptors: maxDescriptors,
                                              validateDescriptors: false)
-        if stopping && (type == .submit || type == .alloc || type == .register || type == .open) {
+        if stopping && (type == .submit || type == .alloc || type == .register || type == .open || type == .ring) {
             throw ProtocolError(.shuttingDown, "the server is stopping and takes no new \(type.name)")
         }
         guard case .hello(let offer) = message else { return .request(message, requestID: requestID) }
@@ -149,6 +149,6 @@ struct ConnectionStateMachine {
                                 "client speaks versions \(offer.minVersion)...\(offer.maxVersion); this server speaks \(versions.lowerBound)...\(versions.upperBound)")
         }
         state = .negotiated(version: chosen)
-        return .hello(version: chosen, requestID: requestID)
+        return .hello(version: chosen, offered: offer.features, requestID: requestID)
     }
 }

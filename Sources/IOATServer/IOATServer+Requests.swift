@@ -15,9 +15,10 @@ extension IOATServer {
         case .refuse(let error, let requestID, _):
             fds.removeAll()
             refuse(connection, error, requestID: requestID)
-        case .hello(let version, let requestID):
+        case .hello(let version, let offered, let requestID):
+            connection.ringsGranted = version >= 3 && configuration.rings && offered & Wire.featureRings != 0
             let answer = HelloReply(
-                version: version, features: 0, maxMessage: UInt32(configuration.maxMessage),
+                version: version, features: connection.ringsGranted ? Wire.featureRings : 0, maxMessage: UInt32(configuration.maxMessage),
                 maxDescriptors: UInt32(configuration.maxDescriptors), maxQueueDepth: UInt32(configuration.maxQueueDepth),
                 maxQueues: UInt32(configuration.maxQueues), maxBuffers: UInt32(configuration.maxBuffers),
                 maxBufferBytes: configuration.maxBufferBytes, hugepageSize: configuration.hugepages ? hugepageSize : 0,
@@ -53,6 +54,7 @@ extension IOATServer {
             guard let queue = connection.queues[id] else {
                 throw ProtocolError(.badQueue, "SET_COALESCE on queue \(id), which is not open on this connection")
             }
+            try refuseIfRing(queue, "SET_COALESCE")
             let maximum = channels[queue.channel].engine.info.maxCoalesceMicroseconds
             guard microseconds <= maximum else {
                 throw ProtocolError(.badPeriod, "coalescing period \(microseconds) µs is above channel \(queue.channel)'s maximum of \(maximum) µs")
@@ -61,6 +63,7 @@ extension IOATServer {
             reply(connection, .coalesceReply(microseconds: microseconds), requestID: requestID)
         case .reserve(let queue, let credits, let noWait):
             try handleReserve(connection, queue: queue, credits: credits, noWait: noWait, requestID: requestID)
+        case .ring(let queue): try handleRing(connection, queue: queue, requestID: requestID)
         default: preconditionFailure("the state machine passes on requests only, and answers HELLO itself")
         }
     }
@@ -110,10 +113,19 @@ extension IOATServer {
         guard let queue = connection.queues[id] else {
             throw ProtocolError(.badQueue, "CLOSE of queue \(id), which is not open on this connection")
         }
+        if let ring = queue.ring, ring.broken == nil {
+            // Records the client consumed since the loop last looked return their credits first.
+            do throws(ProtocolError) {
+                queue.delivered(try ring.consumer.reclaim())
+            } catch {
+                breakRing(ring, error)
+            }
+        }
         guard queue.outstanding == 0 else {
             throw ProtocolError(.busy, "queue \(id) has \(queue.outstanding) ops whose completions are not delivered yet")
         }
         _ = connection.removeQueue(id)
+        if let ring = queue.ring { dropRing(ring) }
         queue.connection = nil
         channels[queue.channel].queueCount -= 1
         reply(connection, .closeReply, requestID: requestID)
@@ -125,6 +137,7 @@ extension IOATServer {
         guard let queue = connection.queues[id] else {
             throw ProtocolError(.badQueue, "RESERVE on queue \(id), which is not open on this connection")
         }
+        try refuseIfRing(queue, "RESERVE")
         guard Int(credits) <= queue.depth else {
             throw ProtocolError(.badCount, "RESERVE of \(credits) credits on queue \(id) of depth \(queue.depth)")
         }
@@ -145,6 +158,7 @@ extension IOATServer {
         guard let queue = connection.queues[submit.queue] else {
             throw ProtocolError(.badQueue, "SUBMIT to queue \(submit.queue), which is not open on this connection")
         }
+        try refuseIfRing(queue, "SUBMIT")
         guard submit.count <= queue.depth else {
             throw ProtocolError(.badCount, "SUBMIT of \(submit.count) descriptors to queue \(queue.id) of depth \(queue.depth)")
         }

@@ -23,7 +23,7 @@ public final class IOATServer: @unchecked Sendable {
     /// Delivers finished ops' records to their connections.
     let router: CompletionRouter
     private let listener: FileDescriptor
-    private let epoll: Epoll
+    let epoll: Epoll
     private let wakeup: EventFD
     private let signals: SignalFD?
     private let notifier: (any ServiceNotifier)?
@@ -62,6 +62,14 @@ public final class IOATServer: @unchecked Sendable {
     private let policySource: (@Sendable () throws(ConfigurationError) -> Policy)?
     /// A SUBMIT's resolved descriptors between validation and queueing; capacity kept across SUBMITs.
     var submitScratch: [PendingOp] = []
+    /// Ring queues, by doorbell token, and in polling order.
+    var rings: [UInt64: ServerRing] = [:]
+    var ringList: [ServerRing] = []
+    var nextRingToken: UInt64 = ringTokenBase
+    /// Descriptors copied out of a ring (once, before anything reads them), and their resolved ops.
+    let ringScratch: UnsafeMutableRawPointer
+    var ringOps: [PendingOp] = []
+    var ringOne: [PendingOp] = []
     /// Lifetime counters.
     var connectionsAccepted: UInt64 = 0
     var connectionsRefused: UInt64 = 0
@@ -74,6 +82,8 @@ public final class IOATServer: @unchecked Sendable {
     private static let signalToken: UInt64 = 3
     private static let setupToken: UInt64 = 4
     private static let firstConnectionToken: UInt64 = 16
+    /// Ring doorbells have tokens from here on (connection tokens stay far below).
+    static let ringTokenBase: UInt64 = 1 << 62
 
     /// Creates a server on `engine`. With `listener`, serves that already-listening socket (socket
     /// activation); otherwise binds `configuration.socketPath`. With `signals` (a SignalFD for SIGTERM
@@ -111,6 +121,9 @@ public final class IOATServer: @unchecked Sendable {
         budget = MemoryBudget(limit: configuration.maxTotalBufferBytes)
         nextSerial = 1
         submitScratch.reserveCapacity(configuration.maxDescriptors)
+        ringScratch = .allocate(byteCount: max(1, configuration.maxDescriptors) * Descriptor.size, alignment: 64)
+        ringOps.reserveCapacity(configuration.maxDescriptors)
+        ringOne.reserveCapacity(1)
         reapBuffer = .allocate(capacity: 256)
         reapBuffer.initialize(repeating: .empty)
         hugepageSize = Self.readHugepageSize()
@@ -124,6 +137,7 @@ public final class IOATServer: @unchecked Sendable {
 
     deinit {
         reapBuffer.deallocate()
+        ringScratch.deallocate()
     }
 
     /// The current state, readable from any thread.
@@ -178,6 +192,7 @@ public final class IOATServer: @unchecked Sendable {
                     break
                 }
             }
+            if !ringList.isEmpty && pollRings() { lastActivity = Clock.nanoseconds() }
             let polling = busyPoll > 0 && Clock.nanoseconds(since: lastActivity) < busyPoll
             if polling, channels.contains(where: { $0.engine.hasCompletions }) {
                 reapCompletions()
@@ -192,6 +207,11 @@ public final class IOATServer: @unchecked Sendable {
                 timeout = timeout < 0 ? untilTick : min(timeout, untilTick)
             }
             if timeout != 0 && !engine.armNotifier() { timeout = 0 }
+            // Before sleeping, every ring says so (NEED_WAKEUP) and is looked at once more (SPEC.md §5.10.3).
+            if timeout != 0 && !ringList.isEmpty && !armRings() {
+                timeout = 0
+                lastActivity = Clock.nanoseconds()
+            }
             let n = try epoll.wait(timeoutMilliseconds: timeout)
             if timeout != 0 { engine.disarmNotifier() }
             if n > 0 {
@@ -212,6 +232,10 @@ public final class IOATServer: @unchecked Sendable {
                 case Self.setupToken: setupsFinished()
                 case Self.signalToken: handleSignals()
                 default:
+                    if token >= Self.ringTokenBase {
+                        if let ring = rings[token] { doorbellRang(ring) }
+                        continue
+                    }
                     guard let connection = connections[token] else { continue }
                     if ready.contains(.writable) || ready.contains(.error) { connectionWritable(connection) }
                     if ready.contains(.readable) || ready.contains(.hangup) { connectionReadable(connection) }
@@ -366,6 +390,7 @@ public final class IOATServer: @unchecked Sendable {
         connections[connection.id] = nil
         parked.removeAll { $0 === connection }
         for queue in connection.queues.values {
+            if let ring = queue.ring { dropRing(ring) }
             channels[queue.channel].cancelPending(of: queue)
             channels[queue.channel].queueCount -= 1
             queue.connection = nil

@@ -32,9 +32,20 @@ struct PendingOp {
     /// Monotonic nanoseconds when the SUBMIT was accepted, and when the engine took its first piece.
     var acceptedAt: UInt64 = 0
     var startedAt: UInt64 = 0
+    /// A ring descriptor the SUBMIT path would have refused: it runs nothing and completes in its turn
+    /// with the refusal as its status (SPEC.md §5.10.4); `refusedOpcode` is its opcode byte as sent.
+    var refusal: ErrorCode? = nil
+    var refusedOpcode: UInt8 = 0
 
-    /// Whether it must wait until every earlier op of its queue has completed.
-    var isFenced: Bool { flags.contains(.fence) || opcode == .drain }
+    /// The op standing for a refused ring descriptor.
+    static func refused(_ code: ErrorCode, cookie: UInt64, opcode: UInt8) -> PendingOp {
+        PendingOp(cookie: cookie, opcode: .null, flags: [], source: nil, destination: nil, auxiliary: nil, sources: nil,
+                  segments: nil, length: 0, arg: 0, refusal: code, refusedOpcode: opcode)
+    }
+
+    /// Whether it must wait until every earlier op of its queue has completed (a refusal waits too, so
+    /// that its record comes in its turn).
+    var isFenced: Bool { flags.contains(.fence) || opcode == .drain || refusal != nil }
 }
 
 /// What the pieces of a split op have done so far; the last piece's completion turns it into one record.
@@ -70,6 +81,9 @@ final class Queue {
     /// record (a flush point) or only whole messages (the held records filled one).
     var needsFlush = false
     var flushAll = false
+    /// The shared-memory ring feeding this queue and taking its records (version 3), or nil for a queue
+    /// fed by SUBMIT.
+    var ring: ServerRing?
     /// Coalescing period (SET_COALESCE), in nanoseconds; 0 sends records at each flush point.
     var coalesceNanoseconds: UInt64 = 0
     /// When held records must go out (monotonic ns), or 0 when no flush point is waiting.

@@ -41,6 +41,8 @@ public struct ServerConfiguration: Sendable {
     /// epoll_wait. In a VM a sleeping thread costs tens of microseconds to wake; polling trades that CPU
     /// for latency. 0 disables it.
     public var busyPollMicroseconds: Int = 50
+    /// Whether version-3 clients may have shared-memory ring queues (HELLO feature bit 0, SPEC.md §5.10).
+    public var rings = true
     /// How long a graceful stop waits for in-flight ops, in milliseconds.
     public var drainTimeoutMilliseconds: Int = 5000
     /// Per-tenant (per-uid) limits and scheduling weights; replaced by a reload (SIGHUP).

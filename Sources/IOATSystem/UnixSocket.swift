@@ -100,6 +100,36 @@ public enum UnixSocket {
         return (FileDescriptor(owning: fds[0]), FileDescriptor(owning: fds[1]))
     }
 
+    /// A doorbell: a connected pair of SOCK_DGRAM sockets, one end for each side of a ring queue. Each end
+    /// is its own open file, so neither side can change the other's flags (an eventfd shared between two
+    /// processes is one open file: the client could clear O_NONBLOCK and make the server's write block).
+    public static func doorbellPair() throws(SystemError) -> (FileDescriptor, FileDescriptor) {
+        var fds: [Int32] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+            throw SystemError.current("socketpair")
+        }
+        return (FileDescriptor(owning: fds[0]), FileDescriptor(owning: fds[1]))
+    }
+
+    /// Rings a doorbell: one byte, never blocking. A full socket already rings, so EAGAIN is success;
+    /// returns false when the peer's end is gone.
+    @discardableResult
+    public static func ring(_ doorbell: FileDescriptor) -> Bool {
+        var one: UInt8 = 1
+        let n = Glibc.send(doorbell.rawValue, &one, 1, Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL))
+        return n == 1 || errno == EAGAIN || errno == EINTR
+    }
+
+    /// Empties a doorbell without blocking, reading at most `limit` rings (a peer that rings without end
+    /// costs a bounded amount per call).
+    public static func drainDoorbell(_ doorbell: FileDescriptor, limit: Int = 64) {
+        var bytes: (UInt64, UInt64) = (0, 0)
+        for _ in 0..<limit {
+            guard withUnsafeMutableBytes(of: &bytes, { recv(doorbell.rawValue, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }) > 0
+            else { return }
+        }
+    }
+
     /// Accepts one connection, non-blocking and close-on-exec; `nil` when none is waiting.
     public static func accept(_ listener: FileDescriptor) throws(SystemError) -> FileDescriptor? {
         while true {

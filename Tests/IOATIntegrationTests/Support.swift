@@ -97,11 +97,15 @@ final class RawClient {
     var buffer: UInt32 = 0
     var queue: UInt32 = 0
 
-    init(path: String, hello: Bool = true) throws {
+    /// The server's HELLO_OK, when `init` said HELLO.
+    var helloReply: HelloReply? = nil
+
+    init(path: String, hello: Bool = true, maxVersion: UInt16 = Wire.version, features: UInt64 = 0) throws {
         fd = try UnixSocket.connect(path: path)
         if hello {
-            try send(Message.hello(Hello()).encode(requestID: 1))
-            guard case .helloReply = try receive()?.message else { throw SystemError("no HELLO_OK", errno: EPROTO) }
+            try send(Message.hello(Hello(maxVersion: maxVersion, features: features)).encode(requestID: 1))
+            guard case .helloReply(let reply) = try receive()?.message else { throw SystemError("no HELLO_OK", errno: EPROTO) }
+            helloReply = reply
         }
     }
 

@@ -107,6 +107,9 @@ func fields(of message: Message) throws -> Any {
     case .reserveReply(let free): return ["free_credits": n(free)]
     case .setCoalesce(let queue, let microseconds): return ["queue": n(queue), "microseconds": n(microseconds)]
     case .coalesceReply(let microseconds): return ["microseconds": n(microseconds)]
+    case .ring(let queue): return ["queue": n(queue)]
+    case .ringReply(let r):
+        return ["queue": n(r.queue), "sq_entries": n(r.submissionEntries), "cq_entries": n(r.completionEntries), "size": n(r.size)]
     case .error(let e): return ["code": e.code.name, "index": n(e.index), "message": e.message]
     }
 }

@@ -1,0 +1,156 @@
+import DequeModule
+import IOATProtocol
+import Synchronization
+
+/// A batch submitted through a ring queue, waiting for its records.
+final class RingBatch: @unchecked Sendable {
+    var records: [CompletionRecord]
+    var filled = 0
+    /// The first descriptor the server refused, and why.
+    var refusal: (index: Int, code: ErrorCode)? = nil
+    let complete: @Sendable (IOATClient.BatchResult) -> Void
+
+    init(count: Int, complete: @escaping @Sendable (IOATClient.BatchResult) -> Void) {
+        records = Array(repeating: CompletionRecord(cookie: 0, status: .connectionLost, opcode: 0, result: 0, bytesDone: 0),
+                        count: count)
+        self.complete = complete
+    }
+
+    func finish() {
+        if let refusal {
+            complete(.failure(.refused(ProtocolError(refusal.code, "descriptor \(refusal.index) of the batch was refused by the server: \(refusal.code.name) (over a ring the batch's other descriptors ran)", index: UInt32(refusal.index)))))
+        } else {
+            complete(.success(records))
+        }
+    }
+}
+
+/// `IOATQueue` over a ring: any thread submits batches, the session's reader thread reaps records and
+/// completes batches. Records come in submission order, so the batches in flight form a queue and no
+/// record needs looking up. One lock, taken once per batch submitted and once per reaping round,
+/// never per op; nothing is allocated per op.
+final class RingFeeder: @unchecked Sendable {
+    let memory: RingMemory
+
+    /// The next `count` records belong to `batch`.
+    private struct Segment {
+        let batch: RingBatch
+        var count: Int
+    }
+    /// Descriptors that did not fit in the submission ring yet.
+    private struct Waiting {
+        let batch: RingBatch
+        let descriptors: [Descriptor]
+        var next: Int
+    }
+    private struct Shared: ~Copyable {
+        var inflight: Deque<Segment> = []
+        var backlog: Deque<Waiting> = []
+        var lost: IOATError? = nil
+    }
+    private let shared = Mutex(Shared())
+    /// Batches finished in the current reaping round (reader thread only; capacity kept).
+    private var finished: [RingBatch] = []
+
+    init(memory: RingMemory) {
+        self.memory = memory
+        finished.reserveCapacity(16)
+    }
+
+    /// Whether records are awaited.
+    var isBusy: Bool { shared.withLock { !$0.inflight.isEmpty || !$0.backlog.isEmpty } }
+
+    /// Puts a batch into the ring (what does not fit waits, in order, for room) and publishes it.
+    func submit(_ descriptors: [Descriptor], complete: @escaping @Sendable (IOATClient.BatchResult) -> Void) {
+        guard !descriptors.isEmpty else { return complete(.success([])) }
+        let batch = RingBatch(count: descriptors.count, complete: complete)
+        let failure: IOATError? = shared.withLock { s in
+            if let lost = s.lost { return lost }
+            if let code = memory.brokenCode {
+                return .refused(ProtocolError(code, "ring queue \(memory.ring.pointee.queue) was broken by the server (\(code.name))"))
+            }
+            var pushed = 0
+            if s.backlog.isEmpty {
+                while pushed < descriptors.count && memory.push(descriptors[pushed]) { pushed += 1 }
+                if pushed > 0 { s.inflight.append(Segment(batch: batch, count: pushed)) }
+            }
+            if pushed < descriptors.count { s.backlog.append(Waiting(batch: batch, descriptors: descriptors, next: pushed)) }
+            do throws(IOATError) {
+                try memory.submit()
+            } catch {
+                return error
+            }
+            return nil
+        }
+        if let failure { batch.complete(.failure(failure)) }
+    }
+
+    /// Reads every ready record into its batch, hands the slots back, moves waiting descriptors into the
+    /// room that freed, and completes finished batches (reader thread only). Returns whether anything moved.
+    func reap() -> Bool {
+        guard memory.ready > 0 || shared.withLock({ !$0.backlog.isEmpty }) else { return false }
+        var moved = false
+        shared.withLock { s in
+            let n = memory.ready
+            for i in 0..<n {
+                guard !s.inflight.isEmpty else { break }  // more records than descriptors: ignored
+                let record = memory.record(i)
+                let batch = s.inflight[s.inflight.startIndex].batch
+                batch.records[batch.filled] = record
+                if batch.refusal == nil, let code = record.status.refusal { batch.refusal = (batch.filled, code) }
+                batch.filled += 1
+                s.inflight[s.inflight.startIndex].count -= 1
+                if s.inflight[s.inflight.startIndex].count == 0 { s.inflight.removeFirst() }
+                if batch.filled == batch.records.count { finished.append(batch) }
+            }
+            if n > 0 {
+                memory.consume(n)
+                moved = true
+            }
+            // Room may have freed: waiting descriptors go in, in order.
+            var pushedAny = false
+            while !s.backlog.isEmpty {
+                let w = s.backlog[s.backlog.startIndex]
+                var next = w.next
+                while next < w.descriptors.count && memory.push(w.descriptors[next]) { next += 1 }
+                if next > w.next {
+                    s.inflight.append(Segment(batch: w.batch, count: next - w.next))
+                    pushedAny = true
+                }
+                if next < w.descriptors.count {
+                    s.backlog[s.backlog.startIndex].next = next
+                    break
+                }
+                s.backlog.removeFirst()
+            }
+            if pushedAny {
+                try? memory.submit()
+                moved = true
+            }
+        }
+        for batch in finished { batch.finish() }
+        finished.removeAll(keepingCapacity: true)
+        return moved
+    }
+
+    /// Fails every batch in flight or waiting (the connection is gone).
+    func fail(_ error: IOATError) {
+        let batches: [RingBatch] = shared.withLock { s in
+            s.lost = s.lost ?? error
+            var all = s.inflight.map(\.batch) + s.backlog.map(\.batch)
+            s.inflight.removeAll()
+            s.backlog.removeAll()
+            // A batch split over several segments appears more than once.
+            var seen = Set<ObjectIdentifier>()
+            all.removeAll { !seen.insert(ObjectIdentifier($0)).inserted }
+            return all
+        }
+        for batch in batches { batch.complete(.failure(error)) }
+    }
+
+    /// Fails every waiting batch if the server broke the ring (reader thread).
+    func failIfBroken() {
+        guard let code = memory.brokenCode else { return }
+        fail(.refused(ProtocolError(code, "ring queue \(memory.ring.pointee.queue) was broken by the server (\(code.name))")))
+    }
+}

@@ -1,0 +1,154 @@
+import IOATProtocol
+import IOATSystem
+
+/// Ring queues (SPEC.md §5.10): making them, taking descriptors out of them, sleeping and waking.
+/// A ring is only an ingress: what it yields goes through `SubmitValidator` and `accept`, the same path
+/// as a SUBMIT, and its records leave through the `CompletionRouter`.
+extension IOATServer {
+    /// RING: turns an open, idle queue into a ring queue and sends the ring memfd and doorbell.
+    func handleRing(_ connection: Connection, queue id: UInt32, requestID: UInt64) throws(ProtocolError) {
+        guard connection.ringsGranted else {
+            throw ProtocolError(.permissionDenied, "RING on queue \(id): this connection was not granted rings (HELLO feature bit 0 of version 3\(configuration.rings ? "" : "; this server has rings turned off"))")
+        }
+        guard let queue = connection.queues[id] else {
+            throw ProtocolError(.badQueue, "RING on queue \(id), which is not open on this connection")
+        }
+        guard queue.ring == nil else { throw ProtocolError(.badQueue, "queue \(id) is already a ring queue") }
+        guard queue.outstanding == 0 else {
+            throw ProtocolError(.busy, "queue \(id) has \(queue.outstanding) ops outstanding; RING needs an idle queue")
+        }
+        let token = nextRingToken
+        nextRingToken += 1
+        let made: (ServerRing, memfd: FileDescriptor, doorbell: FileDescriptor)
+        do throws(SystemError) {
+            made = try ServerRing.make(queue: queue, token: token)
+            try epoll.add(made.0.doorbell.rawValue, .readable, token: token)
+        } catch {
+            throw ProtocolError(.noMemory, "could not make the ring of queue \(id): \(error)")
+        }
+        let ring = made.0
+        queue.ring = ring
+        rings[token] = ring
+        ringList.append(ring)
+        let layout = ring.consumer.layout
+        reply(connection, .ringReply(RingReply(queue: id, submissionEntries: layout.submissionCount,
+                                               completionEntries: layout.completionCount, size: UInt64(layout.size))),
+              requestID: requestID, fds: [made.memfd, made.doorbell])
+    }
+
+    /// SUBMIT, RESERVE and SET_COALESCE are for queues fed by SUBMIT; a ring queue's client submits,
+    /// reserves (free slots) and chooses its wake-ups (cq_event) in the ring.
+    func refuseIfRing(_ queue: Queue, _ request: String) throws(ProtocolError) {
+        guard queue.ring != nil else { return }
+        throw ProtocolError(.badQueue, "\(request) on queue \(queue.id), which is a ring queue: use its ring")
+    }
+
+    /// Looks at every ring once; returns whether any moved.
+    func pollRings() -> Bool {
+        var moved = false
+        for ring in ringList where ingest(ring) { moved = true }
+        return moved
+    }
+
+    /// The client rang: empties the doorbell (a bounded amount) and looks at the ring.
+    func doorbellRang(_ ring: ServerRing) {
+        UnixSocket.drainDoorbell(ring.doorbell)
+        _ = ingest(ring)
+    }
+
+    /// Before the loop sleeps: sets NEED_WAKEUP on every ring, fences, and looks once more. Returns true
+    /// when the loop may sleep; false (every flag cleared again) when a ring moved meanwhile.
+    func armRings() -> Bool {
+        for ring in ringList where ring.broken == nil && !ring.sleeping {
+            ring.sleeping = true
+            ring.consumer.setNeedWakeup(true)
+        }
+        var moved = false
+        for ring in ringList where ingest(ring, stayAsleep: true) { moved = true }
+        if moved {
+            for ring in ringList where ring.sleeping {
+                ring.sleeping = false
+                ring.consumer.setNeedWakeup(false)
+            }
+        }
+        return !moved
+    }
+
+    /// Takes back the credits of the records the client consumed, then takes what the client published,
+    /// as far as the queue's credits go: each descriptor is copied out of shared memory once, then
+    /// validated like a SUBMIT's; one the SUBMIT path would refuse becomes a record with that refusal
+    /// (SPEC.md §5.10.4), and the queue goes on. Indices that break the ring's rules fail the queue with
+    /// RING_BROKEN. Returns whether anything moved.
+    @discardableResult
+    func ingest(_ ring: ServerRing, stayAsleep: Bool = false) -> Bool {
+        guard ring.broken == nil, let queue = ring.queue, let connection = queue.connection, !connection.isClosed else { return false }
+        if ring.sleeping && !stayAsleep {
+            ring.sleeping = false
+            ring.consumer.setNeedWakeup(false)
+        }
+        var moved = false
+        do throws(ProtocolError) {
+            let consumed = try ring.consumer.reclaim()
+            if consumed > 0 {
+                queue.delivered(consumed)
+                moved = true
+            }
+            let waiting = try ring.consumer.available()
+            // While stopping, no new work: descriptors stay in the ring (SPEC.md §5.7).
+            let count = state == .serving ? min(waiting, queue.freeCredits, configuration.maxDescriptors) : 0
+            guard count > 0 else { return moved }
+            ring.consumer.take(count, into: ringScratch)
+            resolveRingDescriptors(count, queue: queue, connection: connection)
+            ring.lastActivity = Clock.nanoseconds()
+            connection.requests += 1
+            accept(ringOps, into: queue)
+            ringOps.removeAll(keepingCapacity: true)
+            return true
+        } catch {
+            breakRing(ring, error)
+            return true
+        }
+    }
+
+    /// Validates the `count` descriptors copied into `ringScratch`, one at a time, into `ringOps`.
+    private func resolveRingDescriptors(_ count: Int, queue: Queue, connection: Connection) {
+        let validator = SubmitValidator(channel: channels[queue.channel].engine.info)
+        ringOps.removeAll(keepingCapacity: true)
+        for i in 0..<count {
+            let bytes = UnsafeRawBufferPointer(start: ringScratch + i * Descriptor.size, count: Descriptor.size)
+            do throws(ProtocolError) {
+                _ = try validator.validate(SubmitView(queue: queue.id, count: 1, body: bytes, version: connection.version),
+                                           buffers: connection, into: &ringOne)
+                ringOps.append(ringOne[0])
+            } catch {
+                connection.errors += 1
+                let cookie = bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self).littleEndian
+                ringOps.append(.refused(error.code, cookie: cookie, opcode: bytes[0]))
+            }
+            ringOne.removeAll(keepingCapacity: true)
+        }
+    }
+
+    /// Fails a ring whose client broke its rules: the code goes into the ring, an ERROR (request_id 0)
+    /// names the bad value, and the queue takes no more descriptors and writes no more records. Its ops
+    /// in the engine finish; their credits (and those of records not consumed) return, so CLOSE works.
+    func breakRing(_ ring: ServerRing, _ error: ProtocolError) {
+        guard ring.broken == nil else { return }
+        ring.markBroken(error)
+        if let queue = ring.queue { queue.delivered(ring.consumer.unconsumed) }
+        epoll.remove(ring.doorbell.rawValue)
+        UnixSocket.ring(ring.doorbell)
+        logger.warning("ring queue broken", metadata: [
+            "client": "\(ring.queue?.connection.map { "\($0.id)" } ?? "gone")", "error": "\(error.message)",
+        ])
+        if let connection = ring.queue?.connection { refuse(connection, error, requestID: 0) }
+    }
+
+    /// Forgets a ring whose queue or connection closed; its memory is unmapped when the last reference goes.
+    func dropRing(_ ring: ServerRing) {
+        if ring.broken == nil { epoll.remove(ring.doorbell.rawValue) }
+        rings[ring.token] = nil
+        ringList.removeAll { $0 === ring }
+        ring.queue = nil
+    }
+}

@@ -1,0 +1,60 @@
+import IOATProtocol
+import IOATSystem
+
+/// One ring queue's shared memory and doorbell, on the server's side (SPEC.md §5.10). The queue it
+/// belongs to is an ordinary queue after ingress: the same validator, scheduler, channel and router.
+/// Lives on the event-loop thread only.
+final class ServerRing {
+    /// The memory shared with the client, mapped here for as long as the ring exists.
+    let mapping: Mapping
+    /// The server's end of the doorbell: readable when the client rang; written to wake the client.
+    let doorbell: FileDescriptor
+    var consumer: RingConsumer
+    /// The epoll token of the doorbell.
+    let token: UInt64
+    /// The queue fed by this ring; nil once closed.
+    weak var queue: Queue?
+    /// Set when the client broke the ring's rules: no more descriptors are taken, no more records written.
+    private(set) var broken: ProtocolError? = nil
+    /// Whether NEED_WAKEUP is set in sq_flags now.
+    var sleeping = false
+    /// Whether the router wrote records that `publish` has not made visible yet.
+    var needsPublish = false
+    /// Monotonic ns of the last descriptor taken or record consumed.
+    var lastActivity: UInt64 = 0
+
+    /// Makes ring memory for `queue` (a sealed memfd: it can neither shrink nor grow) and a doorbell.
+    /// Returns the ring and the two descriptors that go to the client: the memfd and its doorbell end.
+    static func make(queue: Queue, token: UInt64) throws(SystemError) -> (ServerRing, memfd: FileDescriptor, doorbell: FileDescriptor) {
+        let layout = RingLayout(queue: queue.id, depth: UInt32(queue.depth))
+        let memfd = try Memfd.create(name: "ioatd-ring-\(queue.id)", size: UInt64(layout.size), hugepages: false)
+        try Memfd.addSeals([.shrink, .grow, .seal], to: memfd)
+        let mapping = try Mapping(fd: memfd, length: layout.size, writable: true, populate: true)
+        layout.writeHeader(to: mapping.unsafeBase)
+        let (mine, theirs) = try UnixSocket.doorbellPair()
+        try mine.setNonBlocking(true)
+        let ring = ServerRing(mapping: mapping, doorbell: mine, layout: layout, token: token)
+        ring.queue = queue
+        return (ring, memfd, theirs)
+    }
+
+    private init(mapping: Mapping, doorbell: FileDescriptor, layout: RingLayout, token: UInt64) {
+        self.mapping = mapping
+        self.doorbell = doorbell
+        self.token = token
+        consumer = RingConsumer(layout: layout, base: mapping.unsafeBase)
+    }
+
+    /// Breaks the ring: the code goes into the ring's error word; the caller sends the ERROR.
+    func markBroken(_ error: ProtocolError) {
+        guard broken == nil else { return }
+        broken = error
+        consumer.markBroken(error.code)
+    }
+
+    /// Makes the records written so far visible and wakes the client if it asked.
+    func publish() {
+        needsPublish = false
+        if consumer.publish() { UnixSocket.ring(doorbell) }
+    }
+}

@@ -1,0 +1,122 @@
+import Foundation
+import Glibc
+import CIOATRing
+@testable import IOATClient
+import IOATConformance
+import IOATProtocol
+import IOATSystem
+import Testing
+
+/// Ring queues (protocol version 3, SPEC.md §5.10) against a real ioatd.
+@Suite("ring queues")
+struct RingTests {
+    @Test("IOATQueue runs over a ring when granted: copies byte-checked, guard bytes untouched, no SUBMIT sent")
+    func queueOverRing() async throws {
+        let server = try TestServer()
+        let client = try await server.connect()
+        #expect(client.server.version == 3)
+        #expect(client.ringsGranted)
+        let a = try await client.allocate(size: 1 << 20)
+        let b = try await client.allocate(size: 1 << 20)
+        a.fillPseudoRandom(0..<(1 << 20), seed: 11)
+        b.write([UInt8](repeating: 0xA5, count: 1 << 20), at: 0)
+        let queue = try await client.openQueue(depth: 64)
+        #expect(queue.isRing)
+        let before = client.packetCounts
+        // 300 descriptors through a ring of 64 slots: the client feeds them in as room frees.
+        let ops = (0..<300).map { i in
+            Descriptor.copy(from: a.address(i * 3000 + 1), to: b.address(i * 3000 + 8), length: 2990, cookie: UInt64(1000 + i))
+        }
+        let records = try await queue.submit(ops)
+        #expect(records.map(\.cookie) == (0..<300).map { UInt64(1000 + $0) })
+        #expect(records.allSatisfy { $0.status == .success && $0.bytesDone == 2990 })
+        for i in 0..<300 {
+            #expect(b.read(at: i * 3000 + 8, count: 2990) == a.read(at: i * 3000 + 1, count: 2990), "copy \(i)")
+            #expect(b.read(at: i * 3000, count: 8) == [UInt8](repeating: 0xA5, count: 8), "guard bytes before copy \(i)")
+            #expect(b.read(at: i * 3000 + 2998, count: 2) == [0xA5, 0xA5], "guard bytes after copy \(i)")
+        }
+        // The ops went through shared memory, not the socket.
+        #expect(client.packetCounts.sent == before.sent)
+        let crc = try await queue.crc32c(of: a, length: 1 << 20)
+        #expect(crc == ReferenceCRC32C.checksum(a.read(at: 0, count: 1 << 20)))
+        try await queue.close()
+    }
+
+    @Test("a refused ring descriptor completes with its refusal as status; the queue goes on, and a FENCE behind it is NOT_ATTEMPTED")
+    func refusalsAreRecords() async throws {
+        let server = try TestServer()
+        let client = try await server.connect()
+        let a = try await client.allocate(size: 65536)
+        let b = try await client.allocate(size: 65536)
+        a.fillPseudoRandom(0..<65536, seed: 5)
+        let ring = try await client.openRing(depth: 16)
+        let ops: [Descriptor] = [
+            .copy(from: a.address(0), to: b.address(0), length: 100, cookie: 1),
+            .copy(from: a.address(0), to: BufferAddress(handle: 0xDEAD, offset: 0), length: 100, cookie: 2),  // BAD_HANDLE
+            .copy(from: a.address(65000), to: b.address(0), length: 1000, cookie: 3),  // OUT_OF_RANGE
+            .copy(from: a.address(200), to: b.address(200), length: 100, flags: .fence, cookie: 4),  // behind failures
+            .copy(from: a.address(300), to: b.address(300), length: 100, cookie: 5),
+        ]
+        for d in ops { #expect(ring.push(d)) }
+        var unknown = [UInt8](repeating: 0, count: 64)
+        unknown[0] = 99  // UNKNOWN_OPCODE
+        unknown[8] = 6   // cookie 6
+        unknown.withUnsafeBytes { #expect(ring.push(raw: $0)) }
+        try ring.submit()
+        try ring.wait(for: 6, timeoutMilliseconds: 10_000)
+        var records: [CompletionRecord] = []
+        ring.reap { records.append($0) }
+        #expect(records.map(\.cookie) == [1, 2, 3, 4, 5, 6])
+        #expect(records.map(\.status) == [.success, .refused(.badHandle), .refused(.outOfRange), .notAttempted, .success, .refused(.unknownOpcode)])
+        #expect(records[5].opcode == 99)
+        #expect(records[1].status.name == "REFUSED_BAD_HANDLE")
+        #expect(b.read(at: 0, count: 100) == a.read(at: 0, count: 100))
+        #expect(b.read(at: 200, count: 100) == [UInt8](repeating: 0, count: 100), "the NOT_ATTEMPTED copy did not run")
+        #expect(b.read(at: 300, count: 100) == a.read(at: 300, count: 100))
+        #expect(ring.brokenCode == nil)
+        try await ring.close()
+    }
+
+    @Test("indices past the ring break only that queue, with RING_BROKEN naming the value; the connection and other queues go on")
+    func brokenIndices() async throws {
+        let server = try TestServer()
+        let client = try await server.connect()
+        let a = try await client.allocate(size: 4096)
+        let b = try await client.allocate(size: 4096)
+        let bad = try await client.openRing(depth: 8)
+        let good = try await client.openQueue(depth: 8)
+        // A submission tail 1000 entries ahead of the head the server keeps.
+        ioatd_store_release(bad.memory.ring.pointee.sq_tail, 1000)
+        bad.memory.ring.pointee.sq_tail_local = 1000
+        try? bad.memory.submit()
+        _ = ioatd_ring_kick(bad.memory.ring)
+        #expect(await eventually { bad.brokenCode == .ringBroken })
+        #expect(throws: IOATError.self) { try bad.wait(for: 1, timeoutMilliseconds: 5000) }
+        a.fillPseudoRandom(0..<4096, seed: 9)
+        let record = try await good.copy(from: a, to: b, length: 4096)
+        #expect(record.status == .success)
+        #expect(b.read(at: 0, count: 4096) == a.read(at: 0, count: 4096))
+        #expect(server.log.contains("sq_tail 1000 is 1000 entries ahead of sq_head 0; the ring holds 8"))
+        try await bad.close()  // nothing outstanding: CLOSE works on a broken ring
+    }
+
+    @Test("the socket transport still runs SUBMIT and COMPLETION; a version-2 client is served without rings")
+    func socketTransport() async throws {
+        let server = try TestServer()
+        let client = try await IOATClient.connect(path: server.path, transport: .socket)
+        #expect(!client.ringsGranted)
+        let queue = try await client.openQueue(depth: 8)
+        #expect(!queue.isRing)
+        let a = try await client.allocate(size: 4096)
+        let before = client.packetCounts
+        _ = try await queue.fill(a, length: 4096, pattern: 0x0102_0304_0506_0708)
+        #expect(client.packetCounts.sent == before.sent + 1)
+        #expect(a.read(at: 8, count: 8) == [8, 7, 6, 5, 4, 3, 2, 1])
+
+        let raw = try RawClient(path: server.path, maxVersion: 2, features: Wire.featureRings)
+        #expect(raw.helloReply?.version == 2)
+        #expect(raw.helloReply?.features == 0, "rings are a version-3 feature")
+        let (code, text) = try #require(try raw.expectError(packet(.ring, body: le(UInt32(1)) + le(UInt32(0)), version: 2)))
+        #expect(code == .unknownType, "\(text)")
+    }
+}
