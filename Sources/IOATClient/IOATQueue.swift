@@ -85,7 +85,8 @@ public final class IOATQueue: Sendable {
     /// `noWait`, fails at once with NO_SPACE instead of waiting.
     @discardableResult
     public func reserve(credits: Int, noWait: Bool = false) async throws(IOATError) -> Int {
-        try await session.reserve(queue: id, credits: credits, noWait: noWait)
+        if let feeder { return try await feeder.reserve(credits: credits, noWait: noWait) }
+        return try await session.reserve(queue: id, credits: credits, noWait: noWait)
     }
 
     /// Holds the queue's completion records for up to `microseconds` after a flush point (ioat(4)

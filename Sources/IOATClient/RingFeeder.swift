@@ -47,6 +47,10 @@ final class RingFeeder: @unchecked Sendable {
         var inflight: Deque<Segment> = []
         var backlog: Deque<Waiting> = []
         var lost: IOATError? = nil
+        /// Ops submitted whose records were not reaped yet (the credits in use).
+        var outstanding = 0
+        /// `reserve` calls waiting for free credits.
+        var reservations: [(credits: Int, resume: CheckedContinuation<Result<Int, IOATError>, Never>)] = []
     }
     private let shared = Mutex(Shared())
     /// Batches finished in the current reaping round (reader thread only; capacity kept).
@@ -69,6 +73,7 @@ final class RingFeeder: @unchecked Sendable {
             if let code = memory.brokenCode {
                 return .refused(ProtocolError(code, "ring queue \(memory.ring.pointee.queue) was broken by the server (\(code.name))"))
             }
+            s.outstanding += descriptors.count
             var pushed = 0
             if s.backlog.isEmpty {
                 while pushed < descriptors.count && memory.push(descriptors[pushed]) { pushed += 1 }
@@ -105,7 +110,16 @@ final class RingFeeder: @unchecked Sendable {
             }
             if n > 0 {
                 memory.consume(n)
+                s.outstanding -= n
                 moved = true
+                let free = memory.depth - s.outstanding
+                if !s.reservations.isEmpty, free >= 0 {
+                    s.reservations.removeAll { r in
+                        guard r.credits <= free else { return false }
+                        r.resume.resume(returning: .success(free))
+                        return true
+                    }
+                }
             }
             // Room may have freed: waiting descriptors go in, in order.
             var pushedAny = false
@@ -133,10 +147,32 @@ final class RingFeeder: @unchecked Sendable {
         return moved
     }
 
+    /// Waits until the queue has `credits` free (ioat(4) `ioat_acquire_reserve`, SPEC.md §5.8), counted here:
+    /// a ring queue's credits are the records its client has reaped. The same refusals as RESERVE.
+    func reserve(credits: Int, noWait: Bool) async throws(IOATError) -> Int {
+        guard credits >= 1, credits <= memory.depth else {
+            throw .refused(ProtocolError(.badCount, "RESERVE of \(credits) credits on ring queue \(memory.ring.pointee.queue) of depth \(memory.depth)"))
+        }
+        let result: Result<Int, IOATError> = await withCheckedContinuation { c in
+            shared.withLock { s in
+                if let lost = s.lost { return c.resume(returning: .failure(lost)) }
+                let free = memory.depth - s.outstanding
+                if free >= credits { return c.resume(returning: .success(free)) }
+                if noWait {
+                    return c.resume(returning: .failure(.refused(ProtocolError(.noSpace, "ring queue \(memory.ring.pointee.queue) has \(free) free credits; RESERVE asked for \(credits) (NO_WAIT)"))))
+                }
+                s.reservations.append((credits, c))
+            }
+        }
+        return try result.get()
+    }
+
     /// Fails every batch in flight or waiting (the connection is gone).
     func fail(_ error: IOATError) {
         let batches: [RingBatch] = shared.withLock { s in
             s.lost = s.lost ?? error
+            for r in s.reservations { r.resume.resume(returning: .failure(error)) }
+            s.reservations.removeAll()
             var all = s.inflight.map(\.batch) + s.backlog.map(\.batch)
             s.inflight.removeAll()
             s.backlog.removeAll()

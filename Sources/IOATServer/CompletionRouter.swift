@@ -15,6 +15,8 @@ final class CompletionRouter {
     private var coalescing: [Queue] = []
     /// Rings with records written that the next `flush` makes visible (and wakes their clients for).
     private var ringsToPublish: [ServerRing] = []
+    /// Rings whose doorbell waits for its coalescing deadline.
+    private var coalescingRings: [ServerRing] = []
     /// Connections written to by the last `flush`, for the loop to update what epoll watches.
     private(set) var touched: [Connection] = []
     /// Connections whose socket failed during the last `flush`, with the error, for the loop to close.
@@ -48,6 +50,7 @@ final class CompletionRouter {
                 queue.releaseOrphaned(1)
                 return
             }
+            if !status.isSuccess && status != .mismatch { ring.failedSincePublish = true }
             if !ring.needsPublish {
                 ring.needsPublish = true
                 ringsToPublish.append(ring)
@@ -82,8 +85,13 @@ final class CompletionRouter {
     /// Moves queues whose coalescing deadline has passed to the flush list; returns the milliseconds until
     /// the next deadline (-1 when none).
     func expireCoalesced(now: UInt64) -> Int32 {
-        guard !coalescing.isEmpty else { return -1 }
+        guard !coalescing.isEmpty || !coalescingRings.isEmpty else { return -1 }
         var next = UInt64.max
+        coalescingRings.removeAll { ring in
+            if ring.wakeDeadline == 0 || ring.ringIfDue(now: now) { return true }
+            next = min(next, ring.wakeDeadline)
+            return false
+        }
         coalescing.removeAll { queue in
             if queue.flushDeadline == 0 || queue.connection == nil { return true }
             if queue.flushDeadline <= now {
@@ -103,8 +111,13 @@ final class CompletionRouter {
         failed.removeAll(keepingCapacity: true)
         for queue in flushList { send(queue) }
         flushList.removeAll(keepingCapacity: true)
-        for ring in ringsToPublish { ring.publish() }
-        ringsToPublish.removeAll(keepingCapacity: true)
+        if !ringsToPublish.isEmpty {
+            let now = Clock.nanoseconds()
+            for ring in ringsToPublish {
+                if ring.publish(coalesceNanoseconds: ring.queue?.coalesceNanoseconds ?? 0, now: now) { coalescingRings.append(ring) }
+            }
+            ringsToPublish.removeAll(keepingCapacity: true)
+        }
     }
 
     /// Sends a queue's held records as COMPLETION messages: all of them at a flush point, else only the

@@ -54,7 +54,6 @@ extension IOATServer {
             guard let queue = connection.queues[id] else {
                 throw ProtocolError(.badQueue, "SET_COALESCE on queue \(id), which is not open on this connection")
             }
-            try refuseIfRing(queue, "SET_COALESCE")
             let maximum = channels[queue.channel].engine.info.maxCoalesceMicroseconds
             guard microseconds <= maximum else {
                 throw ProtocolError(.badPeriod, "coalescing period \(microseconds) µs is above channel \(queue.channel)'s maximum of \(maximum) µs")

@@ -36,8 +36,8 @@ extension IOATServer {
               requestID: requestID, fds: [made.memfd, made.doorbell])
     }
 
-    /// SUBMIT, RESERVE and SET_COALESCE are for queues fed by SUBMIT; a ring queue's client submits,
-    /// reserves (free slots) and chooses its wake-ups (cq_event) in the ring.
+    /// SUBMIT and RESERVE are for queues fed by SUBMIT; a ring queue's client submits and counts its
+    /// credits in the ring.
     func refuseIfRing(_ queue: Queue, _ request: String) throws(ProtocolError) {
         guard queue.ring != nil else { return }
         throw ProtocolError(.badQueue, "\(request) on queue \(queue.id), which is a ring queue: use its ring")

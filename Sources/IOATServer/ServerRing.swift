@@ -52,9 +52,34 @@ final class ServerRing {
         consumer.markBroken(error.code)
     }
 
-    /// Makes the records written so far visible and wakes the client if it asked.
-    func publish() {
+    /// Whether a record other than SUCCESS was written since the last publish.
+    var failedSincePublish = false
+    /// When a coalesced ring of the doorbell is due (monotonic ns), or 0.
+    var wakeDeadline: UInt64 = 0
+
+    /// Makes the records written so far visible and wakes the client if it asked: at once, or, with a
+    /// coalescing period (SET_COALESCE), up to that period after the first record it asked for, unless
+    /// a failure came (SPEC.md §5.9). Returns true when a coalesced ring is now due later.
+    func publish(coalesceNanoseconds: UInt64, now: UInt64) -> Bool {
         needsPublish = false
-        if consumer.publish() { UnixSocket.ring(doorbell) }
+        let failed = failedSincePublish
+        failedSincePublish = false
+        guard consumer.publish() || wakeDeadline != 0 else { return false }
+        if coalesceNanoseconds == 0 || failed {
+            wakeDeadline = 0
+            UnixSocket.ring(doorbell)
+            return false
+        }
+        guard wakeDeadline == 0 else { return false }
+        wakeDeadline = now + coalesceNanoseconds
+        return true
+    }
+
+    /// Rings a coalesced wake-up whose time has come.
+    func ringIfDue(now: UInt64) -> Bool {
+        guard wakeDeadline != 0, wakeDeadline <= now else { return false }
+        wakeDeadline = 0
+        UnixSocket.ring(doorbell)
+        return true
     }
 }

@@ -46,8 +46,9 @@ struct RingTests {
     func refusalsAreRecords() async throws {
         let server = try TestServer()
         let client = try await server.connect()
-        let a = try await client.allocate(size: 65536)
-        let b = try await client.allocate(size: 65536)
+        // 4 KiB pages, so the buffers are exactly 64 KiB (hugepages would round them up).
+        let a = try await client.allocate(size: 65536, pages: .normal)
+        let b = try await client.allocate(size: 65536, pages: .normal)
         a.fillPseudoRandom(0..<65536, seed: 5)
         let ring = try await client.openRing(depth: 16)
         let ops: [Descriptor] = [

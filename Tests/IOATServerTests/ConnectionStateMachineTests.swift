@@ -59,14 +59,14 @@ struct ConnectionStateMachineTests {
     @Test("before HELLO every request type, RESERVE and SET_COALESCE included, whatever version frames it, is NOT_NEGOTIATED")
     func beforeHello() {
         for type in MessageType.allCases where type.isRequest && type != .hello {
-            for version: UInt16 in [1, 2] {
+            for version: UInt16 in [1, 2, 3] {
                 var m = machine()
                 let r = m.refusal(packet(type, version: version))
                 #expect(r?.code == .notNegotiated && r?.close == false, "\(type.name) framed with version \(version): \(String(describing: r))")
             }
         }
         var m = machine()
-        #expect(m.refusal(packet(.status, version: 3))! == (.unsupportedVersion, true, 7), "a version the server does not speak")
+        #expect(m.refusal(packet(.status, version: 4))! == (.unsupportedVersion, true, 7), "a version the server does not speak")
         #expect(m.state == .closing)
     }
 
@@ -78,14 +78,21 @@ struct ConnectionStateMachineTests {
         #expect(m.refusal(Message.hello(Hello()).encode(requestID: 3))! == (.alreadyNegotiated, false, 3))
         #expect(m.refusal(packet(.status, version: 2))! == (.unsupportedVersion, true, 7), "framed with another version than negotiated")
         var v2 = machine()
-        v2.negotiate()
+        v2.negotiate(max: 2)
         let reserve = le(UInt32(5)) + le(UInt32(1)) + le(UInt32(0)) + le(UInt32(0))
         #expect(v2.refusal(packet(.reserve, body: reserve, version: 2)) == nil)
+        let ring = le(UInt32(5)) + le(UInt32(0))
+        #expect(v2.refusal(packet(.ring, body: ring, version: 2))?.code == .unknownType, "a v3 type on a v2 connection")
+        var v3 = machine()
+        v3.negotiate()
+        #expect(v3.version == 3)
+        #expect(v3.refusal(packet(.ring, body: ring, version: 3)) == nil)
+        #expect(v3.refusal(packet(.ring, body: le(UInt32(5)) + le(UInt32(1)), version: 3))?.code == .reservedNotZero)
         var v1 = machine()
         v1.negotiate(max: 1)
         #expect(v1.refusal(packet(.reserve, body: reserve, version: 1))?.code == .unknownType, "a v2 type on a v1 connection")
-        #expect(v2.refusal(packet(.helloReply))?.code == .unexpectedType)
-        #expect(v2.refusal(packet(.completion), descriptors: 1)?.code == .unexpectedType, "the type is checked before descriptors")
+        #expect(v3.refusal(packet(.helloReply))?.code == .unexpectedType)
+        #expect(v3.refusal(packet(.completion), descriptors: 1)?.code == .unexpectedType, "the type is checked before descriptors")
     }
 
     @Test("descriptors: REGISTER needs exactly one (more than the cap is MISSING_FD too); others take none; foreign control is UNEXPECTED_FD")
@@ -137,7 +144,7 @@ struct ConnectionStateMachineTests {
         bad[0] = 0x58
         #expect(m.refusal(bad)! == (.badMagic, true, 42))
         var old = machine()
-        let hello = Message.hello(Hello(minVersion: 3, maxVersion: 9)).encode(requestID: 5)
+        let hello = Message.hello(Hello(minVersion: 4, maxVersion: 9)).encode(requestID: 5)
         #expect(old.refusal(hello)! == (.unsupportedVersion, true, 5))
     }
 }
