@@ -74,7 +74,7 @@ run-dpdk: deps-dpdk
 ## are repeated at the end, where a CI log's tail shows them. Processes the tests started and a crash
 ## left running are killed afterwards (they carry IOATD_TEST_RUN in their environment).
 test: deps deps-dpdk deps-test
-	$(MAKE) fuzz FUZZ_SECONDS=20
+	$(MAKE) fuzz FUZZ_SECONDS=15
 	$(SWIFT) build --build-tests --traits DPDK
 	@mkdir -p .build
 	IOATD_TEST_RUN=$$$$ SWIFT_BACKTRACE=enable=no timeout 1800 $(SWIFT) test --skip-build --traits DPDK --skip ResourceTests 2>&1 \
@@ -110,17 +110,24 @@ check-plain-build: deps
 		if [ $$status -ne 2 ] || ! grep -q "built without it" <<< "$$out"; then echo "plain build: --engine dpdk gave $$status: $$out"; exit 1; fi
 	@echo "plain build (no DPDK trait): links no DPDK library; --engine dpdk refused with exit 2"
 
-## fuzz: libFuzzer over the wire decoder and validator for FUZZ_SECONDS, seeded from protocol/vectors.
-## A crash leaves its input in .build/fuzz/crash-*: turn it into a vector in protocol/vectors/generate.py.
+## fuzz: libFuzzer for FUZZ_SECONDS each over the wire decoder and validator (seeded from
+## protocol/vectors) and over the server's side of a ring queue, whose memory a hostile client rewrites
+## between its steps. A crash leaves its input in .build/fuzz/crash-* (decoder: turn it into a vector in
+## protocol/vectors/generate.py) or .build/fuzz/ring-crash-*.
 FUZZ_SECONDS ?= 300
+FUZZ_FLAGS = -O -sanitize=fuzzer,address -parse-as-library -module-name IOATProtocol -I Sources/CIOATRing/include
 fuzz: deps
-	mkdir -p .build/fuzz
-	swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name IOATProtocol \
-		Sources/IOATProtocol/*.swift Tests/fuzz/FuzzDecode.swift -o .build/fuzz/fuzz-decode \
+	mkdir -p .build/fuzz .build/fuzz/ring-corpus
+	swiftc $(FUZZ_FLAGS) Sources/IOATProtocol/*.swift Tests/fuzz/FuzzDecode.swift -o .build/fuzz/fuzz-decode \
 		2> .build/fuzz/build.log || { cat .build/fuzz/build.log; exit 1; }
+	swiftc $(FUZZ_FLAGS) Sources/IOATProtocol/*.swift Tests/fuzz/FuzzRing.swift -o .build/fuzz/fuzz-ring \
+		2> .build/fuzz/build-ring.log || { cat .build/fuzz/build-ring.log; exit 1; }
 	python3 Tests/fuzz/seed.py .build/fuzz/corpus
 	SWIFT_BACKTRACE=enable=no .build/fuzz/fuzz-decode -max_total_time=$(FUZZ_SECONDS) -max_len=65560 \
 		-artifact_prefix=.build/fuzz/ -print_final_stats=1 .build/fuzz/corpus 2>&1 | grep -E '^(Done|stat::number_of_executed_units|==|SUMMARY|.*ERROR)' ; \
+		test $${PIPESTATUS[0]} -eq 0
+	SWIFT_BACKTRACE=enable=no .build/fuzz/fuzz-ring -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+		-artifact_prefix=.build/fuzz/ring- -print_final_stats=1 .build/fuzz/ring-corpus 2>&1 | grep -E '^(Done|stat::number_of_executed_units|==|SUMMARY|.*ERROR)' ; \
 		test $${PIPESTATUS[0]} -eq 0
 
 ## vectors: regenerate protocol/vectors from the Python encoder.

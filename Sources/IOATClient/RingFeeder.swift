@@ -6,8 +6,12 @@ import Synchronization
 final class RingBatch: @unchecked Sendable {
     var records: [CompletionRecord]
     var filled = 0
-    /// The first descriptor the server refused, and why.
-    var refusal: (index: Int, code: ErrorCode)? = nil
+    /// The first descriptor the server refused: its place in the batch, its ring entry, why, and the
+    /// server's text once its ERROR arrived.
+    var refusal: (index: Int, entry: UInt32, code: ErrorCode)? = nil
+    var refusalText: String? = nil
+    /// Reaping rounds this batch has waited for its refusal's text.
+    var roundsWaited = 0
     let complete: @Sendable (IOATClient.BatchResult) -> Void
 
     init(count: Int, complete: @escaping @Sendable (IOATClient.BatchResult) -> Void) {
@@ -16,9 +20,15 @@ final class RingBatch: @unchecked Sendable {
         self.complete = complete
     }
 
+    /// Completes the batch: its records, or the first refusal, told as the SUBMIT path tells it
+    /// ("descriptor i: what was wrong"), with the server's text when it came.
     func finish() {
         if let refusal {
-            complete(.failure(.refused(ProtocolError(refusal.code, "descriptor \(refusal.index) of the batch was refused by the server: \(refusal.code.name) (over a ring the batch's other descriptors ran)", index: UInt32(refusal.index)))))
+            let why = refusalText.map { text in
+                // "queue Q, ring entry E: <why>" → "<why>"
+                text.range(of: ": ").map { String(text[$0.upperBound...]) } ?? text
+            } ?? "refused by the server (\(refusal.code.name))"
+            complete(.failure(.refused(ProtocolError(refusal.code, "descriptor \(refusal.index): \(why)", index: UInt32(refusal.index)))))
         } else {
             complete(.success(records))
         }
@@ -49,12 +59,25 @@ final class RingFeeder: @unchecked Sendable {
         var lost: IOATError? = nil
         /// Ops submitted whose records were not reaped yet (the credits in use).
         var outstanding = 0
+        /// Texts of refused ring entries, from the server's ERRORs, until their batches take them.
+        var refusalTexts: [UInt32: String] = [:]
         /// `reserve` calls waiting for free credits.
         var reservations: [(credits: Int, resume: CheckedContinuation<Result<Int, IOATError>, Never>)] = []
     }
     private let shared = Mutex(Shared())
     /// Batches finished in the current reaping round (reader thread only; capacity kept).
     private var finished: [RingBatch] = []
+    /// Finished batches with a refusal whose text has not come yet (reader thread only). The server sends
+    /// the ERROR before the record is visible, so it is in the socket by the next round.
+    private var awaitingText: [RingBatch] = []
+
+    /// Whether a batch waits for its refusal's text (the reader then does not sleep).
+    var hasAwaitingText: Bool { !awaitingText.isEmpty }
+
+    /// The server's text for a refused ring entry (reader thread, from an unsolicited ERROR).
+    func noteRefusal(entry: UInt32, message: String) {
+        shared.withLock { $0.refusalTexts[entry] = message }
+    }
 
     init(memory: RingMemory) {
         self.memory = memory
@@ -93,20 +116,40 @@ final class RingFeeder: @unchecked Sendable {
     /// Reads every ready record into its batch, hands the slots back, moves waiting descriptors into the
     /// room that freed, and completes finished batches (reader thread only). Returns whether anything moved.
     func reap() -> Bool {
-        guard memory.ready > 0 || shared.withLock({ !$0.backlog.isEmpty }) else { return false }
+        guard memory.ready > 0 || !awaitingText.isEmpty || shared.withLock({ !$0.backlog.isEmpty }) else { return false }
         var moved = false
         shared.withLock { s in
+            // Refused batches from earlier rounds take their texts (or give up waiting after two rounds).
+            for batch in awaitingText {
+                batch.roundsWaited += 1
+                if let refusal = batch.refusal { batch.refusalText = s.refusalTexts.removeValue(forKey: refusal.entry) }
+                if batch.refusalText != nil || batch.roundsWaited > 2 { finished.append(batch) }
+            }
+            awaitingText.removeAll { $0.refusalText != nil || $0.roundsWaited > 2 }
             let n = memory.ready
+            // Records come in submission order, one per descriptor: record i is ring entry head + i.
+            let head = memory.ring.pointee.cq_head_local
             for i in 0..<n {
                 guard !s.inflight.isEmpty else { break }  // more records than descriptors: ignored
                 let record = memory.record(i)
                 let batch = s.inflight[s.inflight.startIndex].batch
                 batch.records[batch.filled] = record
-                if batch.refusal == nil, let code = record.status.refusal { batch.refusal = (batch.filled, code) }
+                if batch.refusal == nil, let code = record.status.refusal {
+                    batch.refusal = (batch.filled, head &+ UInt32(i), code)
+                }
                 batch.filled += 1
                 s.inflight[s.inflight.startIndex].count -= 1
                 if s.inflight[s.inflight.startIndex].count == 0 { s.inflight.removeFirst() }
-                if batch.filled == batch.records.count { finished.append(batch) }
+                if batch.filled == batch.records.count {
+                    if let refusal = batch.refusal {
+                        batch.refusalText = s.refusalTexts.removeValue(forKey: refusal.entry)
+                        if batch.refusalText == nil {
+                            awaitingText.append(batch)
+                            continue
+                        }
+                    }
+                    finished.append(batch)
+                }
             }
             if n > 0 {
                 memory.consume(n)

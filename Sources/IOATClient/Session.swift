@@ -195,8 +195,9 @@ final class Session: Sendable {
                 }
                 if !polling { for feeder in rings { feeder.memory.disarm() } }
                 guard let client = self else { return }
-                client.reapRings()
+                // The socket first: a refused ring entry's ERROR is sent before its record is visible.
                 guard client.serviceSocket(ready.isEmpty ? [] : Array(ready.prefix(2)), pending: pending, polling: polling, buffer) else { return }
+                client.reapRings()
             }
         }
         reader.withLock { $0 = thread }
@@ -484,7 +485,7 @@ final class Session: Sendable {
         let rings = feeders.withLock { $0 }
         let polling = busyPollNanoseconds > 0 && Clock.nanoseconds(since: lastActivity.load(ordering: .relaxed)) < busyPollNanoseconds
             && (rings.contains(where: \.isBusy) || state.withLock { !$0.batches.isEmpty || !$0.replies.isEmpty })
-        return (pending, polling, rings)
+        return (pending, polling || rings.contains(where: \.hasAwaitingText), rings)
     }
 
     /// Reads every ring queue's records and completes its batches (reader thread).
@@ -558,6 +559,14 @@ final class Session: Sendable {
                 }
             }
             for batch in finished { batch.complete(.success(batch.records)) }
+        case .error(let e) where header.requestID == 0 && e.queue != 0:
+            // About a ring queue (SPEC.md §5.10): a refused entry's text, or the ring broken.
+            guard let feeder = feeders.withLock({ $0.first { $0.memory.ring.pointee.queue == e.queue } }) else { return }
+            if e.code == .ringBroken {
+                feeder.fail(.refused(ProtocolError(e.code, e.message)))
+            } else {
+                feeder.noteRefusal(entry: e.index, message: e.message)
+            }
         case .error(let e):
             let error = IOATError.refused(ProtocolError(e.code, e.message, index: e.index == Wire.noIndex ? nil : e.index))
             let (reply, batch): (CheckedContinuation<Reply, any Error>?, Batch?) = state.withLock { s in

@@ -113,7 +113,7 @@ extension Message {
             w.write(e.code.rawValue)
             w.write(e.index)
             w.write(UInt32(text.count))
-            w.write(UInt32(0))
+            w.write(version >= 3 ? e.queue : 0)
             w.write(bytes: text)
         }
         w.set(UInt32(w.bytes.count), at: 8)
@@ -362,14 +362,16 @@ extension Message {
             let code = ErrorCode(rawValue: r.read()!)
             let index: UInt32 = r.read()!
             let textLength: UInt32 = r.read()!
-            try reserved32(r.read()!, "reserved")
+            // Version 3 names the ring queue of an unsolicited ERROR here; before, the field is reserved.
+            let queue: UInt32 = r.read()!
+            if header.version < 3 { try reserved32(queue, "reserved") }
             guard Int(textLength) == r.remaining else {
                 throw ProtocolError(.malformed, "ERROR says \(textLength) text bytes but carries \(r.remaining)")
             }
             guard let text = String(validating: r.readBytes(r.remaining)!, as: UTF8.self) else {
                 throw ProtocolError(.malformed, "ERROR text is not UTF-8")
             }
-            return .error(ErrorReply(code: code, index: index, message: text))
+            return .error(ErrorReply(code: code, index: index, message: text, queue: queue))
         }
     }
 }

@@ -246,11 +246,15 @@ public struct ErrorReply: Hashable, Sendable {
     public var index: UInt32
     /// What went wrong, naming the bad value.
     public var message: String
+    /// (v3) The ring queue an unsolicited ERROR is about (a refused ring descriptor, whose ring entry is
+    /// `index`, or RING_BROKEN); 0 otherwise (SPEC.md §7).
+    public var queue: UInt32
     /// Creates a reply.
-    public init(code: ErrorCode, index: UInt32 = Wire.noIndex, message: String) {
+    public init(code: ErrorCode, index: UInt32 = Wire.noIndex, message: String, queue: UInt32 = 0) {
         self.code = code
         self.index = index
         self.message = message
+        self.queue = queue
     }
     /// The reply for a refused request.
     public init(_ error: ProtocolError) {

@@ -95,10 +95,17 @@ extension IOATServer {
             }
             let waiting = try ring.consumer.available()
             // While stopping, no new work: descriptors stay in the ring (SPEC.md §5.7).
-            let count = state == .serving ? min(waiting, queue.freeCredits, configuration.maxDescriptors) : 0
+            // Output the socket would not take (refusal texts, say) holds the ring back, as it holds a
+            // connection's requests back (SPEC.md §8).
+            let count = state == .serving && connection.backlog.isEmpty ? min(waiting, queue.freeCredits, configuration.maxDescriptors) : 0
             guard count > 0 else { return moved }
+            let firstEntry = ring.consumer.submissionHead
             ring.consumer.take(count, into: ringScratch)
-            resolveRingDescriptors(count, queue: queue, connection: connection)
+            resolveRingDescriptors(count, firstEntry: firstEntry, queue: queue, connection: connection)
+            guard !connection.isClosed else {
+                ringOps.removeAll(keepingCapacity: true)
+                return true
+            }
             ring.lastActivity = Clock.nanoseconds()
             connection.requests += 1
             accept(ringOps, into: queue)
@@ -110,8 +117,10 @@ extension IOATServer {
         }
     }
 
-    /// Validates the `count` descriptors copied into `ringScratch`, one at a time, into `ringOps`.
-    private func resolveRingDescriptors(_ count: Int, queue: Queue, connection: Connection) {
+    /// Validates the `count` descriptors copied into `ringScratch`, one at a time, into `ringOps`. A
+    /// refusal's text goes to the client in an ERROR naming the queue and the ring entry (SPEC.md §5.10.4),
+    /// sent before its record is visible.
+    private func resolveRingDescriptors(_ count: Int, firstEntry: UInt32, queue: Queue, connection: Connection) {
         let validator = SubmitValidator(channel: channels[queue.channel].engine.info)
         ringOps.removeAll(keepingCapacity: true)
         for i in 0..<count {
@@ -124,6 +133,13 @@ extension IOATServer {
                 connection.errors += 1
                 let cookie = bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self).littleEndian
                 ringOps.append(.refused(error.code, cookie: cookie, opcode: bytes[0]))
+                let entry = firstEntry &+ UInt32(i)
+                // The validator speaks of "descriptor 0" (it saw one); the ring entry is what names it here.
+                let what = error.message.hasPrefix("descriptor 0: ") ? String(error.message.dropFirst(14)) : error.message
+                reply(connection, .error(ErrorReply(code: error.code, index: entry,
+                                                    message: "queue \(queue.id), ring entry \(entry): \(what)", queue: queue.id)),
+                      requestID: 0)
+                if connection.isClosed { return }
             }
             ringOne.removeAll(keepingCapacity: true)
         }
@@ -141,7 +157,10 @@ extension IOATServer {
         logger.warning("ring queue broken", metadata: [
             "client": "\(ring.queue?.connection.map { "\($0.id)" } ?? "gone")", "error": "\(error.message)",
         ])
-        if let connection = ring.queue?.connection { refuse(connection, error, requestID: 0) }
+        if let connection = ring.queue?.connection {
+            connection.errors += 1
+            reply(connection, .error(ErrorReply(code: error.code, message: error.message, queue: ring.consumer.layout.queue)), requestID: 0)
+        }
     }
 
     /// Forgets a ring whose queue or connection closed; its memory is unmapped when the last reference goes.

@@ -54,11 +54,24 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "ioatd socket path (default: $IOATD_SOCKET, else the per-user or system default).")
     var socket: String?
 
-    func connect() async throws -> IOATClient {
+    func connect(transport: IOATClient.Transport = .automatic) async throws -> IOATClient {
         do {
-            return try await IOATClient.connect(path: socket)
+            return try await IOATClient.connect(path: socket, transport: transport)
         } catch {
             throw CLIError("cannot connect to ioatd at \(socket ?? SocketPath.forClient()): \(error)")
+        }
+    }
+}
+
+/// Which transports a command runs over: `ring`, `socket`, or `both` (each in turn, in one run).
+enum TransportChoice: String, ExpressibleByArgument, CaseIterable {
+    case ring, socket, both
+
+    var transports: [IOATClient.Transport] {
+        switch self {
+        case .ring: [.ring]
+        case .socket: [.socket]
+        case .both: [.ring, .socket]
         }
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import IOATClient
 import IOATConformance
 
 struct SelfTest: AsyncParsableCommand {
@@ -14,9 +15,22 @@ struct SelfTest: AsyncParsableCommand {
     @Option(help: "Channel to test (default: the server picks).")
     var channel: UInt32?
 
+    @Option(help: "Transport to run the suite over: ring (shared-memory rings, protocol version 3), socket (SUBMIT and COMPLETION messages), or both, one after the other.")
+    var transport: TransportChoice = .both
+
     func run() async throws {
-        let client = try await connection.connect()
-        print("ioatctl test: server \(client.path), \(client.server.channels.count) channel(s), seed \(seed)")
+        var failed = 0
+        for t in transport.transports {
+            let client = try await connection.connect(transport: t)
+            print("ioatctl test: server \(client.path), \(client.server.channels.count) channel(s), transport \(t.rawValue), seed \(seed)")
+            failed += await runSuite(client)
+            client.close()
+        }
+        if failed > 0 { throw ExitCode(1) }
+    }
+
+    /// Runs the suite over one connection and prints each case; returns the failures.
+    private func runSuite(_ client: IOATClient) async -> Int {
         let suite = ConformanceSuite(iterations: iterations, seed: seed, channel: channel)
         var progress = Progress()
         var finished = 0
@@ -31,6 +45,6 @@ struct SelfTest: AsyncParsableCommand {
         let skipped = results.filter(\.skipped).count
         let failed = results.filter { !$0.passed && !$0.skipped }.count
         print("\(results.count - failed - skipped) passed, \(failed) failed" + (skipped > 0 ? ", \(skipped) skipped" : ""))
-        if failed > 0 { throw ExitCode(1) }
+        return failed
     }
 }

@@ -56,7 +56,8 @@ struct DPDKTests {
         let server = try dpdkServer()
         let (status, out) = try runTool("ioatctl", ["test", "--socket", server.path, "--iterations", "100"])
         #expect(status == 0, "\(out)\n\(server.log)")
-        #expect(out.contains(" passed, 0 failed"))
+        #expect(out.components(separatedBy: " passed, 0 failed").count == 3, "both transports: \(out)")
+        #expect(out.contains("transport ring") && out.contains("transport socket"))
 
         let client = try await server.connect()
         let doc = try await statusDocument(client)

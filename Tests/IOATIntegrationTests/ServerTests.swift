@@ -35,10 +35,10 @@ struct ServerTests {
         #expect(SocketPath.resolved(environment: [:], uid: 5) == "/tmp/ioatd-5.sock")
     }
 
-    @Test("completions of many queued ops arrive batched, in order, with INT_EN only on the last")
+    @Test("over the socket, completions of many queued ops arrive batched, in order, with INT_EN only on the last")
     func batchedCompletions() async throws {
         let server = try TestServer()
-        let client = try await server.connect()
+        let client = try await IOATClient.connect(path: server.path, transport: .socket)
         let a = try await client.allocate(size: 1 << 20)
         let b = try await client.allocate(size: 1 << 20)
         let queue = try await client.openQueue(depth: 256)

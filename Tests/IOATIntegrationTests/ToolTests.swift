@@ -11,7 +11,9 @@ struct ToolTests {
         let server = try TestServer()
         let (status, out) = try runTool("ioatctl", ["test", "--socket", server.path, "--iterations", "50"])
         #expect(status == 0, "\(out)")
-        #expect(out.contains(" passed, 0 failed"))
+        // Both transports, each whole: the default is --transport both.
+        #expect(out.components(separatedBy: " passed, 0 failed").count == 3, "\(out)")
+        #expect(out.contains("transport ring") && out.contains("transport socket"))
     }
 
     @Test("ioatctl crc32c prints the CRC of each file, honouring IOATD_SOCKET")
