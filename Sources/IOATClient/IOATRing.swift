@@ -8,9 +8,10 @@ import IOATSystem
 /// order with each descriptor's own cookie; a descriptor the server refused comes back as a record whose
 /// status is `.refused(code)` and the queue goes on.
 ///
-/// Not thread-safe: one thread pushes, submits, waits and reaps (as with liburing's `io_uring`). For many
-/// threads, callbacks or async use, `IOATQueue` does the same over the same rings.
-public final class IOATRing {
+/// Not thread-safe: one thread at a time pushes, submits, waits and reaps (as with liburing's `io_uring`);
+/// it may be handed to another thread. For many threads, callbacks or async use, `IOATQueue` does the
+/// same over the same rings.
+public final class IOATRing: @unchecked Sendable {
     /// The server's id for the queue.
     public let id: UInt32
     /// The channel it runs on.

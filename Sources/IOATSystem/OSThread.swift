@@ -42,6 +42,15 @@ public final class OSThread: @unchecked Sendable {
         pthread_detach(handle)
     }
 
+    /// Runs `body` on a thread of its own (not the cooperative pool, which a polling loop would starve)
+    /// and returns what it returned, or throws what it threw.
+    public static func run<T: Sendable>(name: String, _ body: @escaping @Sendable () throws -> T) async throws -> T {
+        let result: Result<T, any Error> = await withCheckedContinuation { c in
+            detached(name: name) { c.resume(returning: Result { try body() }) }
+        }
+        return try result.get()
+    }
+
     /// Runs `body` on a new thread that cleans up after itself (nobody joins it).
     public static func detached(name: String, _ body: @escaping @Sendable () -> Void) {
         OSThread(name: name, body).detach()

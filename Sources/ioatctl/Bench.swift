@@ -11,9 +11,13 @@ struct Bench: AsyncParsableCommand {
         discussion: """
             The baseline runs the same kernel (memmove, the fill kernel, ISA-L crc32_iscsi) in this process on
             the same shared buffers; the ratio is ioatd throughput / baseline throughput. The small-op line
-            submits 64-byte copies in batches and reports ops per second and socket packets per op.
+            submits 64-byte copies in batches and reports ops per second, client+server CPU per op (from
+            /proc) and socket packets per op. With --transport both (the default) every figure is measured
+            over shared-memory rings and over the socket, one after the other in the same run.
             """)
     @OptionGroup var connection: ConnectionOptions
+    @Option(help: "Transport: ring (shared-memory rings, protocol version 3), socket (SUBMIT and COMPLETION messages), or both.")
+    var transport: TransportChoice = .both
     @Option(help: "Transfer sizes (K, M suffixes).")
     var sizes = "4K,64K,1M,16M,64M"
     @Option(help: "Ops: copy, fill, crc32c.")
@@ -89,9 +93,13 @@ struct Bench: AsyncParsableCommand {
         var batch: Int
         var batchesInFlight: Int
         var baselineOpsPerSecond: Double
-        var ioatdOpsPerSecond: Double
+        var opsPerS: Double
         var ratio: Double
         var packetsPerOp: Double
+        /// Client and server CPU time per op (user + system, from /proc), in µs.
+        var cpuUsPerOp: Double
+        var clientCpuUsPerOp: Double
+        var serverCpuUsPerOp: Double
     }
 
     /// Round trips at queue depth 1, in microseconds.
@@ -104,18 +112,22 @@ struct Bench: AsyncParsableCommand {
     struct QD1: Codable {
         var ops: Int
         var nullUs: Percentiles
+        /// 64-byte COPY round trips, one at a time.
+        var copy64Us: Percentiles
         /// The floor of any socket transport, in the same run: 64-byte round trips between two threads of
         /// this process over a SOCK_SEQPACKET socketpair, both sides polling.
         var barePingPongUs: Percentiles
     }
 
     struct Report: Codable {
+        /// "ring" or "socket".
+        var transport: String
         var engine: String
         var channels: Int
         var hugepages: Bool
         var qd1: QD1?
         var rows: [Row]
-        var smallOps: SmallOps?
+        var small: SmallOps?
     }
 
     static func parseSize(_ s: Substring) throws -> Int {
@@ -131,40 +143,78 @@ struct Bench: AsyncParsableCommand {
         let opList = ops.split(separator: ",").map(String.init)
         for op in opList where !["copy", "fill", "crc32c"].contains(op) { throw ValidationError("unknown op \(op)") }
         guard depth > 0 else { throw ValidationError("--depth must be above 0") }
-        let largest = sizeList.max() ?? 4096
+        var reports: [Report] = []
+        for t in transport.transports { reports.append(try await measure(over: t, sizes: sizeList, ops: opList)) }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            encoder.keyEncodingStrategy = .convertToSnakeCase
+            print(String(decoding: try encoder.encode(reports), as: UTF8.self))
+        }
+        if csv { print(Self.csv(reports), terminator: "") }
+        if let plot {
+            let svg = Self.plot(reports, title: "ioatd bench: engine \(reports[0].engine), depth \(depth), \(reports[0].hugepages ? "hugepages" : "4 KiB pages")")
+            do {
+                try Data(svg.utf8).write(to: URL(fileURLWithPath: plot))
+            } catch {
+                throw CLIError("cannot write \(plot): \(error.localizedDescription)")
+            }
+            if !json && !csv { print("\nchart: \(plot)") }
+        }
+    }
+
+    /// Every figure over one transport, each beside its baseline from the same rounds.
+    func measure(over transport: IOATClient.Transport, sizes sizeList: [Int], ops opList: [String]) async throws -> Report {
+        let largest = max(sizeList.max() ?? 4096, smallBatch * 128)
         let queueDepth = max(depth, smallBatch * 4)
-        let main = try await Target.open(try await connection.connect(), size: largest, channel: channel, depth: queueDepth)
+        let client = try await connection.connect(transport: transport)
+        defer { client.close() }
+        let main = try await Target.open(client, size: largest, channel: channel, depth: queueDepth)
         var other: Target? = nil
         if let beside {
             let client: IOATClient
             do {
-                client = try await IOATClient.connect(path: beside)
+                client = try await IOATClient.connect(path: beside, transport: transport)
             } catch {
                 throw CLIError("cannot connect to the --beside ioatd at \(beside): \(error)")
             }
             other = try await Target.open(client, size: largest, channel: nil, depth: queueDepth)
         }
-        let (client, src, dst, queue) = (main.client, main.src, main.dst, main.queue)
-        var report = Report(engine: main.engine, channels: client.server.channels.count, hugepages: src.isHugepageBacked, rows: [])
+        let (src, dst, queue) = (main.src, main.dst, main.queue)
+        var report = Report(transport: transport.rawValue, engine: main.engine, channels: client.server.channels.count,
+                            hugepages: src.isHugepageBacked, rows: [])
         let table = !json && !csv
         var progress = Progress()
         defer { progress.clear() }
         if table {
-            print("ioatd bench: engine \(main.engine), channel \(queue.channel), depth \(depth), buffers on \(src.isHugepageBacked ? "hugepages" : "4 KiB pages"), \(seconds) s per figure")
+            print("ioatd bench over the \(transport.rawValue)\(queue.isRing ? " (shared-memory rings)" : " (SUBMIT and COMPLETION messages)"): engine \(main.engine), channel \(queue.channel), depth \(depth), buffers on \(src.isHugepageBacked ? "hugepages" : "4 KiB pages"), \(seconds) s per figure")
             if let other { print("beside it: engine \(other.engine) at \(beside!), channel \(other.queue.channel), measured in the same rounds") }
-            print("op       size   baseline GB/s   \(Self.pad(main.engine, 4, right: true)) GB/s   ratio (min-max of \(rounds) rounds)"
-                  + (other.map { "   \(Self.pad($0.engine, 4, right: true)) GB/s   ratio (min-max)" } ?? ""))
         }
         if qd1 > 0 {
-            progress.update("QD1: \(qd1) NULL round trips", force: true)
-            let figure = try await measureQD1(queue: queue)
+            progress.update("QD1: \(qd1) NULL and 64-byte COPY round trips", force: true)
+            let figure = try await measureQD1(client: client, queue: queue, src: src, dst: dst)
             progress.clear()
             report.qd1 = figure
             if table {
-                print(String(format: "QD1 NULL round trip over %d ops: p50 %.1f µs, p99 %.1f µs, max %.1f µs; bare polled SEQPACKET ping-pong p50 %.1f µs, p99 %.1f µs (p50 ratio %.2f)",
-                             figure.ops, figure.nullUs.p50, figure.nullUs.p99, figure.nullUs.max, figure.barePingPongUs.p50,
-                             figure.barePingPongUs.p99, figure.nullUs.p50 / max(0.001, figure.barePingPongUs.p50)))
+                print(String(format: "QD1 round trips over %d ops: NULL p50 %.2f µs, p99 %.2f µs; 64 B COPY p50 %.2f µs, p99 %.2f µs; bare polled SEQPACKET ping-pong p50 %.2f µs, p99 %.2f µs (NULL p50 ratio %.2f)",
+                             figure.ops, figure.nullUs.p50, figure.nullUs.p99, figure.copy64Us.p50, figure.copy64Us.p99,
+                             figure.barePingPongUs.p50, figure.barePingPongUs.p99, figure.nullUs.p50 / max(0.001, figure.barePingPongUs.p50)))
             }
+        }
+        if smallBatch > 0 {
+            progress.update("64-byte copies in batches of \(smallBatch)", force: true)
+            let small = try await measureSmallOps(client: client, queue: queue, src: src, dst: dst)
+            progress.clear()
+            report.small = small
+            if table {
+                print(String(format: "64-byte copies, batches of %d, %d batches in flight: ioatd %.0f ops/s, baseline memcpy %.0f ops/s (ratio %.4f); CPU per op %.3f µs (client %.3f + server %.3f); %.3f socket packets per op",
+                             small.batch, small.batchesInFlight, small.opsPerS, small.baselineOpsPerSecond, small.ratio, small.cpuUsPerOp,
+                             small.clientCpuUsPerOp, small.serverCpuUsPerOp, small.packetsPerOp))
+            }
+        }
+        if table {
+            print("op       size   baseline GB/s   \(Self.pad(main.engine, 4, right: true)) GB/s   ratio (min-max of \(rounds) rounds)"
+                  + (other.map { "   \(Self.pad($0.engine, 4, right: true)) GB/s   ratio (min-max)" } ?? ""))
         }
         for op in opList {
             for size in sizeList {
@@ -196,91 +246,106 @@ struct Bench: AsyncParsableCommand {
                 }
             }
         }
-        if smallBatch > 0 {
-            progress.update("64-byte copies in batches of \(smallBatch)", force: true)
-            let small = try await measureSmallOps(client: client, queue: queue, src: src, dst: dst)
-            progress.clear()
-            report.smallOps = small
-            if table {
-                print(String(format: "\n64-byte copies, batches of %d, %d batches in flight: ioatd %.0f ops/s, baseline memcpy %.0f ops/s (ratio %.4f), %.3f socket packets per op",
-                             small.batch, small.batchesInFlight, small.ioatdOpsPerSecond, small.baselineOpsPerSecond, small.ratio, small.packetsPerOp))
-            }
-        }
-        if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            encoder.keyEncodingStrategy = .convertToSnakeCase
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
-        }
-        if csv { print(Self.csv(report), terminator: "") }
-        if let plot {
-            let svg = Self.plot(report, title: "ioatd bench: engine \(main.engine), depth \(depth), \(src.isHugepageBacked ? "hugepages" : "4 KiB pages")")
-            do {
-                try Data(svg.utf8).write(to: URL(fileURLWithPath: plot))
-            } catch {
-                throw CLIError("cannot write \(plot): \(error.localizedDescription)")
-            }
-            if table { print("\nchart: \(plot)") }
-        }
+        if table { print("") }
+        other?.client.close()
+        return report
     }
 
-    /// One CSV row per figure.
-    static func csv(_ report: Report) -> String {
-        var out = "kind,op,size,depth,side,value,unit,ratio,ratio_min,ratio_max\n"
-        func row(_ fields: [String]) { out += fields.joined(separator: ",") + "\n" }
-        func f(_ v: Double) -> String { String(format: "%.6g", v) }
-        if let q = report.qd1 {
-            row(["qd1", "null", "0", "1", report.engine, f(q.nullUs.p50), "us_p50", "", "", ""])
-            row(["qd1", "null", "0", "1", report.engine, f(q.nullUs.p99), "us_p99", "", "", ""])
-            row(["qd1", "null", "0", "1", "bare_seqpacket", f(q.barePingPongUs.p50), "us_p50", "", "", ""])
-            row(["qd1", "null", "0", "1", "bare_seqpacket", f(q.barePingPongUs.p99), "us_p99", "", "", ""])
-        }
-        for r in report.rows {
-            row(["throughput", r.op, "\(r.size)", "\(r.depth)", "baseline", f(r.baselineGBps), "GB/s", "1", "1", "1"])
-            row(["throughput", r.op, "\(r.size)", "\(r.depth)", report.engine, f(r.ioatdGBps), "GB/s", f(r.ratio), f(r.ratioMin), f(r.ratioMax)])
-            if let b = r.beside {
-                row(["throughput", r.op, "\(r.size)", "\(r.depth)", "beside:\(b.engine)", f(b.ioatdGBps), "GB/s", f(b.ratio), f(b.ratioMin),
-                     f(b.ratioMax)])
+    /// One CSV row per figure, the transport last.
+    static func csv(_ reports: [Report]) -> String {
+        var out = "kind,op,size,depth,side,value,unit,ratio,ratio_min,ratio_max,transport\n"
+        for report in reports {
+            func row(_ fields: [String]) { out += (fields + [report.transport]).joined(separator: ",") + "\n" }
+            func f(_ v: Double) -> String { String(format: "%.6g", v) }
+            if let q = report.qd1 {
+                row(["qd1", "null", "0", "1", report.engine, f(q.nullUs.p50), "us_p50", "", "", ""])
+                row(["qd1", "null", "0", "1", report.engine, f(q.nullUs.p99), "us_p99", "", "", ""])
+                row(["qd1", "copy", "64", "1", report.engine, f(q.copy64Us.p50), "us_p50", "", "", ""])
+                row(["qd1", "copy", "64", "1", report.engine, f(q.copy64Us.p99), "us_p99", "", "", ""])
+                row(["qd1", "null", "0", "1", "bare_seqpacket", f(q.barePingPongUs.p50), "us_p50", "", "", ""])
+                row(["qd1", "null", "0", "1", "bare_seqpacket", f(q.barePingPongUs.p99), "us_p99", "", "", ""])
             }
-        }
-        if let s = report.smallOps {
-            row(["small_ops", "copy", "\(s.size)", "\(s.batch * s.batchesInFlight)", "baseline", f(s.baselineOpsPerSecond), "ops/s", "1", "1", "1"])
-            row(["small_ops", "copy", "\(s.size)", "\(s.batch * s.batchesInFlight)", report.engine, f(s.ioatdOpsPerSecond), "ops/s", f(s.ratio), "", ""])
+            for r in report.rows {
+                row(["throughput", r.op, "\(r.size)", "\(r.depth)", "baseline", f(r.baselineGBps), "GB/s", "1", "1", "1"])
+                row(["throughput", r.op, "\(r.size)", "\(r.depth)", report.engine, f(r.ioatdGBps), "GB/s", f(r.ratio), f(r.ratioMin), f(r.ratioMax)])
+                if let b = r.beside {
+                    row(["throughput", r.op, "\(r.size)", "\(r.depth)", "beside:\(b.engine)", f(b.ioatdGBps), "GB/s", f(b.ratio), f(b.ratioMin),
+                         f(b.ratioMax)])
+                }
+            }
+            if let s = report.small {
+                row(["small_ops", "copy", "\(s.size)", "\(s.batch * s.batchesInFlight)", "baseline", f(s.baselineOpsPerSecond), "ops/s", "1", "1", "1"])
+                row(["small_ops", "copy", "\(s.size)", "\(s.batch * s.batchesInFlight)", report.engine, f(s.opsPerS), "ops/s", f(s.ratio), "", ""])
+                row(["small_ops", "copy", "\(s.size)", "\(s.batch * s.batchesInFlight)", report.engine, f(s.cpuUsPerOp), "cpu_us_per_op", "", "", ""])
+            }
         }
         return out
     }
 
-    /// The chart of the throughput rows.
-    static func plot(_ report: Report, title: String) -> String {
+    /// The chart of the throughput rows: a line per op, side and transport.
+    static func plot(_ reports: [Report], title: String) -> String {
         var throughput: [Plot.Series] = []
         var ratios: [Plot.Series] = []
-        for op in report.rows.map(\.op).reduce(into: [String](), { if !$0.contains($1) { $0.append($1) } }) {
-            let rows = report.rows.filter { $0.op == op }
-            throughput.append(Plot.Series(name: "\(op) baseline", op: op, dash: "6 4", points: rows.map { ($0.size, $0.baselineGBps) }))
-            throughput.append(Plot.Series(name: "\(op) \(report.engine)", op: op, dash: "", points: rows.map { ($0.size, $0.ioatdGBps) }))
-            ratios.append(Plot.Series(name: "ratio \(op) \(report.engine)", op: op, dash: "", points: rows.map { ($0.size, $0.ratio) }))
-            if let engine = rows.first?.beside?.engine {
-                throughput.append(Plot.Series(name: "\(op) beside \(engine)", op: op, dash: "2 3",
-                                              points: rows.compactMap { r in r.beside.map { (r.size, $0.ioatdGBps) } }))
-                ratios.append(Plot.Series(name: "ratio \(op) beside \(engine)", op: op, dash: "2 3",
-                                          points: rows.compactMap { r in r.beside.map { (r.size, $0.ratio) } }))
+        for report in reports {
+            let via = reports.count > 1 ? " \(report.transport)" : ""
+            for op in report.rows.map(\.op).reduce(into: [String](), { if !$0.contains($1) { $0.append($1) } }) {
+                let rows = report.rows.filter { $0.op == op }
+                throughput.append(Plot.Series(name: "\(op) baseline\(via)", op: op, dash: "6 4", points: rows.map { ($0.size, $0.baselineGBps) }))
+                throughput.append(Plot.Series(name: "\(op) \(report.engine)\(via)", op: op, dash: report.transport == "socket" && reports.count > 1 ? "1 2" : "",
+                                              points: rows.map { ($0.size, $0.ioatdGBps) }))
+                ratios.append(Plot.Series(name: "ratio \(op) \(report.engine)\(via)", op: op, dash: report.transport == "socket" && reports.count > 1 ? "1 2" : "",
+                                          points: rows.map { ($0.size, $0.ratio) }))
+                if let engine = rows.first?.beside?.engine {
+                    throughput.append(Plot.Series(name: "\(op) beside \(engine)\(via)", op: op, dash: "2 3",
+                                                  points: rows.compactMap { r in r.beside.map { (r.size, $0.ioatdGBps) } }))
+                    ratios.append(Plot.Series(name: "ratio \(op) beside \(engine)\(via)", op: op, dash: "2 3",
+                                              points: rows.compactMap { r in r.beside.map { (r.size, $0.ratio) } }))
+                }
             }
         }
         return Plot(title: title, throughput: throughput, ratios: ratios).svg()
     }
 
-    /// NULL ops one at a time, each with INT_EN, each waited for: the latency of the whole path.
-    func measureQD1(queue: IOATQueue) async throws -> QD1 {
-        var samples: [Double] = []
-        samples.reserveCapacity(qd1)
-        for i in 0..<(qd1 + qd1 / 10) {
-            let start = now()
-            let record = try await queue.submit(.null(flags: .interrupt, cookie: UInt64(i)))
-            let elapsed = (now() - start) * 1e6
-            guard record.status == .success else { throw CLIError("a QD1 NULL op completed with \(record.status)") }
-            if i >= qd1 / 10 { samples.append(elapsed) }  // the first tenth warms up
+    /// NULL and 64-byte COPY ops one at a time, each waited for, driven from one thread of this process
+    /// that polls: over a ring through `IOATRing`, over the socket with SUBMIT and COMPLETION on a
+    /// connection of its own (what a C client does). The bare SEQPACKET ping-pong is the floor of any
+    /// socket transport on this machine, measured in the same run.
+    func measureQD1(client: IOATClient, queue: IOATQueue, src: IOATBuffer, dst: IOATBuffer) async throws -> QD1 {
+        let rounds = qd1 + qd1 / 10
+        let path = client.path
+        let (null, copy): ([Double], [Double])
+        if queue.isRing {
+            let ring = try await client.openRing(channel: queue.channel, depth: 8)
+            let descriptors: [Descriptor] = [.null(), .copy(from: src.address(0), to: dst.address(4096), length: 64)]
+            let samples = try await OSThread.run(name: "ioatctl-qd1") { () throws -> [[Double]] in
+                try descriptors.map { d in
+                    var out: [Double] = []
+                    out.reserveCapacity(rounds)
+                    for i in 0..<rounds {
+                        let start = now()
+                        guard ring.push(d) else { throw CLIError("the QD1 ring is full") }
+                        try ring.submit()
+                        try ring.wait(for: 1, spinMicroseconds: 1000)
+                        var status = CompletionStatus.success
+                        ring.reap { status = $0.status }
+                        let elapsed = (now() - start) * 1e6
+                        guard status == .success else { throw CLIError("a QD1 \(d.opcode.name) op completed with \(status)") }
+                        if i >= rounds - qd1 { out.append(elapsed) }
+                    }
+                    return out
+                }
+            }
+            try await ring.close()
+            (null, copy) = (samples[0], samples[1])
+        } else {
+            let samples = try await OSThread.run(name: "ioatctl-qd1") { () throws -> [[Double]] in
+                let raw = try RawSocketClient(path: path)
+                return try [raw.roundTrips(.null(), count: rounds, keep: qd1),
+                            raw.roundTrips(.copy(from: raw.address(0), to: raw.address(4096), length: 64), count: rounds, keep: qd1)]
+            }
+            (null, copy) = (samples[0], samples[1])
         }
-        return QD1(ops: qd1, nullUs: Self.percentiles(samples), barePingPongUs: try Self.barePingPong(count: qd1))
+        return QD1(ops: qd1, nullUs: Self.percentiles(null), copy64Us: Self.percentiles(copy), barePingPongUs: try Self.barePingPong(count: qd1))
     }
 
     static func percentiles(_ values: [Double]) -> Percentiles {
@@ -367,6 +432,9 @@ struct Bench: AsyncParsableCommand {
         return Double(ops) * Double(size) / elapsed / 1e9
     }
 
+    /// 64-byte copies in batches, four batches in flight, for `seconds`: over a ring through `IOATRing`
+    /// on one polling thread, over the socket through `IOATQueue`'s callbacks. CPU per op is the time this
+    /// process and the server spent on a CPU (every thread, /proc/PID/task/*/schedstat) over the ops done.
     func measureSmallOps(client: IOATClient, queue: IOATQueue, src: IOATBuffer, dst: IOATBuffer) async throws -> SmallOps {
         let size = 64
         let batch = (0..<smallBatch).map { i in
@@ -386,13 +454,129 @@ struct Bench: AsyncParsableCommand {
         let baseline = Double(count) / elapsed
 
         let inFlight = 4
+        let serverPID = Int32(try await client.status().server.pid)
+        let seconds = self.seconds
+        var ring: IOATRing? = nil
+        if queue.isRing { ring = try await client.openRing(channel: queue.channel, depth: smallBatch * inFlight) }
         let before = client.packetCounts
-        let (ops, servedSeconds) = try await Pump.run(queue: queue, batch: batch, inFlight: inFlight, seconds: seconds)
-        let served = Double(ops) / servedSeconds
+        let cpuBefore = (CPUTime.process(getpid()), CPUTime.process(serverPID))
+        let ops: Int
+        let servedSeconds: Double
+        if let ring {
+            (ops, servedSeconds) = try await OSThread.run(name: "ioatctl-small") { () throws -> (Int, Double) in
+                try Self.pumpRing(ring, batch: batch, inFlight: inFlight, seconds: seconds)
+            }
+        } else {
+            (ops, servedSeconds) = try await Pump.run(queue: queue, batch: batch, inFlight: inFlight, seconds: seconds)
+        }
+        let cpuAfter = (CPUTime.process(getpid()), CPUTime.process(serverPID))
         let after = client.packetCounts
+        if let ring { try await ring.close() }
+        let served = Double(ops) / servedSeconds
         let packets = Double(after.sent - before.sent + after.received - before.received)
+        let clientCPU = Double(cpuAfter.0 - cpuBefore.0) / 1000 / Double(max(1, ops))
+        let serverCPU = Double(cpuAfter.1 - cpuBefore.1) / 1000 / Double(max(1, ops))
         return SmallOps(size: size, batch: smallBatch, batchesInFlight: inFlight, baselineOpsPerSecond: baseline,
-                        ioatdOpsPerSecond: served, ratio: served / baseline, packetsPerOp: packets / Double(ops))
+                        opsPerS: served, ratio: served / baseline, packetsPerOp: packets / Double(max(1, ops)),
+                        cpuUsPerOp: clientCPU + serverCPU, clientCpuUsPerOp: clientCPU, serverCpuUsPerOp: serverCPU)
+    }
+
+    /// Keeps `inFlight` batches in a ring for `seconds` from this thread: pushes a batch whenever one
+    /// completes, and polls for records (then sleeps on the doorbell, if they are slow).
+    static func pumpRing(_ ring: IOATRing, batch: [Descriptor], inFlight: Int, seconds: Double) throws -> (Int, Double) {
+        let start = now()
+        var ops = 0
+        var outstanding = 0
+        var failure: CompletionStatus? = nil
+        while true {
+            let running = now() - start < seconds
+            while running && outstanding + batch.count <= batch.count * inFlight && ring.space >= batch.count {
+                for d in batch { _ = ring.push(d) }
+                outstanding += batch.count
+                try ring.submit()
+            }
+            if outstanding == 0 { break }
+            try ring.wait(for: 1, spinMicroseconds: 1000)
+            let n = ring.reap { r in if r.status != .success { failure = r.status } }
+            ops += n
+            outstanding -= n
+            if let failure { throw CLIError("a 64-byte copy completed with \(failure)") }
+        }
+        return (ops, now() - start)
+    }
+}
+
+/// CPU time of every thread of a process, in nanoseconds (/proc/PID/task/*/schedstat, first field).
+enum CPUTime {
+    static func process(_ pid: Int32) -> UInt64 {
+        guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task") else { return 0 }
+        var total: UInt64 = 0
+        for task in tasks {
+            guard let text = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/schedstat", encoding: .utf8),
+                let first = text.split(separator: " ").first, let ns = UInt64(first)
+            else { continue }
+            total += ns
+        }
+        return total
+    }
+}
+
+/// A client of ioatd written against SPEC.md with nothing but the socket: HELLO (no rings), an ALLOC and
+/// an OPEN, then SUBMIT and COMPLETION one op at a time, polling. What a C client does; the socket
+/// transport's QD1 figure without the Swift client's threads.
+final class RawSocketClient {
+    private let fd: FileDescriptor
+    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65537, alignment: 16)
+    private var handle: UInt32 = 0
+    private var queue: UInt32 = 0
+    private var version: UInt16 = 1
+    private var nextID: UInt64 = 1
+
+    init(path: String) throws {
+        fd = try UnixSocket.connect(path: path)
+        guard case .helloReply(let hello) = try exchange(.hello(Hello())) else { throw CLIError("raw client: no HELLO_OK") }
+        version = hello.version
+        guard case .allocReply(let b) = try exchange(.alloc(Alloc(size: 8192, pages: .normal))) else { throw CLIError("raw client: no ALLOC_OK") }
+        handle = b.handle
+        guard case .openReply(let o) = try exchange(.open(channel: Wire.anyChannel, depth: 4)) else { throw CLIError("raw client: no OPEN_OK") }
+        queue = o.queue
+        try fd.setNonBlocking(true)
+    }
+
+    deinit { buffer.deallocate() }
+
+    func address(_ offset: UInt64) -> BufferAddress { BufferAddress(handle: handle, offset: offset) }
+
+    private func exchange(_ message: Message) throws -> Message {
+        try UnixSocket.send(fd, message.encode(requestID: nextID, version: version))
+        nextID += 1
+        let packet = try UnixSocket.receive(fd, into: buffer)
+        return try Message.decode(UnsafeRawBufferPointer(rebasing: buffer[0..<packet.count]), version: version).1
+    }
+
+    /// `count` round trips of `descriptor` (with INT_EN); the last `keep` times, in µs.
+    func roundTrips(_ descriptor: Descriptor, count: Int, keep: Int) throws -> [Double] {
+        var d = descriptor
+        d.flags.insert(.interrupt)
+        let packet = Message.encodeSubmit(queue: queue, descriptors: [d], requestID: 0, version: version)
+        var samples: [Double] = []
+        samples.reserveCapacity(keep)
+        for i in 0..<count {
+            let start = now()
+            try UnixSocket.send(fd, packet)
+            while true {
+                let n = recv(fd.rawValue, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT))
+                if n > 0 {
+                    guard case .completion(let view) = try Message.decode(UnsafeRawBufferPointer(rebasing: buffer[0..<n]), version: version).1,
+                        try view.record(at: 0).status == .success
+                    else { throw CLIError("raw client: the op did not complete with SUCCESS") }
+                    break
+                }
+                if n == 0 || (errno != EAGAIN && errno != EINTR) { throw CLIError("raw client: the connection failed") }
+            }
+            if i >= count - keep { samples.append((now() - start) * 1e6) }
+        }
+        return samples
     }
 }
 

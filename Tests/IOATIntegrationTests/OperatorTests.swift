@@ -156,17 +156,21 @@ struct OperatorTests {
         #expect(status == 0, "\(out)")
         #expect(!out.contains("\u{1B}") && !out.contains("\r"), "progress notes reached a pipe: \(out.debugDescription)")
         let lines = out.split(separator: "\n").map(String.init)
-        #expect(lines.first == "kind,op,size,depth,side,value,unit,ratio,ratio_min,ratio_max")
+        #expect(lines.first == "kind,op,size,depth,side,value,unit,ratio,ratio_min,ratio_max,transport")
         let rows = lines.dropFirst().map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
-        #expect(rows.count == 4 + 2 * 2 * 2, "\(lines)")
-        #expect(rows.allSatisfy { $0.count == 10 })
-        let throughput = rows.filter { $0[0] == "throughput" }
-        #expect(Set(throughput.map { "\($0[1]) \($0[2]) \($0[4])" })
-                == ["copy 4096 baseline", "copy 4096 cpu", "copy 65536 baseline", "copy 65536 cpu",
-                    "fill 4096 baseline", "fill 4096 cpu", "fill 65536 baseline", "fill 65536 cpu"])
-        #expect(throughput.allSatisfy { (Double($0[5]) ?? 0) > 0 && $0[6] == "GB/s" })
-        #expect(rows.filter { $0[0] == "qd1" }.map { "\($0[4]) \($0[6])" }
-                == ["cpu us_p50", "cpu us_p99", "bare_seqpacket us_p50", "bare_seqpacket us_p99"])
+        #expect(rows.count == 2 * (6 + 2 * 2 * 2), "\(lines)")
+        #expect(rows.allSatisfy { $0.count == 11 })
+        for transport in ["ring", "socket"] {
+            let mine = rows.filter { $0[10] == transport }
+            let throughput = mine.filter { $0[0] == "throughput" }
+            #expect(Set(throughput.map { "\($0[1]) \($0[2]) \($0[4])" })
+                    == ["copy 4096 baseline", "copy 4096 cpu", "copy 65536 baseline", "copy 65536 cpu",
+                        "fill 4096 baseline", "fill 4096 cpu", "fill 65536 baseline", "fill 65536 cpu"])
+            #expect(throughput.allSatisfy { (Double($0[5]) ?? 0) > 0 && $0[6] == "GB/s" })
+            #expect(mine.filter { $0[0] == "qd1" }.map { "\($0[1]) \($0[4]) \($0[6])" }
+                    == ["null cpu us_p50", "null cpu us_p99", "copy cpu us_p50", "copy cpu us_p99",
+                        "null bare_seqpacket us_p50", "null bare_seqpacket us_p99"])
+        }
         // The chart parses as XML, is an SVG, and has a line per op and side, each with a point per size.
         let script = """
             import sys, xml.etree.ElementTree as ET
@@ -181,7 +185,8 @@ struct OperatorTests {
             let parts = line.split(separator: "|")
             return (String(parts[0]), Int(parts.last ?? "") ?? 0)
         })
-        #expect(Set(found.keys) == ["copy baseline", "copy cpu", "ratio copy cpu", "fill baseline", "fill cpu", "ratio fill cpu"], "\(found)")
+        let names = ["copy baseline", "copy cpu", "ratio copy cpu", "fill baseline", "fill cpu", "ratio fill cpu"]
+        #expect(Set(found.keys) == Set(["ring", "socket"].flatMap { t in names.map { "\($0) \(t)" } }), "\(found)")
         #expect(found.values.allSatisfy { $0 == 2 }, "\(found)")
     }
 

@@ -56,12 +56,22 @@ struct ToolTests {
         let server = try TestServer()
         let (status, out) = try runTool("ioatctl", ["bench", "--socket", server.path, "--sizes", "4K,64K", "--seconds", "0.05",
                                                     "--small-batch", "8", "--json"])
-        #expect(status == 0)
-        let doc = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]
-        let rows = doc?["rows"] as? [[String: Any]] ?? []
-        #expect(rows.count == 6)
-        #expect(rows.allSatisfy { ($0["baseline_g_bps"] as? Double ?? 0) > 0 && ($0["ioatd_g_bps"] as? Double ?? 0) > 0 })
-        #expect(((doc?["small_ops"] as? [String: Any])?["packets_per_op"] as? Double ?? 9) < 1)
+        #expect(status == 0, "\(out)")
+        // One report per transport (--transport both is the default), each with every figure.
+        let reports = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]] ?? []
+        #expect(reports.map { $0["transport"] as? String } == ["ring", "socket"])
+        for doc in reports {
+            let rows = doc["rows"] as? [[String: Any]] ?? []
+            #expect(rows.count == 6)
+            #expect(rows.allSatisfy { ($0["baseline_g_bps"] as? Double ?? 0) > 0 && ($0["ioatd_g_bps"] as? Double ?? 0) > 0 })
+            let small = doc["small"] as? [String: Any]
+            #expect((small?["ops_per_s"] as? Double ?? 0) > 0 && (small?["cpu_us_per_op"] as? Double ?? 0) > 0)
+            let qd1 = (doc["qd1"] as? [String: Any])?["null_us"] as? [String: Any]
+            #expect((qd1?["p50"] as? Double ?? 0) > 0 && (qd1?["p99"] as? Double ?? 0) >= (qd1?["p50"] as? Double ?? 0))
+        }
+        // Over the ring the small ops send no packets; over the socket fewer than one per op.
+        let packets = reports.map { (($0["small"] as? [String: Any])?["packets_per_op"] as? Double) ?? 9 }
+        #expect(packets.count == 2 && packets[0] == 0 && packets[1] < 1, "\(packets)")
     }
 
     @Test("ioatctl fails clearly when no server listens")
