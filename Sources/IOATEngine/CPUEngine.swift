@@ -74,6 +74,12 @@ final class CPUChannel: EngineChannel, @unchecked Sendable {
     var hasCompletions: Bool { ring.hasCompletions }
     func reap(into completions: UnsafeMutableBufferPointer<EngineCompletion>) -> Int { ring.reap(into: completions) }
 
+    /// The caller's thread runs the kernel: no hand-off to the worker, no wake-up (SPEC.md §8 order is
+    /// kept by the caller, who does this only with nothing in the ring).
+    func executeInline(_ op: EngineOp) -> EngineCompletion? { Kernels.execute(op) }
+
+    func noteInlineBusy(_ nanoseconds: UInt64) { busy.add(nanoseconds, ordering: .relaxed) }
+
     /// The CPU never halts; nothing to reset.
     func reset() {}
 

@@ -93,6 +93,12 @@ public protocol EngineChannel: AnyObject, Sendable {
     /// Stops the channel's workers after the ops already submitted finish.
     func shutdown()
     /// What runs `opcode` on this channel: "cpu" or a device driver's name (for status).
+    /// Runs `op` at once on the calling thread and returns its completion, for an engine that can (the
+    /// CPU engine); nil when the op must go through the ring. The caller only does so when the channel
+    /// holds no other op, so completion order is kept.
+    func executeInline(_ op: EngineOp) -> EngineCompletion?
+    /// Adds time the caller spent running this channel's ops inline to `busyNanoseconds`.
+    func noteInlineBusy(_ nanoseconds: UInt64)
     func runner(of opcode: Opcode) -> String
     /// The DMA device behind the channel, for status; nil for the CPU engine.
     var deviceStatus: StatusDocument.Device? { get }
@@ -102,6 +108,8 @@ public protocol EngineChannel: AnyObject, Sendable {
 
 extension EngineChannel {
     public func runner(of opcode: Opcode) -> String { "cpu" }
+    public func executeInline(_ op: EngineOp) -> EngineCompletion? { nil }
+    public func noteInlineBusy(_ nanoseconds: UInt64) {}
     public var deviceStatus: StatusDocument.Device? { nil }
     public var busyNanoseconds: UInt64 { 0 }
 }

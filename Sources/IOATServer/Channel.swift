@@ -90,8 +90,16 @@ final class Channel {
     /// Largest piece the engine takes (a multiple of 8, so FILL and COMPARE_PATTERN keep their phase).
     let maxTransfer: Int
 
-    init(engine: any EngineChannel, window: Int, windowBytes: Int = 16 << 20, opCost: Int = 4096, quantum: Int = 256 << 10) {
+    /// Ops (or pieces) of at most this many bytes run on the event loop's thread when the engine can and
+    /// holds nothing else: no hand-off, no wake-up. 0 turns it off.
+    let inlineBytes: Int
+    /// Ops run inline so far.
+    private(set) var opsInline: UInt64 = 0
+
+    init(engine: any EngineChannel, window: Int, windowBytes: Int = 16 << 20, opCost: Int = 4096, quantum: Int = 256 << 10,
+         inlineBytes: Int = 0) {
         self.engine = engine
+        self.inlineBytes = max(0, inlineBytes)
         self.windowBytes = max(1, windowBytes)
         self.opCost = max(0, opCost)
         self.quantum = max(1, quantum)
@@ -152,6 +160,9 @@ final class Channel {
         guard !recovering else { return }
         var started = false
         var now: UInt64 = 0
+        // Time spent running ops inline, counted once per call rather than per op.
+        var inlineSince: UInt64 = 0
+        defer { if inlineSince != 0 { engine.noteInlineBusy(Clock.nanoseconds(since: inlineSince)) } }
         while !freeSlots.isEmpty, engine.freeSlots > 0, inEngine == 0 || bytesInEngine < windowBytes, let lane = active.first {
             guard let queue = lane.queues.first else {
                 // Nothing left to run: the tenant leaves the turn order, and its unused deficit with it.
@@ -180,7 +191,7 @@ final class Channel {
                     opsFailed += 1
                     finished.append(Finished(queue: queue, record: CompletionRecord(
                         cookie: op.cookie, status: .refused(refusal), opcode: op.refusedOpcode, result: 0, bytesDone: 0),
-                        notify: true, accepted: op))
+                        notify: true, acceptedAt: op.acceptedAt, startedAt: op.startedAt))
                     if queue.pending.isEmpty {
                         lane.queues.removeFirst()
                         queue.isScheduled = false
@@ -194,7 +205,7 @@ final class Channel {
                     queue.pending.removeFirst()
                     finished.append(Finished(queue: queue, record: CompletionRecord(
                         cookie: op.cookie, status: .notAttempted, opcode: op.opcode.rawValue, result: 0, bytesDone: 0),
-                        notify: op.flags.contains(.interrupt), accepted: op))
+                        notify: op.flags.contains(.interrupt), acceptedAt: op.acceptedAt, startedAt: op.startedAt))
                     if queue.pending.isEmpty {
                         lane.queues.removeFirst()
                         queue.isScheduled = false
@@ -248,10 +259,12 @@ final class Channel {
                 if now == 0 { now = Clock.nanoseconds() }
                 queue.pending[queue.pending.startIndex].startedAt = now
             }
-            let head = queue.pending[queue.pending.startIndex]
+            // The last piece moves the op out of the queue (no extra copy of its buffer references).
+            let head: PendingOp
             if isLast {
-                queue.pending.removeFirst()
+                head = queue.pending.removeFirst()
             } else {
+                head = queue.pending[queue.pending.startIndex]
                 queue.pending[queue.pending.startIndex].dispatched += pieceLength
             }
             var flags = op.flags
@@ -270,16 +283,23 @@ final class Channel {
             // The auxiliary range is a second destination (moves with the piece) or a CRC location
             // (used by the last piece only).
             let auxiliary = op.opcode == .dualcast ? op.auxiliary.map { $0.pointer + offset } : isLast ? op.auxiliary?.pointer : nil
-            let accepted = entry.map { entry in
-                engine.enqueue(EngineOp(cookie: UInt64(slot), opcode: .copy, source: entry.source, destination: entry.destination,
-                                        length: pieceLength))
-            } ?? engine.enqueue(EngineOp(
+            let engineOp = entry.map { entry in
+                EngineOp(cookie: UInt64(slot), opcode: .copy, source: entry.source, destination: entry.destination, length: pieceLength)
+            } ?? EngineOp(
                 cookie: UInt64(slot), opcode: op.opcode, flags: flags, source: op.source.map { UnsafeRawPointer($0.pointer + offset) },
                 destination: op.destination.map { $0.pointer + offset }, length: pieceLength, arg: op.arg, auxiliary: auxiliary,
-                crcState: queue.crcState, sources: sources))
-            precondition(accepted, "engine refused an op although it reported free slots")
+                crcState: queue.crcState, sources: sources)
             queue.execution.inEngine += 1
             bytesInEngine += pieceLength
+            // A small op with nothing else in the engine runs right here: completions stay in order.
+            if pieceLength <= inlineBytes && inEngine == 1, let done = engine.executeInline(engineOp) {
+                if inlineSince == 0 { inlineSince = Clock.nanoseconds() }
+                opsInline += 1
+                complete(done)
+                continue
+            }
+            let accepted = engine.enqueue(engineOp)
+            precondition(accepted, "engine refused an op although it reported free slots")
             started = true
             schedule(queue)
         }
@@ -365,7 +385,8 @@ final class Channel {
         bytesCompleted += completion.bytesDone
         finished.append(Finished(queue: queue, record: CompletionRecord(
             cookie: accepted.cookie, status: completion.status, opcode: accepted.opcode.rawValue, result: completion.result,
-            bytesDone: completion.bytesDone), notify: accepted.flags.contains(.interrupt), accepted: accepted))
+            bytesDone: completion.bytesDone), notify: accepted.flags.contains(.interrupt), acceptedAt: accepted.acceptedAt,
+            startedAt: accepted.startedAt))
         schedule(queue)
         return op
     }
@@ -422,8 +443,10 @@ struct Finished {
     let record: CompletionRecord
     /// Whether the op asked to be notified (INT_EN).
     let notify: Bool
-    /// The op as accepted (its timestamps, for tenant statistics).
-    let accepted: PendingOp
+    /// When the op was accepted and when the engine took it (monotonic ns, for tenant statistics). Only
+    /// these: a copy of the whole op would retain and release every buffer it names once more per op.
+    let acceptedAt: UInt64
+    let startedAt: UInt64
 }
 
 /// The part of a queue's state that only its channel writes: ops in the engine, the FENCE failure

@@ -37,8 +37,8 @@ final class CompletionRouter {
         queue.opsCompleted += 1
         queue.bytesCompleted += f.record.bytesDone
         if failed { queue.opsFailed += 1 }
-        queue.tenant.completed(bytes: f.record.bytesDone, failed: failed, acceptedAt: f.accepted.acceptedAt,
-                               startedAt: f.accepted.startedAt, now: now)
+        queue.tenant.completed(bytes: f.record.bytesDone, failed: failed, acceptedAt: f.acceptedAt,
+                               startedAt: f.startedAt, now: now)
         guard queue.connection != nil else {
             queue.releaseOrphaned(1)
             return

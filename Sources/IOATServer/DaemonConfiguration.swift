@@ -97,7 +97,8 @@ public struct DaemonConfiguration: Sendable {
         }
         if let s = try reader.section(table, "engine") {
             try reader.keys(s, "engine", ["kind", "channels", "pin_workers", "window", "window_bytes", "op_cost_bytes", "quantum_bytes",
-                                         "dpdk_eal_args"])
+                                         "dpdk_eal_args", "inline_bytes"])
+            if let v = try reader.int(s, "engine", "inline_bytes", 0...(1 << 20)) { config.server.inlineBytes = v }
             if let v = try reader.string(s, "engine", "kind") {
                 guard let kind = EngineKind(rawValue: v), kind.isBuilt else {
                     throw reader.error("engine", "kind", "\"\(v)\" is not an engine this build has (\(Self.engines.joined(separator: ", ")))")

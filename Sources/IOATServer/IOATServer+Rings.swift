@@ -102,14 +102,13 @@ extension IOATServer {
             let firstEntry = ring.consumer.submissionHead
             ring.consumer.take(count, into: ringScratch)
             resolveRingDescriptors(count, firstEntry: firstEntry, queue: queue, connection: connection)
-            guard !connection.isClosed else {
-                ringOps.removeAll(keepingCapacity: true)
-                return true
-            }
+            guard !connection.isClosed else { return true }
             ring.lastActivity = Clock.nanoseconds()
             connection.requests += 1
-            accept(ringOps, into: queue)
-            ringOps.removeAll(keepingCapacity: true)
+            let channel = channels[queue.channel]
+            channel.schedule(queue)
+            channel.dispatch()
+            deliver()
             return true
         } catch {
             breakRing(ring, error)
@@ -117,22 +116,31 @@ extension IOATServer {
         }
     }
 
-    /// Validates the `count` descriptors copied into `ringScratch`, one at a time, into `ringOps`. A
-    /// refusal's text goes to the client in an ERROR naming the queue and the ring entry (SPEC.md §5.10.4),
-    /// sent before its record is visible.
+    /// Validates the `count` descriptors copied into `ringScratch`, one at a time, straight into the
+    /// queue (its credits were counted before they were taken). A refusal's text goes to the client in an
+    /// ERROR naming the queue and the ring entry (SPEC.md §5.10.4), sent before its record is visible.
     private func resolveRingDescriptors(_ count: Int, firstEntry: UInt32, queue: Queue, connection: Connection) {
         let validator = SubmitValidator(channel: channels[queue.channel].engine.info)
-        ringOps.removeAll(keepingCapacity: true)
+        let now = Clock.nanoseconds()
         for i in 0..<count {
             let bytes = UnsafeRawBufferPointer(start: ringScratch + i * Descriptor.size, count: Descriptor.size)
+            var op: PendingOp
+            var refusal: ProtocolError? = nil
             do throws(ProtocolError) {
-                _ = try validator.validate(SubmitView(queue: queue.id, count: 1, body: bytes, version: connection.version),
-                                           buffers: connection, into: &ringOne)
-                ringOps.append(ringOne[0])
+                op = try validator.validateOne(SubmitView(queue: queue.id, count: 1, body: bytes, version: connection.version),
+                                               buffers: connection)
             } catch {
-                connection.errors += 1
                 let cookie = bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self).littleEndian
-                ringOps.append(.refused(error.code, cookie: cookie, opcode: bytes[0]))
+                op = .refused(error.code, cookie: cookie, opcode: bytes[0])
+                refusal = error
+            }
+            op.serial = nextSerial
+            op.acceptedAt = now
+            nextSerial += 1
+            queue.pending.append(op)
+            queue.takeCredits(1)
+            if let error = refusal {
+                connection.errors += 1
                 let entry = firstEntry &+ UInt32(i)
                 // The validator speaks of "descriptor 0" (it saw one); the ring entry is what names it here.
                 let what = error.message.hasPrefix("descriptor 0: ") ? String(error.message.dropFirst(14)) : error.message
@@ -141,7 +149,6 @@ extension IOATServer {
                       requestID: 0)
                 if connection.isClosed { return }
             }
-            ringOne.removeAll(keepingCapacity: true)
         }
     }
 

@@ -66,10 +66,8 @@ public final class IOATServer: @unchecked Sendable {
     var rings: [UInt64: ServerRing] = [:]
     var ringList: [ServerRing] = []
     var nextRingToken: UInt64 = ringTokenBase
-    /// Descriptors copied out of a ring (once, before anything reads them), and their resolved ops.
+    /// Descriptors copied out of a ring (once, before anything reads them).
     let ringScratch: UnsafeMutableRawPointer
-    var ringOps: [PendingOp] = []
-    var ringOne: [PendingOp] = []
     /// Lifetime counters.
     var connectionsAccepted: UInt64 = 0
     var connectionsRefused: UInt64 = 0
@@ -114,7 +112,7 @@ public final class IOATServer: @unchecked Sendable {
         wakeup = try EventFD()
         channels = engine.channels.map {
             Channel(engine: $0, window: configuration.engineWindow, windowBytes: configuration.engineWindowBytes,
-                    opCost: configuration.opCostBytes, quantum: configuration.quantumBytes)
+                    opCost: configuration.opCostBytes, quantum: configuration.quantumBytes, inlineBytes: configuration.inlineBytes)
         }
         router = CompletionRouter(maxRecordsPerMessage: configuration.maxRecordsPerMessage)
         workers = try BufferWorkers(count: configuration.setupThreads, engine: engine)
@@ -122,8 +120,6 @@ public final class IOATServer: @unchecked Sendable {
         nextSerial = 1
         submitScratch.reserveCapacity(configuration.maxDescriptors)
         ringScratch = .allocate(byteCount: max(1, configuration.maxDescriptors) * Descriptor.size, alignment: 64)
-        ringOps.reserveCapacity(configuration.maxDescriptors)
-        ringOne.reserveCapacity(1)
         reapBuffer = .allocate(capacity: 256)
         reapBuffer.initialize(repeating: .empty)
         hugepageSize = Self.readHugepageSize()

@@ -41,6 +41,10 @@ public struct ServerConfiguration: Sendable {
     /// epoll_wait. In a VM a sleeping thread costs tens of microseconds to wake; polling trades that CPU
     /// for latency. 0 disables it.
     public var busyPollMicroseconds: Int = 50
+    /// Ops of at most this many bytes run on the event loop's thread when their channel's engine can (the
+    /// CPU engine) and holds nothing else, instead of being handed to a worker: measured faster up to
+    /// tens of KiB on this 2-core VM (README, "Small ops"). 0 hands every op to a worker.
+    public var inlineBytes: Int = 16 << 10
     /// Whether version-3 clients may have shared-memory ring queues (HELLO feature bit 0, SPEC.md §5.10).
     public var rings = true
     /// How long a graceful stop waits for in-flight ops, in milliseconds.

@@ -12,8 +12,10 @@ final class ServerRing {
     var consumer: RingConsumer
     /// The epoll token of the doorbell.
     let token: UInt64
-    /// The queue fed by this ring; nil once closed.
-    weak var queue: Queue?
+    /// The queue fed by this ring; nil once closed (`dropRing` breaks the cycle with `Queue.ring`). Not
+    /// weak: a weak reference gives the queue a side table, which puts every retain and release of it
+    /// (several per op) on the runtime's slow path.
+    var queue: Queue?
     /// Set when the client broke the ring's rules: no more descriptors are taken, no more records written.
     private(set) var broken: ProtocolError? = nil
     /// Whether NEED_WAKEUP is set in sq_flags now.

@@ -32,6 +32,16 @@ struct SubmitValidator {
         return noWait
     }
 
+    /// Checks and resolves the one descriptor of `submit` (a ring entry), every check SUBMIT would make.
+    func validateOne(_ submit: SubmitView, buffers: some BufferLookup) throws(ProtocolError) -> PendingOp {
+        let d = try submit.descriptor(at: 0)
+        guard channel.supports(d.opcode) else {
+            throw ProtocolError(.unsupportedOpcode, "descriptor 0: channel \(channel.index) (\(channel.name)) does not run \(d.opcode.name)",
+                                index: 0)
+        }
+        return try resolve(d, index: 0, buffers: buffers)
+    }
+
     /// Resolves a descriptor's range in one of the connection's buffers (SPEC.md §6.3 step 4).
     private func place(_ address: BufferAddress, length: UInt64, role: String, index: Int, writing: Bool,
                        buffers: some BufferLookup) throws(ProtocolError) -> Placement {

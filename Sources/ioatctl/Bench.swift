@@ -459,7 +459,7 @@ struct Bench: AsyncParsableCommand {
         var ring: IOATRing? = nil
         if queue.isRing { ring = try await client.openRing(channel: queue.channel, depth: smallBatch * inFlight) }
         let before = client.packetCounts
-        let cpuBefore = (CPUTime.process(getpid()), CPUTime.process(serverPID))
+        let cpuBefore = (CPUTime.ownProcess(), CPUTime.process(serverPID))
         let ops: Int
         let servedSeconds: Double
         if let ring {
@@ -469,7 +469,7 @@ struct Bench: AsyncParsableCommand {
         } else {
             (ops, servedSeconds) = try await Pump.run(queue: queue, batch: batch, inFlight: inFlight, seconds: seconds)
         }
-        let cpuAfter = (CPUTime.process(getpid()), CPUTime.process(serverPID))
+        let cpuAfter = (CPUTime.ownProcess(), CPUTime.process(serverPID))
         let after = client.packetCounts
         if let ring { try await ring.close() }
         let served = Double(ops) / servedSeconds
@@ -506,8 +506,17 @@ struct Bench: AsyncParsableCommand {
     }
 }
 
-/// CPU time of every thread of a process, in nanoseconds (/proc/PID/task/*/schedstat, first field).
+/// CPU time of a process, in nanoseconds.
 enum CPUTime {
+    /// This process, threads that ended included (getrusage).
+    static func ownProcess() -> UInt64 {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        func ns(_ t: timeval) -> UInt64 { UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_usec) * 1000 }
+        return ns(usage.ru_utime) + ns(usage.ru_stime)
+    }
+
+    /// Every living thread of another process (/proc/PID/task/*/schedstat, first field).
     static func process(_ pid: Int32) -> UInt64 {
         guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task") else { return 0 }
         var total: UInt64 = 0

@@ -48,6 +48,9 @@ struct IOATDaemon: ParsableCommand {
     @Option(help: "Microseconds the event loop and CPU workers poll before sleeping after activity (0: never poll; default 50).")
     var busyPollUs: Int?
 
+    @Option(help: "Ops of at most this many bytes run on the event loop's thread when the engine can (CPU engine) and is idle (0: never; default 16384).")
+    var inlineBytes: Int?
+
     @Flag(help: "Never use hugepages for ALLOC.")
     var noHugepages = false
 
@@ -56,6 +59,7 @@ struct IOATDaemon: ParsableCommand {
 
     func validate() throws {
         if let busyPollUs, !(0...10_000).contains(busyPollUs) { throw ValidationError("--busy-poll-us must be in 0...10000, got \(busyPollUs)") }
+        if let inlineBytes, !(0...(1 << 20)).contains(inlineBytes) { throw ValidationError("--inline-bytes must be in 0...1048576, got \(inlineBytes)") }
         if let channels, !(1...64).contains(channels) { throw ValidationError("--channels must be in 1...64, got \(channels)") }
         if let logLevel, Logger.Level(rawValue: logLevel) == nil {
             throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")); got \(logLevel)")
@@ -86,6 +90,7 @@ struct IOATDaemon: ParsableCommand {
         if let pinWorkers { settings.pinWorkers = pinWorkers }
         if let logLevel, let level = Logger.Level(rawValue: logLevel) { settings.logLevel = level }
         if let busyPollUs { settings.server.busyPollMicroseconds = busyPollUs }
+        if let inlineBytes { settings.server.inlineBytes = inlineBytes }
         if noHugepages { settings.server.hugepages = false }
         return settings
     }
