@@ -77,13 +77,13 @@ test: deps deps-dpdk deps-test
 	$(MAKE) fuzz FUZZ_SECONDS=15
 	$(SWIFT) build --build-tests --traits DPDK
 	@mkdir -p .build
-	IOATD_TEST_RUN=$$$$ SWIFT_BACKTRACE=enable=no timeout 1800 $(SWIFT) test --skip-build --traits DPDK --skip ResourceTests 2>&1 \
+	IOATD_TEST_RUN=$$$$ SWIFT_BACKTRACE=enable=no timeout 1800 $(SWIFT) test --skip-build --traits DPDK --skip 'ResourceTests|RingAloneTests' 2>&1 \
 			| tee .build/test-output.txt; \
 		status=$${PIPESTATUS[0]}; \
 		python3 Tests/support/reap.py $$$$; \
 		if [ $$status -eq 0 ]; then \
-			echo "---- make test: the timing-sensitive resource tests, alone ----"; \
-			IOATD_TEST_RUN=$$$$ SWIFT_BACKTRACE=enable=no timeout 900 $(SWIFT) test --skip-build --traits DPDK --filter ResourceTests 2>&1 \
+			echo "---- make test: the resource tests and the ring tests that measure the process, alone ----"; \
+			IOATD_TEST_RUN=$$$$ SWIFT_BACKTRACE=enable=no timeout 900 $(SWIFT) test --skip-build --traits DPDK --filter 'ResourceTests|RingAloneTests' 2>&1 \
 				| tee -a .build/test-output.txt; \
 			status=$${PIPESTATUS[0]}; \
 			python3 Tests/support/reap.py $$$$; \

@@ -98,6 +98,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Counts malloc calls in the test process (the no-allocation checks of the ring data path).
+        .target(name: "CMallocCounter", path: "Tests/CMallocCounter"),
         .testTarget(name: "IOATProtocolTests", dependencies: ["IOATProtocol"]),
         .testTarget(name: "IOATEngineTests", dependencies: ["IOATEngine", "IOATProtocol", "IOATSystem"]),
         // The server's core (state machine, validator, channel, router) driven without sockets.
@@ -109,7 +111,7 @@ let package = Package(
             name: "IOATIntegrationTests",
             dependencies: [
                 "IOATClient", "IOATConformance", "IOATProtocol", "IOATSystem", "IOATEngine", "IOATServer", "IOATTestKit",
-                "IOATDPDK", "CIOATRing",
+                "IOATDPDK", "CIOATRing", "CMallocCounter",
                 "ioatd", "ioatctl",
             ]
         ),

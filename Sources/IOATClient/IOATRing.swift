@@ -106,8 +106,18 @@ public final class IOATRing: @unchecked Sendable {
     /// After waking: stops the server from ringing and empties the doorbell.
     public func disarm() { memory.disarm() }
 
-    /// The code the server broke the ring with (SPEC.md §5.10.5), or nil while it works.
-    public var brokenCode: ErrorCode? { memory.brokenCode }
+    /// The code the server broke the ring with (SPEC.md §5.10.5), or nil while it works: from the
+    /// server's ERROR when it came, else from the ring's error word.
+    public var brokenCode: ErrorCode? { session.ringBroken(queue: id)?.code ?? memory.brokenCode }
+
+    /// The server's ERROR that broke the ring, naming the bad value, once it arrived.
+    public var brokenError: ProtocolError? { session.ringBroken(queue: id) }
+
+    /// The ring's whole shared memory, for tools that test the server's checks (`ioatctl scribble`):
+    /// writing into it breaks the ring's rules at will.
+    public var unsafeMemory: UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: memory.mapping.unsafeBase, count: memory.mapping.count)
+    }
 
     /// Closes the queue; BUSY while records are not reaped or ops are in flight.
     public func close() async throws(IOATError) {

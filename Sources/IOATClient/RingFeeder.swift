@@ -4,7 +4,9 @@ import Synchronization
 
 /// A batch submitted through a ring queue, waiting for its records.
 final class RingBatch: @unchecked Sendable {
-    var records: [CompletionRecord]
+    /// Where its records go, in order, as they are reaped: written through a pointer, so reaping a record
+    /// neither copies nor allocates (an Array element written through a class property is not free).
+    let records: UnsafeMutableBufferPointer<CompletionRecord>
     var filled = 0
     /// The first descriptor the server refused: its place in the batch, its ring entry, why, and the
     /// server's text once its ERROR arrived.
@@ -15,10 +17,12 @@ final class RingBatch: @unchecked Sendable {
     let complete: @Sendable (IOATClient.BatchResult) -> Void
 
     init(count: Int, complete: @escaping @Sendable (IOATClient.BatchResult) -> Void) {
-        records = Array(repeating: CompletionRecord(cookie: 0, status: .connectionLost, opcode: 0, result: 0, bytesDone: 0),
-                        count: count)
+        records = .allocate(capacity: count)
+        records.initialize(repeating: CompletionRecord(cookie: 0, status: .connectionLost, opcode: 0, result: 0, bytesDone: 0))
         self.complete = complete
     }
+
+    deinit { records.deallocate() }
 
     /// Completes the batch: its records, or the first refusal, told as the SUBMIT path tells it
     /// ("descriptor i: what was wrong"), with the server's text when it came.
@@ -30,7 +34,7 @@ final class RingBatch: @unchecked Sendable {
             } ?? "refused by the server (\(refusal.code.name))"
             complete(.failure(.refused(ProtocolError(refusal.code, "descriptor \(refusal.index): \(why)", index: UInt32(refusal.index)))))
         } else {
-            complete(.success(records))
+            complete(.success(Array(records)))
         }
     }
 }
@@ -129,17 +133,20 @@ final class RingFeeder: @unchecked Sendable {
             let n = memory.ready
             // Records come in submission order, one per descriptor: record i is ring entry head + i.
             let head = memory.ring.pointee.cq_head_local
+            // The segment being filled is held here, not modified in place in the deque, once per record.
+            var segment: Segment? = nil
+            defer { if let segment { s.inflight.prepend(segment) } }
             for i in 0..<n {
-                guard !s.inflight.isEmpty else { break }  // more records than descriptors: ignored
+                if segment == nil { segment = s.inflight.popFirst() }
+                guard let current = segment else { break }  // more records than descriptors: ignored
                 let record = memory.record(i)
-                let batch = s.inflight[s.inflight.startIndex].batch
+                let batch = current.batch
                 batch.records[batch.filled] = record
                 if batch.refusal == nil, let code = record.status.refusal {
                     batch.refusal = (batch.filled, head &+ UInt32(i), code)
                 }
                 batch.filled += 1
-                s.inflight[s.inflight.startIndex].count -= 1
-                if s.inflight[s.inflight.startIndex].count == 0 { s.inflight.removeFirst() }
+                segment = current.count > 1 ? Segment(batch: batch, count: current.count - 1) : nil
                 if batch.filled == batch.records.count {
                     if let refusal = batch.refusal {
                         batch.refusalText = s.refusalTexts.removeValue(forKey: refusal.entry)

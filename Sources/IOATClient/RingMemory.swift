@@ -63,8 +63,9 @@ final class RingMemory: @unchecked Sendable {
         if rc < 0 { throw .system(SystemError("ring doorbell", errno: -rc)) }
     }
 
-    /// Records ready to read.
-    var ready: Int { Int(ioatd_ring_ready(ring)) }
+    /// Records ready to read; never more than the ring holds (a process that scribbles on its own ring
+    /// may write any cq_tail, and this must not read past the ring for it).
+    var ready: Int { min(Int(ioatd_ring_ready(ring)), Int(ring.pointee.cq_entries)) }
 
     /// The i-th ready record.
     func record(_ i: Int) -> CompletionRecord {

@@ -149,6 +149,11 @@ final class Session: Sendable {
     var ringsGranted: Bool { server.features & Wire.featureRings != 0 }
     /// The ring queues `IOATQueue` feeds; the reader thread reaps them.
     private let feeders = Mutex<[RingFeeder]>([])
+    /// RING_BROKEN errors of ring queues nobody feeds (an `IOATRing`'s), by queue.
+    private let brokenRings = Mutex<[UInt32: ProtocolError]>([:])
+
+    /// The ERROR that broke ring queue `queue`, if one came.
+    func ringBroken(queue: UInt32) -> ProtocolError? { brokenRings.withLock { $0[queue] } }
 
     private init(fd: FileDescriptor, wakeup: EventFD, server: HelloReply, path: String, busyPollNanoseconds: UInt64, useRings: Bool) {
         self.busyPollNanoseconds = busyPollNanoseconds
@@ -561,7 +566,10 @@ final class Session: Sendable {
             for batch in finished { batch.complete(.success(batch.records)) }
         case .error(let e) where header.requestID == 0 && e.queue != 0:
             // About a ring queue (SPEC.md §5.10): a refused entry's text, or the ring broken.
-            guard let feeder = feeders.withLock({ $0.first { $0.memory.ring.pointee.queue == e.queue } }) else { return }
+            guard let feeder = feeders.withLock({ $0.first { $0.memory.ring.pointee.queue == e.queue } }) else {
+                if e.code == .ringBroken { brokenRings.withLock { $0[e.queue] = ProtocolError(e.code, e.message) } }
+                return
+            }
             if e.code == .ringBroken {
                 feeder.fail(.refused(ProtocolError(e.code, e.message)))
             } else {

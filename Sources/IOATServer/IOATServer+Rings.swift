@@ -161,7 +161,8 @@ extension IOATServer {
         if let queue = ring.queue { queue.delivered(ring.consumer.unconsumed) }
         epoll.remove(ring.doorbell.rawValue)
         UnixSocket.ring(ring.doorbell)
-        logger.warning("ring queue broken", metadata: [
+        // Debug, not warning: a client that breaks its rings on purpose must not flood the journal.
+        logger.debug("ring queue broken", metadata: [
             "client": "\(ring.queue?.connection.map { "\($0.id)" } ?? "gone")", "error": "\(error.message)",
         ])
         if let connection = ring.queue?.connection {

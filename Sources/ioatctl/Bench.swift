@@ -36,6 +36,10 @@ struct Bench: AsyncParsableCommand {
     var channel: UInt32?
     @Option(help: "A second ioatd's socket (say a CPU-engine server beside a DPDK one): every figure is also measured there, in the same rounds against the same baseline, and printed beside the first.")
     var beside: String?
+    @Option(help: "Also run this many client processes at once (as as many uids when run as root), each copying --clients-size bytes with --depth in flight, beside one client alone in the same run: the aggregate, each client's share, Jain's fairness index.")
+    var clients = 0
+    @Option(help: "Transfer size for --clients (K, M suffixes).")
+    var clientsSize = "64K"
     @Flag(help: "Print JSON.")
     var json = false
     @Flag(help: "Print CSV, one row per figure: kind, op, size, depth, side, value, unit, ratio, ratio_min, ratio_max.")
@@ -128,6 +132,7 @@ struct Bench: AsyncParsableCommand {
         var qd1: QD1?
         var rows: [Row]
         var small: SmallOps?
+        var manyClients: ManyClients?
     }
 
     static func parseSize(_ s: Substring) throws -> Int {
@@ -244,6 +249,26 @@ struct Bench: AsyncParsableCommand {
                           + String(format: " %15.2f %12.2f %7.2f  (%.2f-%.2f)", row.baselineGBps, row.ioatdGBps, row.ratio, row.ratioMin, row.ratioMax)
                           + (row.beside.map { String(format: "     %12.2f %7.2f  (%.2f-%.2f)", $0.ioatdGBps, $0.ratio, $0.ratioMin, $0.ratioMax) } ?? ""))
                 }
+            }
+        }
+        if clients > 0 {
+            let size = try Self.parseSize(Substring(clientsSize))
+            progress.update("\(clients) client processes at once, and one alone", force: true)
+            let seconds = max(1.0, self.seconds * 2)
+            let asUIDs = getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")
+            let alone = try ManyClients.runWorkers(count: 1, socket: client.path, transport: transport, size: size, depth: depth,
+                                                   seconds: seconds, asUIDs: asUIDs)
+            let rates = try ManyClients.runWorkers(count: clients, socket: client.path, transport: transport, size: size, depth: depth,
+                                                   seconds: seconds, asUIDs: asUIDs)
+            progress.clear()
+            let many = ManyClients(clients: clients, transport: transport.rawValue, size: size, depth: depth, aloneGBps: alone[0],
+                                   aggregateGBps: rates.reduce(0, +), perClientGBps: rates, jain: ManyClients.jain(rates))
+            report.manyClients = many
+            if table {
+                print(String(format: "%d clients at once (%@), %@ copies, depth %d: %.2f GB/s together, %.2f× one client alone (%.2f GB/s); Jain's index %.3f; shares %@",
+                             clients, asUIDs ? "one uid each" : "one uid", Self.label(size), depth, many.aggregateGBps,
+                             many.aggregateGBps / max(1e-9, many.aloneGBps), many.aloneGBps, many.jain,
+                             rates.map { String(format: "%.2f", $0 / max(1e-9, many.aggregateGBps)) }.joined(separator: " ")))
             }
         }
         if table { print("") }

@@ -234,14 +234,16 @@ final class SpawnedProcess: @unchecked Sendable {
     func wait(timeout: Double) -> Int32? {
         if let status { return status }
         let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
+        // Looks at least once, so a timeout of 0 asks "has it ended?".
+        repeat {
             var raw: Int32 = 0
             if waitpid(pid, &raw, WNOHANG) == pid {
                 status = raw & 0x7F == 0 ? (raw >> 8) & 0xFF : -(raw & 0x7F)
                 return status
             }
+            if Date() >= deadline { break }
             usleep(10_000)
-        }
+        } while true
         return nil
     }
 

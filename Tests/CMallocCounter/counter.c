@@ -1,0 +1,36 @@
+#include "CMallocCounter.h"
+#include <errno.h>
+#include <stddef.h>
+
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void *__libc_memalign(size_t, size_t);
+extern void __libc_free(void *);
+
+static int counting;
+static uint64_t count;
+
+static inline void note(void) {
+    if (__atomic_load_n(&counting, __ATOMIC_RELAXED)) __atomic_add_fetch(&count, 1, __ATOMIC_RELAXED);
+}
+
+void cmalloc_counting(int on) {
+    if (on) __atomic_store_n(&count, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&counting, on, __ATOMIC_SEQ_CST);
+}
+
+uint64_t cmalloc_count(void) { return __atomic_load_n(&count, __ATOMIC_RELAXED); }
+
+void *malloc(size_t n) { note(); return __libc_malloc(n); }
+void *calloc(size_t n, size_t size) { note(); return __libc_calloc(n, size); }
+void *realloc(void *p, size_t n) { note(); return __libc_realloc(p, n); }
+void free(void *p) { __libc_free(p); }
+
+int posix_memalign(void **out, size_t alignment, size_t n) {
+    note();
+    void *p = __libc_memalign(alignment, n);
+    if (p == NULL) return ENOMEM;
+    *out = p;
+    return 0;
+}

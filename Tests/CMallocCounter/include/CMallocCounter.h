@@ -1,0 +1,12 @@
+// Counts calls to malloc, calloc, realloc and posix_memalign while counting is on, for the tests that
+// check the data path allocates nothing. Linked only into the test bundle: its malloc replaces libc's
+// for the whole test process and forwards to glibc's own (__libc_malloc and friends).
+#ifndef CMALLOC_COUNTER_H
+#define CMALLOC_COUNTER_H
+#include <stdint.h>
+
+/// Starts or stops counting (process-wide); starting resets the count.
+void cmalloc_counting(int on);
+/// Allocations counted since counting started.
+uint64_t cmalloc_count(void);
+#endif
