@@ -122,6 +122,9 @@ extension IOATServer {
     private func resolveRingDescriptors(_ count: Int, firstEntry: UInt32, queue: Queue, connection: Connection) {
         let validator = SubmitValidator(channel: channels[queue.channel].engine.info)
         let now = Clock.nanoseconds()
+        // One text per look at the ring: a client that publishes garbage by the thousand must not turn
+        // each descriptor into a message (and a system call) on the event loop.
+        var textSent = false
         for i in 0..<count {
             let bytes = UnsafeRawBufferPointer(start: ringScratch + i * Descriptor.size, count: Descriptor.size)
             var op: PendingOp
@@ -141,6 +144,8 @@ extension IOATServer {
             queue.takeCredits(1)
             if let error = refusal {
                 connection.errors += 1
+                guard !textSent else { continue }
+                textSent = true
                 let entry = firstEntry &+ UInt32(i)
                 // The validator speaks of "descriptor 0" (it saw one); the ring entry is what names it here.
                 let what = error.message.hasPrefix("descriptor 0: ") ? String(error.message.dropFirst(14)) : error.message

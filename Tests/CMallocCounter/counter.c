@@ -10,10 +10,21 @@ extern void __libc_free(void *);
 
 static int counting;
 static uint64_t count;
+// Thread-local (local-exec TLS in the executable: reading it never allocates).
+static __thread int counting_here;
+static __thread uint64_t count_here;
 
 static inline void note(void) {
     if (__atomic_load_n(&counting, __ATOMIC_RELAXED)) __atomic_add_fetch(&count, 1, __ATOMIC_RELAXED);
+    if (counting_here) count_here++;
 }
+
+void cmalloc_counting_thread(int on) {
+    if (on) count_here = 0;
+    counting_here = on;
+}
+
+uint64_t cmalloc_thread_count(void) { return count_here; }
 
 void cmalloc_counting(int on) {
     if (on) __atomic_store_n(&count, 0, __ATOMIC_RELAXED);

@@ -93,10 +93,11 @@ struct RingAloneTests {
         let ring = try await client.openRing(depth: 64)
         let copies = (0..<32).map { i in Descriptor.copy(from: a.address(i * 64), to: a.address(8192 + i * 64), length: 64, cookie: UInt64(i)) }
 
-        /// Pushes, submits, waits and reaps `rounds` batches of `batch` on this thread; the allocations counted.
+        /// Pushes, submits, waits and reaps `rounds` batches on this thread; the allocations this thread
+        /// made meanwhile (only this thread runs an IOATRing's data path).
         @Sendable func driveRing(rounds: Int, counting: Bool) throws -> UInt64 {
-            if counting { cmalloc_counting(1) }
-            defer { cmalloc_counting(0) }
+            if counting { cmalloc_counting_thread(1) }
+            defer { cmalloc_counting_thread(0) }
             for _ in 0..<rounds {
                 for i in 0..<copies.count { _ = ring.push(copies[i]) }
                 try ring.submit()
@@ -106,7 +107,7 @@ struct RingAloneTests {
                     reaped += ring.reap { precondition($0.status == .success, "\($0.status)") }
                 }
             }
-            return cmalloc_count()
+            return cmalloc_thread_count()
         }
         let ringCount = try await OSThread.run(name: "ring-malloc") { () throws -> UInt64 in
             _ = try driveRing(rounds: 50, counting: false)  // warm up: first-use metadata and caches
@@ -116,7 +117,9 @@ struct RingAloneTests {
         try await ring.close()
 
         // IOATQueue: allocations per batch do not grow with the batch (a batch allocates its records
-        // array and its completion, never anything per op).
+        // array and its completion, never anything per op). Counted process-wide, since the client's
+        // reader thread completes the batches; an allocation per op would add 31 per batch of 32, so the
+        // margin below (16) tells that apart from the noise of other work in the process.
         let queue = try await client.openQueue(depth: 64)
         #expect(queue.isRing)
         func batches(_ size: Int, count: Int) async -> UInt64 {
@@ -139,7 +142,7 @@ struct RingAloneTests {
         let small = await batches(1, count: 400)
         let large = await batches(32, count: 400)
         print("allocations: IOATRing \(ringCount) over 9,600 ops; IOATQueue callbacks \(Double(small) / 400) per batch of 1, \(Double(large) / 400) per batch of 32")
-        #expect(Double(large) / 400 <= Double(small) / 400 + 1, "a batch of 32 allocates \(large) vs \(small) for batches of 1 (400 each)")
+        #expect(Double(large) / 400 < Double(small) / 400 + 16, "a batch of 32 allocates \(large) vs \(small) for batches of 1 (400 each)")
     }
 }
 

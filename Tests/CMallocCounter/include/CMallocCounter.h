@@ -9,4 +9,9 @@
 void cmalloc_counting(int on);
 /// Allocations counted since counting started.
 uint64_t cmalloc_count(void);
+/// Starts or stops counting on the calling thread only (other threads' allocations are not counted);
+/// starting resets the thread's count.
+void cmalloc_counting_thread(int on);
+/// Allocations the calling thread made since it started counting.
+uint64_t cmalloc_thread_count(void);
 #endif
