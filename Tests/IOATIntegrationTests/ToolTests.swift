@@ -107,6 +107,35 @@ struct HeaderTests {
         let include = repositoryRoot.appendingPathComponent("protocol").path
         let (cc, ccOut) = try runTool("/usr/bin/cc", ["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I", include, "\(dir)/t.c", "-o", "\(dir)/t"])
         #expect(cc == 0, "\(ccOut)")
+        // The ring fast path compiles as strictly, and attaches only to memory laid out as SPEC.md §5.10.1 says.
+        let ring = """
+            #include <stdio.h>
+            #include <stdlib.h>
+            #include <string.h>
+            #include "ioatd_ring.h"
+            int main(void) {
+                size_t size = 512 + 8 * 64 + 8 * 32;
+                unsigned char *m = aligned_alloc(4096, 4096);
+                memset(m, 0, 4096);
+                struct ioatd_ring_header h = { IOATD_RING_MAGIC, IOATD_RING_LAYOUT, 128, 5, 8, 8, 8, size,
+                    { 128, 192, 132, 512, 320, 256, 324, 328, 512 + 8 * 64, 260, { 0 } }, { 0 } };
+                memcpy(m, &h, sizeof h);
+                struct ioatd_ring r;
+                if (ioatd_ring_attach(&r, m, size, -1) != 0) return 1;
+                if (ioatd_ring_sq_space(&r) != 8 || ioatd_ring_ready(&r) != 0) return 2;
+                struct ioatd_desc *d = ioatd_ring_get_desc(&r);
+                if (d == NULL || (unsigned char *)d != m + 512) return 3;
+                h.magic = 0; memcpy(m, &h, sizeof h);
+                if (ioatd_ring_attach(&r, m, size, -1) != -EINVAL) return 4;
+                printf("ok\\n");
+                return 0;
+            }
+            """
+        try ring.write(toFile: "\(dir)/r.c", atomically: true, encoding: .utf8)
+        let (rcc, rccOut) = try runTool("/usr/bin/cc", ["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I", include, "\(dir)/r.c", "-o", "\(dir)/r"])
+        #expect(rcc == 0, "\(rccOut)")
+        let (rrun, rout) = try runTool("\(dir)/r", [])
+        #expect(rrun == 0 && rout.contains("ok"), "ioatd_ring.h: exit \(rrun) \(rout)")
         let (run, hex) = try runTool("\(dir)/t", [])
         #expect(run == 0)
         let swift = Message.encodeSubmit(queue: 3, descriptors: [

@@ -110,7 +110,7 @@ func fields(of message: Message) throws -> Any {
     case .ring(let queue): return ["queue": n(queue)]
     case .ringReply(let r):
         return ["queue": n(r.queue), "sq_entries": n(r.submissionEntries), "cq_entries": n(r.completionEntries), "size": n(r.size)]
-    case .error(let e): return ["code": e.code.name, "index": n(e.index), "message": e.message]
+    case .error(let e): return ["code": e.code.name, "index": n(e.index), "message": e.message, "queue": n(e.queue)]
     }
 }
 
