@@ -94,7 +94,7 @@ let package = Package(
         .executableTarget(
             name: "ioatctl",
             dependencies: [
-                "IOATClient", "IOATConformance", "IOATEngine",
+                "IOATClient", "IOATConformance", "IOATEngine", "IOATDPDK",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -40,6 +40,8 @@ struct Bench: AsyncParsableCommand {
     var clients = 0
     @Option(help: "Transfer size for --clients (K, M suffixes).")
     var clientsSize = "64K"
+    @Flag(inversion: .prefixedNo, help: "In a build with the DPDK trait, first measure DPDK's dma_skeleton driven in this process (4 KiB copies, depth at least 32): the peer figure for the transports.")
+    var peerFigure = true
     @Flag(help: "Print JSON.")
     var json = false
     @Flag(help: "Print CSV, one row per figure: kind, op, size, depth, side, value, unit, ratio, ratio_min, ratio_max.")
@@ -133,6 +135,8 @@ struct Bench: AsyncParsableCommand {
         var rows: [Row]
         var small: SmallOps?
         var manyClients: ManyClients?
+        /// DPDK build: dma_skeleton driven in this process, the same figure in every report.
+        var peer: PeerFigure?
     }
 
     static func parseSize(_ s: Substring) throws -> Int {
@@ -149,7 +153,26 @@ struct Bench: AsyncParsableCommand {
         for op in opList where !["copy", "fill", "crc32c"].contains(op) { throw ValidationError("unknown op \(op)") }
         guard depth > 0 else { throw ValidationError("--depth must be above 0") }
         var reports: [Report] = []
-        for t in transport.transports { reports.append(try await measure(over: t, sizes: sizeList, ops: opList)) }
+        var peer: PeerFigure? = nil
+        #if DPDK
+        if peerFigure {
+            switch PeerFigure.measure(size: 4096, depth: max(32, depth), seconds: seconds) {
+            case .success(let figure):
+                peer = figure
+                if !json && !csv {
+                    print(String(format: "peer: DPDK %@ driven in this process (no server, no transport): 4K copies, depth %d: %.2f GB/s\n",
+                                 figure.device, figure.depth, figure.gBps))
+                }
+            case .failure(let why):
+                if !json && !csv { print("peer: not measured: \(why)\n") }
+            }
+        }
+        #endif
+        for t in transport.transports {
+            var report = try await measure(over: t, sizes: sizeList, ops: opList)
+            report.peer = peer
+            reports.append(report)
+        }
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

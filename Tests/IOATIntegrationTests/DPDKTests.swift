@@ -199,6 +199,9 @@ struct DPDKTests {
         #expect(reports.count == 2, "a report per transport: \(out)")
         for doc in reports {
             #expect(doc["engine"] as? String == "dpdk")
+            // The peer figure: dma_skeleton driven in ioatctl's own process, in the same run.
+            let peer = doc["peer"] as? [String: Any]
+            #expect(peer?["device"] as? String != nil && (peer?["g_bps"] as? Double ?? 0) > 0, "\(String(describing: peer))")
             let rows = doc["rows"] as? [[String: Any]] ?? []
             #expect(rows.count == 2)
             for row in rows {
