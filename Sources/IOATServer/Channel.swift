@@ -93,8 +93,6 @@ final class Channel {
     /// Ops (or pieces) of at most this many bytes run on the event loop's thread when the engine can and
     /// holds nothing else: no hand-off, no wake-up. 0 turns it off.
     let inlineBytes: Int
-    /// Ops run inline so far.
-    private(set) var opsInline: UInt64 = 0
 
     init(engine: any EngineChannel, window: Int, windowBytes: Int = 16 << 20, opCost: Int = 4096, quantum: Int = 256 << 10,
          inlineBytes: Int = 0) {
@@ -294,7 +292,6 @@ final class Channel {
             // A small op with nothing else in the engine runs right here: completions stay in order.
             if pieceLength <= inlineBytes && inEngine == 1, let done = engine.executeInline(engineOp) {
                 if inlineSince == 0 { inlineSince = Clock.nanoseconds() }
-                opsInline += 1
                 complete(done)
                 continue
             }

@@ -103,7 +103,6 @@ extension IOATServer {
             ring.consumer.take(count, into: ringScratch)
             resolveRingDescriptors(count, firstEntry: firstEntry, queue: queue, connection: connection)
             guard !connection.isClosed else { return true }
-            ring.lastActivity = Clock.nanoseconds()
             connection.requests += 1
             let channel = channels[queue.channel]
             channel.schedule(queue)

@@ -22,8 +22,6 @@ final class ServerRing {
     var sleeping = false
     /// Whether the router wrote records that `publish` has not made visible yet.
     var needsPublish = false
-    /// Monotonic ns of the last descriptor taken or record consumed.
-    var lastActivity: UInt64 = 0
 
     /// Makes ring memory for `queue` (a sealed memfd: it can neither shrink nor grow) and a doorbell.
     /// Returns the ring and the two descriptors that go to the client: the memfd and its doorbell end.
