@@ -120,4 +120,40 @@ struct RingTests {
         let (code, text) = try #require(try raw.expectError(packet(.ring, body: le(UInt32(1)) + le(UInt32(0)), version: 2)))
         #expect(code == .unknownType, "\(text)")
     }
+
+    @Test("each RING refusal, and each request a ring queue refuses, gets its code; a cq_head past the records breaks the ring")
+    func ringRefusals() async throws {
+        let server = try TestServer()
+        // Version 3 without feature bit 0: RING is PERMISSION_DENIED.
+        let plain = try RawClient(path: server.path)
+        try plain.send(packet(.open, body: le(UInt32(0)) + le(UInt32(8)), requestID: 3))
+        guard case .openReply(let q) = try plain.receive()?.message else { Issue.record("no OPEN_OK"); return }
+        #expect(try plain.expectError(packet(.ring, body: le(q.queue) + le(UInt32(0))))?.0 == .permissionDenied)
+
+        let raw = try RawClient(path: server.path, features: Wire.featureRings)
+        #expect(raw.helloReply?.features == Wire.featureRings)
+        #expect(try raw.expectError(packet(.ring, body: le(UInt32(0xDEAD)) + le(UInt32(0))))?.0 == .badQueue, "no such queue")
+        try raw.send(packet(.open, body: le(UInt32(0)) + le(UInt32(8)), requestID: 4))
+        guard case .openReply(let open) = try raw.receive()?.message else { Issue.record("no OPEN_OK"); return }
+        try raw.send(packet(.ring, body: le(open.queue) + le(UInt32(0)), requestID: 5))
+        guard let answer = try raw.receive(), case .ringReply(let reply) = answer.message else { Issue.record("no RING_OK"); return }
+        #expect(answer.fds.count == 2 && reply.queue == open.queue && reply.submissionEntries == 8 && reply.completionEntries == 8)
+        #expect(try raw.expectError(packet(.ring, body: le(open.queue) + le(UInt32(0))))?.0 == .badQueue, "already a ring queue")
+        let null = [UInt8](repeating: 0, count: 64)
+        #expect(try raw.expectError(packet(.submit, body: le(open.queue) + le(UInt32(1)) + null))?.0 == .badQueue, "SUBMIT to a ring queue")
+        #expect(try raw.expectError(packet(.reserve, body: le(open.queue) + le(UInt32(1)) + le(UInt32(0)) + le(UInt32(0))))?.0 == .badQueue,
+                "RESERVE on a ring queue")
+
+        // A completion head past the records written breaks the ring, naming the value.
+        let client = try await server.connect()
+        let ring = try await client.openRing(depth: 8)
+        ring.unsafeMemory.storeBytes(of: UInt32(5), toByteOffset: RingLayout.completionHead, as: UInt32.self)
+        _ = ring.push(.null())
+        try ring.submit()
+        var one: UInt8 = 1
+        _ = send(ring.doorbell, &one, 1, Int32(MSG_DONTWAIT))
+        #expect(await eventually { ring.brokenError != nil })
+        #expect(ring.brokenError?.code == .ringBroken)
+        #expect(ring.brokenError?.message.contains("cq_head 5 is 5 records past") == true, "\(String(describing: ring.brokenError))")
+    }
 }
