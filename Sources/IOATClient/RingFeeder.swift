@@ -107,11 +107,10 @@ final class RingFeeder: @unchecked Sendable {
                 if pushed > 0 { s.inflight.append(Segment(batch: batch, count: pushed)) }
             }
             if pushed < descriptors.count { s.backlog.append(Waiting(batch: batch, descriptors: descriptors, next: pushed)) }
-            do throws(IOATError) {
-                try memory.submit()
-            } catch {
-                return error
-            }
+            // The batch is now held in `inflight`/`backlog`, so it ends there and only there: by its records,
+            // or by `fail` once the reader sees the connection go. A doorbell that fails (the server closed
+            // its end: it is stopping or gone) must not complete it here as well, or it completes twice.
+            try? memory.submit()
             return nil
         }
         if let failure { batch.complete(.failure(failure)) }

@@ -349,6 +349,11 @@ final class Session: Sendable {
         guard useRings else { return IOATQueue(session: self, reply: reply) }
         let feeder = RingFeeder(memory: try await ring(for: reply.queue))
         feeders.withLock { $0.append(feeder) }
+        // The connection may have gone between RING_OK and the line above; connectionLost did not see
+        // this feeder then, so it fails here, and its batches end instead of waiting forever.
+        if let (why, goodbye) = state.withLock({ s in s.lost.map { ($0, s.goodbye) } }) {
+            feeder.fail(Self.lostError(why, goodbye: goodbye))
+        }
         wakeup.signal()  // the reader thread watches the new ring from its next round
         return IOATQueue(session: self, reply: reply, feeder: feeder)
     }

@@ -5,6 +5,7 @@ import CIOATRing
 import IOATConformance
 import IOATProtocol
 import IOATSystem
+import Synchronization
 import Testing
 
 /// Ring queues (protocol version 3, SPEC.md §5.10) against a real ioatd.
@@ -155,5 +156,32 @@ struct RingTests {
         #expect(await eventually { ring.brokenError != nil })
         #expect(ring.brokenError?.code == .ringBroken)
         #expect(ring.brokenError?.message.contains("cq_head 5 is 5 records past") == true, "\(String(describing: ring.brokenError))")
+    }
+
+    @Test("a batch whose doorbell fails (the server closed its end) completes once: when the connection goes, not also at submit")
+    func doorbellFailureCompletesOnce() throws {
+        // A ring as the server lays it out, with the server asleep (NEED_WAKEUP set) and its doorbell end closed.
+        let layout = RingLayout(queue: 7, depth: 8)
+        let memfd = try Memfd.create(name: "ring-test", size: UInt64(layout.size), hugepages: false)
+        let map = try Mapping(fd: memfd, length: layout.size, writable: true, populate: true)
+        layout.writeHeader(to: map.unsafeBase)
+        RingConsumer(layout: layout, base: map.unsafeBase).setNeedWakeup(true)
+        let clientEnd = try UnixSocket.doorbellPair().1  // the server's end is closed as the tuple goes
+        let memory = try RingMemory(reply: RingReply(queue: 7, submissionEntries: layout.submissionCount,
+                                                     completionEntries: layout.completionCount, size: UInt64(layout.size)),
+                                    memfd: memfd, doorbell: clientEnd)
+        let feeder = RingFeeder(memory: memory)
+        let completions = Mutex<[IOATClient.BatchResult]>([])
+        feeder.submit([.null(cookie: 1), .null(cookie: 2)]) { result in completions.withLock { $0.append(result) } }
+        // The descriptors are in the ring; the failed doorbell did not end the batch.
+        #expect(completions.withLock { $0.count } == 0)
+        #expect(feeder.isBusy)
+        feeder.fail(.serverStopped("test"))
+        let seen = completions.withLock { $0 }
+        #expect(seen.count == 1, "the batch completed \(seen.count) times")
+        if case .failure(.serverStopped) = seen.first {} else { Issue.record("the batch ended with \(String(describing: seen.first))") }
+        // A batch after the loss fails at once, once.
+        feeder.submit([.null(cookie: 3)]) { result in completions.withLock { $0.append(result) } }
+        #expect(completions.withLock { $0.count } == 2)
     }
 }
