@@ -1,0 +1,213 @@
+/*
+ * <ioatd/client.h> - libioatd, the C client of the ioatd memory-copy offload service.
+ *
+ * One `struct ioatd_client` is one connection to a server (SPEC.md). It owns the caller's buffers
+ * (shared memfds the server also maps) and queues. A queue moves descriptors to the server and
+ * completion records back, over shared-memory rings when the server grants them (protocol version 3)
+ * and over SUBMIT/COMPLETION messages otherwise; the calls below are the same either way.
+ *
+ *     struct ioatd_client *c;
+ *     int rc = ioatd_connect(NULL, 0, &c);                  // NULL: the default socket (SPEC.md §1)
+ *     void *src, *dst;
+ *     ioatd_buffer_alloc(c, 1 << 20, 0, &src);              // mapped here and in the server
+ *     ioatd_buffer_alloc(c, 1 << 20, 0, &dst);
+ *     struct ioatd_queue *q;
+ *     ioatd_queue_open(c, IOATD_ANY_CHANNEL, 64, &q);
+ *     struct ioatd_desc *d = ioatd_get_desc(q);             // NULL: the queue's depth is in use
+ *     ioatd_prep_copy(q, d, dst, src, 4096, 0);             // plain pointers into ioatd buffers
+ *     ioatd_desc_set_cookie(d, 42);
+ *     ioatd_submit(q);
+ *     struct ioatd_completion_record *r;
+ *     ioatd_wait_completion(q, &r, -1);                     // r->cookie == 42, r->status == IOATD_ST_SUCCESS
+ *     ioatd_completion_seen(q, r);                          // hands the record's credit back
+ *
+ * Errors are negative numbers: -errno for a local failure (-EINVAL for a pointer outside every
+ * buffer, checked before anything is sent), and IOATD_ERR(code) for a refusal by the server, whose
+ * protocol code and message ioatd_strerror() names.
+ *
+ * Threads: a client and its queues are used by one thread at a time (the caller serialises, as with
+ * liburing). Nothing runs behind the caller's back: the library starts no thread and installs no
+ * signal handler; completions are read only inside ioatd_peek_* and ioatd_wait_completion.
+ */
+#ifndef IOATD_CLIENT_H
+#define IOATD_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ioatd.h"
+#include "ioatd_ring.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define IOATD_LIB_VERSION_MAJOR 1
+#define IOATD_LIB_VERSION_MINOR 0
+/* (major << 16) | minor, as ioatd_lib_version() returns it. */
+#define IOATD_LIB_VERSION ((IOATD_LIB_VERSION_MAJOR << 16) | IOATD_LIB_VERSION_MINOR)
+
+/* The version of the library loaded at run time: (major << 16) | minor. */
+uint32_t ioatd_lib_version(void);
+
+/* A server's refusal as a return value: IOATD_ERR(IOATD_E_BAD_HANDLE) and so on. */
+#define IOATD_ERR_BASE 1000
+#define IOATD_ERR(code) (-(IOATD_ERR_BASE + (int)(code)))
+/* The protocol error code of a return value, or 0 when it is a -errno. */
+static inline uint32_t ioatd_err_code(int err) {
+    return (err <= -IOATD_ERR_BASE - 1 && err > -IOATD_ERR_BASE - 0x10000) ? (uint32_t)(-err - IOATD_ERR_BASE) : 0;
+}
+
+struct ioatd_client;
+struct ioatd_queue;
+
+/* ioatd_connect flags. */
+#define IOATD_CONNECT_NO_RINGS (1u << 0) /* queues use SUBMIT/COMPLETION even where rings are granted */
+
+/* Connects to the server at `path` (NULL: $IOATD_SOCKET, else /run/ioatd/ioatd.sock when it exists,
+ * else the per-user socket; SPEC.md §1), checks that the server may be trusted (SO_PEERCRED: root,
+ * the ioatd user, or the caller's own uid on a socket only the caller could have made) and says HELLO
+ * (versions 2 and 3). Returns 0 and the client in *out, or a negative error. */
+int ioatd_connect(const char *path, unsigned flags, struct ioatd_client **out);
+/* Closes the connection: every queue and buffer of it is gone, its mappings unmapped. */
+void ioatd_close(struct ioatd_client *c);
+
+/* What the most recent error of this client means: "BAD_HANDLE: <the server's message>" for a
+ * refusal, strerror for -errno. The text lives until the next call on `c` (c may be NULL for -errno). */
+const char *ioatd_strerror(struct ioatd_client *c, int err);
+/* The name of a protocol error code ("BAD_HANDLE"), or "UNKNOWN". */
+const char *ioatd_error_name(uint32_t code);
+/* The name of a completion status ("SUCCESS", "REFUSED_BAD_HANDLE", ...). */
+const char *ioatd_status_name(uint16_t status);
+
+/* The protocol version in force, the server's limits and its channels (HELLO_OK, SPEC.md §4.2). */
+int ioatd_protocol_version(const struct ioatd_client *c);
+int ioatd_rings_granted(const struct ioatd_client *c);
+void ioatd_server_limits(const struct ioatd_client *c, struct ioatd_hello_ok *out);
+int ioatd_channel_count(const struct ioatd_client *c);
+/* Channel `index` (0 ... count - 1, not the channel's own index field) into *out; -EINVAL past the end. */
+int ioatd_channel_info(const struct ioatd_client *c, unsigned index, struct ioatd_channel *out);
+/* STATUS (SPEC.md §5.6), first page: *json is a NUL-terminated JSON text the caller free()s. */
+int ioatd_status(struct ioatd_client *c, char **json);
+/* Whether the server said GOODBYE (it is stopping), and its drain time in ms through *drain_ms. */
+int ioatd_server_stopping(const struct ioatd_client *c, uint32_t *drain_ms);
+/* The connection's socket, for poll/epoll: readable when a message waits (socket-transport
+ * completions, replies, GOODBYE). */
+int ioatd_client_fd(const struct ioatd_client *c);
+
+/* ---- buffers (SPEC.md §5.1-5.3) ---- */
+
+/* ALLOC: a buffer of at least `size` bytes (IOATD_ALLOC_* flags), mapped shared; its address in *addr. */
+int ioatd_buffer_alloc(struct ioatd_client *c, uint64_t size, uint32_t flags, void **addr);
+/* REGISTER: the caller's memfd (sealed with at least F_SEAL_SHRINK), mapped whole; the descriptor
+ * stays the caller's. A memfd the server maps read-only is mapped read-only here too. */
+int ioatd_buffer_register(struct ioatd_client *c, int memfd, void **addr);
+/* FREE: `addr` is the address alloc or register returned; it is unmapped. */
+int ioatd_buffer_free(struct ioatd_client *c, void *addr);
+
+struct ioatd_buffer_info {
+    void *addr;         /* start of the mapping */
+    uint64_t size;      /* usable bytes */
+    uint64_t page_size; /* backing page size */
+    uint32_t handle;    /* the server's handle */
+    uint32_t flags;     /* IOATD_BUF_* */
+};
+/* The buffer that holds `p`, or -EINVAL when no buffer of this client does. */
+int ioatd_buffer_info(const struct ioatd_client *c, const void *p, struct ioatd_buffer_info *out);
+/* The handle and offset of [p, p + length) when one buffer holds it all, else -EINVAL. */
+int ioatd_ref(const struct ioatd_client *c, const void *p, uint64_t length, uint32_t *handle, uint64_t *offset);
+
+/* ---- queues (SPEC.md §5.4, §5.5, §5.9, §5.10) ---- */
+
+/* OPEN on `channel` (IOATD_ANY_CHANNEL: the one with the fewest queues) with room for `depth`
+ * outstanding ops; then RING when rings are granted and not refused by IOATD_CONNECT_NO_RINGS. */
+int ioatd_queue_open(struct ioatd_client *c, uint32_t channel, uint32_t depth, struct ioatd_queue **out);
+/* CLOSE; IOATD_ERR(IOATD_E_BUSY) while ops are outstanding (records not yet seen count). */
+int ioatd_queue_close(struct ioatd_queue *q);
+uint32_t ioatd_queue_id(const struct ioatd_queue *q);
+uint32_t ioatd_queue_channel(const struct ioatd_queue *q);
+uint32_t ioatd_queue_depth(const struct ioatd_queue *q);
+int ioatd_queue_is_ring(const struct ioatd_queue *q);
+/* Ops submitted whose records were not marked seen, plus slots taken and not yet submitted. */
+uint32_t ioatd_queue_in_use(const struct ioatd_queue *q);
+struct ioatd_client *ioatd_queue_client(const struct ioatd_queue *q);
+/* SET_COALESCE (ioat(4) ioat_set_interrupt_coalesce): hold wake-ups / records up to `period_us`. */
+int ioatd_queue_set_coalesce(struct ioatd_queue *q, uint32_t period_us);
+
+/* ---- submitting (liburing's shape) ---- */
+
+/* A free descriptor slot, zeroed, or NULL when `depth` ops are in use (submitted and not yet seen, or
+ * taken and not yet submitted). The slot is the caller's until ioatd_submit. */
+struct ioatd_desc *ioatd_get_desc(struct ioatd_queue *q);
+/* Gives back the slot ioatd_get_desc returned last, while it is not submitted (after a prep that
+ * failed). -EINVAL for any other slot. */
+int ioatd_unget_desc(struct ioatd_queue *q, struct ioatd_desc *d);
+/* Sends every slot taken since the last call. Returns how many, or a negative error. */
+int ioatd_submit(struct ioatd_queue *q);
+
+static inline void ioatd_desc_set_cookie(struct ioatd_desc *d, uint64_t cookie) { d->cookie = cookie; }
+
+/* Prep helpers: one per opcode of protocol version 2 (SPEC.md §6.2). `flags` takes IOATD_F_INT_EN,
+ * IOATD_F_FENCE, IOATD_F_NO_WAIT and, for the CRC ops, the IOATD_F_CRC_* modes. Pointers are plain
+ * addresses inside this client's buffers; one outside every buffer is -EINVAL, nothing is written to
+ * the slot, and the caller gives it back with ioatd_unget_desc. Each prep sets the cookie to 0. */
+int ioatd_prep_null(struct ioatd_queue *q, struct ioatd_desc *d, uint32_t flags);
+int ioatd_prep_drain(struct ioatd_queue *q, struct ioatd_desc *d, uint32_t flags);
+int ioatd_prep_copy(struct ioatd_queue *q, struct ioatd_desc *d, void *dst, const void *src, uint64_t length, uint32_t flags);
+/* Byte i of [dst, dst + length) becomes byte (i mod 8) of `pattern`, little-endian. */
+int ioatd_prep_fill(struct ioatd_queue *q, struct ioatd_desc *d, void *dst, uint64_t pattern, uint64_t length, uint32_t flags);
+/* CRC32C of [src, src + length): the record's `result`. `seed` is used with IOATD_F_CRC_SEED;
+ * `crc` is the 4-byte STORE / TEST location with IOATD_F_CRC_STORE or IOATD_F_CRC_TEST without
+ * IOATD_F_CRC_INLINE, else NULL. */
+int ioatd_prep_crc32c(struct ioatd_queue *q, struct ioatd_desc *d, const void *src, uint64_t length, uint32_t seed,
+                      void *crc, uint32_t flags);
+int ioatd_prep_copy_crc32c(struct ioatd_queue *q, struct ioatd_desc *d, void *dst, const void *src, uint64_t length,
+                           uint32_t seed, void *crc, uint32_t flags);
+/* SUCCESS when equal; MISMATCH with bytes_done = offset of the first difference. */
+int ioatd_prep_compare(struct ioatd_queue *q, struct ioatd_desc *d, const void *a, const void *b, uint64_t length, uint32_t flags);
+int ioatd_prep_compare_pattern(struct ioatd_queue *q, struct ioatd_desc *d, const void *src, uint64_t pattern,
+                               uint64_t length, uint32_t flags);
+int ioatd_prep_dualcast(struct ioatd_queue *q, struct ioatd_desc *d, void *dst1, void *dst2, const void *src,
+                        uint64_t length, uint32_t flags);
+/* dst = XOR of the `count` sources (2...16), each `length` bytes. `list` is room for `count` struct
+ * ioatd_xor_source inside a buffer; the prep writes it. */
+int ioatd_prep_xor(struct ioatd_queue *q, struct ioatd_desc *d, void *dst, const void *const *srcs, uint32_t count,
+                   uint64_t length, struct ioatd_xor_source *list, uint32_t flags);
+/* Copies `count` ranges (1...64), src[i] to dst[i], lengths[i] bytes each. `list` is room for `count`
+ * struct ioatd_sg_entry inside a buffer; the prep writes it. */
+int ioatd_prep_copy_sg(struct ioatd_queue *q, struct ioatd_desc *d, void *const *dsts, const void *const *srcs,
+                       const uint64_t *lengths, uint32_t count, struct ioatd_sg_entry *list, uint32_t flags);
+
+/* ---- completing ---- */
+
+/* Records come in submission order, one per descriptor. A descriptor the server refused has status
+ * IOATD_STATUS_REFUSED + its error code (ioatd_strerror(c, IOATD_ERR(status - IOATD_STATUS_REFUSED))
+ * names it); over the socket every descriptor of a refused SUBMIT gets that status. */
+
+/* The oldest record not yet seen into *rec: 0, or -EAGAIN when none is ready (never blocks). */
+int ioatd_peek_completion(struct ioatd_queue *q, struct ioatd_completion_record **rec);
+/* Up to `max` ready records into recs[]; returns how many (0 ... max), or a negative error. */
+int ioatd_peek_batch(struct ioatd_queue *q, struct ioatd_completion_record **recs, unsigned max);
+/* Waits until a record is ready, up to `timeout_ms` (-1: forever): 0, -ETIME, or the connection's
+ * end (-ECONNRESET; IOATD_ERR(IOATD_E_SHUTTING_DOWN) after GOODBYE; IOATD_ERR(IOATD_E_RING_BROKEN)). */
+int ioatd_wait_completion(struct ioatd_queue *q, struct ioatd_completion_record **rec, int timeout_ms);
+/* Marks the oldest `n` records seen: their slots and credits go back. */
+void ioatd_cq_advance(struct ioatd_queue *q, unsigned n);
+static inline void ioatd_completion_seen(struct ioatd_queue *q, struct ioatd_completion_record *rec) {
+    (void)rec;
+    ioatd_cq_advance(q, 1);
+}
+
+/* For the caller's own event loop: ioatd_queue_arm(q, n) asks to be woken once n records are ready;
+ * 1 means sleep on ioatd_queue_event_fd(q) (poll for POLLIN), 0 that they are there already. Awake,
+ * call ioatd_queue_disarm(q), then peek. A ring queue's fd is its doorbell; a socket queue's is the
+ * connection's. */
+int ioatd_queue_event_fd(const struct ioatd_queue *q);
+int ioatd_queue_arm(struct ioatd_queue *q, unsigned n);
+void ioatd_queue_disarm(struct ioatd_queue *q);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* IOATD_CLIENT_H */
