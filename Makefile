@@ -5,8 +5,9 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 APT_PACKAGES := libisal-dev libsystemd-dev pkg-config gcc python3
 # Only the tests use these: strace delays one syscall to set up a race deterministically; the official
-# Prometheus client parses `ioatctl metrics`; tmux runs `ioatctl top` in a real terminal.
-TEST_PACKAGES := strace python3-prometheus-client tmux
+# Prometheus client parses `ioatctl metrics`; tmux runs `ioatctl top` in a real terminal; valgrind runs
+# the C examples; binutils' nm and readelf check libioatd's exported symbols and soname.
+TEST_PACKAGES := strace python3-prometheus-client tmux valgrind binutils
 # The DPDK engine (SwiftPM trait DPDK) needs DPDK's headers, libraries and the dma_skeleton driver.
 DPDK_PACKAGES := libdpdk-dev
 DPDK_PMDS ?= $(firstword $(wildcard /usr/lib/*-linux-gnu/dpdk/pmds-*))
@@ -15,7 +16,7 @@ SKELETON_EAL_ARGS ?= --no-huge --no-pci -m 256 --no-shconf --no-telemetry --file
 	-d $(DPDK_PMDS)/librte_dma_skeleton.so --vdev=dma_skeleton
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps deps-dpdk deps-test deps-systemd build build-dpdk release run run-dpdk test test-systemd check-plain-build vectors fuzz clean
+.PHONY: all deps deps-dpdk deps-test deps-systemd build build-dpdk release run run-dpdk test test-systemd test-c lib bench-c install-lib check-plain-build vectors fuzz clean
 
 all: build
 
@@ -93,7 +94,15 @@ test: deps deps-dpdk deps-test
 			python3 Tests/support/test-failures.py .build/test-output.txt; \
 		fi; \
 		exit $$status
+	$(MAKE) test-c
 	$(MAKE) check-plain-build
+
+## test-c: libioatd (Tests/libioatd/run.sh): installed into a staging root, the examples and the
+## conformance program built against its pkg-config file and run against ioatd on both transports,
+## again under AddressSanitizer and UndefinedBehaviorSanitizer, the examples under valgrind, and the
+## exported symbols compared with the version script. Needs .build/debug/ioatd (make test builds it).
+test-c: deps deps-test lib
+	bash Tests/libioatd/run.sh
 
 ## test-systemd: the installed service under a real systemd as PID 1 (Tests/systemd/test-systemd.sh):
 ## a cached Debian 12 root, `make install` into a copy, systemd-nspawn --boot, and checks from inside.
@@ -130,6 +139,47 @@ fuzz: deps
 		-artifact_prefix=.build/fuzz/ring- -print_final_stats=1 .build/fuzz/ring-corpus 2>&1 | grep -E '^(Done|stat::number_of_executed_units|==|SUMMARY|.*ERROR)' ; \
 		test $${PIPESTATUS[0]} -eq 0
 
+## lib: libioatd, the C client library: .build/libioatd/libioatd.so.1 (soname libioatd.so.1, only the
+## symbols of libioatd/libioatd.map exported) and libioatd.a.
+LIB_VERSION := $(shell sed -n 's/^\#define IOATD_LIB_VERSION_MAJOR //p' libioatd/include/ioatd/client.h).$(shell sed -n 's/^\#define IOATD_LIB_VERSION_MINOR //p' libioatd/include/ioatd/client.h)
+LIB_MAJOR := $(firstword $(subst ., ,$(LIB_VERSION)))
+LIB_CFLAGS ?= -O2 -g
+LIB_FLAGS = -std=c11 -Wall -Wextra -Werror -fPIC -fvisibility=hidden -Ilibioatd/include -Iprotocol $(LIB_CFLAGS)
+LIB_SOURCES := libioatd/client.c libioatd/ioat.c
+LIB_HEADERS := libioatd/include/ioatd/client.h libioatd/include/ioatd/ioat.h protocol/ioatd.h protocol/ioatd_ring.h
+LIB_OUT := .build/libioatd
+lib: $(LIB_OUT)/libioatd.so.$(LIB_VERSION) $(LIB_OUT)/libioatd.a
+
+$(LIB_OUT)/%.o: libioatd/%.c $(LIB_HEADERS)
+	@mkdir -p $(LIB_OUT)
+	gcc $(LIB_FLAGS) -c $< -o $@
+
+$(LIB_OUT)/libioatd.so.$(LIB_VERSION): $(LIB_SOURCES:libioatd/%.c=$(LIB_OUT)/%.o) libioatd/libioatd.map
+	gcc -shared -Wl,-soname,libioatd.so.$(LIB_MAJOR) -Wl,--version-script=libioatd/libioatd.map -Wl,-z,defs \
+		-o $@ $(filter %.o,$^) -lpthread
+	ln -sf libioatd.so.$(LIB_VERSION) $(LIB_OUT)/libioatd.so.$(LIB_MAJOR)
+	ln -sf libioatd.so.$(LIB_MAJOR) $(LIB_OUT)/libioatd.so
+
+$(LIB_OUT)/libioatd.a: $(LIB_SOURCES:libioatd/%.c=$(LIB_OUT)/%.o)
+	rm -f $@
+	ar rcs $@ $^
+
+## bench-c: libioatd's QD1 round trips and 64-byte batched ops/s beside the raw figures of `ioatctl
+## bench`, on one release server in one run, as ratios (libioatd/bench.sh).
+bench-c: release lib
+	bash libioatd/bench.sh
+
+## install-lib: libioatd, its headers (<ioatd/client.h>, <ioatd/ioat.h> beside <ioatd/ioatd.h> and
+## <ioatd/ioatd_ring.h>) and libioatd.pc under $(DESTDIR)$(PREFIX).
+install-lib: lib
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/ioatd
+	install -m644 $(LIB_OUT)/libioatd.so.$(LIB_VERSION) $(LIB_OUT)/libioatd.a $(DESTDIR)$(LIBDIR)/
+	ln -sf libioatd.so.$(LIB_VERSION) $(DESTDIR)$(LIBDIR)/libioatd.so.$(LIB_MAJOR)
+	ln -sf libioatd.so.$(LIB_MAJOR) $(DESTDIR)$(LIBDIR)/libioatd.so
+	install -m644 $(LIB_HEADERS) $(DESTDIR)$(INCLUDEDIR)/ioatd/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
+		-e 's|@VERSION@|$(LIB_VERSION)|g' libioatd/libioatd.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/libioatd.pc
+
 ## vectors: regenerate protocol/vectors from the Python encoder.
 vectors:
 	python3 protocol/vectors/generate.py
@@ -145,7 +195,7 @@ UNITDIR ?= $(LIBDIR)/systemd/system
 DOCDIR ?= $(PREFIX)/share/doc/ioatd
 SYSCONFDIR ?= /etc
 
-.PHONY: install install-files
+.PHONY: install install-files install-lib
 ## install: optimised, self-contained binaries (Swift runtime linked in), units, snippets, header and
 ## pkg-config file under $(DESTDIR)$(PREFIX); the example config to $(SYSCONFDIR)/ioatd if none is there.
 install: deps
@@ -177,6 +227,7 @@ install-files:
 	@# Opt-in: reserving hugepages at every boot is the administrator's choice (README).
 	install -Dm644 deploy/sysctl.d/60-ioatd-hugepages.conf $(DESTDIR)$(DOCDIR)/examples/60-ioatd-hugepages.conf
 	install -Dm644 protocol/ioatd.h $(DESTDIR)$(INCLUDEDIR)/ioatd/ioatd.h
+	$(MAKE) --no-print-directory install-lib
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig
 	sed -e 's|@PREFIX@|$(PREFIX)|g' deploy/ioatd.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/ioatd.pc
 	install -Dm644 README.md $(DESTDIR)$(DOCDIR)/README.md

@@ -352,3 +352,19 @@ API struct bus_dmadesc *ioat_null(bus_dmaengine_t dmaengine, bus_dmaengine_callb
                                                                            : ioatd_prep_null(e->q, d, wire_flags(flags));
     return finish(e, d, rc, callback_fn, callback_arg);
 }
+
+/* At exit (or when the library is unloaded) the shared connection closes: the server frees this
+ * process's buffers and queues then anyway, and nothing is left open behind the program's back. */
+__attribute__((destructor)) static void close_client(void) {
+    pthread_mutex_lock(&lock);
+    while (engines) {
+        struct engine *e = engines;
+        engines = e->next;
+        pthread_mutex_destroy(&e->enqueue);
+        free(e->callbacks);
+        free(e);
+    }
+    if (client) ioatd_close(client);
+    client = NULL;
+    pthread_mutex_unlock(&lock);
+}

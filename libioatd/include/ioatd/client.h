@@ -134,6 +134,12 @@ struct ioatd_client *ioatd_queue_client(const struct ioatd_queue *q);
 /* SET_COALESCE (ioat(4) ioat_set_interrupt_coalesce): hold wake-ups / records up to `period_us`. */
 int ioatd_queue_set_coalesce(struct ioatd_queue *q, uint32_t period_us);
 
+/* How long ioatd_wait_completion looks for a record (spinning) before it sleeps: 50 µs unless set.
+ * A round trip takes a few µs and a sleep and wake-up tens of µs, so a caller that wants the
+ * transport's full speed and has a core to spare sets more (ioatctl bench's raw figures spin 1000 µs);
+ * 0 sleeps at once. */
+void ioatd_queue_set_spin(struct ioatd_queue *q, uint32_t microseconds);
+
 /* ---- submitting (liburing's shape) ---- */
 
 /* A free descriptor slot, zeroed, or NULL when `depth` ops are in use (submitted and not yet seen, or
