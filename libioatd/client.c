@@ -404,6 +404,12 @@ static int call(struct ioatd_client *c, uint16_t type, const void *body, size_t 
     c->have_reply = 0;
     c->nreply_fds = 0;
     int rc = send_message(c, type, id, body, length, fd);
+    if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET) {
+        c->awaited = 0; /* not sent (too large, out of memory): no reply will come */
+        return rc;
+    }
+    /* A send that found the server gone shows as the connection's end below, after what it had sent
+     * (an ERROR saying why it closed the connection is read first). */
     while (!c->have_reply) {
         int r = pump(c, 1, -1);
         if (r < 0) {
@@ -411,7 +417,6 @@ static int call(struct ioatd_client *c, uint16_t type, const void *body, size_t 
             return r;
         }
     }
-    (void)rc; /* a failed send shows as the connection's end above, after what the server sent */
     c->awaited = 0;
     if (c->reply_type == IOATD_MSG_ERROR) {
         struct ioatd_error_msg e = {0};
@@ -486,6 +491,9 @@ static int trust(struct ioatd_client *c, const char *path, uid_t server) {
 static int hello(struct ioatd_client *c) {
     struct ioatd_hello h = {.min_version = 2, .max_version = 3, .features = IOATD_FEATURE_RINGS};
     int rc = call(c, IOATD_MSG_HELLO, &h, sizeof h, -1, IOATD_MSG_HELLO_OK);
+    /* A server that refuses the connection (policy, limits) sends one ERROR with request_id 0 and
+     * closes: that refusal, not the end of the stream, is the answer (SPEC.md §1). */
+    if (rc < 0 && ioatd_err_code(rc) == 0 && c->last_code != 0) return IOATD_ERR(c->last_code);
     if (rc < 0) return rc;
     if (c->reply_length < sizeof c->hello) return done(c), -EPROTO;
     memcpy(&c->hello, c->reply, sizeof c->hello);
