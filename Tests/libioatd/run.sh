@@ -39,6 +39,7 @@ for example in copy crc32c ioat_test; do
     gcc -std=c11 -Wall -Wextra -Werror $cflags examples/c/$example.c $libs -o "$out/$example"
 done
 gcc -std=c11 -Wall -Wextra -Werror $cflags Tests/libioatd/conformance.c $libs -o "$out/conformance"
+gcc -std=c11 -Wall -Wextra -Werror $cflags Tests/libioatd/ioat_conformance.c $libs -o "$out/ioat_conformance"
 gcc -std=c11 -Wall -Wextra -Werror $cflags libioatd/bench.c $libs -o "$out/bench"
 # The static library too, linked with what pkg-config --static lists.
 gcc -std=c11 -Wall -Wextra -Werror $cflags examples/c/copy.c "$stage/usr/lib/libioatd.a" $(pkg-config --static --libs-only-l libioatd | sed 's/-lioatd//') -o "$out/copy-static"
@@ -47,6 +48,8 @@ gcc -std=c11 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-
     -Ilibioatd/include -Iprotocol Tests/libioatd/conformance.c libioatd/client.c libioatd/ioat.c -lpthread -o "$out/conformance-asan"
 gcc -std=c11 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Wall -Wextra -Werror \
     -Ilibioatd/include -Iprotocol examples/c/ioat_test.c libioatd/client.c libioatd/ioat.c -lpthread -o "$out/ioat_test-asan"
+gcc -std=c11 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Wall -Wextra -Werror \
+    -Ilibioatd/include -Iprotocol Tests/libioatd/ioat_conformance.c libioatd/client.c libioatd/ioat.c -lpthread -o "$out/ioat_conformance-asan"
 
 step "start ioatd (CPU engine)"
 sock=/tmp/ioatd-libtest-$$.sock
@@ -62,14 +65,16 @@ done
 "$out/copy" "$sock"
 "$out/copy-static" "$sock"
 
-step "conformance through the C library, both transports"
+step "conformance through the C library, both transports, and through <ioatd/ioat.h>"
 "$out/conformance" "$sock" ring
 "$out/conformance" "$sock" socket
+IOATD_SOCKET=$sock "$out/ioat_conformance"
 
 step "the same under AddressSanitizer + UndefinedBehaviorSanitizer"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 "$out/conformance-asan" "$sock" ring
 ASAN_OPTIONS=detect_leaks=1 "$out/conformance-asan" "$sock" socket
 IOATD_SOCKET=$sock ASAN_OPTIONS=detect_leaks=1 "$out/ioat_test-asan"
+IOATD_SOCKET=$sock ASAN_OPTIONS=detect_leaks=1 "$out/ioat_conformance-asan"
 
 step "examples: crc32c prints what ioatctl crc32c prints"
 IOATD_SOCKET=$sock "$out/crc32c" README.md protocol/SPEC.md /dev/null > "$out/crc-c.txt"
