@@ -169,22 +169,24 @@ final class Channel {
                 lane.deficit = 0
                 continue
             }
-            guard queue.connection != nil, let op = queue.pending.first else {
+            guard queue.connection != nil, !queue.pending.isEmpty else {
                 lane.queues.removeFirst()
                 queue.isScheduled = false
                 continue
             }
-            if op.dispatched == 0 && op.isFenced {
+            // The head op is read in place (`queue.head`), and moved out only when it leaves the queue:
+            // a copy of it would retain and release every buffer it names once more, per op.
+            if queue.head.dispatched == 0 && queue.head.isFenced {
                 // Re-scheduled by `complete` when its last in-engine op finishes.
                 if queue.execution.inEngine > 0 {
                     lane.queues.removeFirst()
                     queue.isScheduled = false
                     continue
                 }
-                if let refusal = op.refusal {
+                if let refusal = queue.head.refusal {
                     // A refused ring descriptor: its record comes in its turn, and it counts as a failure
                     // for the next FENCE op, which depended on it (SPEC.md §5.10.4).
-                    queue.pending.removeFirst()
+                    let op = queue.pending.removeFirst()
                     queue.execution.failedSinceFence = true
                     opsFailed += 1
                     finished.append(Finished(queue: queue, record: CompletionRecord(
@@ -200,7 +202,7 @@ final class Channel {
                 let skipped = queue.execution.failedSinceFence
                 queue.execution.failedSinceFence = false
                 if skipped {
-                    queue.pending.removeFirst()
+                    let op = queue.pending.removeFirst()
                     finished.append(Finished(queue: queue, record: CompletionRecord(
                         cookie: op.cookie, status: .notAttempted, opcode: op.opcode.rawValue, result: 0, bytesDone: 0),
                         notify: op.flags.contains(.interrupt), acceptedAt: op.acceptedAt, startedAt: op.startedAt))
@@ -213,13 +215,14 @@ final class Channel {
             }
             // Ops above the engine's max transfer go in pieces (SPEC.md §6.7); the head op stays queued
             // until its last piece is in the engine.
-            let offset = op.dispatched
-            var pieceLength = min(op.length - offset, maxTransfer)
+            let offset = queue.head.dispatched
+            let opLength = queue.head.length
+            var pieceLength = min(opLength - offset, maxTransfer)
             // COPY_SG: the piece lies inside one entry.
             var entry: (source: UnsafeRawPointer, destination: UnsafeMutableRawPointer)? = nil
-            if let segments = op.segments {
+            if queue.head.segments != nil {
                 var start = 0
-                for segment in segments {
+                for segment in queue.head.segments! {
                     if offset < start + segment.length {
                         let inside = offset - start
                         pieceLength = min(segment.length - inside, maxTransfer)
@@ -252,17 +255,17 @@ final class Channel {
             lane.queues.removeFirst()
             queue.isScheduled = false
 
-            let isLast = offset + pieceLength == op.length
+            let isLast = offset + pieceLength == opLength
             if offset == 0 {
                 if now == 0 { now = Clock.nanoseconds() }
                 queue.pending[queue.pending.startIndex].startedAt = now
             }
             // The last piece moves the op out of the queue (no extra copy of its buffer references).
-            let head: PendingOp
+            let op: PendingOp
             if isLast {
-                head = queue.pending.removeFirst()
+                op = queue.pending.removeFirst()
             } else {
-                head = queue.pending[queue.pending.startIndex]
+                op = queue.pending[queue.pending.startIndex]
                 queue.pending[queue.pending.startIndex].dispatched += pieceLength
             }
             var flags = op.flags
@@ -271,7 +274,6 @@ final class Channel {
                 if !isLast { flags.subtract([.crcStore, .crcTest, .crcInline]) }
             }
             let slot = freeSlots.removeLast()
-            slots[slot] = InflightOp(queue: queue, op: head, length: pieceLength, pieceOffset: offset, isLastPiece: isLast)
             var sources: UnsafePointer<UnsafeRawPointer>? = nil
             if let list = op.sources {
                 let base = sourceTable + slot * Descriptor.xorSources.upperBound
@@ -287,6 +289,8 @@ final class Channel {
                 cookie: UInt64(slot), opcode: op.opcode, flags: flags, source: op.source.map { UnsafeRawPointer($0.pointer + offset) },
                 destination: op.destination.map { $0.pointer + offset }, length: pieceLength, arg: op.arg, auxiliary: auxiliary,
                 crcState: queue.crcState, sources: sources)
+            // The op moves into its slot, where it stays until the engine hands the slot back.
+            slots[slot] = InflightOp(queue: queue, op: consume op, length: pieceLength, pieceOffset: offset, isLastPiece: isLast)
             queue.execution.inEngine += 1
             bytesInEngine += pieceLength
             // A small op with nothing else in the engine runs right here: completions stay in order.
@@ -305,8 +309,9 @@ final class Channel {
 
     /// Takes back the slot of a finished engine op and returns what it was.
     private func release(slot: Int) -> InflightOp {
-        let op = slots[slot]
-        slots[slot] = .empty
+        // Swapped out, not copied: the op's buffer references move with it.
+        var op = InflightOp.empty
+        swap(&op, &slots[slot])
         freeSlots.append(slot)
         bytesInEngine -= op.length
         return op
@@ -330,11 +335,12 @@ final class Channel {
         finished.removeAll(keepingCapacity: true)
     }
 
-    /// Handles one engine completion (one op or one piece of a split op); returns what the engine held.
+    /// Handles one engine completion (one op or one piece of a split op); returns what the engine held
+    /// (its queue, length and piece; the op itself has moved on).
     @discardableResult
     func complete(_ engineCompletion: EngineCompletion) -> InflightOp {
-        let op = release(slot: Int(engineCompletion.cookie))
-        guard let queue = op.queue, let accepted = op.op else {
+        var op = release(slot: Int(engineCompletion.cookie))
+        guard let queue = op.queue, let accepted = op.op.take() else {
             preconditionFailure("engine completed an unknown slot \(engineCompletion.cookie)")
         }
         queue.execution.inEngine -= 1

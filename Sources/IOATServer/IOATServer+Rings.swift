@@ -139,7 +139,7 @@ extension IOATServer {
             op.serial = nextSerial
             op.acceptedAt = now
             nextSerial += 1
-            queue.pending.append(op)
+            queue.pending.append(consume op)  // moved, not copied: no extra retain of its buffers
             queue.takeCredits(1)
             if let error = refusal {
                 connection.errors += 1

@@ -69,6 +69,11 @@ final class Queue {
 
     /// Ops accepted and waiting for the engine window.
     var pending: Deque<PendingOp>
+    /// The first pending op, borrowed: reading a field of it copies neither the op nor its buffer
+    /// references (the queue must have one).
+    var head: PendingOp {
+        _read { yield pending[pending.startIndex] }
+    }
     /// What its channel does with its ops (written by `Channel` only).
     var execution = QueueExecution()
     /// Ops accepted whose completion has not been written to the socket: the credits in use.
