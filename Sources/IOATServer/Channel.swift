@@ -329,9 +329,11 @@ final class Channel {
         return recovering && inEngine == 0
     }
 
-    /// The ops finished since the last call, for the completion router; empties the list.
-    func takeFinished(_ body: (Finished) -> Void) {
-        for f in finished { body(f) }
+    /// The ops finished since the last call, in the order they finished, for the completion router;
+    /// empties the list.
+    func takeFinished(_ body: ([Finished]) -> Void) {
+        guard !finished.isEmpty else { return }
+        body(finished)
         finished.removeAll(keepingCapacity: true)
     }
 
