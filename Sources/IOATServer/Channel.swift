@@ -174,16 +174,17 @@ final class Channel {
                 queue.isScheduled = false
                 continue
             }
-            // The head op is read in place (`queue.head`), and moved out only when it leaves the queue:
-            // a copy of it would retain and release every buffer it names once more, per op.
-            if queue.head.dispatched == 0 && queue.head.isFenced {
+            // The head op is read in place, and moved out only when it leaves the queue: a copy of it
+            // would retain and release every buffer it names once more, per op.
+            let head = queue.pending.head
+            if head.pointee.dispatched == 0 && head.pointee.isFenced {
                 // Re-scheduled by `complete` when its last in-engine op finishes.
                 if queue.execution.inEngine > 0 {
                     lane.queues.removeFirst()
                     queue.isScheduled = false
                     continue
                 }
-                if let refusal = queue.head.refusal {
+                if let refusal = head.pointee.refusal {
                     // A refused ring descriptor: its record comes in its turn, and it counts as a failure
                     // for the next FENCE op, which depended on it (SPEC.md §5.10.4).
                     let op = queue.pending.removeFirst()
@@ -215,14 +216,14 @@ final class Channel {
             }
             // Ops above the engine's max transfer go in pieces (SPEC.md §6.7); the head op stays queued
             // until its last piece is in the engine.
-            let offset = queue.head.dispatched
-            let opLength = queue.head.length
+            let offset = head.pointee.dispatched
+            let opLength = head.pointee.length
             var pieceLength = min(opLength - offset, maxTransfer)
             // COPY_SG: the piece lies inside one entry.
             var entry: (source: UnsafeRawPointer, destination: UnsafeMutableRawPointer)? = nil
-            if queue.head.segments != nil {
+            if head.pointee.segments != nil {
                 var start = 0
-                for segment in queue.head.segments! {
+                for segment in head.pointee.segments! {
                     if offset < start + segment.length {
                         let inside = offset - start
                         pieceLength = min(segment.length - inside, maxTransfer)
@@ -258,15 +259,15 @@ final class Channel {
             let isLast = offset + pieceLength == opLength
             if offset == 0 {
                 if now == 0 { now = Clock.nanoseconds() }
-                queue.pending[queue.pending.startIndex].startedAt = now
+                head.pointee.startedAt = now
             }
             // The last piece moves the op out of the queue (no extra copy of its buffer references).
             let op: PendingOp
             if isLast {
                 op = queue.pending.removeFirst()
             } else {
-                op = queue.pending[queue.pending.startIndex]
-                queue.pending[queue.pending.startIndex].dispatched += pieceLength
+                op = head.pointee
+                head.pointee.dispatched += pieceLength
             }
             var flags = op.flags
             if op.opcode.computesCRC {
@@ -424,8 +425,8 @@ final class Channel {
         for key in order {
             let (queue, ops) = byQueue[key]!
             for op in ops.reversed() {
-                if let head = queue.pending.first, head.serial == op.serial {
-                    queue.pending[queue.pending.startIndex].dispatched = min(head.dispatched, op.dispatched)
+                if !queue.pending.isEmpty, queue.pending.head.pointee.serial == op.serial {
+                    queue.pending.head.pointee.dispatched = min(queue.pending.head.pointee.dispatched, op.dispatched)
                 } else {
                     queue.pending.prepend(op)
                 }

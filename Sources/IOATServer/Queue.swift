@@ -1,4 +1,3 @@
-import DequeModule
 import IOATEngine
 import IOATProtocol
 
@@ -68,12 +67,7 @@ final class Queue {
     var tenant: Tenant { lane.tenant }
 
     /// Ops accepted and waiting for the engine window.
-    var pending: Deque<PendingOp>
-    /// The first pending op, borrowed: reading a field of it copies neither the op nor its buffer
-    /// references (the queue must have one).
-    var head: PendingOp {
-        _read { yield pending[pending.startIndex] }
-    }
+    var pending: OpRing
     /// What its channel does with its ops (written by `Channel` only).
     var execution = QueueExecution()
     /// Ops accepted whose completion has not been written to the socket: the credits in use.
@@ -108,7 +102,7 @@ final class Queue {
         self.depth = depth
         self.connection = connection
         self.lane = lane
-        pending = Deque(minimumCapacity: depth)
+        pending = OpRing(minimumCapacity: depth)
         undelivered = []
         undelivered.reserveCapacity(depth)
         crcState = .allocate(capacity: 1)
