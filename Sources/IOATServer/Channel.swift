@@ -252,9 +252,12 @@ final class Channel {
             }
             lane.deficit -= charge
             lane.tenant.served += UInt64(charge)
-            // The tenant's queues take turns one op or piece at a time.
-            lane.queues.removeFirst()
-            queue.isScheduled = false
+            // The tenant's queues take turns one op or piece at a time; a queue alone in its lane keeps
+            // its place (taking it out and putting it back moved two references per op).
+            if lane.queues.count > 1 {
+                lane.queues.removeFirst()
+                queue.isScheduled = false
+            }
 
             let isLast = offset + pieceLength == opLength
             if offset == 0 {

@@ -68,24 +68,27 @@ struct SubmitValidator {
 
     /// Resolves every range a descriptor names.
     private func resolve(_ d: Descriptor, index i: Int, buffers: some BufferLookup) throws(ProtocolError) -> PendingOp {
-        var op = PendingOp(cookie: d.cookie, opcode: d.opcode, flags: d.flags, source: nil, destination: nil, auxiliary: nil,
-                           sources: nil, segments: nil, length: Int(clamping: d.length), arg: d.arg)
+        // The ranges are resolved into locals and the op is made once at the end: filling in a var op
+        // field by field made the compiler copy it (and retain its buffers) on the way out.
+        var source: Placement? = nil, destination: Placement? = nil, auxiliary: Placement? = nil
+        var sources: [Placement]? = nil
+        var segments: [(source: Placement, destination: Placement, length: Int)]? = nil
         if d.opcode.readsSource {
-            op.source = try place(d.source, length: d.length, role: "source", index: i, writing: false, buffers: buffers)
+            source = try place(d.source, length: d.length, role: "source", index: i, writing: false, buffers: buffers)
         }
         if d.opcode.usesDestination {
-            op.destination = try place(d.destination, length: d.length, role: "destination", index: i,
+            destination = try place(d.destination, length: d.length, role: "destination", index: i,
                                        writing: d.opcode.writesDestination, buffers: buffers)
         }
         switch d.opcode {
         case .dualcast:
-            op.auxiliary = try place(d.auxiliary, length: d.length, role: "second destination", index: i, writing: true, buffers: buffers)
+            auxiliary = try place(d.auxiliary, length: d.length, role: "second destination", index: i, writing: true, buffers: buffers)
         case .crc32c, .copyCRC32C:
             // (A `where` here would bind to .copyCRC32C alone.)
             guard !d.flags.isDisjoint(with: [.crcStore, .crcTest]) else { break }
             let store = d.flags.contains(.crcStore)
             if !d.flags.contains(.crcInline) {
-                op.auxiliary = try place(d.auxiliary, length: 4, role: store ? "CRC store" : "CRC test", index: i, writing: store,
+                auxiliary = try place(d.auxiliary, length: 4, role: store ? "CRC store" : "CRC test", index: i, writing: store,
                                          buffers: buffers)
             } else {
                 // Inline: STORE after the destination data (after the source for CRC32C), TEST against the
@@ -96,36 +99,36 @@ struct SubmitValidator {
                     throw ProtocolError(.overflow, "descriptor \(i): inline CRC at offset \(base.offset) + length \(d.length) overflows 64 bits",
                                         index: UInt32(i))
                 }
-                op.auxiliary = try place(BufferAddress(handle: base.handle, offset: at), length: 4,
+                auxiliary = try place(BufferAddress(handle: base.handle, offset: at), length: 4,
                                          role: store ? "inline CRC store" : "inline CRC test", index: i, writing: store, buffers: buffers)
             }
         case .xor:
             let count = Int(d.arg)
-            let list = try place(d.auxiliary, length: UInt64(count * XorSource.size), role: "XOR source list", index: i,
-                                 writing: false, buffers: buffers)
-            let bytes = UnsafeRawBufferPointer(start: list.pointer, count: count * XorSource.size)
-            var sources: [Placement] = []
-            sources.reserveCapacity(count)
+            let at = try place(d.auxiliary, length: UInt64(count * XorSource.size), role: "XOR source list", index: i,
+                               writing: false, buffers: buffers)
+            let bytes = UnsafeRawBufferPointer(start: at.pointer, count: count * XorSource.size)
+            var list: [Placement] = []
+            list.reserveCapacity(count)
             for s in 0..<count {
                 let entry = try XorSource.decode(bytes, entry: s, index: UInt32(i))
-                sources.append(try place(entry.address, length: d.length, role: "XOR source \(s)", index: i, writing: false,
-                                         buffers: buffers))
+                list.append(try place(entry.address, length: d.length, role: "XOR source \(s)", index: i, writing: false,
+                                      buffers: buffers))
             }
-            op.sources = sources
+            sources = list
         case .copySG:
             let count = Int(d.arg)
             let list = try place(d.auxiliary, length: UInt64(count * ScatterGatherEntry.size), role: "COPY_SG entry list",
                                  index: i, writing: false, buffers: buffers)
             let bytes = UnsafeRawBufferPointer(start: list.pointer, count: count * ScatterGatherEntry.size)
-            var segments: [(source: Placement, destination: Placement, length: Int)] = []
-            segments.reserveCapacity(count)
+            var entries: [(source: Placement, destination: Placement, length: Int)] = []
+            entries.reserveCapacity(count)
             var total: UInt64 = 0
             // Entries are read once each, in list order, and run in that order (SPEC.md §6.2).
             for e in 0..<count {
                 let entry = try ScatterGatherEntry.decode(bytes, entry: e, index: UInt32(i))
-                let source = try place(entry.source, length: entry.length, role: "COPY_SG entry \(e) source", index: i,
+                let from = try place(entry.source, length: entry.length, role: "COPY_SG entry \(e) source", index: i,
                                        writing: false, buffers: buffers)
-                let destination = try place(entry.destination, length: entry.length, role: "COPY_SG entry \(e) destination",
+                let to = try place(entry.destination, length: entry.length, role: "COPY_SG entry \(e) destination",
                                             index: i, writing: true, buffers: buffers)
                 // Each entry lies inside a buffer, so 64 of them cannot add up past 2^64; checked all the same.
                 let (sum, overflow) = total.addingReportingOverflow(entry.length)
@@ -134,16 +137,17 @@ struct SubmitValidator {
                                         index: UInt32(i))
                 }
                 total = sum
-                segments.append((source, destination, Int(entry.length)))
+                entries.append((from, to, Int(entry.length)))
             }
             guard total == d.length else {
                 throw ProtocolError(.badLength, "descriptor \(i): COPY_SG length \(d.length) is not the sum of its entries (\(total))",
                                     index: UInt32(i))
             }
-            op.segments = segments
+            segments = entries
         default:
             break
         }
-        return op
+        return PendingOp(cookie: d.cookie, opcode: d.opcode, flags: d.flags, source: source, destination: destination,
+                         auxiliary: auxiliary, sources: sources, segments: segments, length: Int(clamping: d.length), arg: d.arg)
     }
 }
