@@ -64,7 +64,10 @@ final class Channel {
     let windowBytes: Int
     /// Bytes in the engine now.
     private(set) var bytesInEngine = 0
-    private var slots: [InflightOp]
+    /// The engine window, one entry per engine cookie, read and cleared in place (an entry is a few
+    /// hundred bytes; moving it in and out per op showed in the profile).
+    private let slots: UnsafeMutablePointer<InflightOp>
+    private let window: Int
     private var freeSlots: [Int]
     /// Per slot, room for the XOR source pointers the engine reads while the op runs.
     private let sourceTable: UnsafeMutablePointer<UnsafeRawPointer>
@@ -104,16 +107,22 @@ final class Channel {
         maxTransfer = max(8, Int(clamping: min(engine.info.maxTransfer, UInt64(Int.max))) & ~7)
         let window = max(1, min(window, engine.info.maxDepth == 0 ? window : Int(engine.info.maxDepth)))
         active = Deque(minimumCapacity: 64)
-        slots = Array(repeating: .empty, count: window)
+        self.window = window
+        slots = .allocate(capacity: window)
+        slots.initialize(repeating: .empty, count: window)
         freeSlots = Array((0..<window).reversed())
         sourceTable = .allocate(capacity: window * Descriptor.xorSources.upperBound)
         finished.reserveCapacity(window * 2)
     }
 
-    deinit { sourceTable.deallocate() }
+    deinit {
+        sourceTable.deallocate()
+        slots.deinitialize(count: window)
+        slots.deallocate()
+    }
 
     /// Ops in the engine now.
-    var inEngine: Int { slots.count - freeSlots.count }
+    var inEngine: Int { window - freeSlots.count }
     /// Ops waiting in queues for this channel's window.
     var pendingCount: Int { active.reduce(0) { $0 + $1.queues.reduce(0) { $0 + $1.pending.count } } }
     /// Whether no op is in the engine or waiting for it.
@@ -311,16 +320,6 @@ final class Channel {
         if started { engine.submit() }
     }
 
-    /// Takes back the slot of a finished engine op and returns what it was.
-    private func release(slot: Int) -> InflightOp {
-        // Swapped out, not copied: the op's buffer references move with it.
-        var op = InflightOp.empty
-        swap(&op, &slots[slot])
-        freeSlots.append(slot)
-        bytesInEngine -= op.length
-        return op
-    }
-
     /// Takes what the engine finished: folds pieces of split ops into one result, notes failures for
     /// the fence window, counts, and records halts. Finished ops go to `finished`. Returns true when
     /// the channel halted and everything it held has come back, so the caller should `recover()`.
@@ -341,40 +340,49 @@ final class Channel {
         finished.removeAll(keepingCapacity: true)
     }
 
-    /// Handles one engine completion (one op or one piece of a split op); returns what the engine held
-    /// (its queue, length and piece; the op itself has moved on).
+    /// Handles one engine completion (one op or one piece of a split op): its slot is read and cleared in
+    /// place. Returns the queue the op belonged to and the piece's length.
     @discardableResult
-    func complete(_ engineCompletion: EngineCompletion) -> InflightOp {
-        var op = release(slot: Int(engineCompletion.cookie))
-        guard let queue = op.queue, let accepted = op.op.take() else {
+    func complete(_ engineCompletion: EngineCompletion) -> (queue: Queue, length: Int) {
+        let slot = Int(engineCompletion.cookie)
+        let entry = slots + slot
+        guard let queue = entry.pointee.queue, entry.pointee.op != nil else {
             preconditionFailure("engine completed an unknown slot \(engineCompletion.cookie)")
+        }
+        let length = entry.pointee.length, pieceOffset = entry.pointee.pieceOffset, isLastPiece = entry.pointee.isLastPiece
+        // Clears the slot (dropping the op's buffer references) and hands it back, on every way out.
+        defer {
+            entry.pointee.queue = nil
+            entry.pointee.op = nil
+            freeSlots.append(slot)
+            bytesInEngine -= length
         }
         queue.execution.inEngine -= 1
         var completion = engineCompletion
         if completion.status == .channelHalted {
             halts += 1
             recovering = true
-            lastError = "op \(accepted.cookie) (\(accepted.opcode.name)) of client \(queue.connection.map { "\($0.id)" } ?? "gone") halted the channel"
+            lastError = "op \(entry.pointee.op!.cookie) (\(entry.pointee.op!.opcode.name)) of client \(queue.connection.map { "\($0.id)" } ?? "gone") halted the channel"
         } else if completion.status == .notAttempted && recovering {
             // Stopped by the halt, not by anything it did: it runs again after the reset.
             if queue.connection != nil {
-                var again = accepted
-                again.dispatched = op.pieceOffset
+                var again = entry.pointee.op.take()!
+                again.dispatched = pieceOffset
                 returned.append((queue, again))
-            } else if op.isLastPiece {
+            } else if isLastPiece {
                 queue.releaseOrphaned(1)
             }
-            return op
+            return (queue, length)
         }
-        if !op.isLastPiece || op.pieceOffset > 0 {
+        if !isLastPiece || pieceOffset > 0 {
             // A piece of a split op: fold it into the queue's progress; only the last piece makes a record.
             if queue.execution.split.outcome == nil && !completion.status.isSuccess {
-                queue.execution.split.outcome = (completion.status, UInt64(op.pieceOffset) + completion.bytesDone)
+                queue.execution.split.outcome = (completion.status, UInt64(pieceOffset) + completion.bytesDone)
             }
             queue.execution.split.bytesDone += completion.bytesDone
-            guard op.isLastPiece else {
+            guard isLastPiece else {
                 schedule(queue)
-                return op
+                return (queue, length)
             }
             if let outcome = queue.execution.split.outcome {
                 completion.status = outcome.status
@@ -393,11 +401,11 @@ final class Channel {
         opsCompleted += 1
         bytesCompleted += completion.bytesDone
         finished.append(Finished(queue: queue, record: CompletionRecord(
-            cookie: accepted.cookie, status: completion.status, opcode: accepted.opcode.rawValue, result: completion.result,
-            bytesDone: completion.bytesDone), notify: accepted.flags.contains(.interrupt), acceptedAt: accepted.acceptedAt,
-            startedAt: accepted.startedAt))
+            cookie: entry.pointee.op!.cookie, status: completion.status, opcode: entry.pointee.op!.opcode.rawValue,
+            result: completion.result, bytesDone: completion.bytesDone), notify: entry.pointee.op!.flags.contains(.interrupt),
+            acceptedAt: entry.pointee.op!.acceptedAt, startedAt: entry.pointee.op!.startedAt))
         schedule(queue)
-        return op
+        return (queue, length)
     }
 
     /// Resets a halted channel once everything it held has come back, and puts the ops the halt
