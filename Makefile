@@ -69,7 +69,8 @@ run-dpdk: deps-dpdk
 
 ## test: build with the DPDK engine and run every test (unit, kernel objects, whole processes, the
 ## conformance suite on dma_skeleton), after a short bounded fuzz run; the resource tests, which measure
-## how long other tenants wait, run alone after the rest; then check that a build without
+## how long other tenants wait, run alone after the rest and one at a time (--no-parallel: swift-testing
+## would otherwise run the ring scribbler beside the latency tests); then check that a build without
 ## the DPDK trait neither needs nor links DPDK. A crash fails at once: the Swift backtracer is off (it
 ## can hang a crashed test process). On failure the recorded issues, and the tests a crash cut short,
 ## are repeated at the end, where a CI log's tail shows them. Processes the tests started and a crash
@@ -84,7 +85,7 @@ test: deps deps-dpdk deps-test
 		python3 Tests/support/reap.py $$$$; \
 		if [ $$status -eq 0 ]; then \
 			echo "---- make test: the resource tests and the ring tests that measure the process, alone ----"; \
-			IOATD_TEST_RUN=$$$$ SWIFT_BACKTRACE=enable=no timeout 900 $(SWIFT) test --skip-build --traits DPDK --filter 'ResourceTests|RingAloneTests' 2>&1 \
+			IOATD_TEST_RUN=$$$$ SWIFT_BACKTRACE=enable=no timeout 900 $(SWIFT) test --skip-build --traits DPDK --no-parallel --filter 'ResourceTests|RingAloneTests' 2>&1 \
 				| tee -a .build/test-output.txt; \
 			status=$${PIPESTATUS[0]}; \
 			python3 Tests/support/reap.py $$$$; \
