@@ -43,8 +43,10 @@ public struct ServerConfiguration: Sendable {
     public var busyPollMicroseconds: Int = 50
     /// Ops of at most this many bytes run on the event loop's thread when their channel's engine can (the
     /// CPU engine) and holds nothing else, instead of being handed to a worker: measured faster up to
-    /// tens of KiB on this 2-core VM (README, "Small ops"). 0 hands every op to a worker.
-    public var inlineBytes: Int = 16 << 10
+    /// 256 KiB on this 2-core VM (README, "Small ops"); 64 KiB bounds how long one op holds the loop.
+    /// At most sixteen times this (counted as fair scheduling counts) runs inline per dispatch. 0 hands
+    /// every op to a worker.
+    public var inlineBytes: Int = 64 << 10
     /// Whether version-3 clients may have shared-memory ring queues (HELLO feature bit 0, SPEC.md §5.10).
     public var rings = true
     /// How long a graceful stop waits for in-flight ops, in milliseconds.

@@ -358,8 +358,14 @@ struct Bench: AsyncParsableCommand {
     /// that polls: over a ring through `IOATRing`, over the socket with SUBMIT and COMPLETION on a
     /// connection of its own (what a C client does). The bare SEQPACKET ping-pong is the floor of any
     /// socket transport on this machine, measured in the same run.
+    /// Round trips before the QD1 samples: at least a tenth of them and at least this long. On this 2-core
+    /// VM the first few milliseconds after a client thread starts can run at 8 µs a round trip instead
+    /// of 1.5 µs (the client and the event loop, both polling, on one CPU until Linux's load balancer
+    /// moves one; pinned to different CPUs they never are), and a 2,000-op sample is 3 ms long.
+    static let qd1WarmUpSeconds = 0.05
+
     func measureQD1(client: IOATClient, queue: IOATQueue, src: IOATBuffer, dst: IOATBuffer) async throws -> QD1 {
-        let rounds = qd1 + qd1 / 10
+        let (qd1, warmUp) = (self.qd1, qd1 / 10)
         let path = client.path
         let (null, copy): ([Double], [Double])
         if queue.isRing {
@@ -368,8 +374,10 @@ struct Bench: AsyncParsableCommand {
             let samples = try await OSThread.run(name: "ioatctl-qd1") { () throws -> [[Double]] in
                 try descriptors.map { d in
                     var out: [Double] = []
-                    out.reserveCapacity(rounds)
-                    for i in 0..<rounds {
+                    out.reserveCapacity(qd1)
+                    let warmUntil = now() + Self.qd1WarmUpSeconds
+                    var warmed = 0
+                    while out.count < qd1 {
                         let start = now()
                         guard ring.push(d) else { throw CLIError("the QD1 ring is full") }
                         try ring.submit()
@@ -378,7 +386,7 @@ struct Bench: AsyncParsableCommand {
                         ring.reap { status = $0.status }
                         let elapsed = (now() - start) * 1e6
                         guard status == .success else { throw CLIError("a QD1 \(d.opcode.name) op completed with \(status)") }
-                        if i >= rounds - qd1 { out.append(elapsed) }
+                        if warmed >= warmUp && start >= warmUntil { out.append(elapsed) } else { warmed += 1 }
                     }
                     return out
                 }
@@ -388,8 +396,9 @@ struct Bench: AsyncParsableCommand {
         } else {
             let samples = try await OSThread.run(name: "ioatctl-qd1") { () throws -> [[Double]] in
                 let raw = try RawSocketClient(path: path)
-                return try [raw.roundTrips(.null(), count: rounds, keep: qd1),
-                            raw.roundTrips(.copy(from: raw.address(0), to: raw.address(4096), length: 64), count: rounds, keep: qd1)]
+                return try [raw.roundTrips(.null(), keep: qd1, warmUp: warmUp, warmUpSeconds: Self.qd1WarmUpSeconds),
+                            raw.roundTrips(.copy(from: raw.address(0), to: raw.address(4096), length: 64), keep: qd1,
+                                           warmUp: warmUp, warmUpSeconds: Self.qd1WarmUpSeconds)]
             }
             (null, copy) = (samples[0], samples[1])
         }
@@ -406,25 +415,30 @@ struct Bench: AsyncParsableCommand {
     /// polling (MSG_DONTWAIT): what one socket round trip costs on this machine, with no server at all.
     static func barePingPong(count: Int) throws -> Percentiles {
         let (a, b) = try UnixSocket.pair()
-        let rounds = count + count / 10
+        // The echo thread answers until a 1-byte message says stop.
         let echo = OSThread(name: "ioatctl-echo") {
             var buffer = [UInt8](repeating: 0, count: 64)
-            for _ in 0..<rounds {
+            while true {
                 var n = -1
                 while n < 0 { n = buffer.withUnsafeMutableBytes { recv(b.rawValue, $0.baseAddress, 64, Int32(MSG_DONTWAIT)) } }
+                if n <= 1 { return }
                 _ = buffer.withUnsafeBytes { send(b.rawValue, $0.baseAddress, n, 0) }
             }
         }
         var message = [UInt8](repeating: 7, count: 64)
         var samples: [Double] = []
         samples.reserveCapacity(count)
-        for i in 0..<rounds {
+        // Warmed up as the QD1 figures are (qd1WarmUpSeconds), so the ratio compares like with like.
+        let warmUntil = now() + qd1WarmUpSeconds
+        var warmed = 0
+        while samples.count < count {
             let start = now()
             _ = message.withUnsafeBytes { send(a.rawValue, $0.baseAddress, 64, 0) }
             var n = -1
             while n < 0 { n = message.withUnsafeMutableBytes { recv(a.rawValue, $0.baseAddress, 64, Int32(MSG_DONTWAIT)) } }
-            if i >= count / 10 { samples.append((now() - start) * 1e6) }
+            if warmed >= count / 10 && start >= warmUntil { samples.append((now() - start) * 1e6) } else { warmed += 1 }
         }
+        _ = message.withUnsafeBytes { send(a.rawValue, $0.baseAddress, 1, 0) }
         echo.join()
         return percentiles(samples)
     }
@@ -612,13 +626,16 @@ final class RawSocketClient {
     }
 
     /// `count` round trips of `descriptor` (with INT_EN); the last `keep` times, in µs.
-    func roundTrips(_ descriptor: Descriptor, count: Int, keep: Int) throws -> [Double] {
+    /// `keep` timed round trips, after at least `warmUp` untimed ones and `warmUpSeconds`.
+    func roundTrips(_ descriptor: Descriptor, keep: Int, warmUp: Int, warmUpSeconds: Double) throws -> [Double] {
         var d = descriptor
         d.flags.insert(.interrupt)
         let packet = Message.encodeSubmit(queue: queue, descriptors: [d], requestID: 0, version: version)
         var samples: [Double] = []
         samples.reserveCapacity(keep)
-        for i in 0..<count {
+        let warmUntil = now() + warmUpSeconds
+        var warmed = 0
+        while samples.count < keep {
             let start = now()
             try UnixSocket.send(fd, packet)
             while true {
@@ -631,7 +648,7 @@ final class RawSocketClient {
                 }
                 if n == 0 || (errno != EAGAIN && errno != EINTR) { throw CLIError("raw client: the connection failed") }
             }
-            if i >= count - keep { samples.append((now() - start) * 1e6) }
+            if warmed >= warmUp && start >= warmUntil { samples.append((now() - start) * 1e6) } else { warmed += 1 }
         }
         return samples
     }

@@ -48,7 +48,7 @@ struct IOATDaemon: ParsableCommand {
     @Option(help: "Microseconds the event loop and CPU workers poll before sleeping after activity (0: never poll; default 50).")
     var busyPollUs: Int?
 
-    @Option(help: "Ops of at most this many bytes run on the event loop's thread when the engine can (CPU engine) and is idle (0: never; default 16384).")
+    @Option(help: "Ops of at most this many bytes run on the event loop's thread when the engine can (CPU engine) and is idle (0: never; default 65536; at most sixteen times this per dispatch).")
     var inlineBytes: Int?
 
     @Flag(help: "Never use hugepages for ALLOC.")
