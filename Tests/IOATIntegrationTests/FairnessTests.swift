@@ -27,6 +27,24 @@ final class RecordingChannel: EngineChannel, @unchecked Sendable {
     func finishOldest() -> EngineOp { held.removeFirst() }
 }
 
+/// A recording channel that, like the CPU engine, can run an op on the caller's thread; it counts those.
+final class InliningChannel: EngineChannel, @unchecked Sendable {
+    let recorder = RecordingChannel()
+    var ranInline: [EngineOp] = []
+    var info: ChannelInfo { recorder.info }
+    var freeSlots: Int { recorder.freeSlots }
+    func enqueue(_ op: EngineOp) -> Bool { recorder.enqueue(op) }
+    func submit() {}
+    var hasCompletions: Bool { recorder.hasCompletions }
+    func reap(into completions: UnsafeMutableBufferPointer<EngineCompletion>) -> Int { 0 }
+    func reset() {}
+    func shutdown() {}
+    func executeInline(_ op: EngineOp) -> EngineCompletion? {
+        ranInline.append(op)
+        return EngineCompletion(cookie: op.cookie, status: .success, bytesDone: UInt64(op.length))
+    }
+}
+
 /// One tenant with one queue kept backlogged with ops of one size.
 struct Backlogged {
     let tenant: Tenant
@@ -97,6 +115,30 @@ struct FairnessTests {
                 "weights bulk \(weights.bulk) : small \(weights.small): small share \(share), expected \(expected) (\(smallOps) small ops, \(bulkPieces) bulk pieces)")
         // Both made progress: neither tenant was starved.
         #expect(smallOps > 0 && bulkPieces > 0)
+    }
+
+    @Test("Inline ops: a queue's worth runs on the loop in order; a deep queue runs at most the inline budget there and the rest goes to the engine",
+          arguments: [8, 100])
+    func inlineBudget(depth: Int) throws {
+        let channel = InliningChannel()
+        let scheduler = Channel(engine: channel, window: 64, windowBytes: 16 << 20, opCost: 4096, quantum: 256 << 10,
+                                inlineBytes: 64 << 10)
+        let memfd = try Memfd.create(name: "inline", size: 1 << 20, hugepages: false)
+        let buffer = SharedBuffer(handle: 1, mapping: try Mapping(fd: memfd, length: 1 << 20, writable: true, populate: false),
+                                  flags: [], pageSize: 4096, registration: nil)
+        let tenant = try Backlogged(uid: 1000, weight: 1, opLength: 64 << 10, buffer: buffer, scheduler: scheduler)
+        for cookie in 0..<depth {
+            let place = Placement(buffer: buffer, offset: 0)
+            tenant.queue.pending.append(PendingOp(cookie: UInt64(cookie), opcode: .copy, flags: [], source: place,
+                                                  destination: place, length: 64 << 10, arg: 0))
+        }
+        scheduler.schedule(tenant.queue)
+        scheduler.dispatch()
+        // 16 × 64 KiB of budget at 64 KiB + 4 KiB an op: 15 ops inline, then the engine takes the rest.
+        let inline = min(depth, (16 * (64 << 10)) / ((64 << 10) + 4096))
+        #expect(channel.ranInline.count == inline, "\(channel.ranInline.count) ops ran inline of \(depth)")
+        #expect(scheduler.finished.map(\.record.cookie) == (0..<UInt64(inline)).map { $0 }, "inline completions in queue order")
+        #expect(channel.recorder.held.count == min(depth - inline, 64), "\(channel.recorder.held.count) ops went to the engine")
     }
 
     @Test("A tenant alone on a channel is never held back by its weight")
