@@ -193,7 +193,11 @@ final class Channel {
             // The head op is read in place, and moved out only when it leaves the queue: a copy of it
             // would retain and release every buffer it names once more, per op.
             let head = queue.pending.head
-            if head.pointee.dispatched == 0 && head.pointee.isFenced {
+            // Fenced: a FENCE or DRAIN op, or a refusal, which waits too so that its record comes in its
+            // turn. The fields are read one by one: a computed property called through `head.pointee`
+            // copied the whole op, retaining and releasing every buffer it names.
+            if head.pointee.dispatched == 0
+                && (head.pointee.flags.contains(.fence) || head.pointee.opcode == .drain || head.pointee.refusal != nil) {
                 // Re-scheduled by `complete` when its last in-engine op finishes.
                 if queue.execution.inEngine > 0 {
                     lane.queues.removeFirst()
@@ -303,12 +307,19 @@ final class Channel {
             // The auxiliary range is a second destination (moves with the piece) or a CRC location
             // (used by the last piece only).
             let auxiliary = op.opcode == .dualcast ? op.auxiliary.map { $0.pointer + offset } : isLast ? op.auxiliary?.pointer : nil
-            let engineOp = entry.map { entry in
-                EngineOp(cookie: UInt64(slot), opcode: .copy, source: entry.source, destination: entry.destination, length: pieceLength)
-            } ?? EngineOp(
-                cookie: UInt64(slot), opcode: op.opcode, flags: flags, source: op.source.map { UnsafeRawPointer($0.pointer + offset) },
-                destination: op.destination.map { $0.pointer + offset }, length: pieceLength, arg: op.arg, auxiliary: auxiliary,
-                crcState: queue.crcState, sources: sources)
+            // No closures here (`map`, `??`): a closure that captures the op copies it, and a copy
+            // retains every buffer it names.
+            let engineOp: EngineOp
+            if let entry {
+                engineOp = EngineOp(cookie: UInt64(slot), opcode: .copy, source: entry.source, destination: entry.destination, length: pieceLength)
+            } else {
+                var source: UnsafeRawPointer? = nil
+                var destination: UnsafeMutableRawPointer? = nil
+                if let place = op.source { source = UnsafeRawPointer(place.pointer + offset) }
+                if let place = op.destination { destination = place.pointer + offset }
+                engineOp = EngineOp(cookie: UInt64(slot), opcode: op.opcode, flags: flags, source: source, destination: destination,
+                                    length: pieceLength, arg: op.arg, auxiliary: auxiliary, crcState: queue.crcState, sources: sources)
+            }
             // The op moves into its slot, where it stays until the engine hands the slot back.
             slots[slot] = InflightOp(queue: queue, op: consume op, length: pieceLength, pieceOffset: offset, isLastPiece: isLast)
             queue.execution.inEngine += 1

@@ -33,7 +33,7 @@ struct OpRing: ~Copyable {
 
     mutating func append(_ op: consuming PendingOp) {
         if count == capacity { grow() }
-        slot(count).initialize(to: op)
+        slot(count).initialize(to: consume op)
         count += 1
     }
 
@@ -41,7 +41,7 @@ struct OpRing: ~Copyable {
     mutating func prepend(_ op: consuming PendingOp) {
         if count == capacity { grow() }
         start = (start - 1) & (capacity - 1)
-        (base + start).initialize(to: op)
+        (base + start).initialize(to: consume op)
         count += 1
     }
 

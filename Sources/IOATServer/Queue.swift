@@ -41,10 +41,6 @@ struct PendingOp {
         PendingOp(cookie: cookie, opcode: .null, flags: [], source: nil, destination: nil, auxiliary: nil, sources: nil,
                   segments: nil, length: 0, arg: 0, refusal: code, refusedOpcode: opcode)
     }
-
-    /// Whether it must wait until every earlier op of its queue has completed (a refusal waits too, so
-    /// that its record comes in its turn).
-    var isFenced: Bool { flags.contains(.fence) || opcode == .drain || refusal != nil }
 }
 
 /// What the pieces of a split op have done so far; the last piece's completion turns it into one record.
