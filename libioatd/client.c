@@ -369,15 +369,10 @@ drop:
     close_fds(fds, nfds);
 }
 
-/* Reads and dispatches messages. wait: block until one came (timeout_ms, -1 forever). Returns how
- * many were read, or the connection's end. */
-static int pump_some(struct ioatd_client *c, int wait, int timeout_ms, int max);
-
-static int pump(struct ioatd_client *c, int wait, int timeout_ms) { return pump_some(c, wait, timeout_ms, 0); }
-
-/* pump, returning after `max` messages (0: after all that are there). A waiter that spins takes one
- * message at a time: reading on until the socket is empty costs a system call that finds nothing,
- * between the record arriving and the caller seeing it. */
+/* Reads and dispatches messages. wait: block until one came (timeout_ms, -1 forever). Stops after `max`
+ * messages (0: when none is left): a waiter that spins takes one at a time, since reading on until the
+ * socket is empty costs a system call that finds nothing between the record arriving and the caller
+ * seeing it. Returns how many were read, or the connection's end. */
 static int pump_some(struct ioatd_client *c, int wait, int timeout_ms, int max) {
     if (c->lost) return c->lost;
     int count = 0;
@@ -403,6 +398,8 @@ static int pump_some(struct ioatd_client *c, int wait, int timeout_ms, int max) 
         count++;
     }
 }
+
+static int pump(struct ioatd_client *c, int wait, int timeout_ms) { return pump_some(c, wait, timeout_ms, 0); }
 
 /* A control call: sends the request and reads until its reply. Returns 0 with the reply in
  * c->reply (freed by the caller through done()), or an error; an ERROR reply is IOATD_ERR(code). */

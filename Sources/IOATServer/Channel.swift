@@ -325,9 +325,9 @@ final class Channel {
             queue.execution.inEngine += 1
             bytesInEngine += pieceLength
             // A small op with nothing else in the engine runs right here: completions stay in order.
-            if pieceLength <= inlineBytes && inEngine == 1 && cost(pieceLength) <= inlineLeft, let done = engine.executeInline(engineOp) {
+            if pieceLength <= inlineBytes && inEngine == 1 && charge <= inlineLeft, let done = engine.executeInline(engineOp) {
                 if inlineSince == 0 { inlineSince = Clock.nanoseconds() }
-                inlineLeft -= cost(pieceLength)
+                inlineLeft -= charge
                 complete(done)
                 continue
             }

@@ -358,14 +358,8 @@ struct Bench: AsyncParsableCommand {
     /// that polls: over a ring through `IOATRing`, over the socket with SUBMIT and COMPLETION on a
     /// connection of its own (what a C client does). The bare SEQPACKET ping-pong is the floor of any
     /// socket transport on this machine, measured in the same run.
-    /// Round trips before the QD1 samples: at least a tenth of them and at least this long. On this 2-core
-    /// VM the first few milliseconds after a client thread starts can run at 8 µs a round trip instead
-    /// of 1.5 µs (the client and the event loop, both polling, on one CPU until Linux's load balancer
-    /// moves one; pinned to different CPUs they never are), and a 2,000-op sample is 3 ms long.
-    static let qd1WarmUpSeconds = 0.05
-
     func measureQD1(client: IOATClient, queue: IOATQueue, src: IOATBuffer, dst: IOATBuffer) async throws -> QD1 {
-        let (qd1, warmUp) = (self.qd1, qd1 / 10)
+        let qd1 = self.qd1
         let path = client.path
         let (null, copy): ([Double], [Double])
         if queue.isRing {
@@ -375,8 +369,7 @@ struct Bench: AsyncParsableCommand {
                 try descriptors.map { d in
                     var out: [Double] = []
                     out.reserveCapacity(qd1)
-                    let warmUntil = now() + Self.qd1WarmUpSeconds
-                    var warmed = 0
+                    var warmUp = WarmUp(samples: qd1)
                     while out.count < qd1 {
                         let start = now()
                         guard ring.push(d) else { throw CLIError("the QD1 ring is full") }
@@ -386,7 +379,7 @@ struct Bench: AsyncParsableCommand {
                         ring.reap { status = $0.status }
                         let elapsed = (now() - start) * 1e6
                         guard status == .success else { throw CLIError("a QD1 \(d.opcode.name) op completed with \(status)") }
-                        if warmed >= warmUp && start >= warmUntil { out.append(elapsed) } else { warmed += 1 }
+                        if warmUp.keeps(start) { out.append(elapsed) }
                     }
                     return out
                 }
@@ -396,9 +389,8 @@ struct Bench: AsyncParsableCommand {
         } else {
             let samples = try await OSThread.run(name: "ioatctl-qd1") { () throws -> [[Double]] in
                 let raw = try RawSocketClient(path: path)
-                return try [raw.roundTrips(.null(), keep: qd1, warmUp: warmUp, warmUpSeconds: Self.qd1WarmUpSeconds),
-                            raw.roundTrips(.copy(from: raw.address(0), to: raw.address(4096), length: 64), keep: qd1,
-                                           warmUp: warmUp, warmUpSeconds: Self.qd1WarmUpSeconds)]
+                return try [raw.roundTrips(.null(), keep: qd1),
+                            raw.roundTrips(.copy(from: raw.address(0), to: raw.address(4096), length: 64), keep: qd1)]
             }
             (null, copy) = (samples[0], samples[1])
         }
@@ -428,15 +420,14 @@ struct Bench: AsyncParsableCommand {
         var message = [UInt8](repeating: 7, count: 64)
         var samples: [Double] = []
         samples.reserveCapacity(count)
-        // Warmed up as the QD1 figures are (qd1WarmUpSeconds), so the ratio compares like with like.
-        let warmUntil = now() + qd1WarmUpSeconds
-        var warmed = 0
+        // Warmed up as the QD1 figures are, so the ratio compares like with like.
+        var warmUp = WarmUp(samples: count)
         while samples.count < count {
             let start = now()
             _ = message.withUnsafeBytes { send(a.rawValue, $0.baseAddress, 64, 0) }
             var n = -1
             while n < 0 { n = message.withUnsafeMutableBytes { recv(a.rawValue, $0.baseAddress, 64, Int32(MSG_DONTWAIT)) } }
-            if warmed >= count / 10 && start >= warmUntil { samples.append((now() - start) * 1e6) } else { warmed += 1 }
+            if warmUp.keeps(start) { samples.append((now() - start) * 1e6) }
         }
         _ = message.withUnsafeBytes { send(a.rawValue, $0.baseAddress, 1, 0) }
         echo.join()
@@ -625,16 +616,14 @@ final class RawSocketClient {
         return try Message.decode(UnsafeRawBufferPointer(rebasing: buffer[0..<packet.count]), version: version).1
     }
 
-    /// `count` round trips of `descriptor` (with INT_EN); the last `keep` times, in µs.
-    /// `keep` timed round trips, after at least `warmUp` untimed ones and `warmUpSeconds`.
-    func roundTrips(_ descriptor: Descriptor, keep: Int, warmUp: Int, warmUpSeconds: Double) throws -> [Double] {
+    /// `keep` timed round trips of `descriptor` (with INT_EN), after a `WarmUp`; in µs.
+    func roundTrips(_ descriptor: Descriptor, keep: Int) throws -> [Double] {
         var d = descriptor
         d.flags.insert(.interrupt)
         let packet = Message.encodeSubmit(queue: queue, descriptors: [d], requestID: 0, version: version)
         var samples: [Double] = []
         samples.reserveCapacity(keep)
-        let warmUntil = now() + warmUpSeconds
-        var warmed = 0
+        var warmUp = WarmUp(samples: keep)
         while samples.count < keep {
             let start = now()
             try UnixSocket.send(fd, packet)
@@ -648,9 +637,28 @@ final class RawSocketClient {
                 }
                 if n == 0 || (errno != EAGAIN && errno != EINTR) { throw CLIError("raw client: the connection failed") }
             }
-            if warmed >= warmUp && start >= warmUntil { samples.append((now() - start) * 1e6) } else { warmed += 1 }
+            if warmUp.keeps(start) { samples.append((now() - start) * 1e6) }
         }
         return samples
+    }
+}
+
+/// Round trips before timed samples are kept: at least a tenth as many as will be kept, and at least
+/// 50 ms. On this 2-core VM the first few milliseconds after a client thread starts can run at 8 µs a
+/// round trip instead of 1.5 µs (the client and the event loop, both polling, on one CPU until Linux's
+/// load balancer moves one; pinned to different CPUs they never are), and a 2,000-op sample is 3 ms long.
+struct WarmUp {
+    static let seconds = 0.05
+    private var left: Int
+    private let until = now() + WarmUp.seconds
+
+    init(samples: Int) { left = samples / 10 }
+
+    /// Whether the round trip that started at `start` is timed (else it is one more warm-up round).
+    mutating func keeps(_ start: Double) -> Bool {
+        if left <= 0 && start >= until { return true }
+        left -= 1
+        return false
     }
 }
 
