@@ -6,8 +6,8 @@ DESTDIR ?=
 APT_PACKAGES := libisal-dev libsystemd-dev pkg-config gcc python3
 # Only the tests use these: strace delays one syscall to set up a race deterministically; the official
 # Prometheus client parses `ioatctl metrics`; tmux runs `ioatctl top` in a real terminal; valgrind runs
-# the C examples; binutils' nm and readelf check libioatd's exported symbols and soname.
-TEST_PACKAGES := strace python3-prometheus-client tmux valgrind binutils
+# the C examples; g++ compiles the C headers as C++ (clang++ comes with Swift); binutils' nm and readelf check libioatd's exported symbols and soname.
+TEST_PACKAGES := strace python3-prometheus-client tmux valgrind binutils g++
 # The DPDK engine (SwiftPM trait DPDK) needs DPDK's headers, libraries and the dma_skeleton driver.
 DPDK_PACKAGES := libdpdk-dev
 DPDK_PMDS ?= $(firstword $(wildcard /usr/lib/*-linux-gnu/dpdk/pmds-*))

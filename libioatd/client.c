@@ -1,16 +1,24 @@
 /*
  * libioatd: connection, buffers, queues, descriptors and records (see <ioatd/client.h>).
  *
- * The connection is a SOCK_SEQPACKET socket: one message per packet (SPEC.md §1). Control calls are
- * synchronous (send, then read until the reply with that request_id), and every message read on the
- * way is dispatched: COMPLETION records go to their queue, an ERROR for a SUBMIT turns that SUBMIT's
- * descriptors into refused records in their turn, GOODBYE is noted. Ring queues use the static
- * inline fast path of <ioatd/ioatd_ring.h>, the one implementation of it.
+ * The connection is a SOCK_SEQPACKET socket: one message per packet (SPEC.md §1). Every message read
+ * is dispatched, by whichever thread reads it: a reply goes to the call waiting for its request_id,
+ * COMPLETION records to their queue, an ERROR for a SUBMIT turns that SUBMIT's descriptors into
+ * refused records in their turn, GOODBYE is noted. One thread at a time sleeps in poll() on the
+ * socket for everyone (the reader); the others sleep on a condition variable that each dispatch
+ * wakes. Ring queues use the static inline fast path of <ioatd/ioatd_ring.h>, touched only by the
+ * queue's own thread, so queues of one client run on different threads without a shared lock.
+ *
+ * Locks: `mu` guards the socket, the waiting calls, the queue list and every socket queue's records;
+ * `buffers_lock` (read-mostly) guards the buffer table, which every prep reads. `lost` is read
+ * without a lock (atomically) by the ring fast path.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <poll.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <sched.h>
 #include <stdio.h>
@@ -30,6 +38,10 @@
 /* How long a waiter looks before it sleeps, by default: a round trip is a few µs, a sleep and
  * wake-up tens of µs (ioatd_queue_set_spin changes it per queue). */
 #define SPIN_NS 50000u
+/* The default bounds on waiting for the server (client.h says why these numbers). */
+#define CONNECT_TIMEOUT_MS 5000
+#define CALL_TIMEOUT_MS 30000
+#define JOURNAL_HINT "the server's log says why: journalctl -u ioatd"
 
 struct buffer {
     uint8_t *base;
@@ -37,25 +49,33 @@ struct buffer {
     uint32_t handle, flags;
 };
 
-/* A SUBMIT sent and not yet fully answered (socket queues): its records, or its refusal. */
+/* A SUBMIT sent and not yet fully answered (socket queues): its records, or the status every record
+ * still due gets (a refusal of the whole SUBMIT, or the connection's end). */
 struct batch {
     uint64_t request_id;
-    uint32_t count;   /* records still due */
-    uint32_t refused; /* error code when the server refused the SUBMIT, else 0 */
+    uint32_t count;  /* records still due */
+    uint16_t status; /* 0 while records come from the server */
 };
 
 struct ioatd_queue {
     struct ioatd_client *c;
     uint32_t id, channel, depth;
-    uint32_t in_flight; /* submitted, record not seen */
+    uint32_t in_flight; /* submitted, record not seen (the queue's thread only) */
     int is_ring;
     uint32_t empty_looks; /* ring queues: looks that found no record */
     uint64_t spin_ns;     /* how long ioatd_wait_completion looks before it sleeps */
+    size_t last_buffer;   /* the buffer the last prep found first (a hint, checked) */
     /* Ring queues. */
     struct ioatd_ring ring;
     void *ring_map;
     size_t ring_size;
-    /* Socket queues: slots taken, records received, SUBMITs answered in order. */
+    /* Ring queues after the connection ended: the records of every op still in flight, made here
+     * (IOATD_ST_CONNECTION_LOST) since no server will write them. The queue's thread only. */
+    struct ioatd_completion_record *lost_records;
+    uint32_t lost_head, lost_count;
+    int lost_done;
+    /* Socket queues (under c->mu but `slots` and `taken`, which are the queue's thread's): slots
+     * taken, records received, SUBMITs answered in order. */
     struct ioatd_desc *slots;
     uint32_t taken;
     struct ioatd_completion_record *records; /* `depth` entries */
@@ -68,40 +88,65 @@ struct ioatd_queue {
     uint32_t batch_head, batch_count;
 };
 
+/* A control call waiting for its reply. */
+struct waiter {
+    uint64_t id;
+    int done;
+    uint16_t type;
+    uint8_t *body;
+    size_t length;
+    int fds[2];
+    int nfds;
+    struct waiter *next;
+};
+
 struct ioatd_client {
     int fd;
     unsigned flags;
-    uint64_t next_request;
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     uint16_t version;
     struct ioatd_hello_ok hello;
     struct ioatd_channel *channels;
+    int call_timeout_ms;
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* a reply or records came, the reader left, the connection ended */
+    int reading;       /* a thread sleeps in poll() on fd for everyone */
+    uint64_t next_request;
     uint8_t *rx, *tx;
     size_t max_message;
-    struct buffer *buffers;
-    size_t nbuffers, cbuffers, last_buffer;
+    struct waiter *waiters;
     struct ioatd_queue **queues;
     size_t nqueues, cqueues;
-    /* The reply a control call waits for. */
-    uint64_t awaited;
-    int have_reply;
-    uint16_t reply_type;
-    uint8_t *reply;
-    size_t reply_length;
-    int reply_fds[2];
-    int nreply_fds;
-    /* The end of the connection: 0, or the error calls now return. */
+    pthread_rwlock_t buffers_lock;
+    struct buffer *buffers;
+    size_t nbuffers, cbuffers;
+    /* The end of the connection: 0, or the error calls now return (atomic). */
     int lost;
     int goodbye;
     uint32_t drain_ms;
-    /* The latest refusal, for ioatd_strerror. */
+    /* The latest error's detail, for ioatd_strerror: a protocol code or a -errno, and its text. */
     uint32_t last_code;
+    int last_errno;
     char last_message[480];
-    char text[640];
 };
 
 /* ---- small things ---- */
 
 API uint32_t ioatd_lib_version(void) { return IOATD_LIB_VERSION; }
+
+API uint32_t ioatd_err_code(int err) {
+    return (err <= -IOATD_ERR_BASE - 1 && err > -IOATD_ERR_BASE - 0x10000) ? (uint32_t)(-err - IOATD_ERR_BASE) : 0;
+}
+API int ioatd_err(uint32_t code) { return IOATD_ERR(code); }
+API void ioatd_desc_set_cookie(struct ioatd_desc *d, uint64_t cookie) {
+    if (d) d->cookie = cookie;
+}
+API void ioatd_desc_set_data(struct ioatd_desc *d, void *data) {
+    if (d) d->cookie = (uint64_t)(uintptr_t)data;
+}
+API void *ioatd_record_data(const struct ioatd_completion_record *rec) {
+    return rec ? (void *)(uintptr_t)rec->cookie : NULL;
+}
 
 static const char *const error_names[] = {
     [IOATD_E_MALFORMED] = "MALFORMED", [IOATD_E_BAD_MAGIC] = "BAD_MAGIC",
@@ -136,6 +181,7 @@ static const char *const status_names[] = {
 API const char *ioatd_status_name(uint16_t status) {
     static __thread char refused[48];
     if (status < sizeof status_names / sizeof status_names[0]) return status_names[status];
+    if (status == IOATD_ST_CONNECTION_LOST) return "CONNECTION_LOST";
     if (status > IOATD_STATUS_REFUSED && status < IOATD_STATUS_REFUSED + 0x100) {
         snprintf(refused, sizeof refused, "REFUSED_%s", ioatd_error_name(status - IOATD_STATUS_REFUSED));
         return refused;
@@ -143,38 +189,105 @@ API const char *ioatd_status_name(uint16_t status) {
     return "UNKNOWN";
 }
 
+/* The latest failure of this thread that left no client to ask (ioatd_connect). */
+static __thread struct {
+    int err;
+    char message[480];
+} failure;
+
 API const char *ioatd_strerror(struct ioatd_client *c, int err) {
-    static __thread char local[128];
+    static __thread char text[640];
+    char message[480] = "";
+    if (err > 0) err = -err; /* ioat(4)'s calls return positive errno values */
     uint32_t code = ioatd_err_code(err);
-    char *out = c ? c->text : local;
-    size_t room = c ? sizeof c->text : sizeof local;
-    if (code == 0) {
-        snprintf(out, room, "%s", strerror(-err));
-    } else if (c && c->last_code == code && c->last_message[0]) {
-        snprintf(out, room, "%s: %s", ioatd_error_name(code), c->last_message);
-    } else {
-        snprintf(out, room, "%s (error %u from the server)", ioatd_error_name(code), code);
+    if (c) {
+        pthread_mutex_lock(&c->mu);
+        if ((code && c->last_code == code) || (!code && c->last_errno == err)) snprintf(message, sizeof message, "%s", c->last_message);
+        pthread_mutex_unlock(&c->mu);
+    } else if (err != 0 && failure.err == err) {
+        snprintf(message, sizeof message, "%s", failure.message);
     }
-    return out;
+    if (code == 0) {
+        snprintf(text, sizeof text, "%s%s%s", strerror(-err), message[0] ? ": " : "", message);
+    } else if (message[0]) {
+        snprintf(text, sizeof text, "%s: %s", ioatd_error_name(code), message);
+    } else {
+        snprintf(text, sizeof text, "%s (error %u from the server)", ioatd_error_name(code), code);
+    }
+    return text;
 }
 
+/* With c->mu held: a refusal by the server and its text. */
 static void note_refusal(struct ioatd_client *c, uint32_t code, const char *text, size_t length) {
     c->last_code = code;
+    c->last_errno = 0;
     if (length >= sizeof c->last_message) length = sizeof c->last_message - 1;
     memcpy(c->last_message, text, length);
     c->last_message[length] = 0;
 }
 
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+/* With c->mu held: a local failure (-errno) and what it was about. Returns err. */
+__attribute__((format(printf, 3, 4))) static int note_local(struct ioatd_client *c, int err, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    vsnprintf(c->last_message, sizeof c->last_message, format, args);
+    va_end(args);
+    c->last_code = 0;
+    c->last_errno = err;
+    return err;
 }
 
-static uint64_t now_ns(void) {
+/* A failure of ioatd_connect, for ioatd_strerror(NULL, err). Returns err. */
+__attribute__((format(printf, 2, 3))) static int note_failure(int err, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    vsnprintf(failure.message, sizeof failure.message, format, args);
+    va_end(args);
+    failure.err = err;
+    return err;
+}
+
+static int64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* A deadline in now_ns() time for a bound in ms, or -1 for none (timeout_ms < 0). */
+static int64_t deadline_after(int timeout_ms) { return timeout_ms < 0 ? -1 : now_ns() + (int64_t)timeout_ms * 1000000; }
+
+/* Milliseconds left until `deadline` for poll(2), rounded up: -1 for none, 0 when it passed. */
+static int ms_left(int64_t deadline) {
+    if (deadline < 0) return -1;
+    int64_t left = deadline - now_ns();
+    if (left <= 0) return 0;
+    return left / 1000000 >= 0x7FFFFFFF ? 0x7FFFFFFF : (int)((left + 999999) / 1000000);
+}
+
+/* A bound from the environment (ms; -1 for none), or `fallback` when unset or not a number. */
+static int env_timeout(const char *name, int fallback) {
+    const char *v = getenv(name);
+    if (!v || !*v) return fallback;
+    char *end;
+    long ms = strtol(v, &end, 10);
+    return (*end || ms < -1 || ms > 0x7FFFFFFF) ? fallback : (int)ms;
+}
+
+static int is_lost(const struct ioatd_client *c) { return __atomic_load_n(&c->lost, __ATOMIC_ACQUIRE); }
+
+static const char *message_name(uint16_t type) {
+    switch (type) {
+    case IOATD_MSG_HELLO: return "HELLO";
+    case IOATD_MSG_ALLOC: return "ALLOC";
+    case IOATD_MSG_REGISTER: return "REGISTER";
+    case IOATD_MSG_FREE: return "FREE";
+    case IOATD_MSG_OPEN: return "OPEN";
+    case IOATD_MSG_CLOSE: return "CLOSE";
+    case IOATD_MSG_STATUS: return "STATUS";
+    case IOATD_MSG_SET_COALESCE: return "SET_COALESCE";
+    case IOATD_MSG_RING: return "RING";
+    default: return "a request";
+    }
 }
 
 /* ---- the socket ---- */
@@ -184,9 +297,15 @@ static void close_fds(int *fds, int n) {
         if (fds[i] >= 0) close(fds[i]);
 }
 
-/* Sends one message: header + body (+ one descriptor). */
+static ssize_t recv_message(struct ioatd_client *c, int *fds, int *nfds);
+static void dispatch(struct ioatd_client *c, size_t length, int *fds, int nfds);
+static void lose(struct ioatd_client *c, int why);
+
+/* With c->mu held: sends one message (header + body + at most one descriptor). The socket does not
+ * block: while it is full, what the server sends meanwhile is read (it may be waiting for that), up
+ * to `deadline` (-1: none), then -ETIMEDOUT. A negative `deadline` of -2 tries once (-EAGAIN). */
 static int send_message(struct ioatd_client *c, uint16_t type, uint64_t request_id, const void *body, size_t length,
-                        int fd) {
+                        int fd, int64_t deadline) {
     if (c->lost) return c->lost;
     size_t total = sizeof(struct ioatd_header) + length;
     if (total > c->max_message) return -EMSGSIZE;
@@ -208,12 +327,23 @@ static int send_message(struct ioatd_client *c, uint16_t type, uint64_t request_
         memcpy(CMSG_DATA(cm), &fd, sizeof fd);
     }
     for (;;) {
-        ssize_t n = sendmsg(c->fd, &m, MSG_NOSIGNAL);
+        ssize_t n = sendmsg(c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n == (ssize_t)total) return 0;
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            struct pollfd p = {c->fd, POLLOUT, 0};
-            poll(&p, 1, -1);
+            if (deadline == -2) return -EAGAIN;
+            int left = ms_left(deadline);
+            if (left == 0) return -ETIMEDOUT;
+            struct pollfd p = {c->fd, POLLOUT | POLLIN, 0};
+            if (poll(&p, 1, left) > 0 && (p.revents & POLLIN)) {
+                int fds[2], nfds;
+                ssize_t got = recv_message(c, fds, &nfds);
+                if (got < 0) {
+                    lose(c, (int)got);
+                    return c->lost;
+                }
+                if (got > 0) dispatch(c, (size_t)got, fds, nfds);
+            }
             continue;
         }
         /* EPIPE and the like: the server is gone; what it sent before going is still read. */
@@ -221,15 +351,15 @@ static int send_message(struct ioatd_client *c, uint16_t type, uint64_t request_
     }
 }
 
-/* Reads one message into c->rx. Returns its length, 0 when none waits (non-blocking), or a negative
+/* Reads one message into c->rx (c->mu held). Returns its length, 0 when none waits, or a negative
  * error: the connection's end. Descriptors that came with it go to fds[] (at most 2; more are closed). */
-static ssize_t recv_message(struct ioatd_client *c, int wait, int *fds, int *nfds) {
+static ssize_t recv_message(struct ioatd_client *c, int *fds, int *nfds) {
     union { struct cmsghdr align; char space[CMSG_SPACE(4 * sizeof(int))]; } control;
     struct iovec iov = {c->rx, c->max_message};
     struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof control.space};
     *nfds = 0;
     ssize_t n;
-    do n = recvmsg(c->fd, &m, MSG_CMSG_CLOEXEC | (wait ? 0 : MSG_DONTWAIT));
+    do n = recvmsg(c->fd, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     while (n < 0 && errno == EINTR);
     if (n < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
     for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
@@ -257,14 +387,10 @@ static struct ioatd_queue *queue_by_id(struct ioatd_client *c, uint32_t id) {
     return NULL;
 }
 
-static void lose(struct ioatd_client *c, int why) {
-    if (c->lost) return;
-    c->lost = c->goodbye ? IOATD_ERR(IOATD_E_SHUTTING_DOWN) : (why ? why : -ECONNRESET);
-}
-
-/* Socket queues: records of refused SUBMITs at the front of the answer order go in now. */
-static void flush_refused(struct ioatd_queue *q) {
-    while (q->batch_count > 0 && q->batches[q->batch_head].refused) {
+/* Socket queues: records of SUBMITs given a status of their own (refused, or the connection's end)
+ * at the front of the answer order go in now. */
+static void flush_settled(struct ioatd_queue *q) {
+    while (q->batch_count > 0 && q->batches[q->batch_head].status) {
         struct batch *b = &q->batches[q->batch_head];
         for (uint32_t i = 0; i < b->count; i++) {
             uint32_t seq = (uint32_t)(q->seq_recorded++ % q->depth);
@@ -272,11 +398,29 @@ static void flush_refused(struct ioatd_queue *q) {
             memset(r, 0, sizeof *r);
             r->cookie = q->cookies[seq];
             r->opcode = q->opcodes[seq];
-            r->status = (uint16_t)(IOATD_STATUS_REFUSED + b->refused);
+            r->status = b->status;
         }
         q->batch_head = (q->batch_head + 1) % q->depth;
         q->batch_count--;
     }
+}
+
+/* With c->mu held: the connection ended. Every call returns `why` (SHUTTING_DOWN after a GOODBYE)
+ * from now on, and every op of a socket queue still in flight gets a CONNECTION_LOST record in its
+ * turn (ring queues make theirs on their own thread, when they find the ring empty). */
+static void lose(struct ioatd_client *c, int why) {
+    if (c->lost) return;
+    __atomic_store_n(&c->lost, c->goodbye ? IOATD_ERR(IOATD_E_SHUTTING_DOWN) : (why ? why : -ECONNRESET), __ATOMIC_RELEASE);
+    for (size_t i = 0; i < c->nqueues; i++) {
+        struct ioatd_queue *q = c->queues[i];
+        if (q->is_ring) continue;
+        for (uint32_t k = 0; k < q->batch_count; k++) {
+            struct batch *b = &q->batches[(q->batch_head + k) % q->depth];
+            if (!b->status) b->status = IOATD_ST_CONNECTION_LOST;
+        }
+        flush_settled(q);
+    }
+    pthread_cond_broadcast(&c->cv);
 }
 
 static void take_records(struct ioatd_client *c, const uint8_t *body, size_t length) {
@@ -288,7 +432,7 @@ static void take_records(struct ioatd_client *c, const uint8_t *body, size_t len
     if (!q || q->is_ring) return;
     const uint8_t *p = body + sizeof head;
     for (uint32_t i = 0; i < head.count; i++, p += sizeof(struct ioatd_completion_record)) {
-        flush_refused(q);
+        flush_settled(q);
         /* More records than ops outstanding would be a server bug; they are dropped, never overflow. */
         if (q->batch_count == 0 || q->rec_count == q->depth) return;
         memcpy(&q->records[(q->rec_head + q->rec_count++) % q->depth], p, sizeof(struct ioatd_completion_record));
@@ -299,7 +443,7 @@ static void take_records(struct ioatd_client *c, const uint8_t *body, size_t len
             q->batch_count--;
         }
     }
-    flush_refused(q);
+    flush_settled(q);
 }
 
 /* An ERROR whose request_id names a SUBMIT of a socket queue: that SUBMIT is refused. */
@@ -309,9 +453,9 @@ static int refuse_submit(struct ioatd_client *c, uint64_t request_id, uint32_t c
         if (q->is_ring) continue;
         for (uint32_t k = 0; k < q->batch_count; k++) {
             struct batch *b = &q->batches[(q->batch_head + k) % q->depth];
-            if (b->request_id == request_id && !b->refused) {
-                b->refused = code ? code : IOATD_E_INTERNAL;
-                flush_refused(q);
+            if (b->request_id == request_id && !b->status) {
+                b->status = (uint16_t)(IOATD_STATUS_REFUSED + (code ? code : IOATD_E_INTERNAL));
+                flush_settled(q);
                 return 1;
             }
         }
@@ -319,7 +463,29 @@ static int refuse_submit(struct ioatd_client *c, uint64_t request_id, uint32_t c
     return 0;
 }
 
-/* Dispatches one message read into c->rx. */
+static struct waiter *waiter_by_id(struct ioatd_client *c, uint64_t id) {
+    for (struct waiter *w = c->waiters; w; w = w->next)
+        if (w->id == id) return w;
+    return NULL;
+}
+
+/* A reply whose call gave up waiting (its bound ran out): what it made on the server is given back,
+ * without waiting for the answer, so a late ALLOC or OPEN leaks nothing for the connection's life. */
+static void abandoned_reply(struct ioatd_client *c, uint16_t type, const uint8_t *body, size_t length) {
+    if ((type == IOATD_MSG_ALLOC_OK || type == IOATD_MSG_REGISTER_OK) && length == sizeof(struct ioatd_buffer_ok)) {
+        struct ioatd_buffer_ok ok;
+        memcpy(&ok, body, sizeof ok);
+        struct ioatd_free f = {.handle = ok.handle};
+        send_message(c, IOATD_MSG_FREE, ++c->next_request, &f, sizeof f, -1, -2);
+    } else if (type == IOATD_MSG_OPEN_OK && length == sizeof(struct ioatd_open_ok)) {
+        struct ioatd_open_ok ok;
+        memcpy(&ok, body, sizeof ok);
+        struct ioatd_close m = {.queue = ok.queue};
+        send_message(c, IOATD_MSG_CLOSE, ++c->next_request, &m, sizeof m, -1, -2);
+    }
+}
+
+/* Dispatches one message read into c->rx (c->mu held). */
 static void dispatch(struct ioatd_client *c, size_t length, int *fds, int nfds) {
     struct ioatd_header h;
     if (length < sizeof h) goto drop;
@@ -344,8 +510,8 @@ static void dispatch(struct ioatd_client *c, size_t length, int *fds, int nfds) 
             struct ioatd_error_msg e;
             memcpy(&e, body, sizeof e);
             size_t text = blen - sizeof e < e.text_length ? blen - sizeof e : e.text_length;
-            if (h.request_id == 0 || h.request_id != c->awaited) {
-                /* Unsolicited (a ring refusal, RING_BROKEN) or about a SUBMIT. */
+            if (h.request_id == 0 || !waiter_by_id(c, h.request_id)) {
+                /* Unsolicited (a refusal at connect, a ring refusal, RING_BROKEN) or about a SUBMIT. */
                 note_refusal(c, e.code, (const char *)body + sizeof e, text);
                 if (h.request_id != 0) refuse_submit(c, h.request_id, e.code);
                 goto drop;
@@ -355,100 +521,170 @@ static void dispatch(struct ioatd_client *c, size_t length, int *fds, int nfds) 
     default:
         break;
     }
-    if (h.request_id != 0 && h.request_id == c->awaited && !c->have_reply) {
-        c->have_reply = 1;
-        c->reply_type = h.type;
-        c->reply_length = blen;
-        c->reply = malloc(blen ? blen : 1);
-        if (c->reply) memcpy(c->reply, body, blen);
-        memcpy(c->reply_fds, fds, sizeof(int) * (size_t)nfds);
-        c->nreply_fds = nfds;
+    struct waiter *w = h.request_id ? waiter_by_id(c, h.request_id) : NULL;
+    if (w && !w->done) {
+        w->body = malloc(blen ? blen : 1);
+        if (w->body) memcpy(w->body, body, blen);
+        w->length = blen;
+        w->type = h.type;
+        memcpy(w->fds, fds, sizeof(int) * (size_t)nfds);
+        w->nfds = nfds;
+        w->done = 1;
         return;
     }
+    if (!w && h.request_id) abandoned_reply(c, h.type, body, blen);
 drop:
     close_fds(fds, nfds);
 }
 
-/* Reads and dispatches messages. wait: block until one came (timeout_ms, -1 forever). Stops after `max`
- * messages (0: when none is left): a waiter that spins takes one at a time, since reading on until the
- * socket is empty costs a system call that finds nothing between the record arriving and the caller
- * seeing it. Returns how many were read, or the connection's end. */
-static int pump_some(struct ioatd_client *c, int wait, int timeout_ms, int max) {
-    if (c->lost) return c->lost;
+/* With c->mu held: reads and dispatches what waits, at most `max` messages (0: all). A waiter that
+ * spins takes one at a time: reading on until the socket is empty puts a system call that finds
+ * nothing between the record arriving and the caller seeing it. Returns how many were read. */
+static int drain(struct ioatd_client *c, int max) {
     int count = 0;
-    for (;;) {
-        if (max > 0 && count >= max) return count;
+    while (!c->lost && (max == 0 || count < max)) {
         int fds[2], nfds;
-        ssize_t n = recv_message(c, 0, fds, &nfds);
+        ssize_t n = recv_message(c, fds, &nfds);
+        if (n == 0) break;
         if (n < 0) {
             lose(c, (int)n);
-            return c->lost;
-        }
-        if (n == 0) {
-            if (count > 0 || !wait) return count;
-            struct pollfd p = {c->fd, POLLIN, 0};
-            int r = poll(&p, 1, timeout_ms);
-            if (r == 0) return 0;
-            if (r < 0 && errno != EINTR) return -errno;
-            wait = 0; /* one wait; then read all that is there */
-            count = 0;
-            continue;
+            break;
         }
         dispatch(c, (size_t)n, fds, nfds);
         count++;
     }
+    if (count) pthread_cond_broadcast(&c->cv);
+    return count;
 }
 
-static int pump(struct ioatd_client *c, int wait, int timeout_ms) { return pump_some(c, wait, timeout_ms, 0); }
-
-/* A control call: sends the request and reads until its reply. Returns 0 with the reply in
- * c->reply (freed by the caller through done()), or an error; an ERROR reply is IOATD_ERR(code). */
-static int call(struct ioatd_client *c, uint16_t type, const void *body, size_t length, int fd, uint16_t expect) {
-    uint64_t id = ++c->next_request;
-    c->awaited = id;
-    c->have_reply = 0;
-    c->nreply_fds = 0;
-    int rc = send_message(c, type, id, body, length, fd);
-    if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET) {
-        c->awaited = 0; /* not sent (too large, out of memory): no reply will come */
-        return rc;
-    }
-    /* A send that found the server gone shows as the connection's end below, after what it had sent
-     * (an ERROR saying why it closed the connection is read first). */
-    while (!c->have_reply) {
-        int r = pump(c, 1, -1);
-        if (r < 0) {
-            c->awaited = 0;
-            return r;
+/* With c->mu held (released while asleep): waits until ready(c, arg), the connection's end or
+ * `deadline` (-1: none): 0, c->lost or -ETIME. One waiter at a time sleeps in poll() on the socket
+ * and reads for everyone; the others sleep on c->cv, which every dispatch and the reader's leaving
+ * wake. */
+static int wait_until(struct ioatd_client *c, int (*ready)(struct ioatd_client *, void *), void *arg, int64_t deadline) {
+    for (;;) {
+        drain(c, 0);
+        if (ready(c, arg)) return 0;
+        if (c->lost) return c->lost;
+        int left = ms_left(deadline);
+        if (left == 0) return -ETIME;
+        if (!c->reading) {
+            c->reading = 1;
+            pthread_mutex_unlock(&c->mu);
+            struct pollfd p = {c->fd, POLLIN, 0};
+            poll(&p, 1, left);
+            pthread_mutex_lock(&c->mu);
+            c->reading = 0;
+            pthread_cond_broadcast(&c->cv);
+        } else if (deadline < 0) {
+            pthread_cond_wait(&c->cv, &c->mu);
+        } else {
+            struct timespec ts = {.tv_sec = deadline / 1000000000, .tv_nsec = deadline % 1000000000};
+            pthread_cond_timedwait(&c->cv, &c->mu, &ts);
         }
     }
-    c->awaited = 0;
-    if (c->reply_type == IOATD_MSG_ERROR) {
+}
+
+static int waiter_done(struct ioatd_client *c, void *arg) {
+    (void)c;
+    return ((struct waiter *)arg)->done;
+}
+
+static void unlink_waiter(struct ioatd_client *c, struct waiter *w) {
+    for (struct waiter **p = &c->waiters; *p; p = &(*p)->next)
+        if (*p == w) {
+            *p = w->next;
+            return;
+        }
+}
+
+/* The reply of a call, once used. */
+static void release(struct waiter *w) {
+    free(w->body);
+    w->body = NULL;
+    close_fds(w->fds, w->nfds);
+    w->nfds = 0;
+}
+
+/* A control call: sends the request and waits for its reply, at most `timeout_ms` (-1: forever).
+ * Returns 0 with the reply in *w (the caller calls release(w)), or an error: IOATD_ERR(code) for an
+ * ERROR reply, -ETIMEDOUT when the bound ran out, the connection's end. */
+static int call_within(struct ioatd_client *c, uint16_t type, const void *body, size_t length, int fd, uint16_t expect,
+                       struct waiter *w, int timeout_ms) {
+    memset(w, 0, sizeof *w);
+    pthread_mutex_lock(&c->mu);
+    if (c->lost) {
+        int lost = c->lost;
+        pthread_mutex_unlock(&c->mu);
+        return lost;
+    }
+    int64_t deadline = deadline_after(timeout_ms);
+    w->id = ++c->next_request;
+    w->next = c->waiters;
+    c->waiters = w;
+    int rc = send_message(c, type, w->id, body, length, fd, deadline);
+    if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET) {
+        /* Not sent (too large, the socket full past the bound): no reply will come. */
+        unlink_waiter(c, w);
+        if (rc == -ETIMEDOUT)
+            note_local(c, rc, "%s could not be sent to the server at %s within %d ms (its socket stayed full); " JOURNAL_HINT,
+                       message_name(type), c->path, timeout_ms);
+        pthread_mutex_unlock(&c->mu);
+        return rc;
+    }
+    /* A send that found the server gone shows as the connection's end, after what it had sent (an
+     * ERROR saying why it closed the connection is read first). */
+    rc = wait_until(c, waiter_done, w, deadline);
+    unlink_waiter(c, w);
+    if (rc == -ETIME) {
+        note_local(c, -ETIMEDOUT, "%s got no answer from the server at %s within %d ms (stopped, wedged or overloaded); " JOURNAL_HINT,
+                   message_name(type), c->path, timeout_ms);
+        pthread_mutex_unlock(&c->mu);
+        return -ETIMEDOUT;
+    }
+    if (rc < 0) {
+        pthread_mutex_unlock(&c->mu);
+        release(w);
+        return rc;
+    }
+    if (w->type == IOATD_MSG_ERROR) {
         struct ioatd_error_msg e = {0};
-        if (c->reply_length >= sizeof e) memcpy(&e, c->reply, sizeof e);
-        size_t text = c->reply_length - sizeof e < e.text_length ? c->reply_length - sizeof e : e.text_length;
-        note_refusal(c, e.code, (const char *)c->reply + sizeof e, text);
-        free(c->reply);
-        c->reply = NULL;
-        close_fds(c->reply_fds, c->nreply_fds);
-        c->nreply_fds = 0;
+        if (w->length >= sizeof e) memcpy(&e, w->body, sizeof e);
+        size_t text = w->length >= sizeof e ? w->length - sizeof e : 0;
+        if (text > e.text_length) text = e.text_length;
+        note_refusal(c, e.code, (const char *)w->body + sizeof e, text);
+        pthread_mutex_unlock(&c->mu);
+        release(w);
         return IOATD_ERR(e.code ? e.code : IOATD_E_INTERNAL);
     }
-    if (c->reply_type != expect || c->reply == NULL) {
-        free(c->reply);
-        c->reply = NULL;
-        close_fds(c->reply_fds, c->nreply_fds);
-        c->nreply_fds = 0;
-        return c->reply == NULL && c->reply_type == expect ? -ENOMEM : -EPROTO;
+    pthread_mutex_unlock(&c->mu);
+    if (w->type != expect || w->body == NULL) {
+        int bad = w->body == NULL ? -ENOMEM : -EPROTO;
+        release(w);
+        return bad;
     }
     return 0;
 }
 
-static void done(struct ioatd_client *c) {
-    free(c->reply);
-    c->reply = NULL;
-    close_fds(c->reply_fds, c->nreply_fds);
-    c->nreply_fds = 0;
+static int call(struct ioatd_client *c, uint16_t type, const void *body, size_t length, int fd, uint16_t expect, struct waiter *w) {
+    return call_within(c, type, body, length, fd, expect, w, c->call_timeout_ms);
+}
+
+API int ioatd_set_call_timeout(struct ioatd_client *c, int timeout_ms) {
+    if (!c || timeout_ms < -1) return -EINVAL;
+    c->call_timeout_ms = timeout_ms;
+    return 0;
+}
+
+/* Looks at the socket (without waiting) before it answers, so an end nobody has read yet shows. */
+API int ioatd_client_error(struct ioatd_client *c) {
+    if (!c) return -EINVAL;
+    if (is_lost(c)) return is_lost(c);
+    pthread_mutex_lock(&c->mu);
+    drain(c, 0);
+    int lost = c->lost;
+    pthread_mutex_unlock(&c->mu);
+    return lost;
 }
 
 /* ---- connecting ---- */
@@ -463,8 +699,9 @@ static int default_path(char *out, size_t room) {
     return snprintf(out, room, "/tmp/ioatd-%u.sock", (unsigned)getuid()) < (int)room ? 0 : -ENAMETOOLONG;
 }
 
-/* SPEC.md §1: root, the ioatd user, or the caller's own uid on a socket only the caller could have made. */
-static int trust(struct ioatd_client *c, const char *path, uid_t server) {
+/* SPEC.md §1: root, the ioatd user, or the caller's own uid on a socket only the caller could have
+ * made. The refusal is the client's own: -EPERM, with the server's uid and why in the text. */
+static int trust(const char *path, uid_t server) {
     uid_t me = getuid();
     if (server == 0) return 0;
     char pwbuf[1024];
@@ -488,28 +725,68 @@ static int trust(struct ioatd_client *c, const char *path, uid_t server) {
             why = "the socket's directory can be written by others";
     }
     if (!why) return 0;
-    snprintf(c->last_message, sizeof c->last_message, "refusing the server at %s (uid %u): %s", path, (unsigned)server, why);
-    c->last_code = IOATD_E_PERMISSION_DENIED;
-    return IOATD_ERR(IOATD_E_PERMISSION_DENIED);
+    return note_failure(-EPERM, "refusing the server at %s (uid %u): %s", path, (unsigned)server, why);
 }
 
-static int hello(struct ioatd_client *c) {
+/* connect(2) on the non-blocking socket, retried while the listener's backlog is full, up to
+ * `deadline`; each failure with a text that names the path and what to check. */
+static int connect_socket(int fd, const struct sockaddr_un *addr, const char *path, int64_t deadline, int timeout_ms) {
+    for (;;) {
+        if (connect(fd, (const struct sockaddr *)addr, sizeof *addr) == 0) return 0;
+        int err = errno;
+        if (err == EINTR) continue;
+        if (err == EAGAIN) {
+            /* The backlog is full: nothing to poll for on a Unix socket; look again shortly. */
+            if (ms_left(deadline) == 0)
+                return note_failure(-ETIMEDOUT, "the server at %s did not take the connection within %d ms (its listen backlog stayed full); " JOURNAL_HINT,
+                                    path, timeout_ms);
+            poll(NULL, 0, 5);
+            continue;
+        }
+        switch (err) {
+        case ENOENT:
+            return note_failure(-ENOENT, "no socket at %s (ioatd is not running, or listens elsewhere: $%s names another path; "
+                                "systemctl status ioatd.socket)", path, IOATD_SOCKET_ENV);
+        case ECONNREFUSED:
+            return note_failure(-ECONNREFUSED, "nothing listens at %s (a socket file left behind: ioatd is not running; "
+                                "systemctl status ioatd.socket ioatd)", path);
+        case EACCES:
+            return note_failure(-EACCES, "no permission to connect to %s (the caller is not in the socket's group, ioatd, "
+                                "or cannot search its directory)", path);
+        default:
+            return note_failure(-err, "connect to %s failed", path);
+        }
+    }
+}
+
+static int hello(struct ioatd_client *c, int timeout_ms) {
     struct ioatd_hello h = {.min_version = 2, .max_version = 3, .features = IOATD_FEATURE_RINGS};
-    int rc = call(c, IOATD_MSG_HELLO, &h, sizeof h, -1, IOATD_MSG_HELLO_OK);
-    /* A server that refuses the connection (policy, limits) sends one ERROR with request_id 0 and
-     * closes: that refusal, not the end of the stream, is the answer (SPEC.md §1). */
-    if (rc < 0 && ioatd_err_code(rc) == 0 && c->last_code != 0) return IOATD_ERR(c->last_code);
-    if (rc < 0) return rc;
-    if (c->reply_length < sizeof c->hello) return done(c), -EPROTO;
-    memcpy(&c->hello, c->reply, sizeof c->hello);
+    struct waiter w;
+    int rc = call_within(c, IOATD_MSG_HELLO, &h, sizeof h, -1, IOATD_MSG_HELLO_OK, &w, timeout_ms);
+    if (rc == -ETIMEDOUT)
+        return note_failure(rc, "no answer to HELLO from the server at %s within %d ms: the socket took the connection, but no "
+                            "server answered (one that cannot start, or is stopped or wedged); " JOURNAL_HINT,
+                            c->path, timeout_ms);
+    /* A server that refuses the connection (policy, limits, a service that cannot start) sends one
+     * ERROR with request_id 0 and closes: that refusal, not the end of the stream, is the answer. */
+    if (rc < 0 && ioatd_err_code(rc) == 0 && c->last_code != 0) rc = IOATD_ERR(c->last_code);
+    if (rc < 0) {
+        if (ioatd_err_code(rc)) return note_failure(rc, "the server at %s refused the connection: %s", c->path, c->last_message);
+        return note_failure(rc, "the server at %s closed the connection during the handshake", c->path);
+    }
+    if (w.length < sizeof c->hello) return release(&w), note_failure(-EPROTO, "HELLO_OK from %s is too short", c->path);
+    memcpy(&c->hello, w.body, sizeof c->hello);
     size_t channels = c->hello.channel_count;
-    if (c->reply_length != sizeof c->hello + channels * sizeof(struct ioatd_channel) || c->hello.version < 2 ||
-        c->hello.version > 3 || c->hello.max_message < HELLO_LIMIT || c->hello.max_descriptors == 0)
-        return done(c), -EPROTO;
+    if (w.length != sizeof c->hello + channels * sizeof(struct ioatd_channel) || c->hello.version < 2 ||
+        c->hello.version > 3 || c->hello.max_message < HELLO_LIMIT || c->hello.max_descriptors == 0) {
+        release(&w);
+        return note_failure(-EPROTO, "HELLO_OK from %s breaks SPEC.md §4.2 (version %u, %zu channels)", c->path,
+                            (unsigned)c->hello.version, channels);
+    }
     c->channels = calloc(channels ? channels : 1, sizeof(struct ioatd_channel));
-    if (!c->channels) return done(c), -ENOMEM;
-    memcpy(c->channels, c->reply + sizeof c->hello, channels * sizeof(struct ioatd_channel));
-    done(c);
+    if (!c->channels) return release(&w), -ENOMEM;
+    memcpy(c->channels, w.body + sizeof c->hello, channels * sizeof(struct ioatd_channel));
+    release(&w);
     c->version = c->hello.version;
     /* Room for the largest message either side may send. */
     uint8_t *rx = realloc(c->rx, c->hello.max_message), *tx;
@@ -522,41 +799,60 @@ static int hello(struct ioatd_client *c) {
     return 0;
 }
 
-API int ioatd_connect(const char *path, unsigned flags, struct ioatd_client **out) {
-    if (!out || (flags & ~IOATD_CONNECT_NO_RINGS)) return -EINVAL;
+API int ioatd_connect_timeout(const char *path, unsigned flags, int timeout_ms, struct ioatd_client **out) {
+    if (!out || (flags & ~IOATD_CONNECT_NO_RINGS) || timeout_ms < IOATD_TIMEOUT_DEFAULT) return -EINVAL;
     *out = NULL;
+    if (timeout_ms == IOATD_TIMEOUT_DEFAULT) timeout_ms = env_timeout("IOATD_CONNECT_TIMEOUT_MS", CONNECT_TIMEOUT_MS);
+    int64_t deadline = deadline_after(timeout_ms);
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     char resolved[sizeof addr.sun_path];
     if (!path) {
         int rc = default_path(resolved, sizeof resolved);
-        if (rc < 0) return rc;
+        if (rc < 0) return note_failure(rc, "the default socket path is too long ($%s or $XDG_RUNTIME_DIR)", IOATD_SOCKET_ENV);
         path = resolved;
     }
-    if (strlen(path) >= sizeof addr.sun_path) return -ENAMETOOLONG;
+    if (strlen(path) >= sizeof addr.sun_path) return note_failure(-ENAMETOOLONG, "socket path %s is longer than %zu bytes", path, sizeof addr.sun_path - 1);
     strcpy(addr.sun_path, path);
     struct ioatd_client *c = calloc(1, sizeof *c);
     if (!c) return -ENOMEM;
+    snprintf(c->path, sizeof c->path, "%s", path);
     c->flags = flags;
     c->version = 1;
     c->max_message = HELLO_LIMIT;
+    c->fd = -1;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_rwlock_init(&c->buffers_lock, NULL);
     c->rx = malloc(HELLO_LIMIT);
     c->tx = malloc(HELLO_LIMIT);
-    c->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    int rc = (!c->rx || !c->tx) ? -ENOMEM : c->fd < 0 ? -errno : 0;
-    if (rc == 0 && connect(c->fd, (struct sockaddr *)&addr, sizeof addr) != 0) rc = -errno;
+    c->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int rc = (!c->rx || !c->tx) ? -ENOMEM : c->fd < 0 ? note_failure(-errno, "socket(AF_UNIX, SOCK_SEQPACKET) failed") : 0;
+    if (rc == 0) rc = connect_socket(c->fd, &addr, path, deadline, timeout_ms);
     if (rc == 0) {
         struct ucred cred;
         socklen_t len = sizeof cred;
-        if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) rc = -errno;
-        else rc = trust(c, path, cred.uid);
+        if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) rc = note_failure(-errno, "SO_PEERCRED on %s", path);
+        else rc = trust(path, cred.uid);
     }
-    if (rc == 0) rc = hello(c);
+    if (rc == 0) {
+        int left = timeout_ms < 0 ? -1 : ms_left(deadline);
+        rc = hello(c, left == 0 ? 1 : left);
+    }
     if (rc < 0) {
         ioatd_close(c);
         return rc;
     }
+    c->call_timeout_ms = env_timeout("IOATD_CALL_TIMEOUT_MS", CALL_TIMEOUT_MS);
     *out = c;
     return 0;
+}
+
+API int ioatd_connect(const char *path, unsigned flags, struct ioatd_client **out) {
+    return ioatd_connect_timeout(path, flags, IOATD_TIMEOUT_DEFAULT, out);
 }
 
 static void queue_free(struct ioatd_queue *q);
@@ -571,36 +867,48 @@ API void ioatd_close(struct ioatd_client *c) {
     free(c->channels);
     free(c->rx);
     free(c->tx);
-    free(c->reply);
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
+    pthread_rwlock_destroy(&c->buffers_lock);
     free(c);
 }
 
-API int ioatd_protocol_version(const struct ioatd_client *c) { return c->version; }
-API int ioatd_rings_granted(const struct ioatd_client *c) { return (c->hello.features & IOATD_FEATURE_RINGS) != 0; }
-API void ioatd_server_limits(const struct ioatd_client *c, struct ioatd_hello_ok *out) { *out = c->hello; }
-API int ioatd_channel_count(const struct ioatd_client *c) { return c->hello.channel_count; }
-API int ioatd_client_fd(const struct ioatd_client *c) { return c->fd; }
+API int ioatd_protocol_version(const struct ioatd_client *c) { return c ? c->version : -EINVAL; }
+/* Whether this client's queues run over rings: granted by the server and not refused at connect. */
+API int ioatd_rings_granted(const struct ioatd_client *c) {
+    return c && (c->hello.features & IOATD_FEATURE_RINGS) && !(c->flags & IOATD_CONNECT_NO_RINGS);
+}
+API void ioatd_server_limits(const struct ioatd_client *c, struct ioatd_hello_ok *out) {
+    if (c && out) *out = c->hello;
+}
+API int ioatd_channel_count(const struct ioatd_client *c) { return c ? c->hello.channel_count : -EINVAL; }
+API int ioatd_client_fd(const struct ioatd_client *c) { return c ? c->fd : -EINVAL; }
 
 API int ioatd_channel_info(const struct ioatd_client *c, unsigned index, struct ioatd_channel *out) {
-    if (index >= c->hello.channel_count || !out) return -EINVAL;
+    if (!c || !out || index >= c->hello.channel_count) return -EINVAL;
     *out = c->channels[index];
     return 0;
 }
 
 API int ioatd_server_stopping(const struct ioatd_client *c, uint32_t *drain_ms) {
-    if (c->goodbye && drain_ms) *drain_ms = c->drain_ms;
-    return c->goodbye;
+    if (!c) return -EINVAL;
+    pthread_mutex_lock((pthread_mutex_t *)&c->mu);
+    int goodbye = c->goodbye;
+    if (goodbye && drain_ms) *drain_ms = c->drain_ms;
+    pthread_mutex_unlock((pthread_mutex_t *)&c->mu);
+    return goodbye;
 }
 
 API int ioatd_status(struct ioatd_client *c, char **json) {
-    if (!json) return -EINVAL;
-    int rc = call(c, IOATD_MSG_STATUS, NULL, 0, -1, IOATD_MSG_STATUS_OK);
+    if (!c || !json) return -EINVAL;
+    struct waiter w;
+    int rc = call(c, IOATD_MSG_STATUS, NULL, 0, -1, IOATD_MSG_STATUS_OK, &w);
     if (rc < 0) return rc;
-    char *text = malloc(c->reply_length + 1);
-    if (!text) return done(c), -ENOMEM;
-    memcpy(text, c->reply, c->reply_length);
-    text[c->reply_length] = 0;
-    done(c);
+    char *text = malloc(w.length + 1);
+    if (!text) return release(&w), -ENOMEM;
+    memcpy(text, w.body, w.length);
+    text[w.length] = 0;
+    release(&w);
     *json = text;
     return 0;
 }
@@ -608,18 +916,24 @@ API int ioatd_status(struct ioatd_client *c, char **json) {
 /* ---- buffers ---- */
 
 static int add_buffer(struct ioatd_client *c, const struct ioatd_buffer_ok *ok, int fd, void **addr) {
-    if (c->nbuffers == c->cbuffers) {
-        size_t n = c->cbuffers ? c->cbuffers * 2 : 8;
-        struct buffer *b = realloc(c->buffers, n * sizeof *b);
-        if (!b) return -ENOMEM;
-        c->buffers = b;
-        c->cbuffers = n;
-    }
     if (ok->size == 0 || ok->size > SIZE_MAX) return -EPROTO;
     int prot = PROT_READ | ((ok->flags & IOATD_BUF_READ_ONLY) ? 0 : PROT_WRITE);
     void *base = mmap(NULL, (size_t)ok->size, prot, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) return -errno;
+    pthread_rwlock_wrlock(&c->buffers_lock);
+    if (c->nbuffers == c->cbuffers) {
+        size_t n = c->cbuffers ? c->cbuffers * 2 : 8;
+        struct buffer *b = realloc(c->buffers, n * sizeof *b);
+        if (!b) {
+            pthread_rwlock_unlock(&c->buffers_lock);
+            munmap(base, (size_t)ok->size);
+            return -ENOMEM;
+        }
+        c->buffers = b;
+        c->cbuffers = n;
+    }
     c->buffers[c->nbuffers++] = (struct buffer){base, ok->size, ok->page_size, ok->handle, ok->flags};
+    pthread_rwlock_unlock(&c->buffers_lock);
     *addr = base;
     return 0;
 }
@@ -627,32 +941,35 @@ static int add_buffer(struct ioatd_client *c, const struct ioatd_buffer_ok *ok, 
 /* FREE without looking at the answer: the server's side of a buffer this side could not map. */
 static void free_handle(struct ioatd_client *c, uint32_t handle) {
     struct ioatd_free f = {.handle = handle};
-    if (call(c, IOATD_MSG_FREE, &f, sizeof f, -1, IOATD_MSG_FREE_OK) == 0) done(c);
+    struct waiter w;
+    if (call(c, IOATD_MSG_FREE, &f, sizeof f, -1, IOATD_MSG_FREE_OK, &w) == 0) release(&w);
 }
 
 API int ioatd_buffer_alloc(struct ioatd_client *c, uint64_t size, uint32_t flags, void **addr) {
-    if (!addr) return -EINVAL;
+    if (!c || !addr) return -EINVAL;
     struct ioatd_alloc a = {.size = size, .flags = flags};
-    int rc = call(c, IOATD_MSG_ALLOC, &a, sizeof a, -1, IOATD_MSG_ALLOC_OK);
+    struct waiter w;
+    int rc = call(c, IOATD_MSG_ALLOC, &a, sizeof a, -1, IOATD_MSG_ALLOC_OK, &w);
     if (rc < 0) return rc;
     struct ioatd_buffer_ok ok;
-    if (c->reply_length != sizeof ok || c->nreply_fds != 1) return done(c), -EPROTO;
-    memcpy(&ok, c->reply, sizeof ok);
-    rc = add_buffer(c, &ok, c->reply_fds[0], addr);
-    done(c); /* the mapping keeps the memory; the descriptor is not needed */
+    if (w.length != sizeof ok || w.nfds != 1) return release(&w), -EPROTO;
+    memcpy(&ok, w.body, sizeof ok);
+    rc = add_buffer(c, &ok, w.fds[0], addr);
+    release(&w); /* the mapping keeps the memory; the descriptor is not needed */
     if (rc < 0) free_handle(c, ok.handle);
     return rc;
 }
 
 API int ioatd_buffer_register(struct ioatd_client *c, int memfd, void **addr) {
-    if (!addr || memfd < 0) return -EINVAL;
+    if (!c || !addr || memfd < 0) return -EINVAL;
     struct ioatd_register r = {0};
-    int rc = call(c, IOATD_MSG_REGISTER, &r, sizeof r, memfd, IOATD_MSG_REGISTER_OK);
+    struct waiter w;
+    int rc = call(c, IOATD_MSG_REGISTER, &r, sizeof r, memfd, IOATD_MSG_REGISTER_OK, &w);
     if (rc < 0) return rc;
     struct ioatd_buffer_ok ok;
-    if (c->reply_length != sizeof ok) return done(c), -EPROTO;
-    memcpy(&ok, c->reply, sizeof ok);
-    done(c);
+    if (w.length != sizeof ok) return release(&w), -EPROTO;
+    memcpy(&ok, w.body, sizeof ok);
+    release(&w);
     rc = add_buffer(c, &ok, memfd, addr);
     if (rc < 0) free_handle(c, ok.handle);
     return rc;
@@ -665,45 +982,69 @@ static int holds(const struct buffer *b, uintptr_t a, uint64_t length) {
     return a >= base && a - base < b->size && length <= b->size - (a - base);
 }
 
-static struct buffer *find_buffer(const struct ioatd_client *c, const void *p, uint64_t length) {
+/* The buffer holding [p, p + length) into *out (buffers_lock taken here); *hint is the index to look
+ * at first, updated. */
+static int find_buffer(const struct ioatd_client *c, const void *p, uint64_t length, size_t *hint, struct buffer *out) {
     uintptr_t a = (uintptr_t)p;
-    if (c->last_buffer < c->nbuffers && holds(&c->buffers[c->last_buffer], a, length)) return &c->buffers[c->last_buffer];
-    for (size_t i = 0; i < c->nbuffers; i++)
-        if (holds(&c->buffers[i], a, length)) {
-            ((struct ioatd_client *)c)->last_buffer = i;
-            return &c->buffers[i];
-        }
-    return NULL;
+    int found = 0;
+    pthread_rwlock_rdlock((pthread_rwlock_t *)&c->buffers_lock);
+    if (*hint < c->nbuffers && holds(&c->buffers[*hint], a, length)) {
+        *out = c->buffers[*hint];
+        found = 1;
+    } else {
+        for (size_t i = 0; i < c->nbuffers; i++)
+            if (holds(&c->buffers[i], a, length)) {
+                *hint = i;
+                *out = c->buffers[i];
+                found = 1;
+                break;
+            }
+    }
+    pthread_rwlock_unlock((pthread_rwlock_t *)&c->buffers_lock);
+    return found;
 }
 
 API int ioatd_buffer_free(struct ioatd_client *c, void *addr) {
-    for (size_t i = 0; i < c->nbuffers; i++) {
-        struct buffer *b = &c->buffers[i];
-        if (b->base != addr) continue;
-        struct ioatd_free f = {.handle = b->handle};
-        int rc = call(c, IOATD_MSG_FREE, &f, sizeof f, -1, IOATD_MSG_FREE_OK);
-        if (rc < 0) return rc;
-        done(c);
-        munmap(b->base, b->size);
-        c->buffers[i] = c->buffers[--c->nbuffers];
-        c->last_buffer = 0;
-        return 0;
+    if (!c || !addr) return -EINVAL;
+    pthread_rwlock_rdlock(&c->buffers_lock);
+    struct buffer b = {0};
+    for (size_t i = 0; i < c->nbuffers; i++)
+        if (c->buffers[i].base == addr) b = c->buffers[i];
+    pthread_rwlock_unlock(&c->buffers_lock);
+    if (!b.base) return -EINVAL;
+    /* After the connection's end the server has freed it already: only the mapping is left. */
+    if (!is_lost(c)) {
+        struct ioatd_free f = {.handle = b.handle};
+        struct waiter w;
+        int rc = call(c, IOATD_MSG_FREE, &f, sizeof f, -1, IOATD_MSG_FREE_OK, &w);
+        if (rc == 0) release(&w);
+        else if (!is_lost(c)) return rc;
     }
-    return -EINVAL;
+    pthread_rwlock_wrlock(&c->buffers_lock);
+    for (size_t i = 0; i < c->nbuffers; i++)
+        if (c->buffers[i].base == addr) {
+            c->buffers[i] = c->buffers[--c->nbuffers];
+            break;
+        }
+    pthread_rwlock_unlock(&c->buffers_lock);
+    munmap(b.base, b.size);
+    return 0;
 }
 
 API int ioatd_buffer_info(const struct ioatd_client *c, const void *p, struct ioatd_buffer_info *out) {
-    struct buffer *b = find_buffer(c, p, 0);
-    if (!b || !out) return -EINVAL;
-    *out = (struct ioatd_buffer_info){b->base, b->size, b->page_size, b->handle, b->flags};
+    struct buffer b;
+    size_t hint = 0;
+    if (!c || !out || !find_buffer(c, p, 0, &hint, &b)) return -EINVAL;
+    *out = (struct ioatd_buffer_info){b.base, b.size, b.page_size, b.handle, b.flags};
     return 0;
 }
 
 API int ioatd_ref(const struct ioatd_client *c, const void *p, uint64_t length, uint32_t *handle, uint64_t *offset) {
-    struct buffer *b = find_buffer(c, p, length);
-    if (!b) return -EINVAL;
-    *handle = b->handle;
-    *offset = (uint64_t)((const uint8_t *)p - b->base);
+    struct buffer b;
+    size_t hint = 0;
+    if (!c || !handle || !offset || !find_buffer(c, p, length, &hint, &b)) return -EINVAL;
+    *handle = b.handle;
+    *offset = (uint64_t)((const uint8_t *)p - b.base);
     return 0;
 }
 
@@ -712,6 +1053,7 @@ API int ioatd_ref(const struct ioatd_client *c, const void *p, uint64_t length, 
 static void queue_free(struct ioatd_queue *q) {
     if (q->ring_map) munmap(q->ring_map, q->ring_size);
     if (q->is_ring && q->ring.doorbell >= 0) close(q->ring.doorbell);
+    free(q->lost_records);
     free(q->slots);
     free(q->records);
     free(q->cookies);
@@ -722,31 +1064,39 @@ static void queue_free(struct ioatd_queue *q) {
 
 static int close_queue_on_server(struct ioatd_client *c, uint32_t id) {
     struct ioatd_close m = {.queue = id};
-    int rc = call(c, IOATD_MSG_CLOSE, &m, sizeof m, -1, IOATD_MSG_CLOSE_OK);
-    if (rc == 0) done(c);
+    struct waiter w;
+    int rc = call(c, IOATD_MSG_CLOSE, &m, sizeof m, -1, IOATD_MSG_CLOSE_OK, &w);
+    if (rc == 0) release(&w);
     return rc;
 }
 
 static int make_ring(struct ioatd_queue *q) {
     struct ioatd_client *c = q->c;
     struct ioatd_ring_request r = {.queue = q->id};
-    int rc = call(c, IOATD_MSG_RING, &r, sizeof r, -1, IOATD_MSG_RING_OK);
+    struct waiter w;
+    int rc = call(c, IOATD_MSG_RING, &r, sizeof r, -1, IOATD_MSG_RING_OK, &w);
     if (rc < 0) return rc;
     struct ioatd_ring_ok ok;
-    if (c->reply_length != sizeof ok || c->nreply_fds != 2) return done(c), -EPROTO;
-    memcpy(&ok, c->reply, sizeof ok);
-    if (ok.size < sizeof(struct ioatd_ring_header) || ok.size > (1u << 30)) return done(c), -EPROTO;
-    void *map = mmap(NULL, (size_t)ok.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, c->reply_fds[0], 0);
-    if (map == MAP_FAILED) return rc = -errno, done(c), rc;
-    int doorbell = c->reply_fds[1];
-    close(c->reply_fds[0]);
-    c->nreply_fds = 0;
-    free(c->reply);
-    c->reply = NULL;
-    if (ioatd_ring_attach(&q->ring, map, (size_t)ok.size, doorbell) != 0 || q->ring.queue != q->id) {
+    if (w.length != sizeof ok || w.nfds != 2) return release(&w), -EPROTO;
+    memcpy(&ok, w.body, sizeof ok);
+    if (ok.size < sizeof(struct ioatd_ring_header) || ok.size > (1u << 30)) return release(&w), -EPROTO;
+    void *map = mmap(NULL, (size_t)ok.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, w.fds[0], 0);
+    if (map == MAP_FAILED) return rc = -errno, release(&w), rc;
+    int doorbell = w.fds[1];
+    close(w.fds[0]);
+    w.nfds = 0;
+    release(&w);
+    if (ioatd_ring_attach(&q->ring, map, (size_t)ok.size, doorbell) != 0 || q->ring.queue != q->id ||
+        q->ring.sq_entries < q->depth) {
         munmap(map, (size_t)ok.size);
         close(doorbell);
         return -EPROTO;
+    }
+    q->lost_records = calloc(q->depth, sizeof *q->lost_records);
+    if (!q->lost_records) {
+        munmap(map, (size_t)ok.size);
+        close(doorbell);
+        return -ENOMEM;
     }
     q->ring_map = map;
     q->ring_size = (size_t)ok.size;
@@ -755,22 +1105,16 @@ static int make_ring(struct ioatd_queue *q) {
 }
 
 API int ioatd_queue_open(struct ioatd_client *c, uint32_t channel, uint32_t depth, struct ioatd_queue **out) {
-    if (!out) return -EINVAL;
+    if (!c || !out) return -EINVAL;
     *out = NULL;
-    if (c->nqueues == c->cqueues) {
-        size_t n = c->cqueues ? c->cqueues * 2 : 4;
-        struct ioatd_queue **qs = realloc(c->queues, n * sizeof *qs);
-        if (!qs) return -ENOMEM;
-        c->queues = qs;
-        c->cqueues = n;
-    }
     struct ioatd_open o = {.channel = channel, .depth = depth};
-    int rc = call(c, IOATD_MSG_OPEN, &o, sizeof o, -1, IOATD_MSG_OPEN_OK);
+    struct waiter w;
+    int rc = call(c, IOATD_MSG_OPEN, &o, sizeof o, -1, IOATD_MSG_OPEN_OK, &w);
     if (rc < 0) return rc;
     struct ioatd_open_ok ok;
-    if (c->reply_length != sizeof ok) return done(c), -EPROTO;
-    memcpy(&ok, c->reply, sizeof ok);
-    done(c);
+    if (w.length != sizeof ok) return release(&w), -EPROTO;
+    memcpy(&ok, w.body, sizeof ok);
+    release(&w);
     struct ioatd_queue *q = calloc(1, sizeof *q);
     if (!q) return close_queue_on_server(c, ok.queue), -ENOMEM;
     q->c = c;
@@ -779,7 +1123,7 @@ API int ioatd_queue_open(struct ioatd_client *c, uint32_t channel, uint32_t dept
     q->depth = ok.depth;
     q->ring.doorbell = -1;
     q->spin_ns = SPIN_NS;
-    if (ioatd_rings_granted(c) && !(c->flags & IOATD_CONNECT_NO_RINGS)) {
+    if (ioatd_rings_granted(c)) {
         rc = make_ring(q);
     } else {
         q->slots = calloc(q->depth, sizeof *q->slots);
@@ -794,61 +1138,87 @@ API int ioatd_queue_open(struct ioatd_client *c, uint32_t channel, uint32_t dept
         close_queue_on_server(c, ok.queue);
         return rc;
     }
+    pthread_mutex_lock(&c->mu);
+    if (c->nqueues == c->cqueues) {
+        size_t n = c->cqueues ? c->cqueues * 2 : 4;
+        struct ioatd_queue **qs = realloc(c->queues, n * sizeof *qs);
+        if (!qs) {
+            pthread_mutex_unlock(&c->mu);
+            queue_free(q);
+            close_queue_on_server(c, ok.queue);
+            return -ENOMEM;
+        }
+        c->queues = qs;
+        c->cqueues = n;
+    }
     c->queues[c->nqueues++] = q;
+    pthread_mutex_unlock(&c->mu);
     *out = q;
     return 0;
 }
 
 API int ioatd_queue_close(struct ioatd_queue *q) {
+    if (!q) return -EINVAL;
     struct ioatd_client *c = q->c;
-    if (q->in_flight > 0) {
+    /* After the connection's end nothing is outstanding on the server: the queue just goes. */
+    if (q->in_flight > 0 && !is_lost(c)) {
+        pthread_mutex_lock(&c->mu);
+        note_refusal(c, IOATD_E_BUSY, "", 0);
         snprintf(c->last_message, sizeof c->last_message, "queue %u has %u ops whose records were not seen", q->id, q->in_flight);
-        c->last_code = IOATD_E_BUSY;
+        pthread_mutex_unlock(&c->mu);
         return IOATD_ERR(IOATD_E_BUSY);
     }
-    int rc = close_queue_on_server(c, q->id);
-    if (rc < 0 && !c->lost) return rc;
+    if (!is_lost(c)) {
+        int rc = close_queue_on_server(c, q->id);
+        if (rc < 0 && !is_lost(c)) return rc;
+    }
+    pthread_mutex_lock(&c->mu);
     for (size_t i = 0; i < c->nqueues; i++)
         if (c->queues[i] == q) {
             c->queues[i] = c->queues[--c->nqueues];
             break;
         }
+    pthread_mutex_unlock(&c->mu);
     queue_free(q);
     return 0;
 }
 
-API uint32_t ioatd_queue_id(const struct ioatd_queue *q) { return q->id; }
-API uint32_t ioatd_queue_channel(const struct ioatd_queue *q) { return q->channel; }
-API uint32_t ioatd_queue_depth(const struct ioatd_queue *q) { return q->depth; }
-API int ioatd_queue_is_ring(const struct ioatd_queue *q) { return q->is_ring; }
-API struct ioatd_client *ioatd_queue_client(const struct ioatd_queue *q) { return q->c; }
+API uint32_t ioatd_queue_id(const struct ioatd_queue *q) { return q ? q->id : 0; }
+API uint32_t ioatd_queue_channel(const struct ioatd_queue *q) { return q ? q->channel : 0; }
+API uint32_t ioatd_queue_depth(const struct ioatd_queue *q) { return q ? q->depth : 0; }
+API int ioatd_queue_is_ring(const struct ioatd_queue *q) { return q ? q->is_ring : -EINVAL; }
+API struct ioatd_client *ioatd_queue_client(const struct ioatd_queue *q) { return q ? q->c : NULL; }
 
 static uint32_t taken(const struct ioatd_queue *q) {
     return q->is_ring ? q->ring.sq_tail_local - q->ring.sq_tail_published : q->taken;
 }
 
-API uint32_t ioatd_queue_in_use(const struct ioatd_queue *q) { return q->in_flight + taken(q); }
+API uint32_t ioatd_queue_in_use(const struct ioatd_queue *q) { return q ? q->in_flight + taken(q) : 0; }
 
-API void ioatd_queue_set_spin(struct ioatd_queue *q, uint32_t microseconds) { q->spin_ns = (uint64_t)microseconds * 1000u; }
+API void ioatd_queue_set_spin(struct ioatd_queue *q, uint32_t microseconds) {
+    if (q) q->spin_ns = (uint64_t)microseconds * 1000u;
+}
 
 API int ioatd_queue_set_coalesce(struct ioatd_queue *q, uint32_t period_us) {
+    if (!q) return -EINVAL;
     struct ioatd_set_coalesce m = {.queue = q->id, .period_us = period_us};
-    int rc = call(q->c, IOATD_MSG_SET_COALESCE, &m, sizeof m, -1, IOATD_MSG_COALESCE_OK);
-    if (rc == 0) done(q->c);
+    struct waiter w;
+    int rc = call(q->c, IOATD_MSG_SET_COALESCE, &m, sizeof m, -1, IOATD_MSG_COALESCE_OK, &w);
+    if (rc == 0) release(&w);
     return rc;
 }
 
 /* ---- submitting ---- */
 
 API struct ioatd_desc *ioatd_get_desc(struct ioatd_queue *q) {
-    if (q->in_flight + taken(q) >= q->depth) return NULL;
+    if (!q || q->in_flight + taken(q) >= q->depth || is_lost(q->c)) return NULL;
     struct ioatd_desc *d = q->is_ring ? ioatd_ring_get_desc(&q->ring) : &q->slots[q->taken++];
     if (d) memset(d, 0, sizeof *d);
     return d;
 }
 
 API int ioatd_unget_desc(struct ioatd_queue *q, struct ioatd_desc *d) {
-    if (taken(q) == 0) return -EINVAL;
+    if (!q || !d || taken(q) == 0) return -EINVAL;
     if (q->is_ring) {
         if (d != &q->ring.sqes[(q->ring.sq_tail_local - 1) & (q->ring.sq_entries - 1)]) return -EINVAL;
         q->ring.sq_tail_local--;
@@ -865,22 +1235,28 @@ static int submit_socket(struct ioatd_queue *q) {
     uint32_t per = c->hello.max_descriptors < q->depth ? c->hello.max_descriptors : q->depth;
     size_t room = (c->max_message - sizeof(struct ioatd_header) - sizeof(struct ioatd_submit)) / sizeof(struct ioatd_desc);
     if (per > room) per = (uint32_t)room;
+    pthread_mutex_lock(&c->mu);
+    int64_t deadline = deadline_after(c->call_timeout_ms);
     while (sent < total) {
         uint32_t n = total - sent < per ? total - sent : per;
         struct ioatd_submit s = {.queue = q->id, .count = n};
         memcpy(c->tx, &s, sizeof s);
         memcpy(c->tx + sizeof s, &q->slots[sent], (size_t)n * sizeof(struct ioatd_desc));
         uint64_t id = ++c->next_request;
-        int rc = send_message(c, IOATD_MSG_SUBMIT, id, c->tx, sizeof s + (size_t)n * sizeof(struct ioatd_desc), -1);
+        int rc = send_message(c, IOATD_MSG_SUBMIT, id, c->tx, sizeof s + (size_t)n * sizeof(struct ioatd_desc), -1, deadline);
         if (rc < 0) {
             /* Nothing of this SUBMIT reached the server; slots not sent stay taken for a retry. */
             memmove(q->slots, &q->slots[sent], (size_t)(total - sent) * sizeof *q->slots);
             q->taken = total - sent;
+            if (rc == -ETIMEDOUT)
+                note_local(c, rc, "SUBMIT could not be sent to the server at %s within %d ms (it stopped reading); " JOURNAL_HINT,
+                           c->path, c->call_timeout_ms);
             if (rc == -EPIPE || rc == -ECONNRESET) {
-                pump(c, 0, 0);
+                drain(c, 0);
                 lose(c, rc);
-                return c->lost;
+                rc = c->lost;
             }
+            pthread_mutex_unlock(&c->mu);
             return sent ? (int)sent : rc;
         }
         for (uint32_t i = 0; i < n; i++) {
@@ -893,13 +1269,16 @@ static int submit_socket(struct ioatd_queue *q) {
         q->in_flight += n;
         sent += n;
     }
+    pthread_mutex_unlock(&c->mu);
     q->taken = 0;
     return (int)sent;
 }
 
 API int ioatd_submit(struct ioatd_queue *q) {
+    if (!q) return -EINVAL;
     struct ioatd_client *c = q->c;
-    if (c->lost) return c->lost;
+    int lost = is_lost(c);
+    if (lost) return lost;
     if (!q->is_ring) return q->taken ? submit_socket(q) : 0;
     uint32_t error = ioatd_ring_error(&q->ring);
     if (error) return IOATD_ERR(error);
@@ -907,9 +1286,12 @@ API int ioatd_submit(struct ioatd_queue *q) {
     int rc = ioatd_ring_submit(&q->ring);
     q->in_flight += n; /* published either way: the descriptors are in the ring */
     if (rc < 0) {
-        pump(c, 0, 0);
+        pthread_mutex_lock(&c->mu);
+        drain(c, 0);
         lose(c, rc);
-        return c->lost;
+        rc = c->lost;
+        pthread_mutex_unlock(&c->mu);
+        return rc;
     }
     return (int)n;
 }
@@ -917,13 +1299,16 @@ API int ioatd_submit(struct ioatd_queue *q) {
 /* ---- prep helpers ---- */
 
 static int ref(struct ioatd_queue *q, const void *p, uint64_t length, uint32_t *handle, uint64_t *offset) {
-    int rc = ioatd_ref(q->c, p, length, handle, offset);
-    if (rc < 0) {
-        snprintf(q->c->last_message, sizeof q->c->last_message,
-                 "%p + %llu bytes is not inside one buffer of this client", p, (unsigned long long)length);
-        q->c->last_code = 0;
+    struct buffer b;
+    if (!find_buffer(q->c, p, length, &q->last_buffer, &b)) {
+        pthread_mutex_lock(&q->c->mu);
+        note_local(q->c, -EINVAL, "%p + %llu bytes is not inside one buffer of this client", p, (unsigned long long)length);
+        pthread_mutex_unlock(&q->c->mu);
+        return -EINVAL;
     }
-    return rc;
+    *handle = b.handle;
+    *offset = (uint64_t)((const uint8_t *)p - b.base);
+    return 0;
 }
 
 static void start(struct ioatd_desc *d, uint8_t opcode, uint32_t flags, uint64_t length) {
@@ -934,18 +1319,19 @@ static void start(struct ioatd_desc *d, uint8_t opcode, uint32_t flags, uint64_t
 }
 
 API int ioatd_prep_null(struct ioatd_queue *q, struct ioatd_desc *d, uint32_t flags) {
-    (void)q;
+    if (!q || !d) return -EINVAL;
     start(d, IOATD_OP_NULL, flags, 0);
     return 0;
 }
 
 API int ioatd_prep_drain(struct ioatd_queue *q, struct ioatd_desc *d, uint32_t flags) {
-    (void)q;
+    if (!q || !d) return -EINVAL;
     start(d, IOATD_OP_DRAIN, flags, 0);
     return 0;
 }
 
 API int ioatd_prep_copy(struct ioatd_queue *q, struct ioatd_desc *d, void *dst, const void *src, uint64_t length, uint32_t flags) {
+    if (!q || !d) return -EINVAL;
     uint32_t sh, dh;
     uint64_t so, dof;
     if (ref(q, src, length, &sh, &so) < 0 || ref(q, dst, length, &dh, &dof) < 0) return -EINVAL;
@@ -955,6 +1341,7 @@ API int ioatd_prep_copy(struct ioatd_queue *q, struct ioatd_desc *d, void *dst, 
 }
 
 API int ioatd_prep_fill(struct ioatd_queue *q, struct ioatd_desc *d, void *dst, uint64_t pattern, uint64_t length, uint32_t flags) {
+    if (!q || !d) return -EINVAL;
     uint32_t dh;
     uint64_t dof;
     if (ref(q, dst, length, &dh, &dof) < 0) return -EINVAL;
@@ -977,6 +1364,7 @@ static int crc_fields(struct ioatd_queue *q, struct ioatd_desc *d, uint32_t seed
 
 API int ioatd_prep_crc32c(struct ioatd_queue *q, struct ioatd_desc *d, const void *src, uint64_t length, uint32_t seed,
                           void *crc, uint32_t flags) {
+    if (!q || !d) return -EINVAL;
     uint32_t sh;
     uint64_t so;
     struct ioatd_desc t;
@@ -990,6 +1378,7 @@ API int ioatd_prep_crc32c(struct ioatd_queue *q, struct ioatd_desc *d, const voi
 
 API int ioatd_prep_copy_crc32c(struct ioatd_queue *q, struct ioatd_desc *d, void *dst, const void *src, uint64_t length,
                                uint32_t seed, void *crc, uint32_t flags) {
+    if (!q || !d) return -EINVAL;
     struct ioatd_desc t;
     if (ioatd_prep_copy(q, &t, dst, src, length, flags) < 0) return -EINVAL;
     t.opcode = IOATD_OP_COPY_CRC32C;
@@ -999,6 +1388,7 @@ API int ioatd_prep_copy_crc32c(struct ioatd_queue *q, struct ioatd_desc *d, void
 }
 
 API int ioatd_prep_compare(struct ioatd_queue *q, struct ioatd_desc *d, const void *a, const void *b, uint64_t length, uint32_t flags) {
+    if (!q || !d) return -EINVAL;
     uint32_t sh, dh;
     uint64_t so, dof;
     if (ref(q, a, length, &sh, &so) < 0 || ref(q, b, length, &dh, &dof) < 0) return -EINVAL;
@@ -1009,6 +1399,7 @@ API int ioatd_prep_compare(struct ioatd_queue *q, struct ioatd_desc *d, const vo
 
 API int ioatd_prep_compare_pattern(struct ioatd_queue *q, struct ioatd_desc *d, const void *src, uint64_t pattern,
                                    uint64_t length, uint32_t flags) {
+    if (!q || !d) return -EINVAL;
     uint32_t sh;
     uint64_t so;
     if (ref(q, src, length, &sh, &so) < 0) return -EINVAL;
@@ -1019,6 +1410,7 @@ API int ioatd_prep_compare_pattern(struct ioatd_queue *q, struct ioatd_desc *d, 
 
 API int ioatd_prep_dualcast(struct ioatd_queue *q, struct ioatd_desc *d, void *dst1, void *dst2, const void *src,
                             uint64_t length, uint32_t flags) {
+    if (!q || !d) return -EINVAL;
     uint32_t sh, dh, ah;
     uint64_t so, dof, ao;
     if (ref(q, src, length, &sh, &so) < 0 || ref(q, dst1, length, &dh, &dof) < 0 || ref(q, dst2, length, &ah, &ao) < 0)
@@ -1030,6 +1422,7 @@ API int ioatd_prep_dualcast(struct ioatd_queue *q, struct ioatd_desc *d, void *d
 
 API int ioatd_prep_xor(struct ioatd_queue *q, struct ioatd_desc *d, void *dst, const void *const *srcs, uint32_t count,
                        uint64_t length, struct ioatd_xor_source *list, uint32_t flags) {
+    if (!q || !d) return -EINVAL;
     uint32_t dh, lh;
     uint64_t dof, lo;
     if (count == 0 || count > 64 || !srcs) return -EINVAL;
@@ -1047,6 +1440,7 @@ API int ioatd_prep_xor(struct ioatd_queue *q, struct ioatd_desc *d, void *dst, c
 
 API int ioatd_prep_copy_sg(struct ioatd_queue *q, struct ioatd_desc *d, void *const *dsts, const void *const *srcs,
                            const uint64_t *lengths, uint32_t count, struct ioatd_sg_entry *list, uint32_t flags) {
+    if (!q || !d) return -EINVAL;
     uint32_t lh;
     uint64_t lo, total = 0;
     if (count == 0 || count > 64 || !dsts || !srcs || !lengths) return -EINVAL;
@@ -1068,8 +1462,10 @@ API int ioatd_prep_copy_sg(struct ioatd_queue *q, struct ioatd_desc *d, void *co
 
 /* ---- completing ---- */
 
+/* Records ready (a socket queue's with c->mu held). */
 static uint32_t ready(struct ioatd_queue *q) {
     if (q->is_ring) {
+        if (q->lost_done) return q->lost_count - q->lost_head;
         uint32_t n = ioatd_ring_ready(&q->ring);
         return n < q->ring.cq_entries ? n : q->ring.cq_entries;
     }
@@ -1077,116 +1473,217 @@ static uint32_t ready(struct ioatd_queue *q) {
 }
 
 static struct ioatd_completion_record *record(struct ioatd_queue *q, uint32_t i) {
-    if (q->is_ring) return (struct ioatd_completion_record *)ioatd_ring_record(&q->ring, i);
+    if (q->is_ring) {
+        if (q->lost_done) return &q->lost_records[q->lost_head + i];
+        return (struct ioatd_completion_record *)ioatd_ring_record(&q->ring, i);
+    }
     return &q->records[(q->rec_head + i) % q->depth];
 }
 
-/* The state of a queue that has nothing ready: 0 while records may still come, else why not. */
-static int stuck(struct ioatd_queue *q) {
-    struct ioatd_client *c = q->c;
-    if (q->is_ring) {
-        uint32_t error = ioatd_ring_error(&q->ring);
-        if (error) return IOATD_ERR(error);
-        /* Unsolicited ERRORs (refusal texts), GOODBYE, the connection's end: a look at the socket is a
-         * system call, so a caller that polls an empty ring pays it on one empty look in 64. */
-        if ((q->empty_looks++ & 63) != 0) return 0;
-        int rc = pump(c, 0, 0);
-        return rc < 0 ? rc : 0;
+static int is_refusal(uint16_t status) { return status > IOATD_STATUS_REFUSED && status < IOATD_STATUS_REFUSED + 0x100; }
+
+/* Ring queues, on the queue's thread: once the connection has ended and the ring holds no record
+ * left, every op still in flight gets a CONNECTION_LOST record, in submission order, with the cookie
+ * and opcode of its submission slot (no later op reused it: at most `depth` ops were taken since,
+ * and the ring has at least `depth` slots). */
+static void ring_lost(struct ioatd_queue *q) {
+    if (q->lost_done || ioatd_ring_ready(&q->ring) != 0) return;
+    uint32_t n = q->in_flight;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct ioatd_desc *d = &q->ring.sqes[(q->ring.sq_tail_published - n + i) & (q->ring.sq_entries - 1)];
+        struct ioatd_completion_record *r = &q->lost_records[i];
+        memset(r, 0, sizeof *r);
+        r->cookie = d->cookie;
+        r->opcode = d->opcode;
+        r->status = IOATD_ST_CONNECTION_LOST;
     }
-    int rc = pump(c, 0, 0);
-    return rc < 0 ? rc : 0;
+    q->lost_head = 0;
+    q->lost_count = n;
+    q->lost_done = 1;
+}
+
+/* A ring queue with nothing ready: 0 while records may still come, else why not. Unsolicited ERRORs
+ * (refusal texts), GOODBYE and the connection's end come on the socket, and a look at it is a system
+ * call, so a caller that polls an empty ring pays it on one empty look in 64 (every look: `always`). */
+static int ring_stuck(struct ioatd_queue *q, int always) {
+    uint32_t error = ioatd_ring_error(&q->ring);
+    if (error) return IOATD_ERR(error);
+    if (!always && (q->empty_looks++ & 63) != 0) return 0;
+    struct ioatd_client *c = q->c;
+    pthread_mutex_lock(&c->mu);
+    drain(c, 0);
+    int lost = c->lost;
+    pthread_mutex_unlock(&c->mu);
+    if (lost) {
+        ring_lost(q);
+        if (ready(q) == 0) return lost;
+    }
+    return 0;
 }
 
 API int ioatd_peek_batch(struct ioatd_queue *q, struct ioatd_completion_record **recs, unsigned max) {
-    uint32_t n = ready(q);
-    if (n == 0) {
-        int rc = stuck(q);
-        if (rc < 0) return rc;
-        n = ready(q);
+    if (!q || (!recs && max)) return -EINVAL;
+    struct ioatd_client *c = q->c;
+    if (q->is_ring) {
+        uint32_t n = ready(q);
+        if (n == 0) {
+            int rc = ring_stuck(q, 0);
+            if (rc < 0) return rc;
+            n = ready(q);
+        }
+        if (n > max) n = max;
+        int refused = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            recs[i] = record(q, i);
+            refused |= is_refusal(recs[i]->status);
+        }
+        if (refused) {
+            /* The ERROR that names a refused entry is sent before its record is visible: read it now,
+             * so ioatd_strerror gives the server's text. */
+            pthread_mutex_lock(&c->mu);
+            drain(c, 0);
+            pthread_mutex_unlock(&c->mu);
+        }
+        return (int)n;
     }
+    pthread_mutex_lock(&c->mu);
+    if (q->rec_count == 0) drain(c, 0);
+    uint32_t n = q->rec_count;
+    int lost = c->lost;
     if (n > max) n = max;
     for (uint32_t i = 0; i < n; i++) recs[i] = record(q, i);
-    return (int)n;
+    pthread_mutex_unlock(&c->mu);
+    return n == 0 && lost ? lost : (int)n;
 }
 
 API int ioatd_peek_completion(struct ioatd_queue *q, struct ioatd_completion_record **rec) {
+    if (!q || !rec) return -EINVAL;
     int n = ioatd_peek_batch(q, rec, 1);
     return n < 0 ? n : n == 0 ? -EAGAIN : 0;
 }
 
 API void ioatd_cq_advance(struct ioatd_queue *q, unsigned n) {
-    uint32_t have = ready(q);
-    if (n > have) n = have;
-    if (n == 0) return;
+    if (!q) return;
     if (q->is_ring) {
-        ioatd_ring_consume(&q->ring, n);
+        uint32_t have = ready(q);
+        if (n > have) n = have;
+        if (n == 0) return;
+        if (q->lost_done) q->lost_head += n;
+        else ioatd_ring_consume(&q->ring, n);
     } else {
+        pthread_mutex_lock(&q->c->mu);
+        if (n > q->rec_count) n = q->rec_count;
         q->rec_head = (q->rec_head + n) % q->depth;
         q->rec_count -= n;
+        pthread_mutex_unlock(&q->c->mu);
     }
     q->in_flight -= n;
 }
 
-API int ioatd_queue_event_fd(const struct ioatd_queue *q) { return q->is_ring ? q->ring.doorbell : q->c->fd; }
+API void ioatd_completion_seen(struct ioatd_queue *q, struct ioatd_completion_record *rec) {
+    (void)rec;
+    ioatd_cq_advance(q, 1);
+}
+
+API int ioatd_queue_event_fd(const struct ioatd_queue *q) { return !q ? -EINVAL : q->is_ring ? q->ring.doorbell : q->c->fd; }
 
 API int ioatd_queue_arm(struct ioatd_queue *q, unsigned n) {
+    if (!q) return -EINVAL;
     if (n == 0) n = 1;
-    if (q->is_ring) return ioatd_ring_arm(&q->ring, n);
-    return ready(q) < n;
+    if (is_lost(q->c)) return 0; /* the end is there to be read */
+    if (q->is_ring) return q->lost_done ? 0 : ioatd_ring_arm(&q->ring, n);
+    pthread_mutex_lock(&q->c->mu);
+    int sleep = q->rec_count < n;
+    pthread_mutex_unlock(&q->c->mu);
+    return sleep;
 }
 
 API void ioatd_queue_disarm(struct ioatd_queue *q) {
-    if (q->is_ring) ioatd_ring_disarm(&q->ring);
+    if (q && q->is_ring) ioatd_ring_disarm(&q->ring);
 }
 
+struct want {
+    struct ioatd_queue *q;
+    uint32_t n;
+};
 
-API int ioatd_wait_completion(struct ioatd_queue *q, struct ioatd_completion_record **rec, int timeout_ms) {
+static int socket_ready(struct ioatd_client *c, void *arg) {
+    (void)c;
+    struct want *w = arg;
+    return w->q->rec_count >= w->n;
+}
+
+/* Waits until `want` records are ready: 0; -EAGAIN at once when fewer ops are in flight (nothing
+ * could make them ready; the connection's end once it has ended); -ETIME after `timeout_ms` (-1:
+ * none); the connection's end or the ring's breaking once every record has been handed out. */
+static int wait_ready(struct ioatd_queue *q, uint32_t want, int timeout_ms) {
     struct ioatd_client *c = q->c;
-    int64_t deadline = timeout_ms >= 0 ? now_ms() + timeout_ms : -1;
+    int64_t deadline = deadline_after(timeout_ms);
     if (q->is_ring) {
-        if (ready(q) == 0) {
-            uint64_t until = now_ns() + q->spin_ns;
-            for (unsigned looks = 1; ready(q) == 0 && now_ns() < until; looks++)
-                if ((looks & 63) == 0) sched_yield();
+        if (ready(q) >= want) return 0;
+        if (q->in_flight < want) {
+            int lost = is_lost(c);
+            return lost ? lost : -EAGAIN;
         }
-        while (ready(q) == 0) {
-            q->empty_looks = 0; /* before sleeping, always look at the socket */
-            int rc = stuck(q);
+        uint64_t until = (uint64_t)now_ns() + q->spin_ns;
+        for (unsigned looks = 1; ready(q) < want && (uint64_t)now_ns() < until; looks++)
+            if ((looks & 63) == 0) sched_yield();
+        while (ready(q) < want) {
+            int rc = ring_stuck(q, 1);
             if (rc < 0) return rc;
-            int slice = 100; /* look at the connection at least this often */
-            if (deadline >= 0) {
-                int64_t left = deadline - now_ms();
-                if (left <= 0) return -ETIME;
-                if (left < slice) slice = (int)left;
-            }
-            if (ioatd_ring_arm(&q->ring, 1)) {
+            if (ready(q) >= want) break;
+            int left = ms_left(deadline), slice = 100; /* look at the connection at least this often */
+            if (left == 0) return -ETIME;
+            if (left > 0 && left < slice) slice = left;
+            if (ioatd_ring_arm(&q->ring, want)) {
                 struct pollfd p[2] = {{q->ring.doorbell, POLLIN, 0}, {c->fd, POLLIN, 0}};
                 poll(p, 2, slice);
             }
             ioatd_ring_disarm(&q->ring);
         }
-    } else {
-        /* The same spin, reading the socket without blocking: a poll() sleep and wake-up costs more
-         * than the round trip it waits for. */
-        if (ready(q) == 0 && q->in_flight > 0) {
-            uint64_t until = now_ns() + q->spin_ns;
-            while (ready(q) == 0 && now_ns() < until) {
-                int rc = pump_some(c, 0, 0, 1);
-                if (rc < 0) return rc;
+        return 0;
+    }
+    pthread_mutex_lock(&c->mu);
+    if (q->rec_count < want && q->in_flight >= want && q->spin_ns) {
+        /* The same spin, reading the socket without blocking (a poll() sleep and wake-up costs more
+         * than the round trip it waits for), and yielding after each empty look: on a small machine
+         * the server may be waiting for this very CPU. */
+        uint64_t until = (uint64_t)now_ns() + q->spin_ns;
+        while (q->rec_count < want && !c->lost && (uint64_t)now_ns() < until) {
+            if (drain(c, 1) == 0) {
+                pthread_mutex_unlock(&c->mu);
+                sched_yield();
+                pthread_mutex_lock(&c->mu);
             }
-        }
-        while (ready(q) == 0) {
-            if (q->in_flight == 0 && q->taken == 0) return -EAGAIN; /* nothing could ever come */
-            int left = -1;
-            if (deadline >= 0) {
-                int64_t l = deadline - now_ms();
-                if (l <= 0) return -ETIME;
-                left = (int)l;
-            }
-            int rc = pump(c, 1, left);
-            if (rc < 0) return rc;
         }
     }
-    *rec = record(q, 0);
-    return 0;
+    int rc;
+    struct want w = {q, want};
+    if (q->rec_count >= want) rc = 0;
+    else if (q->in_flight < want) rc = c->lost ? c->lost : -EAGAIN;
+    else rc = wait_until(c, socket_ready, &w, deadline);
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+API int ioatd_wait_completion(struct ioatd_queue *q, struct ioatd_completion_record **rec, int timeout_ms) {
+    if (!q || !rec) return -EINVAL;
+    int rc = wait_ready(q, 1, timeout_ms);
+    if (rc < 0) return rc;
+    return ioatd_peek_completion(q, rec);
+}
+
+API int ioatd_wait_completions(struct ioatd_queue *q, struct ioatd_completion_record **recs, unsigned min, unsigned max,
+                               int timeout_ms) {
+    if (!q || !recs || min == 0 || min > max) return -EINVAL;
+    int rc = wait_ready(q, min, timeout_ms);
+    if (rc < 0) return rc;
+    return ioatd_peek_batch(q, recs, max);
+}
+
+API int ioatd_submit_and_wait(struct ioatd_queue *q, unsigned wait_nr, int timeout_ms) {
+    int n = ioatd_submit(q);
+    if (n < 0 || wait_nr == 0) return n;
+    int rc = wait_ready(q, wait_nr, timeout_ms);
+    return rc < 0 ? rc : n;
 }

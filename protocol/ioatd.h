@@ -3,7 +3,8 @@
  *
  * Normative text: SPEC.md beside this file. Installed by `make install` as <ioatd/ioatd.h>, with a
  * pkg-config file `ioatd.pc`. All integers are little-endian; every struct is laid out with natural
- * alignment and no implicit padding, which the _Static_asserts below check.
+ * alignment and no implicit padding, which the IOATD_STATIC_ASSERTs below check
+ * (static_assert in C++, _Static_assert in C11: g++ has no _Static_assert).
  */
 #ifndef IOATD_H
 #define IOATD_H
@@ -383,64 +384,70 @@ struct ioatd_ring_header {
     uint8_t reserved[32];
 };
 
-_Static_assert(sizeof(struct ioatd_header) == 24, "ioatd_header");
-_Static_assert(offsetof(struct ioatd_header, type) == 6, "ioatd_header.type");
-_Static_assert(offsetof(struct ioatd_header, length) == 8, "ioatd_header.length");
-_Static_assert(offsetof(struct ioatd_header, request_id) == 16, "ioatd_header.request_id");
-_Static_assert(sizeof(struct ioatd_hello) == 16, "ioatd_hello");
-_Static_assert(offsetof(struct ioatd_hello, features) == 8, "ioatd_hello.features");
-_Static_assert(sizeof(struct ioatd_hello_ok) == 48, "ioatd_hello_ok");
-_Static_assert(offsetof(struct ioatd_hello_ok, max_descriptors) == 16, "ioatd_hello_ok.max_descriptors");
-_Static_assert(offsetof(struct ioatd_hello_ok, max_buffer_bytes) == 32, "ioatd_hello_ok.max_buffer_bytes");
-_Static_assert(offsetof(struct ioatd_hello_ok, hugepage_size) == 40, "ioatd_hello_ok.hugepage_size");
-_Static_assert(sizeof(struct ioatd_channel) == 48, "ioatd_channel");
-_Static_assert(offsetof(struct ioatd_channel, opcodes) == 8, "ioatd_channel.opcodes");
-_Static_assert(offsetof(struct ioatd_channel, max_depth) == 24, "ioatd_channel.max_depth");
-_Static_assert(offsetof(struct ioatd_channel, name) == 32, "ioatd_channel.name");
-_Static_assert(sizeof(struct ioatd_alloc) == 16, "ioatd_alloc");
-_Static_assert(sizeof(struct ioatd_buffer_ok) == 24, "ioatd_buffer_ok");
-_Static_assert(offsetof(struct ioatd_buffer_ok, page_size) == 16, "ioatd_buffer_ok.page_size");
-_Static_assert(sizeof(struct ioatd_register) == 8, "ioatd_register");
-_Static_assert(sizeof(struct ioatd_free) == 8, "ioatd_free");
-_Static_assert(sizeof(struct ioatd_open) == 8, "ioatd_open");
-_Static_assert(sizeof(struct ioatd_open_ok) == 16, "ioatd_open_ok");
-_Static_assert(sizeof(struct ioatd_close) == 8, "ioatd_close");
-_Static_assert(sizeof(struct ioatd_submit) == 8, "ioatd_submit");
-_Static_assert(sizeof(struct ioatd_desc) == 64, "ioatd_desc");
-_Static_assert(offsetof(struct ioatd_desc, flags) == 2, "ioatd_desc.flags");
-_Static_assert(offsetof(struct ioatd_desc, src_handle) == 4, "ioatd_desc.src_handle");
-_Static_assert(offsetof(struct ioatd_desc, cookie) == 8, "ioatd_desc.cookie");
-_Static_assert(offsetof(struct ioatd_desc, length) == 16, "ioatd_desc.length");
-_Static_assert(offsetof(struct ioatd_desc, src_offset) == 24, "ioatd_desc.src_offset");
-_Static_assert(offsetof(struct ioatd_desc, dst_handle) == 32, "ioatd_desc.dst_handle");
-_Static_assert(offsetof(struct ioatd_desc, aux_handle) == 36, "ioatd_desc.aux_handle");
-_Static_assert(offsetof(struct ioatd_desc, dst_offset) == 40, "ioatd_desc.dst_offset");
-_Static_assert(offsetof(struct ioatd_desc, aux_offset) == 48, "ioatd_desc.aux_offset");
-_Static_assert(offsetof(struct ioatd_desc, arg) == 56, "ioatd_desc.arg");
-_Static_assert(sizeof(struct ioatd_completion) == 8, "ioatd_completion");
-_Static_assert(sizeof(struct ioatd_completion_record) == 32, "ioatd_completion_record");
-_Static_assert(offsetof(struct ioatd_completion_record, status) == 8, "ioatd_completion_record.status");
-_Static_assert(offsetof(struct ioatd_completion_record, result) == 12, "ioatd_completion_record.result");
-_Static_assert(offsetof(struct ioatd_completion_record, bytes_done) == 16, "ioatd_completion_record.bytes_done");
-_Static_assert(sizeof(struct ioatd_goodbye) == 8, "ioatd_goodbye");
-_Static_assert(sizeof(struct ioatd_xor_source) == 16, "ioatd_xor_source");
-_Static_assert(sizeof(struct ioatd_reserve) == 16, "ioatd_reserve");
-_Static_assert(sizeof(struct ioatd_reserve_ok) == 8, "ioatd_reserve_ok");
-_Static_assert(sizeof(struct ioatd_sg_entry) == 32, "ioatd_sg_entry");
-_Static_assert(sizeof(struct ioatd_set_coalesce) == 8, "ioatd_set_coalesce");
-_Static_assert(sizeof(struct ioatd_coalesce_ok) == 8, "ioatd_coalesce_ok");
-_Static_assert(offsetof(struct ioatd_sg_entry, length) == 24, "ioatd_sg_entry.length");
-_Static_assert(sizeof(struct ioatd_error_msg) == 16, "ioatd_error_msg");
-_Static_assert(sizeof(struct ioatd_status_page) == 16, "ioatd_status_page");
-_Static_assert(offsetof(struct ioatd_status_page, tenant_from) == 8, "ioatd_status_page.tenant_from");
+#ifdef __cplusplus
+#define IOATD_STATIC_ASSERT(condition, what) static_assert(condition, what)
+#else
+#define IOATD_STATIC_ASSERT(condition, what) _Static_assert(condition, what)
+#endif
 
-_Static_assert(sizeof(struct ioatd_ring_request) == 8, "ioatd_ring_request");
-_Static_assert(sizeof(struct ioatd_ring_ok) == 24, "ioatd_ring_ok");
-_Static_assert(offsetof(struct ioatd_ring_ok, size) == 16, "ioatd_ring_ok.size");
-_Static_assert(sizeof(struct ioatd_ring_offsets) == 64, "ioatd_ring_offsets");
-_Static_assert(offsetof(struct ioatd_ring_offsets, error) == 36, "ioatd_ring_offsets.error");
-_Static_assert(sizeof(struct ioatd_ring_header) == 128, "ioatd_ring_header");
-_Static_assert(offsetof(struct ioatd_ring_header, size) == 24, "ioatd_ring_header.size");
-_Static_assert(offsetof(struct ioatd_ring_header, offsets) == 32, "ioatd_ring_header.offsets");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_header) == 24, "ioatd_header");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_header, type) == 6, "ioatd_header.type");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_header, length) == 8, "ioatd_header.length");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_header, request_id) == 16, "ioatd_header.request_id");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_hello) == 16, "ioatd_hello");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_hello, features) == 8, "ioatd_hello.features");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_hello_ok) == 48, "ioatd_hello_ok");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_hello_ok, max_descriptors) == 16, "ioatd_hello_ok.max_descriptors");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_hello_ok, max_buffer_bytes) == 32, "ioatd_hello_ok.max_buffer_bytes");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_hello_ok, hugepage_size) == 40, "ioatd_hello_ok.hugepage_size");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_channel) == 48, "ioatd_channel");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_channel, opcodes) == 8, "ioatd_channel.opcodes");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_channel, max_depth) == 24, "ioatd_channel.max_depth");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_channel, name) == 32, "ioatd_channel.name");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_alloc) == 16, "ioatd_alloc");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_buffer_ok) == 24, "ioatd_buffer_ok");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_buffer_ok, page_size) == 16, "ioatd_buffer_ok.page_size");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_register) == 8, "ioatd_register");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_free) == 8, "ioatd_free");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_open) == 8, "ioatd_open");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_open_ok) == 16, "ioatd_open_ok");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_close) == 8, "ioatd_close");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_submit) == 8, "ioatd_submit");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_desc) == 64, "ioatd_desc");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_desc, flags) == 2, "ioatd_desc.flags");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_desc, src_handle) == 4, "ioatd_desc.src_handle");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_desc, cookie) == 8, "ioatd_desc.cookie");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_desc, length) == 16, "ioatd_desc.length");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_desc, src_offset) == 24, "ioatd_desc.src_offset");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_desc, dst_handle) == 32, "ioatd_desc.dst_handle");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_desc, aux_handle) == 36, "ioatd_desc.aux_handle");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_desc, dst_offset) == 40, "ioatd_desc.dst_offset");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_desc, aux_offset) == 48, "ioatd_desc.aux_offset");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_desc, arg) == 56, "ioatd_desc.arg");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_completion) == 8, "ioatd_completion");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_completion_record) == 32, "ioatd_completion_record");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_completion_record, status) == 8, "ioatd_completion_record.status");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_completion_record, result) == 12, "ioatd_completion_record.result");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_completion_record, bytes_done) == 16, "ioatd_completion_record.bytes_done");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_goodbye) == 8, "ioatd_goodbye");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_xor_source) == 16, "ioatd_xor_source");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_reserve) == 16, "ioatd_reserve");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_reserve_ok) == 8, "ioatd_reserve_ok");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_sg_entry) == 32, "ioatd_sg_entry");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_set_coalesce) == 8, "ioatd_set_coalesce");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_coalesce_ok) == 8, "ioatd_coalesce_ok");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_sg_entry, length) == 24, "ioatd_sg_entry.length");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_error_msg) == 16, "ioatd_error_msg");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_status_page) == 16, "ioatd_status_page");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_status_page, tenant_from) == 8, "ioatd_status_page.tenant_from");
+
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_ring_request) == 8, "ioatd_ring_request");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_ring_ok) == 24, "ioatd_ring_ok");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_ring_ok, size) == 16, "ioatd_ring_ok.size");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_ring_offsets) == 64, "ioatd_ring_offsets");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_ring_offsets, error) == 36, "ioatd_ring_offsets.error");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_ring_header) == 128, "ioatd_ring_header");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_ring_header, size) == 24, "ioatd_ring_header.size");
+IOATD_STATIC_ASSERT(offsetof(struct ioatd_ring_header, offsets) == 32, "ioatd_ring_header.offsets");
 
 #endif /* IOATD_H */

@@ -193,7 +193,7 @@ struct Bench: AsyncParsableCommand {
 
     /// Every figure over one transport, each beside its baseline from the same rounds.
     func measure(over transport: IOATClient.Transport, sizes sizeList: [Int], ops opList: [String]) async throws -> Report {
-        let largest = max(sizeList.max() ?? 4096, smallBatch * 128)
+        let largest = Self.bufferBytes(sizes: sizeList, smallBatch: smallBatch)
         let queueDepth = max(depth, smallBatch * 4)
         let client = try await connection.connect(transport: transport)
         defer { client.close() }
@@ -354,6 +354,15 @@ struct Bench: AsyncParsableCommand {
         return Plot(title: title, throughput: throughput, ratios: ratios).svg()
     }
 
+    /// The bytes each of the two buffers needs so that every figure fits, whatever `--sizes` says: the
+    /// largest size (one op each), `smallBatch` 64-byte copies 128 bytes apart, and QD1's 64-byte copy.
+    static func bufferBytes(sizes: [Int], smallBatch: Int) -> Int {
+        max(sizes.max() ?? 0, smallBatch * 128, qd1CopyBytes)
+    }
+
+    /// The length of QD1's COPY, from offset 0 of one buffer to offset 0 of the other.
+    static let qd1CopyBytes = 64
+
     /// NULL and 64-byte COPY ops one at a time, each waited for, driven from one thread of this process
     /// that polls: over a ring through `IOATRing`, over the socket with SUBMIT and COMPLETION on a
     /// connection of its own (what a C client does). The bare SEQPACKET ping-pong is the floor of any
@@ -364,7 +373,7 @@ struct Bench: AsyncParsableCommand {
         let (null, copy): ([Double], [Double])
         if queue.isRing {
             let ring = try await client.openRing(channel: queue.channel, depth: 8)
-            let descriptors: [Descriptor] = [.null(), .copy(from: src.address(0), to: dst.address(4096), length: 64)]
+            let descriptors: [Descriptor] = [.null(), .copy(from: src.address(0), to: dst.address(0), length: UInt64(Self.qd1CopyBytes))]
             let samples = try await OSThread.run(name: "ioatctl-qd1") { () throws -> [[Double]] in
                 try descriptors.map { d in
                     var out: [Double] = []

@@ -51,6 +51,21 @@ struct ToolTests {
         #expect(plain.contains("engine cpu"))
     }
 
+    /// Every figure bench prints must fit the buffers it made: a single size smaller than the QD1 and
+    /// small-op figures' own ranges once failed with REFUSED_OUT_OF_RANGE (issue 19).
+    @Test("ioatctl bench with a single small size runs every figure", arguments: [["--sizes", "4K"], ["--sizes", "64", "--small-batch", "1"]])
+    func benchSmallestSize(_ sizes: [String]) throws {
+        let server = try TestServer()
+        for transport in ["ring", "socket"] {
+            let (status, out) = try runTool("ioatctl", ["bench", "--socket", server.path, "--transport", transport, "--ops", "copy",
+                                                        "--seconds", "0.02", "--json"] + sizes)
+            #expect(status == 0, "\(transport) \(sizes): \(out)")
+            let reports = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]] ?? []
+            #expect(reports.count == 1 && (reports.first?["rows"] as? [[String: Any]])?.count == 1, "\(out)")
+            #expect(((reports.first?["qd1"] as? [String: Any])?["copy64_us"] as? [String: Any])?["p50"] as? Double ?? 0 > 0, "\(out)")
+        }
+    }
+
     @Test("ioatctl bench reports a baseline, the server's figure and their ratio (never asserted)")
     func bench() throws {
         let server = try TestServer()

@@ -29,10 +29,24 @@ readelf -d "$so" | grep -q 'SONAME.*\[libioatd\.so\.1\]' || { echo "soname is no
 sed -n '/global:/,/local:/p' libioatd/libioatd.map | grep -o '^ *[a-z_0-9]*;' | tr -d ' ;' | sort > "$out/map.txt"
 nm -D --defined-only "$so" | awk '$2 ~ /^[TDBR]$/ {print $3}' | grep -v '^LIBIOATD_' | sed 's/@.*//' | sort > "$out/exported.txt"
 if ! diff -u "$out/map.txt" "$out/exported.txt"; then echo "exported symbols differ from libioatd/libioatd.map (- map, + exported)"; exit 1; fi
-if nm -D --defined-only "$so" | awk '$2 ~ /^[TDBR]$/' | grep -v '@@LIBIOATD_1.0' | grep -v ' LIBIOATD_1.0$'; then
-    echo "symbols above are not versioned LIBIOATD_1.0"; exit 1
+if nm -D --defined-only "$so" | awk '$2 ~ /^[TDBR]$/' | grep -Ev '@@LIBIOATD_1\.[01]$' | grep -Ev ' LIBIOATD_1\.[01]$'; then
+    echo "symbols above are not versioned LIBIOATD_1.0 or LIBIOATD_1.1"; exit 1
 fi
-echo "$(wc -l < "$out/exported.txt") symbols, all LIBIOATD_1.0"
+# Symbols of 1.0 keep their version (programs linked against 1.0 keep loading).
+dynamic=$(nm -D --defined-only "$so")
+for symbol in ioatd_connect ioatd_wait_completion ioat_poll; do
+    grep -q " $symbol@@LIBIOATD_1.0$" <<< "$dynamic" || { echo "$symbol is not LIBIOATD_1.0"; exit 1; }
+done
+echo "$(wc -l < "$out/exported.txt") symbols, versioned LIBIOATD_1.0 and 1.1"
+
+step "the installed headers compile as C++ (g++ and clang++) and as C11"
+printf '#include <ioatd/client.h>\n#include <ioatd/ioat.h>\nint main() { return ioatd_err_code(IOATD_ERR(13)) == 13 ? 0 : 1; }\n' > "$out/headers.cc"
+for cxx in g++ clang++; do
+    command -v $cxx > /dev/null || { echo "$cxx is missing (make deps-test installs it)"; exit 1; }
+    $cxx -std=c++17 -Wall -Wextra -Werror $cflags "$out/headers.cc" $libs -o "$out/headers-$cxx"
+    "$out/headers-$cxx"
+    echo "$cxx: ok"
+done
 
 step "build the examples and the conformance program against the installed library"
 for example in copy crc32c ioat_test; do
@@ -41,6 +55,7 @@ done
 gcc -std=c11 -Wall -Wextra -Werror $cflags Tests/libioatd/conformance.c $libs -o "$out/conformance"
 gcc -std=c11 -Wall -Wextra -Werror $cflags Tests/libioatd/ioat_conformance.c $libs -o "$out/ioat_conformance"
 gcc -std=c11 -Wall -Wextra -Werror $cflags libioatd/bench.c $libs -o "$out/bench"
+gcc -std=c11 -Wall -Wextra -Werror $cflags Tests/libioatd/robustness.c $libs -lpthread -o "$out/robustness"
 # The static library too, linked with what pkg-config --static lists.
 gcc -std=c11 -Wall -Wextra -Werror $cflags examples/c/copy.c "$stage/usr/lib/libioatd.a" $(pkg-config --static --libs-only-l libioatd | sed 's/-lioatd//') -o "$out/copy-static"
 # And under the sanitizers, the library's sources compiled in.
@@ -50,6 +65,10 @@ gcc -std=c11 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-
     -Ilibioatd/include -Iprotocol examples/c/ioat_test.c libioatd/client.c libioatd/ioat.c -lpthread -o "$out/ioat_test-asan"
 gcc -std=c11 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Wall -Wextra -Werror \
     -Ilibioatd/include -Iprotocol Tests/libioatd/ioat_conformance.c libioatd/client.c libioatd/ioat.c -lpthread -o "$out/ioat_conformance-asan"
+gcc -std=c11 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Wall -Wextra -Werror \
+    -Ilibioatd/include -Iprotocol Tests/libioatd/robustness.c libioatd/client.c libioatd/ioat.c -lpthread -o "$out/robustness-asan"
+gcc -std=c11 -g -O1 -fsanitize=thread -Wno-tsan -Wall -Wextra -Werror \
+    -Ilibioatd/include -Iprotocol Tests/libioatd/robustness.c libioatd/client.c libioatd/ioat.c -lpthread -o "$out/robustness-tsan"
 
 step "start ioatd (CPU engine)"
 sock=/tmp/ioatd-libtest-$$.sock
@@ -70,11 +89,18 @@ step "conformance through the C library, both transports, and through <ioatd/ioa
 "$out/conformance" "$sock" socket
 IOATD_SOCKET=$sock "$out/ioat_conformance"
 
+step "robustness: bounded waits, texts, connection loss, NULLs, threads, kill -9 and restart (issue 19)"
+"$out/robustness" "$ioatd"
+
 step "the same under AddressSanitizer + UndefinedBehaviorSanitizer"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 "$out/conformance-asan" "$sock" ring
 ASAN_OPTIONS=detect_leaks=1 "$out/conformance-asan" "$sock" socket
 IOATD_SOCKET=$sock ASAN_OPTIONS=detect_leaks=1 "$out/ioat_test-asan"
 IOATD_SOCKET=$sock ASAN_OPTIONS=detect_leaks=1 "$out/ioat_conformance-asan"
+ASAN_OPTIONS=detect_leaks=1 "$out/robustness-asan" "$ioatd"
+
+step "robustness under ThreadSanitizer (the pollers, the shared client)"
+TSAN_OPTIONS=halt_on_error=1 setarch "$(uname -m)" -R "$out/robustness-tsan" "$ioatd"
 
 step "examples: crc32c prints what ioatctl crc32c prints"
 IOATD_SOCKET=$sock "$out/crc32c" README.md protocol/SPEC.md /dev/null > "$out/crc-c.txt"

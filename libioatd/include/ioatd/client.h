@@ -18,16 +18,42 @@
  *     ioatd_desc_set_cookie(d, 42);
  *     ioatd_submit(q);
  *     struct ioatd_completion_record *r;
- *     ioatd_wait_completion(q, &r, -1);                     // r->cookie == 42, r->status == IOATD_ST_SUCCESS
+ *     ioatd_wait_completion(q, &r, 1000);                   // r->cookie == 42, r->status == IOATD_ST_SUCCESS
  *     ioatd_completion_seen(q, r);                          // hands the record's credit back
  *
  * Errors are negative numbers: -errno for a local failure (-EINVAL for a pointer outside every
  * buffer, checked before anything is sent), and IOATD_ERR(code) for a refusal by the server, whose
- * protocol code and message ioatd_strerror() names.
+ * protocol code and message ioatd_strerror() names. Every failure has a text there, including a failed
+ * ioatd_connect (ioatd_strerror(NULL, rc), in the thread that called it).
  *
- * Threads: a client and its queues are used by one thread at a time (the caller serialises, as with
- * liburing). Nothing runs behind the caller's back: the library starts no thread and installs no
- * signal handler; completions are read only inside ioatd_peek_* and ioatd_wait_completion.
+ * NULL: a NULL client, queue or required pointer argument is -EINVAL from calls that return an int,
+ * NULL from calls that return a pointer, 0 from calls that return a count, id or size, and nothing
+ * from calls that return void. No call dereferences one.
+ *
+ * Threads (liburing's and DPDK's model): one queue per thread. A queue is used by one thread at a
+ * time (getting, prepping and submitting descriptors, peeking, waiting, advancing); different queues
+ * of one client may be used by different threads at once, and the control calls (buffers, queues,
+ * status, coalescing) may be called from any thread at any time; the library serialises what they
+ * share. ioatd_close only when no other thread uses the client. Nothing runs behind the caller's
+ * back: the library starts no thread and installs no signal handler; completions are read only
+ * inside ioatd_peek_*, ioatd_wait_* and ioatd_submit_and_wait.
+ *
+ * Nothing waits forever unless asked to. ioatd_connect waits at most 5 s for the server to take the
+ * connection and answer HELLO ($IOATD_CONNECT_TIMEOUT_MS, or ioatd_connect_timeout): a healthy
+ * server answers in well under a millisecond, and 5 s covers a socket-activated cold start (DPDK's
+ * start-up takes a second or two) while a person still gets an answer before giving up. Every other
+ * control call waits at most 30 s for its reply ($IOATD_CALL_TIMEOUT_MS, or ioatd_set_call_timeout):
+ * an ALLOC of a large buffer zeroes and locks its memory, which takes a fraction of a second per GiB,
+ * so 30 s is far past any honest answer. A bound that runs out is -ETIMEDOUT, whose text names the
+ * request, the socket and the bound, and points at `journalctl -u ioatd`. Completion waits take their
+ * own timeout_ms.
+ *
+ * Connection loss: when the server goes away (kill -9, a crash, a stop), every call that needs it
+ * returns the connection's end (-ECONNRESET; IOATD_ERR(IOATD_E_SHUTTING_DOWN) after a GOODBYE),
+ * ioatd_client_error() says so, and the connection's socket (ioatd_client_fd) polls readable. Every op
+ * still in flight gets a record with status IOATD_ST_CONNECTION_LOST, in its queue's order, so each
+ * submission is answered exactly once; then the waits return the connection's end. ioatd_queue_close
+ * and ioatd_buffer_free then only free this side (0); connect again for new work.
  */
 #ifndef IOATD_CLIENT_H
 #define IOATD_CLIENT_H
@@ -43,7 +69,7 @@ extern "C" {
 #endif
 
 #define IOATD_LIB_VERSION_MAJOR 1
-#define IOATD_LIB_VERSION_MINOR 0
+#define IOATD_LIB_VERSION_MINOR 1
 /* (major << 16) | minor, as ioatd_lib_version() returns it. */
 #define IOATD_LIB_VERSION ((IOATD_LIB_VERSION_MAJOR << 16) | IOATD_LIB_VERSION_MINOR)
 
@@ -54,9 +80,13 @@ uint32_t ioatd_lib_version(void);
 #define IOATD_ERR_BASE 1000
 #define IOATD_ERR(code) (-(IOATD_ERR_BASE + (int)(code)))
 /* The protocol error code of a return value, or 0 when it is a -errno. */
-static inline uint32_t ioatd_err_code(int err) {
-    return (err <= -IOATD_ERR_BASE - 1 && err > -IOATD_ERR_BASE - 0x10000) ? (uint32_t)(-err - IOATD_ERR_BASE) : 0;
-}
+uint32_t ioatd_err_code(int err);
+/* IOATD_ERR(code) as a function, for languages that cannot use the macro. */
+int ioatd_err(uint32_t code);
+
+/* A completion status no server sends: the library's record for an op that was in flight when the
+ * connection ended (ioatd_status_name says "CONNECTION_LOST"). Whether it ran is unknown. */
+#define IOATD_ST_CONNECTION_LOST 0xFFFFu
 
 struct ioatd_client;
 struct ioatd_queue;
@@ -69,11 +99,23 @@ struct ioatd_queue;
  * the ioatd user, or the caller's own uid on a socket only the caller could have made) and says HELLO
  * (versions 2 and 3). Returns 0 and the client in *out, or a negative error. */
 int ioatd_connect(const char *path, unsigned flags, struct ioatd_client **out);
+/* ioatd_connect with its own bound on connecting and HELLO: timeout_ms >= 0, -1 for none, or
+ * IOATD_TIMEOUT_DEFAULT ($IOATD_CONNECT_TIMEOUT_MS, else 5000). -ETIMEDOUT when it runs out. */
+#define IOATD_TIMEOUT_DEFAULT (-2)
+int ioatd_connect_timeout(const char *path, unsigned flags, int timeout_ms, struct ioatd_client **out);
+/* The bound on each later control call's reply: ms, or -1 for none (default: $IOATD_CALL_TIMEOUT_MS,
+ * else 30000). */
+int ioatd_set_call_timeout(struct ioatd_client *c, int timeout_ms);
+/* 0 while the connection is up; else the error calls now return (it ended). Reads what waits on the
+ * socket first (never blocking), so an end no call has seen yet shows. */
+int ioatd_client_error(struct ioatd_client *c);
 /* Closes the connection: every queue and buffer of it is gone, its mappings unmapped. */
 void ioatd_close(struct ioatd_client *c);
 
-/* What the most recent error of this client means: "BAD_HANDLE: <the server's message>" for a
- * refusal, strerror for -errno. The text lives until the next call on `c` (c may be NULL for -errno). */
+/* What an error means: "BAD_HANDLE: <the server's message>" for a refusal, strerror and what it was
+ * about for a -errno (positive errno values, as ioat(4)'s calls return, are taken too). With c, the
+ * client's most recent error of that code; with NULL, this thread's failed ioatd_connect. The text
+ * is this thread's and lives until its next ioatd_strerror. */
 const char *ioatd_strerror(struct ioatd_client *c, int err);
 /* The name of a protocol error code ("BAD_HANDLE"), or "UNKNOWN". */
 const char *ioatd_error_name(uint32_t code);
@@ -82,11 +124,13 @@ const char *ioatd_status_name(uint16_t status);
 
 /* The protocol version in force, the server's limits and its channels (HELLO_OK, SPEC.md §4.2). */
 int ioatd_protocol_version(const struct ioatd_client *c);
-int ioatd_rings_granted(const struct ioatd_client *c);
 void ioatd_server_limits(const struct ioatd_client *c, struct ioatd_hello_ok *out);
 int ioatd_channel_count(const struct ioatd_client *c);
 /* Channel `index` (0 ... count - 1, not the channel's own index field) into *out; -EINVAL past the end. */
 int ioatd_channel_info(const struct ioatd_client *c, unsigned index, struct ioatd_channel *out);
+/* Whether this client's queues run over rings: the server granted them and the client did not refuse
+ * them (IOATD_CONNECT_NO_RINGS). */
+int ioatd_rings_granted(const struct ioatd_client *c);
 /* STATUS (SPEC.md §5.6), first page: *json is a NUL-terminated JSON text the caller free()s. */
 int ioatd_status(struct ioatd_client *c, char **json);
 /* Whether the server said GOODBYE (it is stopping), and its drain time in ms through *drain_ms. */
@@ -102,7 +146,8 @@ int ioatd_buffer_alloc(struct ioatd_client *c, uint64_t size, uint32_t flags, vo
 /* REGISTER: the caller's memfd (sealed with at least F_SEAL_SHRINK), mapped whole; the descriptor
  * stays the caller's. A memfd the server maps read-only is mapped read-only here too. */
 int ioatd_buffer_register(struct ioatd_client *c, int memfd, void **addr);
-/* FREE: `addr` is the address alloc or register returned; it is unmapped. */
+/* FREE: `addr` is the address alloc or register returned; it is unmapped (after the connection's
+ * end, only unmapped: the server freed it then). */
 int ioatd_buffer_free(struct ioatd_client *c, void *addr);
 
 struct ioatd_buffer_info {
@@ -122,7 +167,8 @@ int ioatd_ref(const struct ioatd_client *c, const void *p, uint64_t length, uint
 /* OPEN on `channel` (IOATD_ANY_CHANNEL: the one with the fewest queues) with room for `depth`
  * outstanding ops; then RING when rings are granted and not refused by IOATD_CONNECT_NO_RINGS. */
 int ioatd_queue_open(struct ioatd_client *c, uint32_t channel, uint32_t depth, struct ioatd_queue **out);
-/* CLOSE; IOATD_ERR(IOATD_E_BUSY) while ops are outstanding (records not yet seen count). */
+/* CLOSE; IOATD_ERR(IOATD_E_BUSY) while ops are outstanding (records not yet seen count). After the
+ * connection's end it frees this side and returns 0, whatever is outstanding. */
 int ioatd_queue_close(struct ioatd_queue *q);
 uint32_t ioatd_queue_id(const struct ioatd_queue *q);
 uint32_t ioatd_queue_channel(const struct ioatd_queue *q);
@@ -151,7 +197,10 @@ int ioatd_unget_desc(struct ioatd_queue *q, struct ioatd_desc *d);
 /* Sends every slot taken since the last call. Returns how many, or a negative error. */
 int ioatd_submit(struct ioatd_queue *q);
 
-static inline void ioatd_desc_set_cookie(struct ioatd_desc *d, uint64_t cookie) { d->cookie = cookie; }
+/* The record of the op carries the descriptor's cookie back: a number, or a pointer of the caller's. */
+void ioatd_desc_set_cookie(struct ioatd_desc *d, uint64_t cookie);
+void ioatd_desc_set_data(struct ioatd_desc *d, void *data);
+void *ioatd_record_data(const struct ioatd_completion_record *rec);
 
 /* Prep helpers: one per opcode of protocol version 2 (SPEC.md §6.2). `flags` takes IOATD_F_INT_EN,
  * IOATD_F_FENCE, IOATD_F_NO_WAIT and, for the CRC ops, the IOATD_F_CRC_* modes. Pointers are plain
@@ -188,26 +237,37 @@ int ioatd_prep_copy_sg(struct ioatd_queue *q, struct ioatd_desc *d, void *const 
 
 /* Records come in submission order, one per descriptor. A descriptor the server refused has status
  * IOATD_STATUS_REFUSED + its error code (ioatd_strerror(c, IOATD_ERR(status - IOATD_STATUS_REFUSED))
- * names it); over the socket every descriptor of a refused SUBMIT gets that status. */
+ * gives the server's text, on either transport); over the socket every descriptor of a refused SUBMIT
+ * gets that status. An op in flight when the connection ended gets IOATD_ST_CONNECTION_LOST.
+ *
+ * A record pointer stays valid, and its bytes unchanged, until ioatd_cq_advance (or
+ * ioatd_completion_seen) passes it; copy what you need before that. */
 
 /* The oldest record not yet seen into *rec: 0, or -EAGAIN when none is ready (never blocks). */
 int ioatd_peek_completion(struct ioatd_queue *q, struct ioatd_completion_record **rec);
 /* Up to `max` ready records into recs[]; returns how many (0 ... max), or a negative error. */
 int ioatd_peek_batch(struct ioatd_queue *q, struct ioatd_completion_record **recs, unsigned max);
-/* Waits until a record is ready, up to `timeout_ms` (-1: forever): 0, -ETIME, or the connection's
- * end (-ECONNRESET; IOATD_ERR(IOATD_E_SHUTTING_DOWN) after GOODBYE; IOATD_ERR(IOATD_E_RING_BROKEN)). */
+/* Waits until a record is ready, up to `timeout_ms` (-1: forever): 0; -ETIME when the time ran out;
+ * -EAGAIN at once when no op is in flight (submitted and its record not seen: nothing could come);
+ * the connection's end once every record has been handed out (-ECONNRESET;
+ * IOATD_ERR(IOATD_E_SHUTTING_DOWN) after GOODBYE); IOATD_ERR(IOATD_E_RING_BROKEN). */
 int ioatd_wait_completion(struct ioatd_queue *q, struct ioatd_completion_record **rec, int timeout_ms);
+/* Waits until at least `min` records are ready (as ioatd_wait_completion; -EAGAIN at once when fewer
+ * than `min` ops are in flight), then hands out up to `max` of them as ioatd_peek_batch does. */
+int ioatd_wait_completions(struct ioatd_queue *q, struct ioatd_completion_record **recs, unsigned min, unsigned max,
+                           int timeout_ms);
+/* ioatd_submit, then waits until `wait_nr` records are ready (0: no wait). Returns how many were
+ * submitted, or the error of either step. */
+int ioatd_submit_and_wait(struct ioatd_queue *q, unsigned wait_nr, int timeout_ms);
 /* Marks the oldest `n` records seen: their slots and credits go back. */
 void ioatd_cq_advance(struct ioatd_queue *q, unsigned n);
-static inline void ioatd_completion_seen(struct ioatd_queue *q, struct ioatd_completion_record *rec) {
-    (void)rec;
-    ioatd_cq_advance(q, 1);
-}
+void ioatd_completion_seen(struct ioatd_queue *q, struct ioatd_completion_record *rec);
 
 /* For the caller's own event loop: ioatd_queue_arm(q, n) asks to be woken once n records are ready;
  * 1 means sleep on ioatd_queue_event_fd(q) (poll for POLLIN), 0 that they are there already. Awake,
  * call ioatd_queue_disarm(q), then peek. A ring queue's fd is its doorbell; a socket queue's is the
- * connection's. */
+ * connection's, which another thread's call on the same client may read: with several threads on one
+ * client, wait on socket queues with ioatd_wait_completion(s) instead. */
 int ioatd_queue_event_fd(const struct ioatd_queue *q);
 int ioatd_queue_arm(struct ioatd_queue *q, unsigned n);
 void ioatd_queue_disarm(struct ioatd_queue *q);

@@ -11,11 +11,19 @@
  *   Buffers need not be physically contiguous, and a copy may be longer than ioat_get_max_io_size():
  *   the server splits it (SPEC.md §6.7).
  * - A bus_dmaengine_t is one queue on one channel of this process's connection (ioat_client(): the
- *   default socket, SPEC.md §1, opened on first use). ioat_get_dmaengine(i) opens channel i of the
- *   server's list (0 ... count - 1); every get of one channel returns the same engine, counted.
+ *   socket ioat_set_socket named, else $IOATD_SOCKET, else the default socket of SPEC.md §1, opened on
+ *   first use). ioat_get_dmaengine(i) opens channel i of the server's list (0 ... count - 1); every
+ *   get of one channel returns the same engine, counted. An engine holds up to 256 operations (fewer
+ *   when the channel's max_depth is lower): ioat_get_depth says how many.
+ * - When the connection ends (the server was killed, crashed or restarted), each operation in flight
+ *   has its callback called with ENXIO, operations on engines of that connection return NULL and
+ *   ioat_poll returns -ENXIO; put those engines. The next ioat_client() or ioat_get_dmaengine()
+ *   connects anew. Buffers allocated on the old connection stay mapped (ioatd_buffer_free on the old
+ *   client unmaps them, as does ioat_shutdown); they cannot be used by the new connection's engines.
  * - ioat_acquire / ioat_release: exclusive access to enqueue on the engine, as in the kernel (a
  *   mutex); ioat_release submits what was enqueued since ioat_acquire. Nothing reaches the server
- *   before ioat_release (or before the engine is full, which submits first).
+ *   before ioat_release (or before the engine is full, which submits first). An operation by a
+ *   thread that does not hold the engine, or from inside a callback, returns NULL.
  *   ioat_acquire_reserve(n): room for n operations is guaranteed until ioat_release.
  * - Callbacks never run on their own: there is no interrupt and no library thread. They run in the
  *   caller's thread, inside ioat_poll() (which the caller drives: in its own loop, or when
@@ -30,7 +38,10 @@
  * - DMA_CRC_* are FreeBSD's values. Without initialseed a CRC continues the engine's running CRC
  *   (IOATD_F_CRC_CHAIN, ioat(4)'s "accumulate"); with it, it starts from *initialseed.
  *
- * These functions may be called from several threads (one lock guards the shared connection).
+ * These functions may be called from several threads: enqueueing under ioat_acquire as in the kernel,
+ * and ioat_poll from any number of threads at once (one of them runs the callbacks at a time, so the
+ * order holds). ioatd_* calls on ioat_client() (ioatd_buffer_alloc and the like) may run beside them.
+ * A NULL engine is EINVAL (or NULL, 0, nothing: whatever the call returns), never a crash.
  */
 #ifndef IOATD_IOAT_H
 #define IOATD_IOAT_H
@@ -73,8 +84,18 @@ struct bus_dmadesc {
 #define M_WAITOK 0x0002
 #endif
 
-/* The connection these functions use (connected on first use; NULL if that failed). */
+/* The connection these functions use (connected on first use, and again after it ended; NULL if
+ * that failed: ioatd_strerror(NULL, -errno) in this thread says why). */
 struct ioatd_client *ioat_client(void);
+/* Not in FreeBSD: the socket (NULL: the default) and ioatd_connect flags for the connection, before
+ * its first use or after ioat_shutdown: 0, or -EBUSY while a connection or an engine exists. */
+int ioat_set_socket(const char *path, unsigned flags);
+/* Not in FreeBSD: closes the connection, every ended one and their buffers, after the program put its
+ * engines (engines not put are freed and their handles dangle). The next use connects anew. The
+ * library does this at exit. */
+void ioat_shutdown(void);
+/* Not in FreeBSD: how many operations the engine holds (its queue's depth), 0 for NULL. */
+uint32_t ioat_get_depth(bus_dmaengine_t dmaengine);
 
 bus_dmaengine_t ioat_get_dmaengine(uint32_t channel_index);
 void ioat_put_dmaengine(bus_dmaengine_t dmaengine);
@@ -108,7 +129,9 @@ struct bus_dmadesc *ioat_null(bus_dmaengine_t dmaengine, bus_dmaengine_callback_
  * now, waiting up to timeout_ms (-1: forever, 0: not at all) for at least one when any is
  * outstanding. Returns how many callbacks ran, or a negative error (-ENXIO: the connection is gone). */
 int ioat_poll(bus_dmaengine_t dmaengine, int timeout_ms);
-/* Not in FreeBSD: a descriptor that polls readable when ioat_poll has work (see ioatd_queue_arm). */
+/* Not in FreeBSD: a descriptor that polls readable once a record of an operation released (submitted)
+ * is ready, or the connection ended: then call ioat_poll. It stays readable until ioat_poll runs.
+ * -errno if it cannot be made. */
 int ioat_get_fd(bus_dmaengine_t dmaengine);
 
 #ifdef __cplusplus

@@ -1,0 +1,596 @@
+/*
+ * libioatd robustness (make test-c): what a new C user found, each as a check that failed before its
+ * fix (issue 19). Some checks talk to a scripted fake server made here (a mute one, one that answers
+ * HELLO and then goes quiet or away); the rest run a real ioatd of their own, which they kill and
+ * restart.
+ *
+ *     robustness IOATD_BINARY
+ *
+ * Prints how many checks ran and failed; exits non-zero on any failure.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <ioatd/client.h>
+#include <ioatd/ioat.h>
+
+static int passed, failed;
+#define CHECK(cond, ...)                                      \
+    do {                                                      \
+        if (cond) {                                           \
+            passed++;                                         \
+        } else {                                              \
+            failed++;                                         \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+            fprintf(stderr, __VA_ARGS__);                     \
+            fprintf(stderr, "\n");                            \
+        }                                                     \
+    } while (0)
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int listener(const char *path) {
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+    unlink(path);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 16) != 0) {
+        perror("listener");
+        exit(2);
+    }
+    return fd;
+}
+
+/* ---- a scripted fake server ---- */
+
+enum script { MUTE_AFTER_HELLO, CLOSE_AFTER_SUBMIT };
+
+struct fake {
+    int fd;
+    enum script script;
+    int accepted; /* the connection, for the test to close */
+};
+
+static void reply(int fd, uint16_t type, uint64_t id, const void *body, size_t length) {
+    uint8_t buf[512];
+    struct ioatd_header h = {.magic = IOATD_MAGIC, .version = 2, .type = type, .length = (uint32_t)(sizeof h + length), .request_id = id};
+    memcpy(buf, &h, sizeof h);
+    memcpy(buf + sizeof h, body, length);
+    send(fd, buf, sizeof h + length, MSG_NOSIGNAL);
+}
+
+/* Speaks version 2 (no rings): HELLO_OK with one channel, OPEN_OK; then per script. */
+static void *fake_server(void *arg) {
+    struct fake *f = arg;
+    int c = accept4(f->fd, NULL, NULL, SOCK_CLOEXEC);
+    f->accepted = c;
+    uint8_t buf[65536];
+    for (;;) {
+        ssize_t n = recv(c, buf, sizeof buf, 0);
+        if (n < (ssize_t)sizeof(struct ioatd_header)) break;
+        struct ioatd_header h;
+        memcpy(&h, buf, sizeof h);
+        if (h.type == IOATD_MSG_HELLO) {
+            struct {
+                struct ioatd_hello_ok ok;
+                struct ioatd_channel ch;
+            } body;
+            memset(&body, 0, sizeof body);
+            body.ok = (struct ioatd_hello_ok){.version = 2, .channel_count = 1, .max_message = 65536, .max_descriptors = 64,
+                                              .max_queue_depth = 64, .max_queues = 4, .max_buffers = 4, .max_buffer_bytes = 1 << 20};
+            body.ch.max_depth = 64;
+            body.ch.max_transfer = 1 << 20;
+            reply(c, IOATD_MSG_HELLO_OK, h.request_id, &body, sizeof body);
+        } else if (h.type == IOATD_MSG_OPEN && f->script == CLOSE_AFTER_SUBMIT) {
+            struct ioatd_open_ok ok = {.queue = 7, .channel = 0, .depth = 8};
+            reply(c, IOATD_MSG_OPEN_OK, h.request_id, &ok, sizeof ok);
+        } else if (h.type == IOATD_MSG_SUBMIT && f->script == CLOSE_AFTER_SUBMIT) {
+            break; /* the server dies with the ops in flight */
+        }
+        /* MUTE_AFTER_HELLO: every other request goes unanswered. */
+    }
+    if (f->script == CLOSE_AFTER_SUBMIT) close(c);
+    return NULL;
+}
+
+static void mute_socket(void) {
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/ioatd-mute-%d.sock", getpid());
+    int fd = listener(path); /* takes connections into its backlog, never answers */
+    struct ioatd_client *c = NULL;
+    double start = now_s();
+    int rc = ioatd_connect_timeout(path, 0, 300, &c);
+    double took = now_s() - start;
+    const char *text = ioatd_strerror(NULL, rc);
+    CHECK(rc == -ETIMEDOUT && c == NULL, "mute socket: connect gave %d (%s)", rc, text);
+    CHECK(took >= 0.25 && took < 5, "mute socket: connect gave up after %.2f s, bound 0.3 s", took);
+    CHECK(strstr(text, path) && strstr(text, "HELLO") && strstr(text, "journalctl -u ioatd") && strstr(text, "300 ms"),
+          "mute socket: the text names the socket, what was awaited, the bound and the log: %s", text);
+    /* The default bound comes from the environment. */
+    setenv("IOATD_CONNECT_TIMEOUT_MS", "200", 1);
+    start = now_s();
+    rc = ioatd_connect(path, 0, &c);
+    took = now_s() - start;
+    unsetenv("IOATD_CONNECT_TIMEOUT_MS");
+    CHECK(rc == -ETIMEDOUT && took < 5, "IOATD_CONNECT_TIMEOUT_MS=200: %d after %.2f s", rc, took);
+    close(fd);
+    unlink(path);
+}
+
+static void connect_texts(void) {
+    struct ioatd_client *c = NULL;
+    int rc = ioatd_connect("/tmp/ioatd-no-such-dir/x.sock", 0, &c);
+    const char *text = ioatd_strerror(NULL, rc);
+    CHECK(rc == -ENOENT && strstr(text, "/tmp/ioatd-no-such-dir/x.sock"), "ENOENT names the path: %s", text);
+    setenv("IOATD_SOCKET", "/tmp/ioatd-no-such-dir/default.sock", 1);
+    rc = ioatd_connect(NULL, 0, &c);
+    text = ioatd_strerror(NULL, rc);
+    CHECK(rc == -ENOENT && strstr(text, "default.sock"), "the default path it tried is named: %s", text);
+    unsetenv("IOATD_SOCKET");
+    CHECK(strcmp(ioatd_strerror(NULL, 5), strerror(5)) == 0, "positive errno: %s", ioatd_strerror(NULL, 5));
+    CHECK(strcmp(ioatd_strerror(NULL, -EAGAIN), strerror(EAGAIN)) == 0, "-EAGAIN: %s", ioatd_strerror(NULL, -EAGAIN));
+
+    /* A server of another uid is refused by the client itself: -EPERM with that uid, not a server's
+     * PERMISSION_DENIED. */
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/ioatd-other-%d.sock", getpid());
+    int ready[2];
+    if (getuid() != 0 || pipe(ready) != 0) return;
+    pid_t child = fork();
+    if (child == 0) {
+        if (setgid(65534) != 0 || setuid(65534) != 0) _exit(2);
+        int fd = listener(path);
+        char one = 1;
+        if (write(ready[1], &one, 1) != 1) _exit(2);
+        pause();
+        close(fd);
+        _exit(0);
+    }
+    char one;
+    if (read(ready[0], &one, 1) == 1) {
+        rc = ioatd_connect(path, 0, &c);
+        text = ioatd_strerror(NULL, rc);
+        CHECK(rc == -EPERM && strstr(text, "uid 65534") && strstr(text, path), "untrusted server: %d %s", rc, text);
+    }
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    close(ready[0]);
+    close(ready[1]);
+    unlink(path);
+}
+
+static void call_timeout_and_loss(void) {
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/ioatd-fake-%d.sock", getpid());
+    struct fake f = {.fd = listener(path), .script = MUTE_AFTER_HELLO, .accepted = -1};
+    pthread_t t;
+    pthread_create(&t, NULL, fake_server, &f);
+    struct ioatd_client *c = NULL;
+    int rc = ioatd_connect_timeout(path, 0, 5000, &c);
+    CHECK(rc == 0, "fake server: connect %d %s", rc, ioatd_strerror(NULL, rc));
+    if (rc == 0) {
+        CHECK(ioatd_set_call_timeout(c, 300) == 0 && ioatd_set_call_timeout(c, -7) == -EINVAL, "set_call_timeout");
+        void *p = NULL;
+        double start = now_s();
+        rc = ioatd_buffer_alloc(c, 4096, 0, &p);
+        double took = now_s() - start;
+        const char *text = ioatd_strerror(c, rc);
+        CHECK(rc == -ETIMEDOUT && took < 5, "a mute server's ALLOC: %d after %.2f s", rc, took);
+        CHECK(strstr(text, "ALLOC") && strstr(text, path) && strstr(text, "journalctl"), "ALLOC's timeout text: %s", text);
+        CHECK(ioatd_client_error(c) == 0, "a timed-out call leaves the connection up");
+        ioatd_close(c);
+    }
+    shutdown(f.accepted, SHUT_RDWR);
+    pthread_join(t, NULL);
+    close(f.accepted);
+
+    /* A server that dies with ops in flight: each gets CONNECTION_LOST, in order, then the end. */
+    f.script = CLOSE_AFTER_SUBMIT;
+    pthread_create(&t, NULL, fake_server, &f);
+    rc = ioatd_connect_timeout(path, 0, 5000, &c);
+    CHECK(rc == 0, "fake server 2: connect %d", rc);
+    if (rc == 0) {
+        struct ioatd_queue *q;
+        rc = ioatd_queue_open(c, 0, 8, &q);
+        CHECK(rc == 0, "fake open %d", rc);
+        if (rc == 0) {
+            for (int i = 0; i < 3; i++) {
+                struct ioatd_desc *d = ioatd_get_desc(q);
+                ioatd_prep_null(q, d, 0);
+                ioatd_desc_set_cookie(d, 100 + i);
+            }
+            CHECK(ioatd_submit(q) == 3, "submit 3");
+            for (int i = 0; i < 3; i++) {
+                struct ioatd_completion_record *r = NULL;
+                rc = ioatd_wait_completion(q, &r, 5000);
+                CHECK(rc == 0 && r->status == IOATD_ST_CONNECTION_LOST && r->cookie == (uint64_t)(100 + i),
+                      "op %d after the server died: rc %d status %s cookie %llu", i, rc, rc == 0 ? ioatd_status_name(r->status) : "-",
+                      rc == 0 ? (unsigned long long)r->cookie : 0ull);
+                if (rc == 0) ioatd_completion_seen(q, r);
+            }
+            struct ioatd_completion_record *r;
+            rc = ioatd_wait_completion(q, &r, 5000);
+            CHECK(rc == -ECONNRESET, "then the connection's end: %d", rc);
+            CHECK(ioatd_client_error(c) == -ECONNRESET, "ioatd_client_error %d", ioatd_client_error(c));
+            CHECK(ioatd_get_desc(q) == NULL, "no descriptor after the end");
+            CHECK(strcmp(ioatd_status_name(IOATD_ST_CONNECTION_LOST), "CONNECTION_LOST") == 0, "status name");
+            CHECK(ioatd_queue_close(q) == 0, "queue_close after the end frees this side");
+        }
+        ioatd_close(c);
+    }
+    pthread_join(t, NULL);
+    close(f.fd);
+    unlink(path);
+}
+
+static void null_arguments(void) {
+    /* One rule: -EINVAL, NULL, 0 or nothing; never a crash. */
+    struct ioatd_desc d;
+    struct ioatd_completion_record *r;
+    struct ioatd_hello_ok ok;
+    uint32_t h;
+    uint64_t o;
+    void *p;
+    CHECK(ioatd_connect("/x", 0, NULL) == -EINVAL, "connect NULL out");
+    CHECK(ioatd_get_desc(NULL) == NULL, "get_desc");
+    CHECK(ioatd_submit(NULL) == -EINVAL, "submit");
+    CHECK(ioatd_queue_close(NULL) == -EINVAL, "queue_close");
+    CHECK(ioatd_ref(NULL, &d, 1, &h, &o) == -EINVAL, "ref");
+    ioatd_server_limits(NULL, &ok);
+    CHECK(ioatd_buffer_alloc(NULL, 4096, 0, &p) == -EINVAL, "buffer_alloc");
+    CHECK(ioatd_buffer_free(NULL, &d) == -EINVAL, "buffer_free");
+    CHECK(ioatd_queue_open(NULL, 0, 8, NULL) == -EINVAL, "queue_open");
+    CHECK(ioatd_wait_completion(NULL, &r, 0) == -EINVAL, "wait");
+    CHECK(ioatd_peek_completion(NULL, &r) == -EINVAL, "peek");
+    CHECK(ioatd_prep_copy(NULL, &d, &d, &d, 1, 0) == -EINVAL, "prep");
+    CHECK(ioatd_status(NULL, NULL) == -EINVAL, "status");
+    CHECK(ioatd_client_fd(NULL) == -EINVAL && ioatd_queue_depth(NULL) == 0, "fd, depth");
+    ioatd_cq_advance(NULL, 1);
+    ioatd_completion_seen(NULL, NULL);
+    ioatd_desc_set_cookie(NULL, 1);
+    ioatd_close(NULL);
+    CHECK(ioat_copy(NULL, 0, 0, 1, NULL, NULL, 0) == NULL && ioat_null(NULL, NULL, NULL, 0) == NULL, "ioat ops");
+    CHECK(ioat_poll(NULL, 0) == -EINVAL && ioat_get_fd(NULL) == -EINVAL, "ioat_poll, get_fd");
+    CHECK(ioat_acquire_reserve(NULL, 1, M_NOWAIT) == EINVAL && ioat_set_interrupt_coalesce(NULL, 1) == EINVAL, "reserve, coalesce");
+    CHECK(ioat_get_hwversion(NULL) == 0 && ioat_get_max_io_size(NULL) == 0 && ioat_get_depth(NULL) == 0, "ioat getters");
+    ioat_acquire(NULL);
+    ioat_release(NULL);
+    ioat_put_dmaengine(NULL);
+    /* Helpers as functions, for other languages. */
+    CHECK(ioatd_err(IOATD_E_BAD_HANDLE) == IOATD_ERR(IOATD_E_BAD_HANDLE) && ioatd_err_code(ioatd_err(13)) == 13, "err helpers");
+    ioatd_desc_set_data(&d, &d);
+    struct ioatd_completion_record rec = {.cookie = d.cookie};
+    CHECK(ioatd_record_data(&rec) == &d, "cookie as a pointer");
+}
+
+/* ---- against a real ioatd of this program's own ---- */
+
+static const char *ioatd_binary;
+static char server_path[64];
+static pid_t server_pid;
+
+static void start_server(void) {
+    unlink(server_path);
+    server_pid = fork();
+    if (server_pid == 0) {
+        int null = open("/dev/null", 1);
+        dup2(null, 1);
+        dup2(null, 2);
+        execl(ioatd_binary, "ioatd", "--socket", server_path, "--engine", "cpu", "--no-hugepages", "--log-level", "error", (char *)NULL);
+        _exit(127);
+    }
+    /* Wait for the condition (a server that answers HELLO), not for a guessed time. */
+    for (int i = 0; i < 600; i++) {
+        struct ioatd_client *c;
+        if (ioatd_connect_timeout(server_path, 0, 1000, &c) == 0) {
+            ioatd_close(c);
+            return;
+        }
+        poll(NULL, 0, 20);
+    }
+    fprintf(stderr, "robustness: ioatd did not start at %s\n", server_path);
+    exit(2);
+}
+
+static void kill_server(void) {
+    kill(server_pid, SIGKILL);
+    waitpid(server_pid, NULL, 0);
+}
+
+static void ring_loss(void) {
+    struct ioatd_client *c;
+    int rc = ioatd_connect(server_path, 0, &c);
+    CHECK(rc == 0 && ioatd_rings_granted(c), "ring connect %d", rc);
+    if (rc != 0) return;
+    struct ioatd_client *plain;
+    if (ioatd_connect(server_path, IOATD_CONNECT_NO_RINGS, &plain) == 0) {
+        CHECK(ioatd_rings_granted(plain) == 0, "rings_granted on a NO_RINGS client");
+        ioatd_close(plain);
+    }
+    struct ioatd_queue *q;
+    uint8_t *src, *dst;
+    const uint64_t big = 16u << 20;
+    rc = ioatd_queue_open(c, IOATD_ANY_CHANNEL, 64, &q);
+    if (rc == 0) rc = ioatd_buffer_alloc(c, big, 0, (void **)&src);
+    if (rc == 0) rc = ioatd_buffer_alloc(c, big * 4, 0, (void **)&dst);
+    CHECK(rc == 0 && ioatd_queue_is_ring(q), "ring queue and buffers: %s", ioatd_strerror(c, rc));
+    if (rc != 0) return;
+    struct ioatd_completion_record *r;
+    CHECK(ioatd_wait_completion(q, &r, -1) == -EAGAIN, "waiting on an idle ring queue returns -EAGAIN at once");
+    /* A refused ring entry: its record, and the server's text through ioatd_strerror. */
+    struct ioatd_desc *d = ioatd_get_desc(q);
+    ioatd_prep_copy(q, d, dst, src, 64, 0);
+    d->src_handle = 0xBAD;
+    ioatd_submit(q);
+    rc = ioatd_wait_completion(q, &r, 5000);
+    CHECK(rc == 0 && r->status == IOATD_STATUS_REFUSED + IOATD_E_BAD_HANDLE, "refused ring entry: %d", rc);
+    const char *text = ioatd_strerror(c, IOATD_ERR(IOATD_E_BAD_HANDLE));
+    CHECK(strstr(text, "2989") != NULL, "the ring refusal keeps the server's text (handle 0xBAD = 2989): %s", text);
+    if (rc == 0) ioatd_completion_seen(q, r);
+    /* Long ops in flight, then kill -9: each gets a record, done or CONNECTION_LOST, in order. */
+    int n = 0;
+    for (; n < 40; n++) {
+        d = ioatd_get_desc(q);
+        ioatd_prep_copy(q, d, dst + (n % 4) * big, src, big, 0);
+        ioatd_desc_set_cookie(d, 1000 + n);
+    }
+    ioatd_submit(q);
+    kill_server();
+    int lost = 0, in_order = 1;
+    for (int i = 0; i < n; i++) {
+        rc = ioatd_wait_completion(q, &r, 5000);
+        if (rc != 0) break;
+        in_order &= r->cookie == (uint64_t)(1000 + i);
+        lost += r->status == IOATD_ST_CONNECTION_LOST;
+        ioatd_completion_seen(q, r);
+        if (i + 1 == n) rc = 1;
+    }
+    CHECK(rc == 1 && in_order && lost > 0, "after kill -9: %d records in order, %d CONNECTION_LOST (rc %d)", n, lost, rc);
+    rc = ioatd_wait_completion(q, &r, 5000);
+    CHECK(rc == -ECONNRESET, "then -ECONNRESET: %d", rc);
+    CHECK(ioatd_queue_close(q) == 0 && ioatd_buffer_free(c, src) == 0, "close and free after the end");
+    ioatd_close(c);
+    start_server();
+}
+
+static void socket_spin(void) {
+    /* The socket spin sees the record when it comes, not when the spin ends. */
+    struct ioatd_client *c;
+    if (ioatd_connect(server_path, IOATD_CONNECT_NO_RINGS, &c) != 0) return;
+    struct ioatd_queue *q;
+    if (ioatd_queue_open(c, IOATD_ANY_CHANNEL, 4, &q) == 0) {
+        ioatd_queue_set_spin(q, 200000); /* 200 ms */
+        double start = now_s();
+        int ok = 1;
+        for (int i = 0; i < 10 && ok; i++) {
+            struct ioatd_desc *d = ioatd_get_desc(q);
+            ioatd_prep_null(q, d, IOATD_F_INT_EN);
+            struct ioatd_completion_record *r;
+            ok = ioatd_submit(q) == 1 && ioatd_wait_completion(q, &r, 5000) == 0;
+            if (ok) ioatd_completion_seen(q, r);
+        }
+        double took = now_s() - start;
+        CHECK(ok && took < 1.0, "10 QD1 ops with a 200 ms spin took %.3f s (a spin that hides the record takes >= 2 s)", took);
+        ioatd_queue_close(q);
+    }
+    ioatd_close(c);
+}
+
+/* ---- the ioat(4) layer ---- */
+
+struct counts {
+    pthread_mutex_t mu;
+    int calls[4096];
+    int errors;
+    int order_breaks;
+    int last;
+};
+
+static void count_callback(void *arg, int error) {
+    struct counts *k = arg;
+    (void)k;
+    (void)error;
+}
+
+struct tagged {
+    struct counts *k;
+    int index;
+};
+
+static void tagged_callback(void *arg, int error) {
+    struct tagged *t = arg;
+    pthread_mutex_lock(&t->k->mu);
+    t->k->calls[t->index]++;
+    if (error) t->k->errors++;
+    if (t->index < t->k->last) t->k->order_breaks++;
+    t->k->last = t->index;
+    pthread_mutex_unlock(&t->k->mu);
+}
+
+struct poller {
+    bus_dmaengine_t e;
+    int *stop;
+};
+
+static void *poll_loop(void *arg) {
+    struct poller *p = arg;
+    while (!__atomic_load_n(p->stop, __ATOMIC_ACQUIRE)) ioat_poll(p->e, 0);
+    return NULL;
+}
+
+static void ioat_pollers(int threads) {
+    bus_dmaengine_t e = ioat_get_dmaengine(0);
+    CHECK(e != NULL, "engine: %s", ioatd_strerror(NULL, -errno));
+    if (!e) return;
+    uint8_t *src, *dst;
+    const int ops = 2000, size = 256;
+    if (ioatd_buffer_alloc(ioat_client(), (uint64_t)ops * size, 0, (void **)&src) != 0 ||
+        ioatd_buffer_alloc(ioat_client(), (uint64_t)ops * size, 0, (void **)&dst) != 0) {
+        CHECK(0, "buffers");
+        return;
+    }
+    for (int i = 0; i < ops * size; i++) src[i] = (uint8_t)(i * 7 + threads);
+    memset(dst, 0, (size_t)ops * size);
+    static struct counts k;
+    memset(&k, 0, sizeof k);
+    k.last = -1;
+    pthread_mutex_init(&k.mu, NULL);
+    static struct tagged tags[4096];
+    int stop = 0;
+    struct poller p = {e, &stop};
+    pthread_t t[4];
+    for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, poll_loop, &p);
+    for (int i = 0; i < ops; i += 16) {
+        ioat_acquire(e);
+        for (int j = i; j < i + 16 && j < ops; j++) {
+            tags[j] = (struct tagged){&k, j};
+            if (!ioat_copy(e, (bus_addr_t)(uintptr_t)(dst + j * size), (bus_addr_t)(uintptr_t)(src + j * size), size,
+                           tagged_callback, &tags[j], 0))
+                CHECK(0, "copy %d refused", j);
+        }
+        ioat_release(e);
+    }
+    /* Wait for the condition: every callback ran (bounded). */
+    double until = now_s() + 20;
+    for (;;) {
+        pthread_mutex_lock(&k.mu);
+        int seen = 0;
+        for (int i = 0; i < ops; i++) seen += k.calls[i] != 0;
+        pthread_mutex_unlock(&k.mu);
+        if (seen == ops || now_s() > until) break;
+        ioat_poll(e, 10);
+    }
+    __atomic_store_n(&stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
+    int missing = 0, twice = 0;
+    for (int i = 0; i < ops; i++) {
+        missing += k.calls[i] == 0;
+        twice += k.calls[i] > 1;
+    }
+    CHECK(missing == 0 && twice == 0 && k.errors == 0 && k.order_breaks == 0,
+          "%d pollers: %d callbacks missing, %d twice, %d errors, %d out of order", threads, missing, twice, k.errors, k.order_breaks);
+    CHECK(memcmp(src, dst, (size_t)ops * size) == 0, "%d pollers: the bytes arrived", threads);
+    ioatd_buffer_free(ioat_client(), src);
+    ioatd_buffer_free(ioat_client(), dst);
+    ioat_put_dmaengine(e);
+}
+
+static void *alloc_loop(void *arg) {
+    int *done = arg; /* read after pthread_join */
+    for (int i = 0; i < 50; i++) {
+        void *p;
+        if (ioatd_buffer_alloc(ioat_client(), 8192, 0, &p) != 0 || ioatd_buffer_free(ioat_client(), p) != 0) return NULL;
+    }
+    *done = 1;
+    return NULL;
+}
+
+static int called_inside;
+static struct bus_dmadesc *inside_result = (struct bus_dmadesc *)1;
+static bus_dmaengine_t inside_engine;
+
+static void enqueue_from_callback(void *arg, int error) {
+    (void)arg;
+    (void)error;
+    called_inside = 1;
+    inside_result = ioat_null(inside_engine, NULL, NULL, 0);
+}
+
+static void ioat_layer(void) {
+    CHECK(ioat_set_socket(server_path, 0) == 0, "ioat_set_socket before first use");
+    ioat_pollers(2);
+    ioat_pollers(4);
+
+    bus_dmaengine_t e = ioat_get_dmaengine(0);
+    CHECK(e && ioat_get_depth(e) > 0 && ioat_get_depth(e) <= 256, "depth %u", e ? ioat_get_depth(e) : 0);
+    if (!e) return;
+    CHECK(ioat_set_socket(server_path, 0) == -EBUSY, "ioat_set_socket while connected");
+    /* Allocation beside a thread that polls and enqueues. */
+    int done = 0;
+    pthread_t t;
+    pthread_create(&t, NULL, alloc_loop, &done);
+    for (int i = 0; i < 200; i++) {
+        ioat_acquire(e);
+        ioat_null(e, count_callback, NULL, 0);
+        ioat_release(e);
+        ioat_poll(e, 5);
+    }
+    pthread_join(t, NULL);
+    CHECK(done, "50 ALLOC/FREE beside the ioat(4) API finished");
+    while (ioat_poll(e, 100) > 0) {}
+
+    /* No acquire, or from a callback: refused. */
+    CHECK(ioat_null(e, NULL, NULL, 0) == NULL, "an op without ioat_acquire is refused");
+    inside_engine = e;
+    ioat_acquire(e);
+    ioat_null(e, enqueue_from_callback, NULL, DMA_INT_EN);
+    ioat_release(e);
+    /* ioat_get_fd is readable after a release without an ioat_poll first. */
+    int fd = ioat_get_fd(e);
+    ioat_acquire(e);
+    ioat_null(e, count_callback, NULL, 0);
+    ioat_release(e);
+    struct pollfd p = {fd, POLLIN, 0};
+    CHECK(fd >= 0 && poll(&p, 1, 5000) == 1, "ioat_get_fd polls readable after a release");
+    while (ioat_poll(e, 100) > 0) {}
+    CHECK(called_inside && inside_result == NULL, "an op from inside a callback is refused");
+
+    /* kill -9 and a restart: outstanding callbacks hear ENXIO, then a new engine works. */
+    kill_server();
+    int rc = ioat_poll(e, 5000);
+    CHECK(rc == -ENXIO, "ioat_poll after the server died: %d", rc);
+    ioat_acquire(e);
+    CHECK(ioat_null(e, NULL, NULL, 0) == NULL, "an op after the connection's end returns NULL");
+    ioat_release(e);
+    ioat_put_dmaengine(e);
+    start_server();
+    e = ioat_get_dmaengine(0);
+    CHECK(e != NULL, "ioat_get_dmaengine connects again after a restart");
+    if (e) {
+        ioat_acquire(e);
+        CHECK(ioat_null(e, count_callback, NULL, 0) != NULL, "an op on the new engine");
+        ioat_release(e);
+        CHECK(ioat_poll(e, 5000) == 1, "its callback");
+        ioat_put_dmaengine(e);
+    }
+    ioat_shutdown();
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: robustness IOATD_BINARY\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    ioatd_binary = argv[1];
+    snprintf(server_path, sizeof server_path, "/tmp/ioatd-robust-%d.sock", getpid());
+    mute_socket();
+    connect_texts();
+    call_timeout_and_loss();
+    null_arguments();
+    start_server();
+    ring_loss();
+    socket_spin();
+    ioat_layer();
+    kill_server();
+    unlink(server_path);
+    printf("robustness: %d checks, %d failing\n", passed + failed, failed);
+    return failed ? 1 : 0;
+}
