@@ -149,6 +149,7 @@ enum ioatd_error {
     IOATD_E_INTERNAL = 34,
     IOATD_E_BAD_PERIOD = 35, /* version 2 */
     IOATD_E_RING_BROKEN = 36, /* version 3 */
+    IOATD_E_UNAVAILABLE = 37, /* the service cannot start: sent to waiting connections, request_id 0 */
 };
 
 /* §2.2 */

@@ -40,6 +40,43 @@ public final class IOATClient: Sendable {
         case socket
     }
 
+    /// How long the client waits for the server. nil waits for ever.
+    ///
+    /// A healthy server answers HELLO in well under a millisecond. 5 s covers a socket-activated cold
+    /// start (DPDK's start-up takes a second or two) while a person still gets an answer before giving
+    /// up; a server that cannot start answers waiting clients at once (`ErrorCode.unavailable`). 30 s per
+    /// request is far past any honest answer: an ALLOC zeroes and locks its memory at a fraction of a
+    /// second per GiB. Completion waits (`IOATRing.wait`) take their own bounds.
+    public struct Timeouts: Sendable, Equatable {
+        /// Connecting and the HELLO handshake.
+        public var connect: Duration?
+        /// Each request's reply (ALLOC, REGISTER, FREE, OPEN, CLOSE, STATUS, RING, RESERVE, SET_COALESCE).
+        public var call: Duration?
+
+        public init(connect: Duration? = .seconds(5), call: Duration? = .seconds(30)) {
+            self.connect = connect
+            self.call = call
+        }
+
+        /// The defaults, each replaced by its environment variable when set: `IOATD_CONNECT_TIMEOUT_MS`
+        /// and `IOATD_CALL_TIMEOUT_MS`, in milliseconds, -1 for none (libioatd reads the same two).
+        public static func fromEnvironment() -> Timeouts {
+            var t = Timeouts()
+            if let v = environment("IOATD_CONNECT_TIMEOUT_MS") { t.connect = v }
+            if let v = environment("IOATD_CALL_TIMEOUT_MS") { t.call = v }
+            return t
+        }
+
+        private static func environment(_ name: String) -> Duration?? {
+            guard let raw = getenv(name), let ms = Int(String(cString: raw)), ms >= -1 else { return nil }
+            return .some(ms == -1 ? nil : .milliseconds(ms))
+        }
+
+        /// "5000 ms", for error texts.
+        static func text(_ d: Duration) -> String { "\(d.milliseconds) ms" }
+        var connectText: String { connect.map(Self.text) ?? "no bound" }
+    }
+
     /// What a finished batch hands back.
     public typealias BatchResult = Result<[CompletionRecord], IOATError>
 
@@ -48,26 +85,31 @@ public final class IOATClient: Sendable {
     private let busyPollMicroseconds: Int
     /// How queues reach the server (rings or messages).
     public let transport: Transport
+    /// How long calls wait for the server.
+    public let timeouts: Timeouts
     private let current: Mutex<Session>
     private let reconnects = Atomic<Int>(0)
 
     /// Connects to `path` (default: the SPEC.md rule, `$IOATD_SOCKET` first) and performs the handshake.
     /// While requests are outstanding, the reader thread polls the socket without sleeping for
     /// `busyPollMicroseconds` after each packet (0 disables it): waking a sleeping thread costs tens of
-    /// microseconds in a VM, more than a small op.
+    /// microseconds in a VM, more than a small op. `timeouts` bounds connecting and every request
+    /// (default: 5 s and 30 s, or the environment's, `Timeouts.fromEnvironment()`); a bound that runs
+    /// out throws `timedOut`, naming what was awaited, the socket and the bound.
     public static func connect(path: String? = nil, busyPollMicroseconds: Int = 50,
-                               transport: Transport = .automatic) async throws(IOATError) -> IOATClient {
+                               transport: Transport = .automatic, timeouts: Timeouts = .fromEnvironment()) async throws(IOATError) -> IOATClient {
         let path = path ?? SocketPath.forClient()
-        return IOATClient(path: path, busyPollMicroseconds: busyPollMicroseconds, transport: transport,
-                          session: try await connectOffPool(path: path, busyPollMicroseconds: busyPollMicroseconds, transport: transport))
+        return IOATClient(path: path, busyPollMicroseconds: busyPollMicroseconds, transport: transport, timeouts: timeouts,
+                          session: try await connectOffPool(path: path, busyPollMicroseconds: busyPollMicroseconds, transport: transport,
+                                                            timeouts: timeouts))
     }
 
-    private static func connectOffPool(path: String, busyPollMicroseconds: Int, transport: Transport) async throws(IOATError) -> Session {
+    private static func connectOffPool(path: String, busyPollMicroseconds: Int, transport: Transport, timeouts: Timeouts) async throws(IOATError) -> Session {
         let result: Result<Session, IOATError> = await withCheckedContinuation { c in
             OSThread.detached(name: "ioat-connect") {
                 do throws(IOATError) {
                     c.resume(returning: .success(try Session.connect(path: path, busyPollMicroseconds: busyPollMicroseconds,
-                                                                     transport: transport)))
+                                                                     transport: transport, bounds: timeouts)))
                 } catch {
                     c.resume(returning: .failure(error))
                 }
@@ -76,7 +118,8 @@ public final class IOATClient: Sendable {
         return try result.get()
     }
 
-    private init(path: String, busyPollMicroseconds: Int, transport: Transport, session: Session) {
+    private init(path: String, busyPollMicroseconds: Int, transport: Transport, timeouts: Timeouts, session: Session) {
+        self.timeouts = timeouts
         self.path = path
         self.busyPollMicroseconds = busyPollMicroseconds
         self.transport = transport
@@ -86,7 +129,7 @@ public final class IOATClient: Sendable {
     func session() async throws(IOATError) -> Session {
         let existing = current.withLock { $0 }
         if !existing.isLost { return existing }
-        let fresh = try await Self.connectOffPool(path: path, busyPollMicroseconds: busyPollMicroseconds, transport: transport)
+        let fresh = try await Self.connectOffPool(path: path, busyPollMicroseconds: busyPollMicroseconds, transport: transport, timeouts: timeouts)
         let (live, installed) = current.withLock { s in
             guard s.isLost else { return (s, false) }
             s = fresh

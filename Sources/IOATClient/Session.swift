@@ -49,6 +49,8 @@ final class Session: Sendable {
 
     struct State: ~Copyable {
         var replies: [UInt64: CheckedContinuation<Reply, any Error>] = [:]
+        /// When each waiting request gives up (Clock.nanoseconds), and what it was, for its error.
+        var deadlines: [UInt64: (at: UInt64, what: String)] = [:]
         var batches: [UInt64: Batch] = [:]
         var submitRequests: [UInt64: UInt64] = [:]
         var nextBatch: UInt64 = 1
@@ -70,13 +72,17 @@ final class Session: Sendable {
         (packetsSent.load(ordering: .relaxed), packetsReceived.load(ordering: .relaxed))
     }
 
-    /// Connects to `path` and performs the handshake.
-    static func connect(path: String, busyPollMicroseconds: Int, transport: IOATClient.Transport = .automatic) throws(IOATError) -> Session {
+    /// Connects to `path` and performs the handshake, within `bounds.connect` (nil: no bound).
+    static func connect(path: String, busyPollMicroseconds: Int, transport: IOATClient.Transport = .automatic,
+                        bounds: IOATClient.Timeouts = .fromEnvironment()) throws(IOATError) -> Session {
+        let deadline = bounds.connect.map { Clock.nanoseconds() + UInt64($0.nanoseconds) }
         let fd: FileDescriptor
         let wakeup: EventFD
         do throws(SystemError) {
-            fd = try UnixSocket.connect(path: path)
+            fd = try UnixSocket.connect(path: path, deadlineNanoseconds: deadline)
             wakeup = try EventFD()
+        } catch where error.errno == ETIMEDOUT {
+            throw .timedOut("the server at \(path) did not take the connection within \(bounds.connectText) (its listen backlog stayed full); \(Self.journalHint)")
         } catch {
             throw .system(error)
         }
@@ -88,7 +94,7 @@ final class Session: Sendable {
             throw .system(error)
         }
         if let why = SocketPath.distrust(serverUID: server.uid, path: path) { throw .untrustedServer(why) }
-        let reply = try handshake(fd, features: transport == .socket ? 0 : Wire.featureRings)
+        let reply = try handshake(fd, features: transport == .socket ? 0 : Wire.featureRings, path: path, deadline: deadline, bound: bounds.connectText)
         if transport == .ring && reply.features & Wire.featureRings == 0 {
             throw .invalidArgument("transport ring: the server did not grant ring queues (it negotiated version \(reply.version))")
         }
@@ -99,13 +105,16 @@ final class Session: Sendable {
         }
         let client = Session(fd: fd, wakeup: wakeup, server: reply, path: path,
                              busyPollNanoseconds: UInt64(max(0, busyPollMicroseconds)) * 1000,
-                             useRings: transport != .socket && reply.features & Wire.featureRings != 0)
+                             useRings: transport != .socket && reply.features & Wire.featureRings != 0, callTimeout: bounds.call)
         client.startReader()
         return client
     }
 
-    /// HELLO and its answer, synchronously, before the reader thread exists.
-    private static func handshake(_ fd: FileDescriptor, features: UInt64) throws(IOATError) -> HelloReply {
+    /// Where a person looks when the server does not answer.
+    static let journalHint = "the server's log says why: journalctl -u ioatd"
+
+    /// HELLO and its answer, synchronously, before the reader thread exists, by `deadline` (nil: none).
+    private static func handshake(_ fd: FileDescriptor, features: UInt64, path: String, deadline: UInt64?, bound: String) throws(IOATError) -> HelloReply {
         // A server that refuses the connection (SPEC.md §1) sends its ERROR and closes at once. If that
         // happened before our HELLO went out, the send fails, and the ERROR is still there to be read.
         var sendFailure: SystemError? = nil
@@ -120,7 +129,17 @@ final class Session: Sendable {
         defer { buffer.deallocate() }
         let received: ReceivedPacket
         do throws(SystemError) {
+            // The socket was made non-blocking by connect: wait for the answer, within the bound.
+            while true {
+                let left = deadline.map { $0 > Clock.nanoseconds() ? Int32(min(UInt64(Int32.max), ($0 - Clock.nanoseconds() + 999_999) / 1_000_000)) : 0 } ?? -1
+                if left == 0 {
+                    throw SystemError("handshake", errno: ETIMEDOUT)
+                }
+                if try Poll.wait([(fd, .readable)], timeoutMilliseconds: left).first?.isEmpty == false { break }
+            }
             received = try UnixSocket.receive(fd, into: buffer)
+        } catch where error.errno == ETIMEDOUT {
+            throw .timedOut("no answer to HELLO from the server at \(path) within \(bound): the socket took the connection, but no server answered (one that cannot start, or is stopped or wedged); \(journalHint)")
         } catch {
             throw .system(sendFailure ?? error)
         }
@@ -155,7 +174,12 @@ final class Session: Sendable {
     /// The ERROR that broke ring queue `queue`, if one came.
     func ringBroken(queue: UInt32) -> ProtocolError? { brokenRings.withLock { $0[queue] } }
 
-    private init(fd: FileDescriptor, wakeup: EventFD, server: HelloReply, path: String, busyPollNanoseconds: UInt64, useRings: Bool) {
+    /// How long each request waits for its reply (nil: for ever).
+    private let callTimeout: Duration?
+
+    private init(fd: FileDescriptor, wakeup: EventFD, server: HelloReply, path: String, busyPollNanoseconds: UInt64, useRings: Bool,
+                 callTimeout: Duration?) {
+        self.callTimeout = callTimeout
         self.busyPollNanoseconds = busyPollNanoseconds
         self.useRings = useRings
         self.fd = fd
@@ -184,7 +208,7 @@ final class Session: Sendable {
             while true {
                 guard let (pending, polling, rings) = self?.pollPlan() else { return }
                 var targets: [(FileDescriptor, Poll.Events)] = [(socket, pending ? [.readable, .writable] : .readable), (wake, .readable)]
-                var timeout: Int32 = polling ? 0 : -1
+                var timeout: Int32 = polling ? 0 : (self?.nextDeadlineMilliseconds() ?? -1)
                 if !polling {
                     // Ask the server to ring at its next record (SPEC.md §5.10.3), then sleep.
                     for feeder in rings {
@@ -200,6 +224,7 @@ final class Session: Sendable {
                 }
                 if !polling { for feeder in rings { feeder.memory.disarm() } }
                 guard let client = self else { return }
+                client.expireRequests()
                 // The socket first: a refused ring entry's ERROR is sent before its record is visible.
                 guard client.serviceSocket(ready.isEmpty ? [] : Array(ready.prefix(2)), pending: pending, polling: polling, buffer) else { return }
                 client.reapRings()
@@ -284,8 +309,13 @@ final class Session: Sendable {
                 let lost: IOATError? = state.withLock { s in
                     if let lost = s.lost { return Self.lostError(lost, goodbye: s.goodbye) }
                     s.replies[id] = c
+                    if let callTimeout {
+                        s.deadlines[id] = (Clock.nanoseconds() + UInt64(callTimeout.nanoseconds), Self.requestName(bytes))
+                    }
                     return nil
                 }
+                // The reader may sleep without a bound: it learns of the new deadline.
+                if callTimeout != nil { wakeup.signal() }
                 if let lost {
                     c.resume(throwing: lost)
                     return
@@ -293,7 +323,10 @@ final class Session: Sendable {
                 do throws(IOATError) {
                     try send(bytes, fds: fds)
                 } catch {
-                    if let c = state.withLock({ $0.replies.removeValue(forKey: id) }) { c.resume(throwing: error) }
+                    if let c = state.withLock({ s in
+                        s.deadlines[id] = nil
+                        return s.replies.removeValue(forKey: id)
+                    }) { c.resume(throwing: error) }
                 }
             }
         } catch let error as IOATError {
@@ -486,6 +519,38 @@ final class Session: Sendable {
 
     // MARK: Reader thread
 
+    /// Milliseconds until the first waiting request gives up, -1 when none has a bound.
+    private func nextDeadlineMilliseconds() -> Int32 {
+        guard let first = state.withLock({ $0.deadlines.values.map(\.at).min() }) else { return -1 }
+        let now = Clock.nanoseconds()
+        return first <= now ? 0 : Int32(min(UInt64(Int32.max), (first - now + 999_999) / 1_000_000))
+    }
+
+    /// Fails each request whose bound ran out with `timedOut` (reader thread). A reply that comes later
+    /// finds no caller and is dropped; what it made (a buffer, a queue) lives until the connection ends.
+    private func expireRequests() {
+        let now = Clock.nanoseconds()
+        let expired: [(CheckedContinuation<Reply, any Error>, String)] = state.withLock { s in
+            var out: [(CheckedContinuation<Reply, any Error>, String)] = []
+            for (id, d) in s.deadlines where d.at <= now {
+                s.deadlines[id] = nil
+                if let c = s.replies.removeValue(forKey: id) { out.append((c, d.what)) }
+            }
+            return out
+        }
+        let bound = callTimeout.map(IOATClient.Timeouts.text) ?? ""
+        for (c, what) in expired {
+            c.resume(throwing: IOATError.timedOut("\(what) got no answer from the server at \(path) within \(bound) (stopped, wedged or overloaded); \(Self.journalHint)"))
+        }
+    }
+
+    /// The message type's name of an encoded request, for texts.
+    private static func requestName(_ bytes: [UInt8]) -> String {
+        guard bytes.count >= Wire.headerSize else { return "a request" }
+        let raw = UInt16(bytes[6]) | UInt16(bytes[7]) << 8
+        return MessageType(rawValue: raw)?.name ?? "a request"
+    }
+
     /// What the reader waits for next: room in the socket too when the outbox holds packets, and whether
     /// to spin (poll without sleeping) because requests are outstanding and the last packet was recent.
     private func pollPlan() -> (pending: Bool, polling: Bool, rings: [RingFeeder]) {
@@ -583,7 +648,10 @@ final class Session: Sendable {
         case .error(let e):
             let error = IOATError.refused(ProtocolError(e.code, e.message, index: e.index == Wire.noIndex ? nil : e.index))
             let (reply, batch): (CheckedContinuation<Reply, any Error>?, Batch?) = state.withLock { s in
-                if let c = s.replies.removeValue(forKey: header.requestID) { return (c, nil) }
+                if let c = s.replies.removeValue(forKey: header.requestID) {
+                    s.deadlines[header.requestID] = nil
+                    return (c, nil)
+                }
                 if let serial = s.submitRequests[header.requestID], let batch = s.batches.removeValue(forKey: serial) {
                     for id in batch.requestIDs { s.submitRequests[id] = nil }
                     return (nil, batch)
@@ -617,7 +685,10 @@ final class Session: Sendable {
                 reply = .ring(r, memfd: fds[0], doorbell: fds[1])
             default: return
             }
-            let c = state.withLock { $0.replies.removeValue(forKey: header.requestID) }
+            let c = state.withLock { s in
+                s.deadlines[header.requestID] = nil
+                return s.replies.removeValue(forKey: header.requestID)
+            }
             c?.resume(returning: reply)
         }
     }
@@ -646,6 +717,7 @@ final class Session: Sendable {
             let r = Array(s.replies.values)
             let b = Array(s.batches.values)
             s.replies.removeAll()
+            s.deadlines.removeAll()
             s.batches.removeAll()
             s.submitRequests.removeAll()
             return (r, b, s.goodbye != nil)

@@ -79,9 +79,13 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     /// A ring queue's shared memory broke the ring's rules (indices past what exists); the queue takes
     /// no more descriptors (version 3, SPEC.md §5.10).
     public static let ringBroken = ErrorCode(rawValue: 36)
+    /// The service cannot start (its configuration or engine failed): sent, with `request_id` 0, to
+    /// each connection that was waiting when it gave up, which is then closed. The text says what
+    /// failed, never the configuration's contents; the server's log says why. Any version.
+    public static let unavailable = ErrorCode(rawValue: 37)
 
     /// Every defined code, in wire order.
-    public static let all: [ErrorCode] = (1...36).map { ErrorCode(rawValue: $0) }
+    public static let all: [ErrorCode] = (1...37).map { ErrorCode(rawValue: $0) }
 
     /// The SPEC.md name, e.g. `OUT_OF_RANGE`.
     public var name: String {
@@ -122,6 +126,7 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
         case 34: "INTERNAL"
         case 35: "BAD_PERIOD"
         case 36: "RING_BROKEN"
+        case 37: "UNAVAILABLE"
         default: "UNKNOWN_ERROR_\(rawValue)"
         }
     }

@@ -27,3 +27,14 @@ public enum Clock {
     @inline(__always)
     public static func yield() { _ = sched_yield() }
 }
+
+extension Duration {
+    /// Whole nanoseconds (negative durations are 0).
+    public var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds < 0 ? 0 : seconds &* 1_000_000_000 &+ attoseconds / 1_000_000_000
+    }
+
+    /// Whole milliseconds.
+    public var milliseconds: Int64 { nanoseconds / 1_000_000 }
+}

@@ -91,6 +91,26 @@ public enum UnixSocket {
         return fd
     }
 
+    /// Connects a non-blocking socket to `path` by `deadlineNanoseconds` (Clock.nanoseconds; nil: none).
+    /// A listener whose backlog is full answers EAGAIN, which nothing can poll for on a Unix socket: the
+    /// connect is tried again every 5 ms until the deadline, then fails with ETIMEDOUT. The socket stays
+    /// non-blocking.
+    public static func connect(path: String, deadlineNanoseconds: UInt64?) throws(SystemError) -> FileDescriptor {
+        let flags = Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
+        let fd = FileDescriptor(owning: try retryingOnInterrupt("socket") { socket(AF_UNIX, flags, 0) })
+        while true {
+            let (rc, failure) = try withAddress(path) { addr, len -> (Int32, Int32) in
+                var r: Int32
+                repeat { r = Glibc.connect(fd.rawValue, addr, len) } while r == -1 && errno == EINTR
+                return (r, r == 0 ? 0 : errno)
+            }
+            if rc == 0 { return fd }
+            guard failure == EAGAIN else { throw SystemError("connect \(path)", errno: failure) }
+            if let deadline = deadlineNanoseconds, Clock.nanoseconds() >= deadline { throw SystemError("connect \(path)", errno: ETIMEDOUT) }
+            _ = poll(nil, 0, 5)
+        }
+    }
+
     /// A connected pair of SOCK_SEQPACKET sockets.
     public static func pair() throws(SystemError) -> (FileDescriptor, FileDescriptor) {
         var fds: [Int32] = [0, 0]
@@ -132,8 +152,13 @@ public enum UnixSocket {
 
     /// Accepts one connection, non-blocking and close-on-exec; `nil` when none is waiting.
     public static func accept(_ listener: FileDescriptor) throws(SystemError) -> FileDescriptor? {
+        try accept(listener: listener.rawValue)
+    }
+
+    /// `accept(_:)` on a listener this process does not own as a FileDescriptor (one systemd passed).
+    public static func accept(listener: Int32) throws(SystemError) -> FileDescriptor? {
         while true {
-            let raw = cioat_accept_nonblock(listener.rawValue)
+            let raw = cioat_accept_nonblock(listener)
             if raw >= 0 { return FileDescriptor(owning: raw) }
             switch errno {
             case EINTR, ECONNABORTED: continue

@@ -202,7 +202,7 @@ struct Bench: AsyncParsableCommand {
         if let beside {
             let client: IOATClient
             do {
-                client = try await IOATClient.connect(path: beside, transport: transport)
+                client = try await IOATClient.connect(path: beside, transport: transport, timeouts: connection.timeouts)
             } catch {
                 throw CLIError("cannot connect to the --beside ioatd at \(beside): \(error)")
             }
@@ -618,9 +618,15 @@ final class RawSocketClient {
 
     func address(_ offset: UInt64) -> BufferAddress { BufferAddress(handle: handle, offset: offset) }
 
+    /// How long the raw client waits for any answer before it gives up.
+    static let answerBoundSeconds = 30.0
+
     private func exchange(_ message: Message) throws -> Message {
         try UnixSocket.send(fd, message.encode(requestID: nextID, version: version))
         nextID += 1
+        guard try Poll.wait([(fd, .readable)], timeoutMilliseconds: Int32(Self.answerBoundSeconds * 1000)).first?.isEmpty == false else {
+            throw CLIError("raw client: no answer to \(message.type.name) within \(Int(Self.answerBoundSeconds)) s; the server's log says why: journalctl -u ioatd")
+        }
         let packet = try UnixSocket.receive(fd, into: buffer)
         return try Message.decode(UnsafeRawBufferPointer(rebasing: buffer[0..<packet.count]), version: version).1
     }
@@ -645,6 +651,9 @@ final class RawSocketClient {
                     break
                 }
                 if n == 0 || (errno != EAGAIN && errno != EINTR) { throw CLIError("raw client: the connection failed") }
+                if now() - start > Self.answerBoundSeconds {
+                    throw CLIError("raw client: no COMPLETION within \(Int(Self.answerBoundSeconds)) s; the server's log says why: journalctl -u ioatd")
+                }
             }
             if warmUp.keeps(start) { samples.append((now() - start) * 1e6) }
         }

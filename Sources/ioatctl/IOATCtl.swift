@@ -54,11 +54,38 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "ioatd socket path (default: $IOATD_SOCKET, else the per-user or system default).")
     var socket: String?
 
+    @Option(help: ArgumentHelp("Seconds to wait for the server to take the connection and answer HELLO (0: no bound).",
+                               discussion: "Default: $IOATD_CONNECT_TIMEOUT_MS (milliseconds, -1: none), else 5."))
+    var connectTimeout: Double?
+
+    @Option(help: ArgumentHelp("Seconds to wait for each request's answer (0: no bound).",
+                               discussion: "Default: $IOATD_CALL_TIMEOUT_MS (milliseconds, -1: none), else 30."))
+    var callTimeout: Double?
+
+    func validate() throws {
+        for (name, value) in [("--connect-timeout", connectTimeout), ("--call-timeout", callTimeout)] {
+            if let value, !(value >= 0 && value <= 86_400) { throw ValidationError("\(name) must be 0...86400 seconds, got \(value)") }
+        }
+    }
+
+    /// The environment's bounds, with the options' over them.
+    var timeouts: IOATClient.Timeouts {
+        var t = IOATClient.Timeouts.fromEnvironment()
+        if let connectTimeout { t.connect = connectTimeout == 0 ? nil : .milliseconds(Int64(connectTimeout * 1000)) }
+        if let callTimeout { t.call = callTimeout == 0 ? nil : .milliseconds(Int64(callTimeout * 1000)) }
+        return t
+    }
+
     func connect(transport: IOATClient.Transport = .automatic) async throws -> IOATClient {
+        try await Self.connect(path: socket, transport: transport, timeouts: timeouts)
+    }
+
+    /// Connects, or says in one line why not.
+    static func connect(path: String?, transport: IOATClient.Transport, timeouts: IOATClient.Timeouts) async throws -> IOATClient {
         do {
-            return try await IOATClient.connect(path: socket, transport: transport)
+            return try await IOATClient.connect(path: path, transport: transport, timeouts: timeouts)
         } catch {
-            throw CLIError("cannot connect to ioatd at \(socket ?? SocketPath.forClient()): \(error)")
+            throw CLIError("cannot connect to ioatd at \(path ?? SocketPath.forClient()): \(error)")
         }
     }
 }

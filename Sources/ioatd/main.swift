@@ -96,7 +96,13 @@ struct IOATDaemon: ParsableCommand {
     }
 
     func run() throws {
-        let settings = try settings()
+        let settings: DaemonConfiguration
+        do {
+            settings = try self.settings()
+        } catch {
+            if !checkConfig { Self.answerWaitingClients(what: "its configuration or options were refused") }
+            throw error
+        }
         if checkConfig {
             FileHandle.standardOutput.write("ioatd: configuration \(config ?? "(defaults)") is good: engine \(settings.engine.rawValue), \(settings.server.policy.users.count) user and \(settings.server.policy.groups.count) group policy entries\n")
             return
@@ -132,14 +138,42 @@ struct IOATDaemon: ParsableCommand {
         }
     }
 
-    /// Serves until stopped; returns a reason when it cannot start.
+    /// Before exiting because it cannot start: answers each client waiting on a socket systemd passed
+    /// (SPEC.md §1, `UNAVAILABLE`). Without socket activation nobody can be waiting yet.
+    static func answerWaitingClients(what: String) {
+        for (fd, _) in Systemd.listenedSockets() where UnixSocket.isSeqpacketListener(fd) {
+            let answered = StartFailure.answerWaitingClients(listener: fd, what: what)
+            if answered > 0 {
+                FileHandle.standardError.writeStartupError("ioatd: told \(answered) waiting client\(answered == 1 ? "" : "s") that the service cannot start")
+            }
+        }
+    }
+
+    /// Serves until stopped; returns a reason when it cannot start (after answering the clients waiting
+    /// on a socket-activated listener).
     private func serve(_ settings: DaemonConfiguration, logger: Logger) throws(SystemError) -> String? {
+        var listener: FileDescriptor? = nil
+        do throws(SystemError) {
+            let failure = try serve(settings, logger: logger, listener: &listener)
+            if failure != nil, let listener { answer(listener, what: "its engine or service did not start", logger: logger) }
+            return failure
+        } catch {
+            if let listener { answer(listener, what: "its engine or service did not start", logger: logger) }
+            throw error
+        }
+    }
+
+    private func answer(_ listener: FileDescriptor, what: String, logger: Logger) {
+        let answered = StartFailure.answerWaitingClients(listener: listener.rawValue, what: what)
+        if answered > 0 { logger.notice("told waiting clients that the service cannot start", metadata: ["clients": "\(answered)"]) }
+    }
+
+    private func serve(_ settings: DaemonConfiguration, logger: Logger, listener: inout FileDescriptor?) throws(SystemError) -> String? {
         var config = settings.server
         // Signals must be blocked before any thread starts so only the event loop sees them.
         let signals = try SignalFD(signals: [SIGTERM, SIGINT, SIGHUP])
         signal(SIGPIPE, SIG_IGN)
 
-        var listener: FileDescriptor? = nil
         let passed = Systemd.listenedSockets()
         if !passed.isEmpty {
             for (fd, name) in passed where !UnixSocket.isSeqpacketListener(fd) {
@@ -184,6 +218,7 @@ struct IOATDaemon: ParsableCommand {
         }
         let server = try IOATServer(configuration: config, engine: engine, logger: logger, listener: listener, signals: signals,
                                     notifier: Systemd.notifier(), policySource: policySource)
+        listener = nil // the server's now: a failure from here on is not a failure to start
         try server.run()
         return nil
     }

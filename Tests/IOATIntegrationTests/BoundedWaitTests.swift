@@ -1,0 +1,141 @@
+import Foundation
+import Glibc
+import IOATClient
+import IOATProtocol
+import IOATSystem
+import Testing
+
+/// A listening socket that takes connections into its backlog and never answers: a wedged server, or
+/// any process bound to the path.
+private final class MuteSocket {
+    let path = temporarySocketPath()
+    private let fd: FileDescriptor
+
+    init() throws { fd = try UnixSocket.listen(path: path) }
+    deinit { unlink(path) }
+}
+
+/// Runs a tool, killing it after `bound` seconds if it has not ended; its status (nil when it had to
+/// be killed), its output and standard error together, and how long it ran.
+private func runBounded(_ name: String, _ arguments: [String], environment: [String: String] = [:], removing: [String] = [],
+                        bound: Double = 30) throws
+    -> (status: Int32?, output: String, seconds: Double)
+{
+    let process = Process()
+    process.executableURL = buildDirectory.appendingPathComponent(name)
+    process.arguments = arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }.filter { !removing.contains($0.key) }
+    let out = Pipe()
+    process.standardOutput = out
+    process.standardError = out
+    let start = Date()
+    try process.run()
+    let ended = waitUntil(timeout: bound) { !process.isRunning }
+    if !ended { kill(process.processIdentifier, SIGKILL) }
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (ended ? process.terminationStatus : nil, String(decoding: data, as: UTF8.self), Date().timeIntervalSince(start))
+}
+
+/// Nothing a client does waits forever on the server (issue 19): connecting and HELLO, and each
+/// request, have bounds with defaults, an option and an environment variable, and the error names what
+/// was awaited, the socket, the bound and where to look.
+@Suite("bounded waits")
+struct BoundedWaitTests {
+    @Test("ioatctl against a mute socket gives up within its bound, naming HELLO, the socket and the log")
+    func ioatctlMuteSocket() throws {
+        let mute = try MuteSocket()
+        let option = try runBounded("ioatctl", ["status", "--socket", mute.path, "--connect-timeout", "0.5"])
+        #expect(option.status == 1, "ioatctl status waited \(option.seconds) s: \(option.output)")
+        #expect(option.seconds < 10)
+        for needle in ["HELLO", mute.path, "500 ms", "journalctl -u ioatd"] {
+            #expect(option.output.contains(needle), "\(needle) in: \(option.output)")
+        }
+        let environment = try runBounded("ioatctl", ["status", "--socket", mute.path], environment: ["IOATD_CONNECT_TIMEOUT_MS": "300"])
+        #expect(environment.status == 1 && environment.output.contains("300 ms"), "\(environment.output)")
+    }
+
+    @Test("the default bound applies with no option and no environment")
+    func ioatctlDefaultBound() throws {
+        let mute = try MuteSocket()
+        let run = try runBounded("ioatctl", ["status", "--socket", mute.path], environment: [:], removing: ["IOATD_CONNECT_TIMEOUT_MS"], bound: 30)
+        #expect(run.status == 1 && run.output.contains("5000 ms"), "after \(run.seconds) s: \(run.output)")
+    }
+
+    @Test("the Swift client's connect gives up on a mute socket with timedOut")
+    func swiftClientMuteSocket() async throws {
+        let mute = try MuteSocket()
+        let start = Date()
+        do {
+            _ = try await IOATClient.connect(path: mute.path, timeouts: .init(connect: .milliseconds(300)))
+            Issue.record("connect to a mute socket succeeded")
+        } catch {
+            guard case .timedOut(let text) = error else {
+                Issue.record("expected timedOut, got \(error)")
+                return
+            }
+            #expect(text.contains("HELLO") && text.contains(mute.path) && text.contains("300 ms") && text.contains("journalctl"), "\(text)")
+        }
+        #expect(Date().timeIntervalSince(start) < 10)
+    }
+
+    @Test("a stopped server: a request times out, the connection stays usable, and ioatctl gives up on HELLO")
+    func stoppedServer() async throws {
+        let server = try TestServer()
+        let client = try await IOATClient.connect(path: server.path, timeouts: .init(connect: .seconds(10), call: .milliseconds(300)))
+        kill(server.pid, SIGSTOP)
+        var resumed = false
+        defer { if !resumed { kill(server.pid, SIGCONT) } }
+        do {
+            _ = try await client.allocate(size: 4096)
+            Issue.record("ALLOC answered by a stopped server")
+        } catch {
+            guard case .timedOut(let text) = error else {
+                Issue.record("expected timedOut, got \(error)")
+                return
+            }
+            #expect(text.contains("ALLOC") && text.contains(server.path) && text.contains("300 ms"), "\(text)")
+        }
+        let tool = try runBounded("ioatctl", ["status", "--socket", server.path, "--connect-timeout", "0.3"])
+        #expect(tool.status == 1 && tool.output.contains("HELLO"), "\(tool.output)")
+        kill(server.pid, SIGCONT)
+        resumed = true
+        // The late ALLOC_OK finds no caller; the connection goes on.
+        let buffer = try await client.allocate(size: 4096)
+        #expect(buffer.size >= 4096)
+    }
+
+    @Test("a socket-activated ioatd whose configuration is bad answers the waiting client with UNAVAILABLE, without the file's contents",
+          .enabled(if: isExecutable("/usr/bin/systemd-socket-activate"), "needs systemd-socket-activate"))
+    func unavailableOnBadConfiguration() async throws {
+        let path = temporarySocketPath()
+        let config = path + ".toml"
+        defer {
+            unlink(path)
+            unlink(config)
+        }
+        try "[server]\nsecret_misspelt_key = \"hunter2\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let process = try SpawnedProcess("/usr/bin/systemd-socket-activate", [
+            "--seqpacket", "-l", path, buildDirectory.appendingPathComponent("ioatd").path, "--config", config,
+        ])
+        defer {
+            kill(process.pid, SIGKILL)
+            process.wait()
+        }
+        #expect(waitUntil(timeout: 10) { access(path, F_OK) == 0 }, "systemd-socket-activate did not listen")
+        let start = Date()
+        do {
+            _ = try await IOATClient.connect(path: path, timeouts: .init(connect: .seconds(20)))
+            Issue.record("connected to an ioatd that cannot start")
+        } catch {
+            guard case .refused(let e) = error else {
+                Issue.record("expected UNAVAILABLE, got \(error)")
+                return
+            }
+            #expect(e.code == .unavailable, "\(e)")
+            #expect(e.message.contains("cannot start") && e.message.contains("journalctl"), "\(e.message)")
+            #expect(!e.message.contains("secret_misspelt_key") && !e.message.contains("hunter2"), "the configuration leaked: \(e.message)")
+        }
+        #expect(Date().timeIntervalSince(start) < 10, "the refusal came after \(Date().timeIntervalSince(start)) s")
+    }
+}
