@@ -30,8 +30,9 @@ struct ConnectionStateMachine {
         case awaitingHello
         /// HELLO was answered; every message is framed with `version`.
         case negotiated(version: UInt16)
-        /// An error closed the connection: nothing more is read.
-        case closing
+        /// An error closed the connection: nothing more is read. `version` frames the refusal that closed
+        /// it: 1 before HELLO_OK, the negotiated one after (SPEC.md §2.2).
+        case closing(version: UInt16)
     }
 
     /// What to do with a packet.
@@ -59,10 +60,13 @@ struct ConnectionStateMachine {
         self.versions = versions
     }
 
-    /// The version replies are framed with: 1 until HELLO is answered, then the negotiated one.
+    /// The version replies are framed with: 1 until HELLO is answered, then the negotiated one, also
+    /// for the refusal that closes the connection.
     var version: UInt16 {
-        if case .negotiated(let version) = state { return version }
-        return 1
+        switch state {
+        case .awaitingHello: 1
+        case .negotiated(let version), .closing(let version): version
+        }
     }
 
     var isNegotiated: Bool {
@@ -80,7 +84,7 @@ struct ConnectionStateMachine {
         case .success(let action): return action
         case .failure(let error):
             let closes = error.code.closesConnection
-            if closes { state = .closing }
+            if closes { state = .closing(version: version) }
             return .refuse(error, requestID: requestID, close: closes)
         }
     }

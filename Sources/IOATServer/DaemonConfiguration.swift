@@ -77,7 +77,7 @@ public struct DaemonConfiguration: Sendable {
         let reader = Reader(text: text, source: source)
         try reader.check(table, sections: ["server", "engine", "buffers", "limits", "policy"])
         if let s = try reader.section(table, "server") {
-            try reader.keys(s, "server", ["socket", "socket_mode", "log_level", "busy_poll_us", "drain_timeout_ms", "max_connections"])
+            try reader.keys(s, "server", ["socket", "socket_mode", "log_level", "busy_poll_us", "drain_timeout_ms", "max_connections", "rings"])
             if let v = try reader.string(s, "server", "socket") { config.server.socketPath = v }
             if let v = try reader.string(s, "server", "socket_mode") {
                 guard let mode = UInt32(v, radix: 8), mode <= 0o777 else {
@@ -94,6 +94,7 @@ public struct DaemonConfiguration: Sendable {
             if let v = try reader.int(s, "server", "busy_poll_us", 0...10_000) { config.server.busyPollMicroseconds = v }
             if let v = try reader.int(s, "server", "drain_timeout_ms", 0...600_000) { config.server.drainTimeoutMilliseconds = v }
             if let v = try reader.int(s, "server", "max_connections", 1...65_536) { config.server.maxConnections = v }
+            if let v = try reader.bool(s, "server", "rings") { config.server.rings = v }
         }
         if let s = try reader.section(table, "engine") {
             try reader.keys(s, "engine", ["kind", "channels", "pin_workers", "window", "window_bytes", "op_cost_bytes", "quantum_bytes",

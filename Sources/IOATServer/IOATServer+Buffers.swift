@@ -80,6 +80,10 @@ extension IOATServer {
             let pool = MemoryInfo.current()
             let shareAllows = hugepageShareAllows(connection.tenant, size, pool: pool)
             if request.pages == .requireHuge {
+                // A share of an empty pool is no hugepages (SPEC.md §5.1), not a quota.
+                guard pool.hugepagesTotal > 0 else {
+                    throw ProtocolError(.noHugepages, "ALLOC of \(request.size) bytes requires hugepages, and the system has none reserved (vm.nr_hugepages = 0)")
+                }
                 try checkBufferQuota(connection, adding: size)
                 guard shareAllows else {
                     connection.tenant.refusals += 1
@@ -89,6 +93,11 @@ extension IOATServer {
                 hugeSize = size
             } else if shareAllows && fits(connection, adding: size) {
                 hugeSize = size
+            } else if pool.hugepagesTotal == 0 {
+                // Nothing to try: the same warning as a failed attempt, so an operator sees why.
+                logger.warning("hugepages unavailable; using 4 KiB pages", metadata: [
+                    "client": "\(connection.id)", "size": "\(smallSize)", "error": "no hugepages reserved (vm.nr_hugepages = 0)",
+                ])
             }
         }
         let reserved = hugeSize.map { max($0, smallSize) } ?? smallSize

@@ -82,6 +82,14 @@ struct HugepageTests {
             let buffer = try await client.allocate(size: 1 << 20)
             #expect(!buffer.isHugepageBacked && buffer.pageSize == 4096)
             #expect(await eventually { server.log.contains("hugepages unavailable") })
+            // Required, from an empty pool: NO_HUGEPAGES (SPEC.md §5.1), not a share of 0 bytes exceeded.
+            do {
+                _ = try await client.allocate(size: 1 << 20, pages: .requireHuge)
+                Issue.record("a HUGEPAGE_REQUIRED ALLOC was granted from an empty pool")
+            } catch {
+                #expect((error as? IOATError)?.code == .noHugepages, "\(error)")
+                #expect("\(error)".contains("nr_hugepages"), "\(error)")
+            }
         }
     }
 }

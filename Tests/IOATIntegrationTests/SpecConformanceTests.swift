@@ -11,6 +11,40 @@ import Testing
 /// each test fails on the old behaviour.
 @Suite("the server does what SPEC.md says, over a real socket")
 struct SpecConformanceTests {
+    @Test("after HELLO_OK, the ERROR refusing another version's frame or a bad magic is framed with the negotiated version (§2.2)",
+          arguments: [UInt16(2), 3])
+    func refusalFraming(_ negotiated: UInt16) throws {
+        let server = try TestServer()
+        for bad in ["version 1 frame", "bad magic"] {
+            let c = try RawClient(path: server.path, maxVersion: negotiated)
+            #expect(c.helloReply?.version == negotiated)
+            var p = packet(.status, requestID: 9, version: bad == "bad magic" ? negotiated : 1)
+            if bad == "bad magic" { p[0] = 0x58 }
+            try c.send(p)
+            let answer = try c.receive()
+            guard case .error(let e) = answer?.message else {
+                Issue.record("\(bad): no ERROR: \(String(describing: answer?.message))")
+                continue
+            }
+            #expect(e.code == (bad == "bad magic" ? .badMagic : .unsupportedVersion))
+            #expect(answer?.header.version == negotiated, "\(bad): the ERROR was framed with version \(answer?.header.version ?? 0)")
+            #expect(try c.receive() == nil, "the connection closes")
+        }
+    }
+
+    @Test("rings are granted as §4.3 says: by default, and not with `rings = false` in [server]")
+    func ringsSetting() throws {
+        let config = temporarySocketPath() + ".toml"
+        defer { unlink(config) }
+        try "[server]\nrings = false\n".write(toFile: config, atomically: true, encoding: .utf8)
+        for (arguments, granted) in [([String](), true), (["--config", config], false)] {
+            let server = try TestServer(arguments: arguments)
+            let c = try RawClient(path: server.path, maxVersion: 3, features: Wire.featureRings)
+            #expect(c.helloReply?.version == 3)
+            #expect((c.helloReply?.features ?? 0) & Wire.featureRings == (granted ? Wire.featureRings : 0), "\(arguments)")
+        }
+    }
+
     @Test("a 0-byte packet is MALFORMED and the connection goes on (§2.2)")
     func emptyPacket() throws {
         let server = try TestServer()

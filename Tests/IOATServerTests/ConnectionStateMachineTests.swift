@@ -67,7 +67,8 @@ struct ConnectionStateMachineTests {
         }
         var m = machine()
         #expect(m.refusal(packet(.status, version: 4))! == (.unsupportedVersion, true, 7), "a version the server does not speak")
-        #expect(m.state == .closing)
+        #expect(m.state == .closing(version: 1))
+        #expect(m.version == 1, "a refusal before HELLO_OK is framed with version 1")
     }
 
     @Test("after HELLO: ALREADY_NEGOTIATED, the negotiated framing, UNEXPECTED_TYPE, and type before descriptors")
@@ -146,5 +147,20 @@ struct ConnectionStateMachineTests {
         var old = machine()
         let hello = Message.hello(Hello(minVersion: 4, maxVersion: 9)).encode(requestID: 5)
         #expect(old.refusal(hello)! == (.unsupportedVersion, true, 5))
+    }
+
+    /// SPEC.md §2.2: after HELLO_OK every message is framed with the negotiated version, the ERROR that
+    /// closes the connection for BAD_MAGIC or UNSUPPORTED_VERSION included (it was framed with 1).
+    @Test("after HELLO_OK, the refusal that closes the connection keeps the negotiated framing", arguments: [UInt16(2), 3])
+    func closingKeepsVersion(_ negotiated: UInt16) {
+        for bad in ["version 1 frame", "bad magic"] {
+            var m = machine()
+            #expect(m.refusal(Message.hello(Hello(maxVersion: negotiated)).encode(requestID: 1)) == nil)
+            var p = packet(.status, requestID: 8, version: bad == "bad magic" ? negotiated : 1)
+            if bad == "bad magic" { p[0] = 0x58 }
+            let r = m.refusal(p)
+            #expect(r?.close == true && (r?.code == .unsupportedVersion || r?.code == .badMagic), "\(bad): \(String(describing: r))")
+            #expect(m.state == .closing(version: negotiated) && m.version == negotiated, "\(bad) on version \(negotiated): framed with \(m.version)")
+        }
     }
 }

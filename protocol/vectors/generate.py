@@ -144,6 +144,16 @@ ok("error naming a descriptor", "ERROR",
    packet("ERROR", error(14, 3, "descriptor 3: source offset 4096 + length 8192 exceeds buffer 7 (size 8192)"), request_id=9),
    {"code": "OUT_OF_RANGE", "index": 3, "message": "descriptor 3: source offset 4096 + length 8192 exceeds buffer 7 (size 8192)", "queue": 0},
    request_id=9)
+ok("UNAVAILABLE to a client waiting on a server that cannot start", "ERROR",
+   packet("ERROR", error(37, 0xFFFFFFFF, "ioatd cannot start: its configuration or options were refused"), request_id=0),
+   {"code": "UNAVAILABLE", "index": 0xFFFFFFFF, "message": "ioatd cannot start: its configuration or options were refused", "queue": 0},
+   request_id=0)
+# After HELLO_OK every message is framed with the negotiated version, the ERROR that refuses a frame
+# of another version (and closes the connection) included (SPEC.md §2.2).
+ok("UNSUPPORTED_VERSION for a version 1 frame on a version 3 connection, framed with 3", "ERROR",
+   packet("ERROR", error(3, 0xFFFFFFFF, "message framed with version 1; this connection negotiated version 3"), request_id=8, version=3),
+   {"code": "UNSUPPORTED_VERSION", "index": 0xFFFFFFFF, "message": "message framed with version 1; this connection negotiated version 3", "queue": 0},
+   request_id=8, version=3)
 
 # ---- invalid: framing --------------------------------------------------------------------------
 hello = struct.pack("<HHIQ", 1, 1, 0, 0)
