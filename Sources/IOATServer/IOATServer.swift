@@ -23,6 +23,9 @@ public final class IOATServer: @unchecked Sendable {
     /// Delivers finished ops' records to their connections.
     let router: CompletionRouter
     private let listener: FileDescriptor
+    /// The socket file this server made itself (not socket-activated), with its inode: removed at exit
+    /// while it is still this one (a newer server may have replaced it).
+    private let boundSocket: (path: String, inode: ino_t)?
     let epoll: Epoll
     private let wakeup: EventFD
     private let signals: SignalFD?
@@ -105,8 +108,11 @@ public final class IOATServer: @unchecked Sendable {
         if let listener {
             try listener.setNonBlocking(true)
             self.listener = listener
+            boundSocket = nil
         } else {
             self.listener = try UnixSocket.listen(path: configuration.socketPath, mode: mode_t(configuration.socketMode))
+            var st = stat()
+            boundSocket = lstat(configuration.socketPath, &st) == 0 ? (configuration.socketPath, st.st_ino) : nil
         }
         epoll = try Epoll()
         wakeup = try EventFD()
@@ -241,6 +247,10 @@ public final class IOATServer: @unchecked Sendable {
         for connection in Array(connections.values) { close(connection, reason: "server stopping") }
         engine.shutdown()
         workers.shutdown()
+        if let boundSocket {
+            var st = stat()
+            if lstat(boundSocket.path, &st) == 0 && st.st_ino == boundSocket.inode { unlink(boundSocket.path) }
+        }
         state = .stopped
         logger.info("stopped")
     }

@@ -120,12 +120,25 @@ struct ServerTests {
         #expect(doc.buffers.count == 0)
     }
 
-    @Test("SIGTERM stops the server with status 0")
+    @Test("SIGTERM stops the server with status 0, and the socket file it made goes with it")
     func gracefulStop() async throws {
         let server = try TestServer()
         let client = try await server.connect()
         _ = try await client.status()
+        #expect(access(server.path, F_OK) == 0)
         #expect(server.stop() == 0)
+        #expect(access(server.path, F_OK) != 0, "\(server.path) was left behind")
+    }
+
+    @Test("a socket file another server has since put at the path is left alone")
+    func replacedSocketKept() async throws {
+        let server = try TestServer()
+        // Another server's socket now at the path (a restart while this one drains, say).
+        unlink(server.path)
+        let other = try UnixSocket.listen(path: server.path)
+        #expect(server.stop() == 0)
+        #expect(access(server.path, F_OK) == 0, "a socket this server did not make was removed")
+        _ = other
     }
 }
 
