@@ -116,15 +116,27 @@ public struct RingConsumer {
     }
 
     /// Copies the next `count` descriptors (at most `available()`) into `scratch` (count × 64 bytes), then
-    /// hands their slots back (release store of sq_head: the copies are done before the client reuses
-    /// them). What is in `scratch` is all the server ever reads of them.
+    /// hands their slots back (`handBack`). What is in `scratch` is all the server ever reads of them.
     public mutating func take(_ count: Int, into scratch: UnsafeMutableRawPointer) {
+        copyOut(count, into: scratch)
+        handBack(count)
+    }
+
+    /// Copies the next `count` descriptors (at most `available()`) into `scratch` without handing their
+    /// slots back: the server reads what they name (XOR and COPY_SG lists) before `handBack`.
+    public func copyOut(_ count: Int, into scratch: UnsafeMutableRawPointer) {
         let mask = Int(layout.submissionCount - 1)
         for i in 0..<count {
             let slot = (Int(submissionHead) + i) & mask
             (scratch + i * Descriptor.size).copyMemory(from: base + RingLayout.submissionEntries + slot * Descriptor.size,
                                                        byteCount: Descriptor.size)
         }
+    }
+
+    /// Hands the next `count` slots back to the client (release store of sq_head), once their copies and
+    /// every list they name have been read: from then on the client may reuse the slots and the lists'
+    /// memory (SPEC.md §5.10.2).
+    public mutating func handBack(_ count: Int) {
         submissionHead &+= UInt32(count)
         ioatd_store_release(word(RingLayout.submissionHead), submissionHead)
     }

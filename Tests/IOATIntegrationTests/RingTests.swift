@@ -79,6 +79,87 @@ struct RingTests {
         try await ring.close()
     }
 
+    /// Issue 23: a client that rewrites a COPY_SG or XOR list the moment it sees sq_head pass the
+    /// descriptor must not change what runs (SPEC.md §5.10.2: sq_head moves once the lists are read).
+    /// Each list is rewritten to name other source bytes and, for COPY_SG, an entry past its buffer.
+    @Test("lists are read before sq_head passes their descriptor: rewriting them at once changes nothing that runs",
+          arguments: [Opcode.copySG, .xor])
+    func listsReadBeforeHandBack(_ opcode: Opcode) async throws {
+        let server = try TestServer()
+        let client = try await server.connect()
+        let ops = 64, entries = 16, chunk = 64
+        let size = ops * entries * chunk
+        let old = try await client.allocate(size: size)
+        let other = try await client.allocate(size: size)
+        let dst = try await client.allocate(size: size)
+        let lists = try await client.allocate(size: ops * entries * ScatterGatherEntry.size)
+        old.fillPseudoRandom(0..<size, seed: 11)
+        other.fillPseudoRandom(0..<size, seed: 12)
+        let listBytes = opcode == .copySG ? ScatterGatherEntry.size : XorSource.size
+        // Op i: COPY_SG copies chunk j of `source` to chunk j of dst, for its 16 chunks; XOR takes its 16
+        // chunks of `source` as sources of one chunk of dst.
+        func list(_ i: Int, from source: IOATBuffer, sabotaged: Bool) -> [UInt8] {
+            var w = WireWriter()
+            for j in 0..<entries {
+                let at = (i * entries + j) * chunk
+                if opcode == .copySG {
+                    ScatterGatherEntry(source: source.address(at), destination: dst.address(at),
+                                       length: sabotaged && j == 1 ? UInt64(size) : UInt64(chunk)).encode(into: &w)
+                } else {
+                    XorSource(source.address(at)).encode(into: &w)
+                }
+            }
+            return w.bytes
+        }
+        func expected() -> [UInt8] {
+            if opcode == .copySG { return old.read(at: 0, count: size) }
+            var out = [UInt8](repeating: 0, count: size)
+            let bytes = old.read(at: 0, count: size)
+            for i in 0..<ops {
+                for j in 0..<entries {
+                    for k in 0..<chunk { out[i * chunk + k] ^= bytes[(i * entries + j) * chunk + k] }
+                }
+            }
+            return out
+        }
+        let ring = try await client.openRing(depth: ops)
+        let sqHead = ring.memory.ring.pointee.sq_head!
+        for round in 0..<3 {
+            for i in 0..<ops { lists.write(list(i, from: old, sabotaged: false), at: i * entries * listBytes) }
+            dst.write([UInt8](repeating: 0, count: size), at: 0)
+            let start = ioatd_load_acquire(sqHead)
+            for i in 0..<ops {
+                let d = Descriptor(opcode: opcode, cookie: UInt64(i), length: UInt64(opcode == .copySG ? entries * chunk : chunk),
+                                   destination: opcode == .xor ? dst.address(i * chunk) : .none,
+                                   auxiliary: lists.address(i * entries * listBytes), arg: UInt64(entries))
+                #expect(ring.push(d))
+            }
+            try ring.submit()
+            // As each descriptor's slot is handed back, its list names other bytes (and a bad entry).
+            var rewritten = 0
+            let deadline = Date().addingTimeInterval(20)
+            while rewritten < ops && Date() < deadline {
+                let passed = Int(ioatd_load_acquire(sqHead) &- start)
+                while rewritten < passed {
+                    lists.write(list(rewritten, from: other, sabotaged: true), at: rewritten * entries * listBytes)
+                    rewritten += 1
+                }
+            }
+            #expect(rewritten == ops, "round \(round): sq_head passed \(rewritten) of \(ops) descriptors")
+            var statuses: [UInt64: CompletionStatus] = [:]
+            while statuses.count < ops {
+                _ = try ring.wait(for: 1, timeoutMilliseconds: 10_000)
+                _ = ring.reap { statuses[$0.cookie] = $0.status }
+            }
+            #expect(statuses.values.allSatisfy { $0 == .success }, "round \(round): \(statuses.filter { $0.value != .success })")
+            let got = dst.read(at: 0, count: opcode == .copySG ? size : ops * chunk)
+            let want = expected()
+            let wrong = (0..<(got.count / chunk)).filter { got[$0 * chunk..<($0 + 1) * chunk] != want[$0 * chunk..<($0 + 1) * chunk] }
+            #expect(wrong.count == 0, "round \(round): \(wrong.count) of \(got.count / chunk) chunks ran from the rewritten lists")
+        }
+        try await ring.close()
+    }
+
     @Test("indices past the ring break only that queue, with RING_BROKEN naming the value; the connection and other queues go on")
     func brokenIndices() async throws {
         let server = try TestServer()
@@ -130,6 +211,8 @@ struct RingTests {
         try plain.send(packet(.open, body: le(UInt32(0)) + le(UInt32(8)), requestID: 3))
         guard case .openReply(let q) = try plain.receive()?.message else { Issue.record("no OPEN_OK"); return }
         #expect(try plain.expectError(packet(.ring, body: le(q.queue) + le(UInt32(0))))?.0 == .permissionDenied)
+        // PERMISSION_DENIED comes before BAD_QUEUE (SPEC.md §5.10): whatever the queue.
+        #expect(try plain.expectError(packet(.ring, body: le(UInt32(0xDEAD)) + le(UInt32(0))))?.0 == .permissionDenied)
 
         let raw = try RawClient(path: server.path, features: Wire.featureRings)
         #expect(raw.helloReply?.features == Wire.featureRings)
@@ -156,6 +239,41 @@ struct RingTests {
         #expect(await eventually { ring.brokenError != nil })
         #expect(ring.brokenError?.code == .ringBroken)
         #expect(ring.brokenError?.message.contains("cq_head 5 is 5 records past") == true, "\(String(describing: ring.brokenError))")
+    }
+
+    /// SPEC.md §5.10.1 and §5.10.2 (issue 23): undefined bits of cq_flags are ignored; a cq_head moved
+    /// back before what the server read breaks the ring. Polls without sleeping (cq_flags holds the
+    /// garbage, so nobody arms the doorbell), yielding the CPU to the server as it looks.
+    @Test("undefined cq_flags bits are ignored; a cq_head moved back past what the server read breaks the ring")
+    func ringWordsAsFound() async throws {
+        let server = try TestServer()
+        let client = try await server.connect()
+        let ring = try await client.openRing(depth: 8)
+        ring.unsafeMemory.storeBytes(of: UInt32(0xFFFF_FFFE), toByteOffset: RingLayout.completionFlags, as: UInt32.self)
+        func runOne(_ cookie: UInt64) throws -> CompletionStatus? {
+            #expect(ring.push(.null(cookie: cookie)))
+            try ring.submit()
+            var one: UInt8 = 1
+            _ = send(ring.doorbell, &one, 1, Int32(MSG_DONTWAIT))
+            var status: CompletionStatus? = nil
+            let deadline = Date().addingTimeInterval(10)
+            while status == nil && Date() < deadline {
+                if ring.reap(limit: 1, { status = $0.status }) == 0 { sched_yield() }
+            }
+            return status
+        }
+        for cookie in 0..<4 as Range<UInt64> {
+            #expect(try runOne(cookie) == .success, "op \(cookie) with cq_flags 0xFFFFFFFE")
+        }
+        #expect(ring.brokenError == nil)
+        // The server has read cq_head 3 at least (it took op 3 after it). Back to 1: broken.
+        ring.unsafeMemory.storeBytes(of: UInt32(1), toByteOffset: RingLayout.completionHead, as: UInt32.self)
+        _ = ring.push(.null(cookie: 9))
+        try ring.submit()
+        var one: UInt8 = 1
+        _ = send(ring.doorbell, &one, 1, Int32(MSG_DONTWAIT))
+        #expect(await eventually { ring.brokenError != nil })
+        #expect(ring.brokenError?.code == .ringBroken, "\(String(describing: ring.brokenError))")
     }
 
     @Test("a batch whose doorbell fails (the server closed its end) completes once: when the connection goes, not also at submit")
