@@ -101,7 +101,7 @@ let package = Package(
         .executableTarget(
             name: "ioatctl",
             dependencies: [
-                "IOATClient", "IOATConformance", "IOATEngine", "IOATDPDK",
+                "IOATClient", "IOATConformance", "IOATEngine", "IOATDPDK", "IOATSystem", "IOATProtocol", "CIOATRing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

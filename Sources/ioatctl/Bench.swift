@@ -106,6 +106,10 @@ struct Bench: AsyncParsableCommand {
         var cpuUsPerOp: Double
         var clientCpuUsPerOp: Double
         var serverCpuUsPerOp: Double
+        /// The design's limit in the same run: two processes on a bare SPSC ring, the same copies
+        /// (`BareRing`), and ioatd's figure as a share of it. Nil when it could not be measured.
+        var bareRingOpsPerS: Double?
+        var bareRingRatio: Double?
     }
 
     /// Round trips at queue depth 1, in microseconds.
@@ -238,6 +242,10 @@ struct Bench: AsyncParsableCommand {
                 print(String(format: "64-byte copies, batches of %d, %d batches in flight: ioatd %.0f ops/s, baseline memcpy %.0f ops/s (ratio %.4f); CPU per op %.3f µs (client %.3f + server %.3f); %.3f socket packets per op",
                              small.batch, small.batchesInFlight, small.opsPerS, small.baselineOpsPerSecond, small.ratio, small.cpuUsPerOp,
                              small.clientCpuUsPerOp, small.serverCpuUsPerOp, small.packetsPerOp))
+                if let bare = small.bareRingOpsPerS, let ratio = small.bareRingRatio {
+                    print(String(format: "the same copies between two processes on a bare SPSC ring (no validation, tenancy or scheduling): %.0f ops/s; ioatd at %.3f of it",
+                                 bare, ratio))
+                }
             }
         }
         if table {
@@ -325,6 +333,9 @@ struct Bench: AsyncParsableCommand {
                 row(["small_ops", "copy", "\(s.size)", "\(s.batch * s.batchesInFlight)", "baseline", f(s.baselineOpsPerSecond), "ops/s", "1", "1", "1"])
                 row(["small_ops", "copy", "\(s.size)", "\(s.batch * s.batchesInFlight)", report.engine, f(s.opsPerS), "ops/s", f(s.ratio), "", ""])
                 row(["small_ops", "copy", "\(s.size)", "\(s.batch * s.batchesInFlight)", report.engine, f(s.cpuUsPerOp), "cpu_us_per_op", "", "", ""])
+                if let bare = s.bareRingOpsPerS, let ratio = s.bareRingRatio {
+                    row(["small_ops", "copy", "\(s.size)", "\(s.batch * s.batchesInFlight)", "bare_ring", f(bare), "ops/s", f(ratio), "", ""])
+                }
             }
         }
         return out
@@ -538,9 +549,16 @@ struct Bench: AsyncParsableCommand {
         let packets = Double(after.sent - before.sent + after.received - before.received)
         let clientCPU = Double(cpuAfter.0 - cpuBefore.0) / 1000 / Double(max(1, ops))
         let serverCPU = Double(cpuAfter.1 - cpuBefore.1) / 1000 / Double(max(1, ops))
+        // The bare ring only where ioatd's own figure is a ring's: the socket transport's limit is another.
+        let bare: Double? = queue.isRing && smallBatch * inFlight <= BareRing.entries
+            ? try await OSThread.run(name: "ioatctl-bare") { () throws -> Double in
+                try BareRing.measure(batch: smallBatch, inFlight: inFlight, seconds: seconds)
+            }
+            : nil
         return SmallOps(size: size, batch: smallBatch, batchesInFlight: inFlight, baselineOpsPerSecond: baseline,
                         opsPerS: served, ratio: served / baseline, packetsPerOp: packets / Double(max(1, ops)),
-                        cpuUsPerOp: clientCPU + serverCPU, clientCpuUsPerOp: clientCPU, serverCpuUsPerOp: serverCPU)
+                        cpuUsPerOp: clientCPU + serverCPU, clientCpuUsPerOp: clientCPU, serverCpuUsPerOp: serverCPU,
+                        bareRingOpsPerS: bare, bareRingRatio: bare.map { served / $0 })
     }
 
     /// Keeps `inFlight` batches in a ring for `seconds` from this thread: pushes a batch whenever one

@@ -11,7 +11,7 @@ struct IOATCtl: AsyncParsableCommand {
         commandName: "ioatctl",
         abstract: "Inspect, test and measure a running ioatd.",
         discussion: "Every subcommand connects to --socket, else $IOATD_SOCKET, else the default path.",
-        subcommands: [Status.self, Metrics.self, Top.self, SelfTest.self, CRC.self, Bench.self, Stress.self, Scribble.self, BenchWorker.self])
+        subcommands: [Status.self, Metrics.self, Top.self, SelfTest.self, CRC.self, Bench.self, Stress.self, Scribble.self, BenchWorker.self, BareRingPeer.self])
 
     /// Runs the command line, taking `--socket PATH` before the subcommand as well as after it
     /// (`ioatctl --socket /run/ioatd/ioatd.sock status`).

@@ -84,6 +84,11 @@ struct ToolTests {
             let qd1 = (doc["qd1"] as? [String: Any])?["null_us"] as? [String: Any]
             #expect((qd1?["p50"] as? Double ?? 0) > 0 && (qd1?["p99"] as? Double ?? 0) >= (qd1?["p50"] as? Double ?? 0))
         }
+        // The design's limit beside the ring's small-op figure (issue 20), and only there.
+        let bare = reports.map { ($0["small"] as? [String: Any])?["bare_ring_ops_per_s"] as? Double }
+        #expect((bare.first ?? nil) ?? 0 > 0 && bare.count == 2 && bare[1] == nil, "\(bare)")
+        let bareRatio = (reports.first?["small"] as? [String: Any])?["bare_ring_ratio"] as? Double ?? 0
+        #expect(bareRatio > 0, "bare_ring_ratio \(bareRatio)")
         // Over the ring the small ops send no packets; over the socket fewer than one per op.
         let packets = reports.map { (($0["small"] as? [String: Any])?["packets_per_op"] as? Double) ?? 9 }
         #expect(packets.count == 2 && packets[0] == 0 && packets[1] < 1, "\(packets)")
