@@ -64,6 +64,7 @@ struct ioatd_queue {
     int is_ring;
     uint32_t empty_looks; /* ring queues: looks that found no record */
     uint64_t spin_ns;     /* how long ioatd_wait_completion looks before it sleeps */
+    uint64_t submitted, completed, failed, refused, lost; /* ioatd_queue_stats (the queue's thread) */
     size_t last_buffer;   /* the buffer the last prep found first (a hint, checked) */
     /* Ring queues. */
     struct ioatd_ring ring;
@@ -1267,6 +1268,7 @@ static int submit_socket(struct ioatd_queue *q) {
         q->seq_submitted += n;
         q->batches[(q->batch_head + q->batch_count++) % q->depth] = (struct batch){id, n, 0};
         q->in_flight += n;
+        q->submitted += n;
         sent += n;
     }
     pthread_mutex_unlock(&c->mu);
@@ -1285,6 +1287,7 @@ API int ioatd_submit(struct ioatd_queue *q) {
     uint32_t n = taken(q);
     int rc = ioatd_ring_submit(&q->ring);
     q->in_flight += n; /* published either way: the descriptors are in the ring */
+    q->submitted += n;
     if (rc < 0) {
         pthread_mutex_lock(&c->mu);
         drain(c, 0);
@@ -1562,17 +1565,37 @@ API int ioatd_peek_completion(struct ioatd_queue *q, struct ioatd_completion_rec
     return n < 0 ? n : n == 0 ? -EAGAIN : 0;
 }
 
+/* Counts the statuses of the oldest `n` ready records (a socket queue's with c->mu held). */
+static void count(struct ioatd_queue *q, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++) {
+        uint16_t status = record(q, i)->status;
+        q->completed++;
+        if (status == IOATD_ST_SUCCESS) continue;
+        q->failed++;
+        if (is_refusal(status)) q->refused++;
+        if (status == IOATD_ST_CONNECTION_LOST) q->lost++;
+    }
+}
+
+API int ioatd_queue_stats(const struct ioatd_queue *q, struct ioatd_queue_stats *out) {
+    if (!q || !out) return -EINVAL;
+    *out = (struct ioatd_queue_stats){q->submitted, q->completed, q->failed, q->refused, q->lost, q->in_flight, q->depth};
+    return 0;
+}
+
 API void ioatd_cq_advance(struct ioatd_queue *q, unsigned n) {
     if (!q) return;
     if (q->is_ring) {
         uint32_t have = ready(q);
         if (n > have) n = have;
         if (n == 0) return;
+        count(q, n);
         if (q->lost_done) q->lost_head += n;
         else ioatd_ring_consume(&q->ring, n);
     } else {
         pthread_mutex_lock(&q->c->mu);
         if (n > q->rec_count) n = q->rec_count;
+        count(q, n);
         q->rec_head = (q->rec_head + n) % q->depth;
         q->rec_count -= n;
         pthread_mutex_unlock(&q->c->mu);

@@ -367,6 +367,14 @@ static void ring_loss(void) {
     CHECK(rc == 1 && in_order && lost > 0, "after kill -9: %d records in order, %d CONNECTION_LOST (rc %d)", n, lost, rc);
     rc = ioatd_wait_completion(q, &r, 5000);
     CHECK(rc == -ECONNRESET, "then -ECONNRESET: %d", rc);
+    /* The queue's own counts: 1 refused + 40 copies, `lost` of them lost. */
+    struct ioatd_queue_stats st;
+    CHECK(ioatd_queue_stats(q, &st) == 0 && st.submitted == 41 && st.completed == 41 && st.refused == 1 &&
+              st.lost == (uint64_t)lost && st.failed == 1 + (uint64_t)lost && st.in_flight == 0 && st.depth == 64,
+          "stats: submitted %llu completed %llu failed %llu refused %llu lost %llu in flight %u", (unsigned long long)st.submitted,
+          (unsigned long long)st.completed, (unsigned long long)st.failed, (unsigned long long)st.refused,
+          (unsigned long long)st.lost, st.in_flight);
+    CHECK(ioatd_queue_stats(NULL, &st) == -EINVAL, "stats of NULL");
     CHECK(ioatd_queue_close(q) == 0 && ioatd_buffer_free(c, src) == 0, "close and free after the end");
     ioatd_close(c);
     start_server();

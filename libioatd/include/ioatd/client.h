@@ -177,6 +177,20 @@ int ioatd_queue_is_ring(const struct ioatd_queue *q);
 /* Ops submitted whose records were not marked seen, plus slots taken and not yet submitted. */
 uint32_t ioatd_queue_in_use(const struct ioatd_queue *q);
 struct ioatd_client *ioatd_queue_client(const struct ioatd_queue *q);
+/* What a queue has done, counted by this library (the server's own counters are in STATUS). */
+struct ioatd_queue_stats {
+    uint64_t submitted; /* ops handed to the server */
+    uint64_t completed; /* records marked seen */
+    uint64_t failed;    /* of those, records whose status was not SUCCESS (MISMATCH included) */
+    uint64_t refused;   /* of those, refusals (IOATD_STATUS_REFUSED + code) */
+    uint64_t lost;      /* of those, IOATD_ST_CONNECTION_LOST */
+    uint32_t in_flight; /* submitted, record not seen */
+    uint32_t depth;
+};
+int ioatd_queue_stats(const struct ioatd_queue *q, struct ioatd_queue_stats *out);
+/* The server's limits and channels as C structs are ioatd_server_limits (struct ioatd_hello_ok) and
+ * ioatd_channel_info (struct ioatd_channel), above. */
+
 /* SET_COALESCE (ioat(4) ioat_set_interrupt_coalesce): hold wake-ups / records up to `period_us`. */
 int ioatd_queue_set_coalesce(struct ioatd_queue *q, uint32_t period_us);
 
