@@ -671,6 +671,9 @@ static int call(struct ioatd_client *c, uint16_t type, const void *body, size_t 
     return call_within(c, type, body, length, fd, expect, w, c->call_timeout_ms);
 }
 
+/* For <ioatd/ioat.h>'s own waits (not exported): the client's bound on waiting for the server. */
+int ioatd_internal_call_timeout(const struct ioatd_client *c) { return c ? c->call_timeout_ms : -1; }
+
 API int ioatd_set_call_timeout(struct ioatd_client *c, int timeout_ms) {
     if (!c || timeout_ms < -1) return -EINVAL;
     c->call_timeout_ms = timeout_ms;

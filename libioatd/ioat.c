@@ -171,6 +171,22 @@ static int64_t now_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int ioatd_internal_call_timeout(const struct ioatd_client *c);
+
+/* When a wait of the library's own (room in a full engine, M_WAITOK, the end of a put) gives up: the
+ * client's bound on waiting for the server (30 s unless set), -1 for none. */
+static int64_t own_deadline(const struct engine *e) {
+    int bound = ioatd_internal_call_timeout(e->c);
+    return bound < 0 ? -1 : now_ms() + bound;
+}
+
+/* Milliseconds left until `deadline` (-1: none; 0: passed). */
+static int left_ms(int64_t deadline) {
+    if (deadline < 0) return -1;
+    int64_t left = deadline - now_ms();
+    return left <= 0 ? 0 : left > 0x7FFFFFFF ? 0x7FFFFFFF : (int)left;
+}
+
 /* With `lock` held: makes ioat_get_fd's set readable once a record is ready (the caller asked for it). */
 static void arm_fd(struct engine *e) {
     if (!e->fd_wanted || ioatd_queue_in_use(e->q) == 0) return;
@@ -269,6 +285,24 @@ static int reap(struct engine *e, int timeout_ms) {
     return n < 0 ? -ENXIO : count;
 }
 
+/* With `lock` held: the callback of every operation still outstanding hears `error`, once, and none
+ * runs again (the engine stops waiting for their records). */
+static void give_up(struct engine *e, int error) {
+    uint32_t depth = ioatd_queue_depth(e->q), due = ioatd_queue_in_use(e->q);
+    for (uint32_t i = 0; i < due && i < depth; i++) {
+        struct bus_dmadesc *d = &e->callbacks[(e->next_seq - due + i) % depth];
+        bus_dmaengine_callback_t fn = d->callback_fn;
+        d->callback_fn = NULL;
+        if (fn) {
+            pthread_mutex_unlock(&lock);
+            in_callback++;
+            fn(d->callback_arg, error);
+            in_callback--;
+            pthread_mutex_lock(&lock);
+        }
+    }
+}
+
 API int ioat_poll(bus_dmaengine_t dmaengine, int timeout_ms) {
     struct engine *e = dmaengine;
     if (!e) return -EINVAL;
@@ -317,10 +351,19 @@ API void ioat_put_dmaengine(bus_dmaengine_t dmaengine) {
         pthread_mutex_unlock(&lock);
         return;
     }
-    /* The last reference: outstanding operations finish and their callbacks run first. */
+    /* The last reference: outstanding operations finish and their callbacks run first, within the
+     * client's bound; the callbacks of any still outstanding after it hear ETIMEDOUT (their queue stays
+     * on the server until the connection ends). */
     ioatd_submit(e->q);
-    while (ioatd_queue_in_use(e->q) > 0)
-        if (reap(e, -1) < 0) break;
+    int64_t deadline = own_deadline(e);
+    while (ioatd_queue_in_use(e->q) > 0) {
+        int left = left_ms(deadline);
+        if (left == 0) {
+            give_up(e, ETIMEDOUT);
+            break;
+        }
+        if (reap(e, left) < 0) break;
+    }
     for (struct engine **p = &engines; *p; p = &(*p)->next)
         if (*p == e) {
             *p = e->next;
@@ -387,13 +430,19 @@ API int ioat_acquire_reserve(bus_dmaengine_t dmaengine, uint32_t n, int mflags) 
     pthread_mutex_lock(&e->enqueue);
     pthread_mutex_lock(&lock);
     int rc = 0;
+    int64_t deadline = own_deadline(e);
     while (ioatd_queue_depth(e->q) - ioatd_queue_in_use(e->q) < n) {
         if (mflags & M_NOWAIT) {
             rc = EAGAIN;
             break;
         }
         ioatd_submit(e->q); /* what this holder enqueued must run for room to come */
-        if (reap(e, -1) < 0) {
+        int left = left_ms(deadline);
+        if (left == 0) {
+            rc = ETIMEDOUT; /* M_WAITOK, but not for ever: the server answered nothing within the bound */
+            break;
+        }
+        if (reap(e, left) < 0) {
             rc = ENXIO;
             break;
         }
@@ -424,11 +473,13 @@ API void ioat_release(bus_dmaengine_t dmaengine) {
 
 /* A slot for one operation (with `lock` held): waits for room unless DMA_NO_WAIT. */
 static struct ioatd_desc *slot(struct engine *e, uint32_t flags) {
+    int64_t deadline = own_deadline(e);
     for (;;) {
         struct ioatd_desc *d = ioatd_get_desc(e->q);
         if (d || (flags & DMA_NO_WAIT) || e->dead) return d;
         ioatd_submit(e->q);
-        if (reap(e, -1) < 0) return NULL;
+        int left = left_ms(deadline);
+        if (left == 0 || reap(e, left) < 0) return NULL;
     }
 }
 

@@ -411,11 +411,13 @@ static void socket_spin(void) {
          * scheduler time slice, so a spin that never yields holds the CPU for all of it. The spin may
          * cost nothing, and must not cost its length: a bound of half the spins' total, over the
          * no-spin run of the same moment. */
-        double took[2] = {0, 0};
+        /* A spin that hides the record costs every op its whole spin, every time; one that yields can
+         * still lose the CPU to a busy machine now and then, so the best of three spin rounds counts. */
+        double took[2] = {0, 1e9};
         int ok = 1;
         const int ops = 100;
         const uint32_t spin_us = 2000;
-        for (int round = 0; round < 2 && ok; round++) {
+        for (int round = 0; round < 4 && ok; round++) {
             ioatd_queue_set_spin(q, round == 0 ? 0 : spin_us);
             double start = now_s();
             for (int i = 0; i < ops && ok; i++) {
@@ -425,7 +427,9 @@ static void socket_spin(void) {
                 ok = ioatd_submit(q) == 1 && ioatd_wait_completion(q, &r, 5000) == 0;
                 if (ok) ioatd_completion_seen(q, r);
             }
-            took[round] = now_s() - start;
+            double t = now_s() - start;
+            if (round == 0) took[0] = t;
+            else if (t < took[1]) took[1] = t;
         }
         if (getenv("ROBUSTNESS_VERBOSE")) fprintf(stderr, "socket spin: %.4f s without, %.4f s with\n", took[0], took[1]);
         CHECK(ok && took[1] < took[0] + ops * spin_us / 2e6,
@@ -566,6 +570,7 @@ static void ioat_layer(void) {
     bus_dmaengine_t e = ioat_get_dmaengine(0);
     CHECK(e && ioat_get_depth(e) > 0 && ioat_get_depth(e) <= 256, "depth %u", e ? ioat_get_depth(e) : 0);
     if (!e) return;
+    int rc;
     CHECK(ioat_set_socket(server_path, 0) == -EBUSY, "ioat_set_socket while connected");
     /* Allocation beside a thread that polls and enqueues. */
     int done = 0;
@@ -597,9 +602,33 @@ static void ioat_layer(void) {
     while (ioat_poll(e, 100) > 0) {}
     CHECK(called_inside && inside_result == NULL, "an op from inside a callback is refused");
 
+    /* A stopped server: waiting for room in a full engine, and M_WAITOK, give up within the client's
+     * bound instead of hanging; once it runs again, every callback comes. */
+    ioatd_set_call_timeout(ioat_client(), 300);
+    kill(server_pid, SIGSTOP);
+    ioat_acquire(e);
+    int queued = 0;
+    while (ioat_null(e, count_callback, NULL, DMA_NO_WAIT) != NULL) queued++;
+    double t0 = now_s();
+    struct bus_dmadesc *waited = ioat_null(e, count_callback, NULL, 0);
+    double took = now_s() - t0;
+    CHECK(queued == (int)ioat_get_depth(e) && waited == NULL && took >= 0.25 && took < 5,
+          "a full engine on a stopped server: %d queued, the next op %s after %.2f s", queued, waited ? "enqueued" : "refused", took);
+    ioat_release(e);
+    t0 = now_s();
+    rc = ioat_acquire_reserve(e, 1, M_WAITOK);
+    took = now_s() - t0;
+    CHECK(rc == ETIMEDOUT && took < 5, "M_WAITOK on a stopped server: %d after %.2f s", rc, took);
+    if (rc == 0) ioat_release(e);
+    kill(server_pid, SIGCONT);
+    int ran = 0;
+    for (int n; (n = ioat_poll(e, 2000)) > 0;) ran += n;
+    CHECK(ran == queued, "after SIGCONT, %d of %d callbacks", ran, queued);
+    ioatd_set_call_timeout(ioat_client(), 30000);
+
     /* kill -9 and a restart: outstanding callbacks hear ENXIO, then a new engine works. */
     kill_server();
-    int rc = ioat_poll(e, 5000);
+    rc = ioat_poll(e, 5000);
     CHECK(rc == -ENXIO, "ioat_poll after the server died: %d", rc);
     ioat_acquire(e);
     CHECK(ioat_null(e, NULL, NULL, 0) == NULL, "an op after the connection's end returns NULL");

@@ -61,7 +61,8 @@ typedef uint64_t bus_size_t;
 typedef void (*bus_dmaengine_callback_t)(void *arg, int error);
 
 /* What an operation returns: its callback, until it has run. NULL means the operation was not
- * enqueued (a bad address, a full engine with DMA_NO_WAIT, a lost connection). */
+ * enqueued (a bad address, a full engine with DMA_NO_WAIT, or without it no room within the client's
+ * bound on waiting for the server, a lost connection). */
 struct bus_dmadesc {
     bus_dmaengine_callback_t callback_fn;
     void *callback_arg;
@@ -90,6 +91,9 @@ struct ioatd_client *ioat_client(void);
 /* Not in FreeBSD: the socket (NULL: the default) and ioatd_connect flags for the connection, before
  * its first use or after ioat_shutdown: 0, or -EBUSY while a connection or an engine exists. */
 int ioat_set_socket(const char *path, unsigned flags);
+/* ioat_put_dmaengine waits for the engine's outstanding operations and runs their callbacks, within
+ * the client's bound; the callbacks of any still outstanding then hear ETIMEDOUT. */
+
 /* Not in FreeBSD: closes the connection, every ended one and their buffers, after the program put its
  * engines (engines not put are freed and their handles dangle). The next use connects anew. The
  * library does this at exit. */
@@ -105,8 +109,10 @@ size_t ioat_get_max_io_size(bus_dmaengine_t dmaengine);
 int ioat_set_interrupt_coalesce(bus_dmaengine_t dmaengine, uint16_t delay);
 uint16_t ioat_get_max_coalesce_period(bus_dmaengine_t dmaengine);
 void ioat_acquire(bus_dmaengine_t dmaengine);
-/* 0 holding the engine; EAGAIN with M_NOWAIT when there is no room now; EINVAL when n is above the
- * engine's depth; ENXIO when the connection is gone. On failure the caller does not hold the engine. */
+/* 0 holding the engine; EAGAIN with M_NOWAIT when there is no room now; ETIMEDOUT with M_WAITOK when
+ * no room came within the client's bound on waiting for the server (30 s unless set with
+ * ioatd_set_call_timeout(ioat_client(), ms)); EINVAL when n is above the engine's depth; ENXIO when the
+ * connection is gone. On failure the caller does not hold the engine. */
 int ioat_acquire_reserve(bus_dmaengine_t dmaengine, uint32_t n, int mflags);
 void ioat_release(bus_dmaengine_t dmaengine);
 
