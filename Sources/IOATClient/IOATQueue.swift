@@ -30,7 +30,10 @@ public final class IOATQueue: Sendable {
     /// that SUBMIT's ops.
     public func submit(_ descriptors: [Descriptor]) async throws(IOATError) -> [CompletionRecord] {
         guard let feeder else { return try await session.submit(queue: id, descriptors, chunk: min(depth, Int(session.server.maxDescriptors))) }
-        let result: IOATClient.BatchResult = await withCheckedContinuation { c in feeder.submit(descriptors) { c.resume(returning: $0) } }
+        let result: IOATClient.BatchResult = await withCheckedContinuation { c in
+            feeder.submit(descriptors, deadline: session.batchDeadline()) { c.resume(returning: $0) }
+            session.batchWaiting()
+        }
         return try result.get()
     }
 
@@ -38,7 +41,10 @@ public final class IOATQueue: Sendable {
     /// every record (in order, with the descriptors' cookies) or the error that refused the batch.
     /// It must not block; it may submit more work (sends never block).
     public func submit(_ descriptors: [Descriptor], onComplete: @escaping @Sendable (IOATClient.BatchResult) -> Void) {
-        if let feeder { return feeder.submit(descriptors, complete: onComplete) }
+        if let feeder {
+            feeder.submit(descriptors, deadline: session.batchDeadline(), complete: onComplete)
+            return session.batchWaiting()
+        }
         session.submit(queue: id, descriptors, chunk: min(depth, Int(session.server.maxDescriptors)), complete: onComplete)
     }
 

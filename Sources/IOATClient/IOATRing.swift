@@ -63,11 +63,13 @@ public final class IOATRing: @unchecked Sendable {
 
     /// Waits until at least `count` records are ready, spinning for `spinMicroseconds` (yielding the CPU
     /// between looks), then sleeping on the doorbell. Returns the records ready. Throws when the ring was
-    /// broken or the connection lost, or `timedOut` after `timeoutMilliseconds` (-1: no limit).
+    /// broken or the connection lost, or `timedOut` after `timeoutMilliseconds` (-1: no limit; nil: the
+    /// client's bound on waiting for the server, `IOATClient.Timeouts.call`).
     @discardableResult
-    public func wait(for count: Int = 1, spinMicroseconds: Int = 50, timeoutMilliseconds: Int = -1) throws(IOATError) -> Int {
+    public func wait(for count: Int = 1, spinMicroseconds: Int = 50, timeoutMilliseconds: Int? = nil) throws(IOATError) -> Int {
         let want = max(1, count)
         if memory.ready >= want { return memory.ready }
+        let timeoutMilliseconds = timeoutMilliseconds ?? session.callTimeout.map { Int($0.milliseconds) } ?? -1
         let start = Clock.nanoseconds()
         let spin = UInt64(max(0, spinMicroseconds)) * 1000
         var looks = 0
@@ -84,7 +86,9 @@ public final class IOATRing: @unchecked Sendable {
             var slice: Int32 = 100  // look at the connection's state at least this often (ms)
             if timeoutMilliseconds >= 0 {
                 let left = timeoutMilliseconds - Int(Clock.nanoseconds(since: start) / 1_000_000)
-                if left <= 0 { throw .timedOut("ring queue \(id): \(memory.ready) of \(want) records after \(timeoutMilliseconds) ms") }
+                if left <= 0 {
+                    throw .timedOut("ring queue \(id): \(memory.ready) of \(want) records from the server at \(session.path) after \(timeoutMilliseconds) ms; \(Session.journalHint)")
+                }
                 slice = Int32(min(Int(slice), left))
             }
             if memory.arm(want) {

@@ -14,12 +14,27 @@ final class RingBatch: @unchecked Sendable {
     var refusalText: String? = nil
     /// Reaping rounds this batch has waited for its refusal's text.
     var roundsWaited = 0
-    let complete: @Sendable (IOATClient.BatchResult) -> Void
+    /// When it gives up waiting for its records (Clock.nanoseconds), and what it is, for the error.
+    let deadline: UInt64?
+    let what: String
+    /// Whether `complete` was called (reader thread): a batch that gave up still takes its records, in
+    /// order, and completes no more.
+    private(set) var isDone = false
+    private let complete: @Sendable (IOATClient.BatchResult) -> Void
 
-    init(count: Int, complete: @escaping @Sendable (IOATClient.BatchResult) -> Void) {
+    init(count: Int, deadline: UInt64?, what: String, complete: @escaping @Sendable (IOATClient.BatchResult) -> Void) {
         records = .allocate(capacity: count)
         records.initialize(repeating: CompletionRecord(cookie: 0, status: .connectionLost, opcode: 0, result: 0, bytesDone: 0))
+        self.deadline = deadline
+        self.what = what
         self.complete = complete
+    }
+
+    /// Completes the batch with `result`, once.
+    func end(_ result: IOATClient.BatchResult) {
+        guard !isDone else { return }
+        isDone = true
+        complete(result)
     }
 
     deinit { records.deallocate() }
@@ -27,14 +42,15 @@ final class RingBatch: @unchecked Sendable {
     /// Completes the batch: its records, or the first refusal, told as the SUBMIT path tells it
     /// ("descriptor i: what was wrong"), with the server's text when it came.
     func finish() {
+        guard !isDone else { return }
         if let refusal {
             let why = refusalText.map { text in
                 // "queue Q, ring entry E: <why>" → "<why>"
                 text.range(of: ": ").map { String(text[$0.upperBound...]) } ?? text
             } ?? "refused by the server (\(refusal.code.name))"
-            complete(.failure(.refused(ProtocolError(refusal.code, "descriptor \(refusal.index): \(why)", index: UInt32(refusal.index)))))
+            end(.failure(.refused(ProtocolError(refusal.code, "descriptor \(refusal.index): \(why)", index: UInt32(refusal.index)))))
         } else {
-            complete(.success(Array(records)))
+            end(.success(Array(records)))
         }
     }
 }
@@ -92,9 +108,11 @@ final class RingFeeder: @unchecked Sendable {
     var isBusy: Bool { shared.withLock { !$0.inflight.isEmpty || !$0.backlog.isEmpty } }
 
     /// Puts a batch into the ring (what does not fit waits, in order, for room) and publishes it.
-    func submit(_ descriptors: [Descriptor], complete: @escaping @Sendable (IOATClient.BatchResult) -> Void) {
+    func submit(_ descriptors: [Descriptor], deadline: UInt64? = nil, complete: @escaping @Sendable (IOATClient.BatchResult) -> Void) {
         guard !descriptors.isEmpty else { return complete(.success([])) }
-        let batch = RingBatch(count: descriptors.count, complete: complete)
+        let batch = RingBatch(count: descriptors.count, deadline: deadline,
+                              what: "\(descriptors.count) op\(descriptors.count == 1 ? "" : "s") on ring queue \(memory.ring.pointee.queue)",
+                              complete: complete)
         let failure: IOATError? = shared.withLock { s in
             if let lost = s.lost { return lost }
             if let code = memory.brokenCode {
@@ -113,7 +131,17 @@ final class RingFeeder: @unchecked Sendable {
             try? memory.submit()
             return nil
         }
-        if let failure { batch.complete(.failure(failure)) }
+        if let failure { batch.end(.failure(failure)) }
+    }
+
+    /// Gives up on every batch whose deadline passed by `now` (reader thread): it completes with
+    /// `error(what it is)` and keeps its place, so that its records, if they come, are read in order.
+    func expire(now: UInt64, _ error: (String) -> IOATError) {
+        let overdue: [RingBatch] = shared.withLock { s in
+            (s.inflight.map(\.batch) + s.backlog.map(\.batch)).filter { !$0.isDone && ($0.deadline ?? .max) <= now }
+        }
+        var seen = Set<ObjectIdentifier>()
+        for batch in overdue where seen.insert(ObjectIdentifier(batch)).inserted { batch.end(.failure(error(batch.what))) }
     }
 
     /// Reads every ready record into its batch, hands the slots back, moves waiting descriptors into the
@@ -230,7 +258,7 @@ final class RingFeeder: @unchecked Sendable {
             all.removeAll { !seen.insert(ObjectIdentifier($0)).inserted }
             return all
         }
-        for batch in batches { batch.complete(.failure(error)) }
+        for batch in batches { batch.end(.failure(error)) }
     }
 
     /// Fails every waiting batch if the server broke the ring (reader thread).

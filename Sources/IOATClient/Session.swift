@@ -38,6 +38,9 @@ final class Session: Sendable {
         var records: [CompletionRecord]
         var remaining: Int
         var requestIDs: [UInt64] = []
+        /// When the batch gives up waiting for its records (Clock.nanoseconds), and what it is, for the error.
+        var deadline: UInt64? = nil
+        var what = ""
         let complete: @Sendable (BatchResult) -> Void
         init(count: Int, complete: @escaping @Sendable (BatchResult) -> Void) {
             records = Array(repeating: CompletionRecord(cookie: 0, status: .connectionLost, opcode: 0, result: 0, bytesDone: 0),
@@ -174,8 +177,14 @@ final class Session: Sendable {
     /// The ERROR that broke ring queue `queue`, if one came.
     func ringBroken(queue: UInt32) -> ProtocolError? { brokenRings.withLock { $0[queue] } }
 
-    /// How long each request waits for its reply (nil: for ever).
-    private let callTimeout: Duration?
+    /// How long each request waits for its reply, and each batch for its records (nil: for ever).
+    let callTimeout: Duration?
+    /// When the reader next looks for batches whose bound ran out (Clock.nanoseconds).
+    private let nextSweep = Atomic<UInt64>(0)
+    /// Whether the reader may be about to sleep with no bound: raised before it plans its sleep, so that
+    /// a batch registered meanwhile either shows in the plan or finds the flag up and wakes it (the two
+    /// sides' "store mine, fence, load theirs", as the ring's NEED_WAKEUP).
+    private let readerMaySleepUnbounded = Atomic<Bool>(false)
 
     private init(fd: FileDescriptor, wakeup: EventFD, server: HelloReply, path: String, busyPollNanoseconds: UInt64, useRings: Bool,
                  callTimeout: Duration?) {
@@ -208,7 +217,10 @@ final class Session: Sendable {
             while true {
                 guard let (pending, polling, rings) = self?.pollPlan() else { return }
                 var targets: [(FileDescriptor, Poll.Events)] = [(socket, pending ? [.readable, .writable] : .readable), (wake, .readable)]
+                self?.readerMaySleepUnbounded.store(true, ordering: .sequentiallyConsistent)
+                atomicMemoryFence(ordering: .sequentiallyConsistent)
                 var timeout: Int32 = polling ? 0 : (self?.nextDeadlineMilliseconds() ?? -1)
+                if timeout != -1 { self?.readerMaySleepUnbounded.store(false, ordering: .relaxed) }
                 if !polling {
                     // Ask the server to ring at its next record (SPEC.md §5.10.3), then sleep.
                     for feeder in rings {
@@ -223,8 +235,10 @@ final class Session: Sendable {
                     return
                 }
                 if !polling { for feeder in rings { feeder.memory.disarm() } }
+                self?.readerMaySleepUnbounded.store(false, ordering: .relaxed)
                 guard let client = self else { return }
                 client.expireRequests()
+                client.expireBatches()
                 // The socket first: a refused ring entry's ERROR is sent before its record is visible.
                 guard client.serviceSocket(ready.isEmpty ? [] : Array(ready.prefix(2)), pending: pending, polling: polling, buffer) else { return }
                 client.reapRings()
@@ -485,10 +499,15 @@ final class Session: Sendable {
                 packets.append(Message.encodeSubmit(queue: queue, descriptors: slice, requestID: id, version: server.version))
                 start = end
             }
+            if let callTimeout {
+                batch.deadline = Clock.nanoseconds() + UInt64(callTimeout.nanoseconds)
+                batch.what = "\(descriptors.count) op\(descriptors.count == 1 ? "" : "s") on queue \(queue)"
+            }
             s.batches[serial] = batch
             return nil
         }
         if let lost { return batch.complete(.failure(lost)) }
+        batchWaiting()
         for packet in packets {
             do throws(IOATError) {
                 try send(packet)
@@ -497,6 +516,17 @@ final class Session: Sendable {
                 return
             }
         }
+    }
+
+    /// When a batch submitted now gives up waiting for its records (nil: never).
+    func batchDeadline() -> UInt64? { callTimeout.map { Clock.nanoseconds() + UInt64($0.nanoseconds) } }
+
+    /// After a batch with a deadline is registered: wakes the reader if it may be sleeping with no
+    /// bound, so that it plans the sweep that gives the batch up. One atomic load per batch otherwise.
+    func batchWaiting() {
+        guard callTimeout != nil else { return }
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        if readerMaySleepUnbounded.load(ordering: .sequentiallyConsistent) { wakeup.signal() }
     }
 
     /// Async form of `submit(queue:_:chunk:complete:)`.
@@ -519,11 +549,35 @@ final class Session: Sendable {
 
     // MARK: Reader thread
 
-    /// Milliseconds until the first waiting request gives up, -1 when none has a bound.
+    /// Milliseconds until the first waiting request gives up, or until the next look for batches whose
+    /// bound ran out while any wait for records; -1 when nothing has a bound.
     private func nextDeadlineMilliseconds() -> Int32 {
-        guard let first = state.withLock({ $0.deadlines.values.map(\.at).min() }) else { return -1 }
+        let (first, batchesWait) = state.withLock { s in (s.deadlines.values.map(\.at).min(), !s.batches.isEmpty) }
+        let waiting = callTimeout != nil && (batchesWait || feeders.withLock { $0.contains(where: \.isBusy) })
+        guard let at = [first, waiting ? nextSweep.load(ordering: .relaxed) : nil].compactMap({ $0 }).min() else { return -1 }
         let now = Clock.nanoseconds()
-        return first <= now ? 0 : Int32(min(UInt64(Int32.max), (first - now + 999_999) / 1_000_000))
+        return at <= now ? 0 : Int32(min(UInt64(Int32.max), (at - now + 999_999) / 1_000_000))
+    }
+
+    /// Fails each batch whose bound ran out with `timedOut` (reader thread), at most every eighth of the
+    /// bound (at least 10 ms), so a batch gives up within 1⅛ of it: scanning every batch on every round
+    /// would put the cost on each op. A socket batch's late records find no batch and are dropped; a
+    /// ring batch stays in line, so that its records are still read in order, but completes no more.
+    private func expireBatches() {
+        guard let callTimeout else { return }
+        let now = Clock.nanoseconds()
+        guard now >= nextSweep.load(ordering: .relaxed) else { return }
+        nextSweep.store(now + max(10_000_000, UInt64(callTimeout.nanoseconds) / 8), ordering: .relaxed)
+        let bound = IOATClient.Timeouts.text(callTimeout)
+        let overdue = state.withLock { s in s.batches.values.filter { ($0.deadline ?? .max) <= now } }
+        for batch in overdue {
+            failBatch(batch, .timedOut("\(batch.what) got no records from the server at \(path) within \(bound) (stopped, wedged or overloaded); they may still run; \(Self.journalHint)"))
+        }
+        for feeder in feeders.withLock({ $0 }) {
+            feeder.expire(now: now) { what in
+                .timedOut("\(what) got no records from the server at \(self.path) within \(bound) (stopped, wedged or overloaded); they may still run; \(Self.journalHint)")
+            }
+        }
     }
 
     /// Fails each request whose bound ran out with `timedOut` (reader thread). A reply that comes later

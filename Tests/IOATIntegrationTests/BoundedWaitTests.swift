@@ -107,6 +107,52 @@ struct BoundedWaitTests {
         #expect(buffer.size >= 4096)
     }
 
+    @Test("ops on a stopped server: a batch gives up with timedOut on either transport, the queue goes on, and IOATRing.wait is bounded by default",
+          arguments: [IOATClient.Transport.ring, .socket])
+    func stoppedServerOps(_ transport: IOATClient.Transport) async throws {
+        let server = try TestServer()
+        let client = try await IOATClient.connect(path: server.path, transport: transport,
+                                                  timeouts: .init(connect: .seconds(10), call: .milliseconds(300)))
+        let a = try await client.allocate(size: 8192)
+        let b = try await client.allocate(size: 8192)
+        a.fillPseudoRandom(0..<8192, seed: 5)
+        let queue = try await client.openQueue(depth: 8)
+        #expect(queue.isRing == (transport == .ring))
+        let ring = transport == .ring ? try await client.openRing(depth: 8) : nil
+        kill(server.pid, SIGSTOP)
+        var resumed = false
+        defer { if !resumed { kill(server.pid, SIGCONT) } }
+        let start = Date()
+        do {
+            _ = try await queue.copy(from: a, to: b, length: 4096)
+            Issue.record("a copy completed on a stopped server")
+        } catch {
+            guard case .timedOut(let text) = error else {
+                Issue.record("expected timedOut, got \(error)")
+                return
+            }
+            #expect(text.contains("1 op on") && text.contains(server.path) && text.contains("300 ms"), "\(text)")
+        }
+        // Given up within 1⅛ of the bound, measured loosely (the suite runs alone).
+        #expect(Date().timeIntervalSince(start) < 10)
+        if let ring {
+            _ = ring.push(.null(cookie: 1))
+            try ring.submit()
+            #expect(throws: IOATError.self) { try ring.wait(for: 1) }
+        }
+        kill(server.pid, SIGCONT)
+        resumed = true
+        // The late record is read in order and dropped; the queue goes on with the right bytes.
+        let record = try await queue.copy(from: a, to: b, length: 8192)
+        #expect(record.status == .success)
+        #expect(b.read(at: 0, count: 8192) == a.read(at: 0, count: 8192))
+        if let ring {
+            #expect(try ring.wait(for: 1, timeoutMilliseconds: 10_000) >= 1)
+            _ = ring.reap { _ in }
+            try await ring.close()
+        }
+    }
+
     @Test("a socket-activated ioatd whose configuration is bad answers the waiting client with UNAVAILABLE, without the file's contents",
           .enabled(if: isExecutable("/usr/bin/systemd-socket-activate"), "needs systemd-socket-activate"))
     func unavailableOnBadConfiguration() async throws {
