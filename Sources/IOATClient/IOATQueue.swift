@@ -32,7 +32,6 @@ public final class IOATQueue: Sendable {
         guard let feeder else { return try await session.submit(queue: id, descriptors, chunk: min(depth, Int(session.server.maxDescriptors))) }
         let result: IOATClient.BatchResult = await withCheckedContinuation { c in
             feeder.submit(descriptors, deadline: session.batchDeadline()) { c.resume(returning: $0) }
-            session.batchWaiting()
         }
         return try result.get()
     }
@@ -41,10 +40,7 @@ public final class IOATQueue: Sendable {
     /// every record (in order, with the descriptors' cookies) or the error that refused the batch.
     /// It must not block; it may submit more work (sends never block).
     public func submit(_ descriptors: [Descriptor], onComplete: @escaping @Sendable (IOATClient.BatchResult) -> Void) {
-        if let feeder {
-            feeder.submit(descriptors, deadline: session.batchDeadline(), complete: onComplete)
-            return session.batchWaiting()
-        }
+        if let feeder { return feeder.submit(descriptors, deadline: session.batchDeadline(), complete: onComplete) }
         session.submit(queue: id, descriptors, chunk: min(depth, Int(session.server.maxDescriptors)), complete: onComplete)
     }
 

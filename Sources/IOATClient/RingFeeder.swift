@@ -14,19 +14,21 @@ final class RingBatch: @unchecked Sendable {
     var refusalText: String? = nil
     /// Reaping rounds this batch has waited for its refusal's text.
     var roundsWaited = 0
-    /// When it gives up waiting for its records (Clock.nanoseconds), and what it is, for the error.
+    /// When it gives up waiting for its records (Clock.nanoseconds), and its queue, for the error (made
+    /// into text only then: submitting allocates nothing per op).
     let deadline: UInt64?
-    let what: String
+    let queue: UInt32
+    var what: String { "\(records.count) op\(records.count == 1 ? "" : "s") on ring queue \(queue)" }
     /// Whether `complete` was called (reader thread): a batch that gave up still takes its records, in
     /// order, and completes no more.
     private(set) var isDone = false
     private let complete: @Sendable (IOATClient.BatchResult) -> Void
 
-    init(count: Int, deadline: UInt64?, what: String, complete: @escaping @Sendable (IOATClient.BatchResult) -> Void) {
+    init(count: Int, deadline: UInt64?, queue: UInt32, complete: @escaping @Sendable (IOATClient.BatchResult) -> Void) {
         records = .allocate(capacity: count)
         records.initialize(repeating: CompletionRecord(cookie: 0, status: .connectionLost, opcode: 0, result: 0, bytesDone: 0))
         self.deadline = deadline
-        self.what = what
+        self.queue = queue
         self.complete = complete
     }
 
@@ -110,9 +112,7 @@ final class RingFeeder: @unchecked Sendable {
     /// Puts a batch into the ring (what does not fit waits, in order, for room) and publishes it.
     func submit(_ descriptors: [Descriptor], deadline: UInt64? = nil, complete: @escaping @Sendable (IOATClient.BatchResult) -> Void) {
         guard !descriptors.isEmpty else { return complete(.success([])) }
-        let batch = RingBatch(count: descriptors.count, deadline: deadline,
-                              what: "\(descriptors.count) op\(descriptors.count == 1 ? "" : "s") on ring queue \(memory.ring.pointee.queue)",
-                              complete: complete)
+        let batch = RingBatch(count: descriptors.count, deadline: deadline, queue: memory.ring.pointee.queue, complete: complete)
         let failure: IOATError? = shared.withLock { s in
             if let lost = s.lost { return lost }
             if let code = memory.brokenCode {

@@ -38,9 +38,10 @@ final class Session: Sendable {
         var records: [CompletionRecord]
         var remaining: Int
         var requestIDs: [UInt64] = []
-        /// When the batch gives up waiting for its records (Clock.nanoseconds), and what it is, for the error.
+        /// When the batch gives up waiting for its records (Clock.nanoseconds), and its queue, for the error.
         var deadline: UInt64? = nil
-        var what = ""
+        var queue: UInt32 = 0
+        var count: Int { records.count }
         let complete: @Sendable (BatchResult) -> Void
         init(count: Int, complete: @escaping @Sendable (BatchResult) -> Void) {
             records = Array(repeating: CompletionRecord(cookie: 0, status: .connectionLost, opcode: 0, result: 0, bytesDone: 0),
@@ -179,12 +180,10 @@ final class Session: Sendable {
 
     /// How long each request waits for its reply, and each batch for its records (nil: for ever).
     let callTimeout: Duration?
-    /// When the reader next looks for batches whose bound ran out (Clock.nanoseconds).
+    /// When the reader next looks for batches whose bound ran out (Clock.nanoseconds). With a bound, the
+    /// reader never sleeps past it, batches or not: a batch submitted while it sleeps is then swept in
+    /// time without a wake-up per submit (which would start its busy poll early, and cost every op).
     private let nextSweep = Atomic<UInt64>(0)
-    /// Whether the reader may be about to sleep with no bound: raised before it plans its sleep, so that
-    /// a batch registered meanwhile either shows in the plan or finds the flag up and wakes it (the two
-    /// sides' "store mine, fence, load theirs", as the ring's NEED_WAKEUP).
-    private let readerMaySleepUnbounded = Atomic<Bool>(false)
 
     private init(fd: FileDescriptor, wakeup: EventFD, server: HelloReply, path: String, busyPollNanoseconds: UInt64, useRings: Bool,
                  callTimeout: Duration?) {
@@ -217,10 +216,7 @@ final class Session: Sendable {
             while true {
                 guard let (pending, polling, rings) = self?.pollPlan() else { return }
                 var targets: [(FileDescriptor, Poll.Events)] = [(socket, pending ? [.readable, .writable] : .readable), (wake, .readable)]
-                self?.readerMaySleepUnbounded.store(true, ordering: .sequentiallyConsistent)
-                atomicMemoryFence(ordering: .sequentiallyConsistent)
                 var timeout: Int32 = polling ? 0 : (self?.nextDeadlineMilliseconds() ?? -1)
-                if timeout != -1 { self?.readerMaySleepUnbounded.store(false, ordering: .relaxed) }
                 if !polling {
                     // Ask the server to ring at its next record (SPEC.md §5.10.3), then sleep.
                     for feeder in rings {
@@ -235,7 +231,6 @@ final class Session: Sendable {
                     return
                 }
                 if !polling { for feeder in rings { feeder.memory.disarm() } }
-                self?.readerMaySleepUnbounded.store(false, ordering: .relaxed)
                 guard let client = self else { return }
                 client.expireRequests()
                 client.expireBatches()
@@ -501,13 +496,12 @@ final class Session: Sendable {
             }
             if let callTimeout {
                 batch.deadline = Clock.nanoseconds() + UInt64(callTimeout.nanoseconds)
-                batch.what = "\(descriptors.count) op\(descriptors.count == 1 ? "" : "s") on queue \(queue)"
+                batch.queue = queue
             }
             s.batches[serial] = batch
             return nil
         }
         if let lost { return batch.complete(.failure(lost)) }
-        batchWaiting()
         for packet in packets {
             do throws(IOATError) {
                 try send(packet)
@@ -520,14 +514,6 @@ final class Session: Sendable {
 
     /// When a batch submitted now gives up waiting for its records (nil: never).
     func batchDeadline() -> UInt64? { callTimeout.map { Clock.nanoseconds() + UInt64($0.nanoseconds) } }
-
-    /// After a batch with a deadline is registered: wakes the reader if it may be sleeping with no
-    /// bound, so that it plans the sweep that gives the batch up. One atomic load per batch otherwise.
-    func batchWaiting() {
-        guard callTimeout != nil else { return }
-        atomicMemoryFence(ordering: .sequentiallyConsistent)
-        if readerMaySleepUnbounded.load(ordering: .sequentiallyConsistent) { wakeup.signal() }
-    }
 
     /// Async form of `submit(queue:_:chunk:complete:)`.
     func submit(queue: UInt32, _ descriptors: [Descriptor], chunk: Int) async throws(IOATError) -> [CompletionRecord] {
@@ -549,12 +535,15 @@ final class Session: Sendable {
 
     // MARK: Reader thread
 
-    /// Milliseconds until the first waiting request gives up, or until the next look for batches whose
-    /// bound ran out while any wait for records; -1 when nothing has a bound.
+    /// Milliseconds until the first waiting request gives up or the next look for batches whose bound
+    /// ran out; -1 when nothing has a bound.
     private func nextDeadlineMilliseconds() -> Int32 {
-        let (first, batchesWait) = state.withLock { s in (s.deadlines.values.map(\.at).min(), !s.batches.isEmpty) }
-        let waiting = callTimeout != nil && (batchesWait || feeders.withLock { $0.contains(where: \.isBusy) })
-        guard let at = [first, waiting ? nextSweep.load(ordering: .relaxed) : nil].compactMap({ $0 }).min() else { return -1 }
+        // No arrays: this runs each time the reader plans a sleep, which must not allocate.
+        var at = callTimeout == nil ? UInt64.max : nextSweep.load(ordering: .relaxed)
+        state.withLock { s in
+            for d in s.deadlines.values where d.at < at { at = d.at }
+        }
+        guard at != .max else { return -1 }
         let now = Clock.nanoseconds()
         return at <= now ? 0 : Int32(min(UInt64(Int32.max), (at - now + 999_999) / 1_000_000))
     }
@@ -571,7 +560,7 @@ final class Session: Sendable {
         let bound = IOATClient.Timeouts.text(callTimeout)
         let overdue = state.withLock { s in s.batches.values.filter { ($0.deadline ?? .max) <= now } }
         for batch in overdue {
-            failBatch(batch, .timedOut("\(batch.what) got no records from the server at \(path) within \(bound) (stopped, wedged or overloaded); they may still run; \(Self.journalHint)"))
+            failBatch(batch, .timedOut("\(batch.count) op\(batch.count == 1 ? "" : "s") on queue \(batch.queue) got no records from the server at \(path) within \(bound) (stopped, wedged or overloaded); they may still run; \(Self.journalHint)"))
         }
         for feeder in feeders.withLock({ $0 }) {
             feeder.expire(now: now) { what in
