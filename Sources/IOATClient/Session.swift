@@ -323,7 +323,8 @@ final class Session: Sendable {
                     }
                     return nil
                 }
-                // The reader may sleep without a bound: it learns of the new deadline.
+                // The reader plans its sleep again, to this deadline rather than the next batch sweep (a
+                // control request is rare: a wake-up each costs nothing that matters).
                 if callTimeout != nil { wakeup.signal() }
                 if let lost {
                     c.resume(throwing: lost)
