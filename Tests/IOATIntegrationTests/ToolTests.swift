@@ -51,6 +51,14 @@ struct ToolTests {
         #expect(plain.contains("engine cpu"))
     }
 
+    @Test("ioatctl refuses a timeout option out of range, naming it", arguments: ["--connect-timeout", "--call-timeout"])
+    func timeoutOptionRefused(_ option: String) throws {
+        for bad in ["-1", "90000"] {
+            let (status, out) = try runTool("ioatctl", ["status", "--socket", "/nonexistent/ioatd.sock", "\(option)=\(bad)"], mergingErrors: true)
+            #expect(status == 64 && out.contains(option) && out.contains(bad), "\(option) \(bad): \(status) \(out)")
+        }
+    }
+
     /// Every figure bench prints must fit the buffers it made: a single size smaller than the QD1 and
     /// small-op figures' own ranges once failed with REFUSED_OUT_OF_RANGE (issue 19).
     @Test("ioatctl bench with a single small size runs every figure", arguments: [["--sizes", "4K"], ["--sizes", "64", "--small-batch", "1"]])

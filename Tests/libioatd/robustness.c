@@ -251,6 +251,9 @@ static void null_arguments(void) {
     uint64_t o;
     void *p;
     CHECK(ioatd_connect("/x", 0, NULL) == -EINVAL, "connect NULL out");
+    struct ioatd_client *none = NULL;
+    CHECK(ioatd_connect_timeout("/x", 0, -3, &none) == -EINVAL && none == NULL, "connect with a bound below -2");
+    CHECK(ioatd_connect_timeout("/x", 0x80, 1000, &none) == -EINVAL, "connect with an unknown flag");
     CHECK(ioatd_get_desc(NULL) == NULL, "get_desc");
     CHECK(ioatd_submit(NULL) == -EINVAL, "submit");
     CHECK(ioatd_queue_close(NULL) == -EINVAL, "queue_close");
