@@ -381,6 +381,7 @@ struct Bench: AsyncParsableCommand {
     func measureQD1(client: IOATClient, queue: IOATQueue, src: IOATBuffer, dst: IOATBuffer) async throws -> QD1 {
         let qd1 = self.qd1
         let path = client.path
+        let bound = client.timeouts.call.map { Double($0.nanoseconds) / 1e9 } ?? 86_400
         let (null, copy): ([Double], [Double])
         if queue.isRing {
             let ring = try await client.openRing(channel: queue.channel, depth: 8)
@@ -408,7 +409,7 @@ struct Bench: AsyncParsableCommand {
             (null, copy) = (samples[0], samples[1])
         } else {
             let samples = try await OSThread.run(name: "ioatctl-qd1") { () throws -> [[Double]] in
-                let raw = try RawSocketClient(path: path)
+                let raw = try RawSocketClient(path: path, bound: bound)
                 return try [raw.roundTrips(.null(), keep: qd1),
                             raw.roundTrips(.copy(from: raw.address(0), to: raw.address(4096), length: 64), keep: qd1)]
             }
@@ -621,7 +622,8 @@ final class RawSocketClient {
     private var version: UInt16 = 1
     private var nextID: UInt64 = 1
 
-    init(path: String) throws {
+    init(path: String, bound: Double) throws {
+        self.bound = bound
         fd = try UnixSocket.connect(path: path)
         guard case .helloReply(let hello) = try exchange(.hello(Hello())) else { throw CLIError("raw client: no HELLO_OK") }
         version = hello.version
@@ -636,14 +638,15 @@ final class RawSocketClient {
 
     func address(_ offset: UInt64) -> BufferAddress { BufferAddress(handle: handle, offset: offset) }
 
-    /// How long the raw client waits for any answer before it gives up.
-    static let answerBoundSeconds = 30.0
+    /// How long the raw client waits for any answer before it gives up (the client's call bound; a day
+    /// when there is none, since a benchmark must end).
+    private let bound: Double
 
     private func exchange(_ message: Message) throws -> Message {
         try UnixSocket.send(fd, message.encode(requestID: nextID, version: version))
         nextID += 1
-        guard try Poll.wait([(fd, .readable)], timeoutMilliseconds: Int32(Self.answerBoundSeconds * 1000)).first?.isEmpty == false else {
-            throw CLIError("raw client: no answer to \(message.type.name) within \(Int(Self.answerBoundSeconds)) s; the server's log says why: journalctl -u ioatd")
+        guard try Poll.wait([(fd, .readable)], timeoutMilliseconds: Int32(bound * 1000)).first?.isEmpty == false else {
+            throw CLIError("raw client: no answer to \(message.type.name) within \(bound) s; the server's log says why: journalctl -u ioatd")
         }
         let packet = try UnixSocket.receive(fd, into: buffer)
         return try Message.decode(UnsafeRawBufferPointer(rebasing: buffer[0..<packet.count]), version: version).1
@@ -669,8 +672,8 @@ final class RawSocketClient {
                     break
                 }
                 if n == 0 || (errno != EAGAIN && errno != EINTR) { throw CLIError("raw client: the connection failed") }
-                if now() - start > Self.answerBoundSeconds {
-                    throw CLIError("raw client: no COMPLETION within \(Int(Self.answerBoundSeconds)) s; the server's log says why: journalctl -u ioatd")
+                if now() - start > bound {
+                    throw CLIError("raw client: no COMPLETION within \(bound) s; the server's log says why: journalctl -u ioatd")
                 }
             }
             if warmUp.keeps(start) { samples.append((now() - start) * 1e6) }
