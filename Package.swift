@@ -93,7 +93,7 @@ let package = Package(
         .executableTarget(
             name: "ioatd",
             dependencies: [
-                "IOATServer", "IOATEngine", "IOATDPDK",
+                "IOATServer", "IOATEngine", "IOATDPDK", "IOATSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
