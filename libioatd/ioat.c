@@ -204,6 +204,26 @@ static void disarm_fd(struct engine *e) {
     }
 }
 
+/* With `lock` held: the callback of every operation still outstanding hears `error`, once, and none
+ * runs again (the engine stops waiting for their records). Callbacks run with `lock` released, so the
+ * operations' places are taken before the first runs. */
+static void give_up(struct engine *e, int error) {
+    uint32_t depth = ioatd_queue_depth(e->q), due = ioatd_queue_in_use(e->q);
+    uint64_t first = e->next_seq - due;
+    for (uint32_t i = 0; i < due && i < depth; i++) {
+        struct bus_dmadesc *d = &e->callbacks[(first + i) % depth];
+        bus_dmaengine_callback_t fn = d->callback_fn;
+        d->callback_fn = NULL;
+        if (fn) {
+            pthread_mutex_unlock(&lock);
+            in_callback++;
+            fn(d->callback_arg, error);
+            in_callback--;
+            pthread_mutex_lock(&lock);
+        }
+    }
+}
+
 /* Runs the callbacks of the ready records, waiting up to timeout_ms (-1: forever) for at least one
  * while any operation is outstanding. With `lock` held; callbacks run with it released, by this
  * thread alone (other pollers wait their turn, so the order holds). Returns how many ran, or
@@ -253,16 +273,9 @@ static int reap(struct engine *e, int timeout_ms) {
     int errors[CLAIM], count = 0;
     if (n < 0) {
         /* The queue can give no more records (the ring broke, or the connection ended and every
-         * record has been handed out): any callback still due hears ENXIO, once. */
-        uint32_t lost = ioatd_queue_in_use(e->q);
-        for (uint32_t i = 0; i < lost && i < depth && count < CLAIM; i++) {
-            struct bus_dmadesc *d = &e->callbacks[(e->next_seq - lost + i) % depth];
-            if (d->callback_fn) {
-                run[count] = *d;
-                errors[count++] = ENXIO;
-            }
-            d->callback_fn = NULL;
-        }
+         * record has been handed out): every callback still due hears ENXIO, once, run by this
+         * thread while it holds the delivery turn. */
+        give_up(e, ENXIO);
     } else {
         for (int i = 0; i < n; i++) {
             struct bus_dmadesc *d = &e->callbacks[recs[i]->cookie % depth];
@@ -283,24 +296,6 @@ static int reap(struct engine *e, int timeout_ms) {
     if (n < 0) e->dead = 1;
     pthread_cond_broadcast(&delivered);
     return n < 0 ? -ENXIO : count;
-}
-
-/* With `lock` held: the callback of every operation still outstanding hears `error`, once, and none
- * runs again (the engine stops waiting for their records). */
-static void give_up(struct engine *e, int error) {
-    uint32_t depth = ioatd_queue_depth(e->q), due = ioatd_queue_in_use(e->q);
-    for (uint32_t i = 0; i < due && i < depth; i++) {
-        struct bus_dmadesc *d = &e->callbacks[(e->next_seq - due + i) % depth];
-        bus_dmaengine_callback_t fn = d->callback_fn;
-        d->callback_fn = NULL;
-        if (fn) {
-            pthread_mutex_unlock(&lock);
-            in_callback++;
-            fn(d->callback_arg, error);
-            in_callback--;
-            pthread_mutex_lock(&lock);
-        }
-    }
 }
 
 API int ioat_poll(bus_dmaengine_t dmaengine, int timeout_ms) {

@@ -37,6 +37,19 @@ private func runBounded(_ name: String, _ arguments: [String], environment: [Str
     return (ended ? process.terminationStatus : nil, String(decoding: data, as: UTF8.self), Date().timeIntervalSince(start))
 }
 
+/// The text of the `timedOut` that `body` must end with; records an issue (and gives nil) when it
+/// succeeds (`what` says what should not have) or fails another way.
+private func timedOutText<T>(_ what: String, _ body: () async throws -> T) async -> String? {
+    do {
+        _ = try await body()
+        Issue.record("\(what)")
+    } catch {
+        if case .timedOut(let text)? = error as? IOATError { return text }
+        Issue.record("expected timedOut, got \(error)")
+    }
+    return nil
+}
+
 /// Nothing a client does waits forever on the server (issue 19): connecting and HELLO, and each
 /// request, have bounds with defaults, an option and an environment variable, and the error names what
 /// was awaited, the socket, the bound and where to look. `make test` runs this suite alone, after the
@@ -68,16 +81,8 @@ struct BoundedWaitTests {
     func swiftClientMuteSocket() async throws {
         let mute = try MuteSocket()
         let start = Date()
-        do {
-            _ = try await IOATClient.connect(path: mute.path, timeouts: .init(connect: .milliseconds(300)))
-            Issue.record("connect to a mute socket succeeded")
-        } catch {
-            guard case .timedOut(let text) = error else {
-                Issue.record("expected timedOut, got \(error)")
-                return
-            }
-            #expect(text.contains("HELLO") && text.contains(mute.path) && text.contains("300 ms") && text.contains("journalctl"), "\(text)")
-        }
+        guard let text = await timedOutText("connect to a mute socket succeeded", { try await IOATClient.connect(path: mute.path, timeouts: .init(connect: .milliseconds(300))) }) else { return }
+        #expect(text.contains("HELLO") && text.contains(mute.path) && text.contains("300 ms") && text.contains("journalctl"), "\(text)")
         #expect(Date().timeIntervalSince(start) < 10)
     }
 
@@ -88,16 +93,8 @@ struct BoundedWaitTests {
         kill(server.pid, SIGSTOP)
         var resumed = false
         defer { if !resumed { kill(server.pid, SIGCONT) } }
-        do {
-            _ = try await client.allocate(size: 4096)
-            Issue.record("ALLOC answered by a stopped server")
-        } catch {
-            guard case .timedOut(let text) = error else {
-                Issue.record("expected timedOut, got \(error)")
-                return
-            }
-            #expect(text.contains("ALLOC") && text.contains(server.path) && text.contains("300 ms"), "\(text)")
-        }
+        guard let text = await timedOutText("ALLOC answered by a stopped server", { try await client.allocate(size: 4096) }) else { return }
+        #expect(text.contains("ALLOC") && text.contains(server.path) && text.contains("300 ms"), "\(text)")
         let tool = try runBounded("ioatctl", ["status", "--socket", server.path, "--connect-timeout", "0.3"])
         #expect(tool.status == 1 && tool.output.contains("HELLO"), "\(tool.output)")
         kill(server.pid, SIGCONT)
@@ -123,16 +120,8 @@ struct BoundedWaitTests {
         var resumed = false
         defer { if !resumed { kill(server.pid, SIGCONT) } }
         let start = Date()
-        do {
-            _ = try await queue.copy(from: a, to: b, length: 4096)
-            Issue.record("a copy completed on a stopped server")
-        } catch {
-            guard case .timedOut(let text) = error else {
-                Issue.record("expected timedOut, got \(error)")
-                return
-            }
-            #expect(text.contains("1 op on") && text.contains(server.path) && text.contains("300 ms"), "\(text)")
-        }
+        guard let text = await timedOutText("a copy completed on a stopped server", { try await queue.copy(from: a, to: b, length: 4096) }) else { return }
+        #expect(text.contains("1 op on") && text.contains(server.path) && text.contains("300 ms"), "\(text)")
         // Given up within 1⅛ of the bound, measured loosely (the suite runs alone).
         #expect(Date().timeIntervalSince(start) < 10)
         if let ring {
