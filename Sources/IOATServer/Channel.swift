@@ -6,21 +6,25 @@ import IOATSystem
 /// An op (or a piece of one) the engine holds, remembered by ring-window slot; the slot number is the
 /// engine cookie.
 struct InflightOp {
-    var queue: Queue?
-    /// The accepted op: it keeps its buffers mapped until the engine is done, and is what a halted
-    /// channel hands back to run again.
-    var op: PendingOp?
+    /// Not a counted reference (one retain and release per op showed in the profile): the queue is kept
+    /// alive by its connection, or, once that has closed, by the channel's `retired` list until its last
+    /// op is out of the engine. (`unowned(unsafe)` was no cheaper: each use retained and released.)
+    var queue: Unmanaged<Queue>?
+    /// The accepted op (or, for a piece of a split op, a copy of it): its pins keep its buffers mapped
+    /// until the engine is done, and it is what a halted channel hands back to run again. Not optional
+    /// (`occupied` says whether the slot holds one), so its fields are read in place through the slot's
+    /// pointer: unwrapping an optional op copied all of it, twice per op.
+    var op: PendingOp
+    var occupied: Bool
     /// Bytes in this piece.
     var length: Int = 0
     /// For a piece of a split op: the bytes before it, and whether it is the last.
     var pieceOffset = 0
     var isLastPiece = true
 
-    var cookie: UInt64 { op!.cookie }
-    var opcode: Opcode { op!.opcode }
-    var flags: Descriptor.Flags { op!.flags }
-
-    static var empty: InflightOp { InflightOp(queue: nil) }
+    static var empty: InflightOp {
+        InflightOp(queue: nil, op: PendingOp(cookie: 0, opcode: .null, flags: [], length: 0, arg: 0), occupied: false)
+    }
 }
 
 /// One tenant's place on one channel: its queues with pending ops, served round-robin, and its
@@ -54,6 +58,10 @@ final class Lane {
 /// Runs on the event-loop thread only.
 final class Channel {
     let engine: any EngineChannel
+    /// Where the buffers its ops name are pinned: taken at `admit`, given back when an op leaves.
+    let buffers: BufferTable
+    /// Acceptance order of the ops admitted here; identifies an op a halted channel hands back.
+    private var nextSerial: UInt64 = 1
     /// Tenants with pending ops on this channel, in turn order.
     private var active: Deque<Lane>
     /// Every tenant's lane on this channel.
@@ -84,6 +92,9 @@ final class Channel {
     /// Set between a CHANNEL_HALTED completion and the reset that follows it: NOT_ATTEMPTED completions
     /// in that window are ops the halt stopped, to run again.
     var recovering = false
+    /// Queues whose connection closed: kept alive here (engine slots and finished ops do not count
+    /// references) until their last op is out of the engine and routed.
+    private var retired: [Queue] = []
     /// Ops the halt stopped, in completion order, waiting for the reset.
     private var returned: [(Queue, PendingOp)] = []
     /// Ops finished since the router last took them (completed by the engine, or skipped behind a
@@ -103,9 +114,10 @@ final class Channel {
     /// eight 64 KiB ops in flight stay inline, 256 NULL ops do not).
     var inlineBudget: Int { inlineBytes * 16 }
 
-    init(engine: any EngineChannel, window: Int, windowBytes: Int = 16 << 20, opCost: Int = 4096, quantum: Int = 256 << 10,
-         inlineBytes: Int = 0) {
+    init(engine: any EngineChannel, buffers: BufferTable, window: Int, windowBytes: Int = 16 << 20, opCost: Int = 4096,
+         quantum: Int = 256 << 10, inlineBytes: Int = 0) {
         self.engine = engine
+        self.buffers = buffers
         self.inlineBytes = max(0, inlineBytes)
         self.windowBytes = max(1, windowBytes)
         self.opCost = max(0, opCost)
@@ -127,6 +139,13 @@ final class Channel {
         slots.deallocate()
     }
 
+    /// Pins held by the ops in engine slots and the ops a halt handed back (debug accounting).
+    var pinsHeld: Int {
+        var n = returned.reduce(0) { $0 + $1.1.pinCount }
+        for slot in 0..<window where slots[slot].occupied { n += slots[slot].op.pinCount }
+        return n
+    }
+
     /// Ops in the engine now.
     var inEngine: Int { window - freeSlots.count }
     /// Ops waiting in queues for this channel's window.
@@ -146,6 +165,17 @@ final class Channel {
     /// Drops the lane of a tenant that has gone (its queues are no longer scheduled).
     func forget(_ tenant: Tenant) {
         lanes[ObjectIdentifier(tenant)] = nil
+    }
+
+    /// Takes a validated op into `queue` (whose credit for it the caller has taken): it gets its place
+    /// in acceptance order and pins the buffers it names until it leaves the channel. Both ingresses
+    /// admit here.
+    func admit(_ op: consuming PendingOp, into queue: Queue, at now: UInt64) {
+        op.serial = nextSerial
+        op.acceptedAt = now
+        nextSerial += 1
+        buffers.pin(op)
+        queue.pending.append(op)
     }
 
     /// Puts `queue` in its tenant's turn order, and the tenant in the channel's, if it has pending ops
@@ -177,7 +207,10 @@ final class Channel {
         var inlineSince: UInt64 = 0
         var inlineLeft = inlineBudget
         defer { if inlineSince != 0 { engine.noteInlineBusy(Clock.nanoseconds(since: inlineSince)) } }
-        while !freeSlots.isEmpty, engine.freeSlots > 0, inEngine == 0 || bytesInEngine < windowBytes, let lane = active.first {
+        // The outer loop picks a tenant and its queue; the inner one serves that queue op after op for as
+        // long as it keeps its turn, so the lane, queue and tenant are looked up (and their reference
+        // counts touched) once per run of ops, not once per op.
+        lanes: while let lane = active.first {
             guard let queue = lane.queues.first else {
                 // Nothing left to run: the tenant leaves the turn order, and its unused deficit with it.
                 active.removeFirst()
@@ -185,156 +218,162 @@ final class Channel {
                 lane.deficit = 0
                 continue
             }
-            guard queue.connection != nil, !queue.pending.isEmpty else {
+            guard queue.connection != nil else {
                 lane.queues.removeFirst()
                 queue.isScheduled = false
                 continue
             }
-            // The head op is read in place, and moved out only when it leaves the queue: a copy of it
-            // would retain and release every buffer it names once more, per op.
-            let head = queue.pending.head
-            // Fenced: a FENCE or DRAIN op, or a refusal, which waits too so that its record comes in its
-            // turn. The fields are read one by one: a computed property called through `head.pointee`
-            // copied the whole op, retaining and releasing every buffer it names.
-            if head.pointee.dispatched == 0
-                && (head.pointee.flags.contains(.fence) || head.pointee.opcode == .drain || head.pointee.refusal != nil) {
-                // Re-scheduled by `complete` when its last in-engine op finishes.
-                if queue.execution.inEngine > 0 {
+            let tenant = lane.tenant
+            while true {
+                guard !freeSlots.isEmpty, engine.freeSlots > 0, inEngine == 0 || bytesInEngine < windowBytes else { break lanes }
+                guard !queue.pending.isEmpty else {
                     lane.queues.removeFirst()
                     queue.isScheduled = false
-                    continue
+                    continue lanes
                 }
-                if let refusal = head.pointee.refusal {
-                    // A refused ring descriptor: its record comes in its turn, and it counts as a failure
-                    // for the next FENCE op, which depended on it (SPEC.md §5.10.4).
-                    let op = queue.pending.removeFirst()
-                    queue.execution.failedSinceFence = true
-                    opsFailed += 1
-                    finished.append(Finished(queue: queue, record: CompletionRecord(
-                        cookie: op.cookie, status: .refused(refusal), opcode: op.refusedOpcode, result: 0, bytesDone: 0),
-                        notify: true, acceptedAt: op.acceptedAt, startedAt: op.startedAt))
-                    if queue.pending.isEmpty {
+                // The head op is read in place, and moved out only when it leaves the queue. The fields
+                // are read one by one: a computed property called through `head.pointee` copies the op.
+                let head = queue.pending.head
+                // Fenced: a FENCE or DRAIN op, or a refusal, which waits too so that its record comes in
+                // its turn.
+                if head.pointee.dispatched == 0
+                    && (head.pointee.flags.contains(.fence) || head.pointee.opcode == .drain || head.pointee.refusal != nil) {
+                    // Re-scheduled by `complete` when its last in-engine op finishes.
+                    if queue.execution.inEngine > 0 {
                         lane.queues.removeFirst()
                         queue.isScheduled = false
+                        continue lanes
                     }
-                    continue
-                }
-                // SPEC.md §6.6: a FENCE op behind a failure does not run, and closes the failure window.
-                let skipped = queue.execution.failedSinceFence
-                queue.execution.failedSinceFence = false
-                if skipped {
-                    let op = queue.pending.removeFirst()
-                    finished.append(Finished(queue: queue, record: CompletionRecord(
-                        cookie: op.cookie, status: .notAttempted, opcode: op.opcode.rawValue, result: 0, bytesDone: 0),
-                        notify: op.flags.contains(.interrupt), acceptedAt: op.acceptedAt, startedAt: op.startedAt))
-                    if queue.pending.isEmpty {
-                        lane.queues.removeFirst()
-                        queue.isScheduled = false
+                    if let refusal = head.pointee.refusal {
+                        // A refused ring descriptor: its record comes in its turn, and it counts as a failure
+                        // for the next FENCE op, which depended on it (SPEC.md §5.10.4).
+                        let op = queue.pending.removeFirst()
+                        buffers.unpin(op)
+                        queue.execution.failedSinceFence = true
+                        opsFailed += 1
+                        finished.append(Finished(queueReference: .passUnretained(queue), record: CompletionRecord(
+                            cookie: op.cookie, status: .refused(refusal), opcode: op.refusedOpcode, result: 0, bytesDone: 0),
+                            notify: true, acceptedAt: op.acceptedAt, startedAt: op.startedAt))
+                        continue
                     }
-                    continue
-                }
-            }
-            // Ops above the engine's max transfer go in pieces (SPEC.md §6.7); the head op stays queued
-            // until its last piece is in the engine.
-            let offset = head.pointee.dispatched
-            let opLength = head.pointee.length
-            var pieceLength = min(opLength - offset, maxTransfer)
-            // COPY_SG: the piece lies inside one entry.
-            var entry: (source: UnsafeRawPointer, destination: UnsafeMutableRawPointer)? = nil
-            if head.pointee.segments != nil {
-                var start = 0
-                for segment in head.pointee.segments! {
-                    if offset < start + segment.length {
-                        let inside = offset - start
-                        pieceLength = min(segment.length - inside, maxTransfer)
-                        entry = (UnsafeRawPointer(segment.source.pointer + inside), segment.destination.pointer + inside)
-                        break
+                    // SPEC.md §6.6: a FENCE op behind a failure does not run, and closes the failure window.
+                    let skipped = queue.execution.failedSinceFence
+                    queue.execution.failedSinceFence = false
+                    if skipped {
+                        let op = queue.pending.removeFirst()
+                        buffers.unpin(op)
+                        finished.append(Finished(queueReference: .passUnretained(queue), record: CompletionRecord(
+                            cookie: op.cookie, status: .notAttempted, opcode: op.opcode.rawValue, result: 0, bytesDone: 0),
+                            notify: op.flags.contains(.interrupt), acceptedAt: op.acceptedAt, startedAt: op.startedAt))
+                        continue
                     }
-                    start += segment.length
                 }
-            }
-            // Deficit round robin: a turn adds quantum × weight; a tenant whose next piece costs more
-            // than it has left goes to the back with what it has. Alone, a tenant is never held back.
-            let charge = cost(pieceLength)
-            if !lane.inTurn {
-                lane.inTurn = true
-                lane.deficit += quantum * max(1, lane.tenant.limits.weight)
-            }
-            if lane.deficit < charge {
-                if active.count == 1 {
-                    lane.deficit = charge
-                } else {
-                    lane.inTurn = false
-                    active.removeFirst()
-                    active.append(lane)
-                    continue
+                // Ops above the engine's max transfer go in pieces (SPEC.md §6.7); the head op stays queued
+                // until its last piece is in the engine.
+                let offset = head.pointee.dispatched
+                let opLength = head.pointee.length
+                var pieceLength = min(opLength - offset, maxTransfer)
+                // COPY_SG: the piece lies inside one entry.
+                var entry: (source: UnsafeRawPointer, destination: UnsafeMutableRawPointer)? = nil
+                if head.pointee.segments != nil {
+                    var start = 0
+                    for segment in head.pointee.segments! {
+                        if offset < start + segment.length {
+                            let inside = offset - start
+                            pieceLength = min(segment.length - inside, maxTransfer)
+                            entry = (UnsafeRawPointer(segment.source.pointer + inside), segment.destination.pointer + inside)
+                            break
+                        }
+                        start += segment.length
+                    }
                 }
-            }
-            lane.deficit -= charge
-            lane.tenant.served += UInt64(charge)
-            // The tenant's queues take turns one op or piece at a time; a queue alone in its lane keeps
-            // its place (taking it out and putting it back moved two references per op).
-            if lane.queues.count > 1 {
-                lane.queues.removeFirst()
-                queue.isScheduled = false
-            }
+                // Deficit round robin: a turn adds quantum × weight; a tenant whose next piece costs more
+                // than it has left goes to the back with what it has. Alone, a tenant is never held back.
+                let charge = cost(pieceLength)
+                if !lane.inTurn {
+                    lane.inTurn = true
+                    lane.deficit += quantum * max(1, tenant.limits.weight)
+                }
+                if lane.deficit < charge {
+                    if active.count == 1 {
+                        lane.deficit = charge
+                    } else {
+                        lane.inTurn = false
+                        active.removeFirst()
+                        active.append(lane)
+                        continue lanes
+                    }
+                }
+                lane.deficit -= charge
+                tenant.served += UInt64(charge)
+                // The tenant's queues take turns one op or piece at a time; a queue alone in its lane keeps
+                // its place and its run.
+                let rotates = lane.queues.count > 1
+                if rotates {
+                    lane.queues.removeFirst()
+                    queue.isScheduled = false
+                }
 
-            let isLast = offset + pieceLength == opLength
-            if offset == 0 {
-                if now == 0 { now = Clock.nanoseconds() }
-                head.pointee.startedAt = now
+                let isLast = offset + pieceLength == opLength
+                if offset == 0 {
+                    if now == 0 { now = Clock.nanoseconds() }
+                    head.pointee.startedAt = now
+                }
+                // The last piece moves the op out of the queue.
+                let op: PendingOp
+                if isLast {
+                    op = queue.pending.removeFirst()
+                } else {
+                    // A copy for the engine's slot, with pins of its own: the op in the queue keeps its pins
+                    // until its last piece leaves.
+                    op = head.pointee
+                    buffers.pin(op)
+                    head.pointee.dispatched += pieceLength
+                }
+                var flags = op.flags
+                if op.opcode.computesCRC {
+                    if offset > 0 { flags = flags.subtracting(.crcSeed).union(.crcChain) }
+                    if !isLast { flags.subtract([.crcStore, .crcTest, .crcInline]) }
+                }
+                let slot = freeSlots.removeLast()
+                var sources: UnsafePointer<UnsafeRawPointer>? = nil
+                if let list = op.sources {
+                    let base = sourceTable + slot * Descriptor.xorSources.upperBound
+                    for (i, p) in list.enumerated() { base[i] = UnsafeRawPointer(p.pointer + offset) }
+                    sources = UnsafePointer(base)
+                }
+                // The auxiliary range is a second destination (moves with the piece) or a CRC location
+                // (used by the last piece only).
+                let auxiliary = op.opcode == .dualcast ? op.auxiliary.map { $0.pointer + offset } : isLast ? op.auxiliary?.pointer : nil
+                let engineOp: EngineOp
+                if let entry {
+                    engineOp = EngineOp(cookie: UInt64(slot), opcode: .copy, source: entry.source, destination: entry.destination, length: pieceLength)
+                } else {
+                    var source: UnsafeRawPointer? = nil
+                    var destination: UnsafeMutableRawPointer? = nil
+                    if let place = op.source { source = UnsafeRawPointer(place.pointer + offset) }
+                    if let place = op.destination { destination = place.pointer + offset }
+                    engineOp = EngineOp(cookie: UInt64(slot), opcode: op.opcode, flags: flags, source: source, destination: destination,
+                                        length: pieceLength, arg: op.arg, auxiliary: auxiliary, crcState: queue.crcState, sources: sources)
+                }
+                // The op moves into its slot, where it stays until the engine hands the slot back.
+                slots[slot] = InflightOp(queue: .passUnretained(queue), op: consume op, occupied: true, length: pieceLength, pieceOffset: offset,
+                                         isLastPiece: isLast)
+                queue.execution.inEngine += 1
+                bytesInEngine += pieceLength
+                // A small op with nothing else in the engine runs right here: completions stay in order.
+                if pieceLength <= inlineBytes && inEngine == 1 && charge <= inlineLeft, let done = engine.executeInline(engineOp) {
+                    if inlineSince == 0 { inlineSince = Clock.nanoseconds() }
+                    inlineLeft -= charge
+                    complete(done)
+                } else {
+                    let accepted = engine.enqueue(engineOp)
+                    precondition(accepted, "engine refused an op although it reported free slots")
+                    started = true
+                    if rotates { schedule(queue) }
+                }
+                if rotates { continue lanes }
             }
-            // The last piece moves the op out of the queue (no extra copy of its buffer references).
-            let op: PendingOp
-            if isLast {
-                op = queue.pending.removeFirst()
-            } else {
-                op = head.pointee
-                head.pointee.dispatched += pieceLength
-            }
-            var flags = op.flags
-            if op.opcode.computesCRC {
-                if offset > 0 { flags = flags.subtracting(.crcSeed).union(.crcChain) }
-                if !isLast { flags.subtract([.crcStore, .crcTest, .crcInline]) }
-            }
-            let slot = freeSlots.removeLast()
-            var sources: UnsafePointer<UnsafeRawPointer>? = nil
-            if let list = op.sources {
-                let base = sourceTable + slot * Descriptor.xorSources.upperBound
-                for (i, p) in list.enumerated() { base[i] = UnsafeRawPointer(p.pointer + offset) }
-                sources = UnsafePointer(base)
-            }
-            // The auxiliary range is a second destination (moves with the piece) or a CRC location
-            // (used by the last piece only).
-            let auxiliary = op.opcode == .dualcast ? op.auxiliary.map { $0.pointer + offset } : isLast ? op.auxiliary?.pointer : nil
-            // No closures here (`map`, `??`): a closure that captures the op copies it, and a copy
-            // retains every buffer it names.
-            let engineOp: EngineOp
-            if let entry {
-                engineOp = EngineOp(cookie: UInt64(slot), opcode: .copy, source: entry.source, destination: entry.destination, length: pieceLength)
-            } else {
-                var source: UnsafeRawPointer? = nil
-                var destination: UnsafeMutableRawPointer? = nil
-                if let place = op.source { source = UnsafeRawPointer(place.pointer + offset) }
-                if let place = op.destination { destination = place.pointer + offset }
-                engineOp = EngineOp(cookie: UInt64(slot), opcode: op.opcode, flags: flags, source: source, destination: destination,
-                                    length: pieceLength, arg: op.arg, auxiliary: auxiliary, crcState: queue.crcState, sources: sources)
-            }
-            // The op moves into its slot, where it stays until the engine hands the slot back.
-            slots[slot] = InflightOp(queue: queue, op: consume op, length: pieceLength, pieceOffset: offset, isLastPiece: isLast)
-            queue.execution.inEngine += 1
-            bytesInEngine += pieceLength
-            // A small op with nothing else in the engine runs right here: completions stay in order.
-            if pieceLength <= inlineBytes && inEngine == 1 && charge <= inlineLeft, let done = engine.executeInline(engineOp) {
-                if inlineSince == 0 { inlineSince = Clock.nanoseconds() }
-                inlineLeft -= charge
-                complete(done)
-                continue
-            }
-            let accepted = engine.enqueue(engineOp)
-            precondition(accepted, "engine refused an op although it reported free slots")
-            started = true
-            schedule(queue)
         }
         if started { engine.submit() }
     }
@@ -354,25 +393,46 @@ final class Channel {
     /// The ops finished since the last call, in the order they finished, for the completion router;
     /// empties the list.
     func takeFinished(_ body: ([Finished]) -> Void) {
-        guard !finished.isEmpty else { return }
-        body(finished)
-        finished.removeAll(keepingCapacity: true)
+        if !finished.isEmpty {
+            body(finished)
+            finished.removeAll(keepingCapacity: true)
+        }
+        // Only now, with no finished op naming them, may retired queues go.
+        if !retired.isEmpty { retired.removeAll { $0.execution.inEngine == 0 } }
+    }
+
+    /// Handles one engine completion and says which queue's op it was and how many bytes the piece had
+    /// (for tests that drive the channel by hand; the server calls `complete`).
+    func completeReporting(_ engineCompletion: EngineCompletion) -> (queue: Queue, length: Int) {
+        let entry = slots + Int(engineCompletion.cookie)
+        precondition(entry.pointee.occupied, "engine completed an unknown slot \(engineCompletion.cookie)")
+        let queue = entry.pointee.queue!.takeUnretainedValue(), length = entry.pointee.length
+        complete(engineCompletion)
+        return (queue, length)
     }
 
     /// Handles one engine completion (one op or one piece of a split op): its slot is read and cleared in
-    /// place. Returns the queue the op belonged to and the piece's length.
-    @discardableResult
-    func complete(_ engineCompletion: EngineCompletion) -> (queue: Queue, length: Int) {
+    /// place.
+    func complete(_ engineCompletion: EngineCompletion) {
         let slot = Int(engineCompletion.cookie)
         let entry = slots + slot
-        guard let queue = entry.pointee.queue, entry.pointee.op != nil else {
+        guard entry.pointee.occupied, let queue = entry.pointee.queue else {
             preconditionFailure("engine completed an unknown slot \(engineCompletion.cookie)")
         }
+        // The queue is borrowed for the call, uncounted like the slot's own reference.
+        queue._withUnsafeGuaranteedRef { complete(engineCompletion, slot: slot, entry: entry, of: $0) }
+    }
+
+    private func complete(_ engineCompletion: EngineCompletion, slot: Int, entry: UnsafeMutablePointer<InflightOp>, of queue: Queue) {
         let length = entry.pointee.length, pieceOffset = entry.pointee.pieceOffset, isLastPiece = entry.pointee.isLastPiece
-        // Clears the slot (dropping the op's buffer references) and hands it back, on every way out.
+        // Whether a halt handed the op back to run again (it keeps its pins).
+        var handedBack = false
+        // Clears the slot (the op in it gives back its pins, unless a halt handed it back) and frees it,
+        // on every way out.
         defer {
+            if !handedBack { buffers.unpin(entry.pointee.op) }
             entry.pointee.queue = nil
-            entry.pointee.op = nil
+            entry.pointee.occupied = false
             freeSlots.append(slot)
             bytesInEngine -= length
         }
@@ -381,17 +441,18 @@ final class Channel {
         if completion.status == .channelHalted {
             halts += 1
             recovering = true
-            lastError = "op \(entry.pointee.op!.cookie) (\(entry.pointee.op!.opcode.name)) of client \(queue.connection.map { "\($0.id)" } ?? "gone") halted the channel"
+            lastError = "op \(entry.pointee.op.cookie) (\(entry.pointee.op.opcode.name)) of client \(queue.connection.map { "\($0.id)" } ?? "gone") halted the channel"
         } else if completion.status == .notAttempted && recovering {
             // Stopped by the halt, not by anything it did: it runs again after the reset.
             if queue.connection != nil {
-                var again = entry.pointee.op.take()!
+                var again = entry.pointee.op
                 again.dispatched = pieceOffset
                 returned.append((queue, again))
+                handedBack = true
             } else if isLastPiece {
                 queue.releaseOrphaned(1)
             }
-            return (queue, length)
+            return
         }
         if !isLastPiece || pieceOffset > 0 {
             // A piece of a split op: fold it into the queue's progress; only the last piece makes a record.
@@ -401,7 +462,7 @@ final class Channel {
             queue.execution.split.bytesDone += completion.bytesDone
             guard isLastPiece else {
                 schedule(queue)
-                return (queue, length)
+                return
             }
             if let outcome = queue.execution.split.outcome {
                 completion.status = outcome.status
@@ -419,12 +480,11 @@ final class Channel {
         }
         opsCompleted += 1
         bytesCompleted += completion.bytesDone
-        finished.append(Finished(queue: queue, record: CompletionRecord(
-            cookie: entry.pointee.op!.cookie, status: completion.status, opcode: entry.pointee.op!.opcode.rawValue,
-            result: completion.result, bytesDone: completion.bytesDone), notify: entry.pointee.op!.flags.contains(.interrupt),
-            acceptedAt: entry.pointee.op!.acceptedAt, startedAt: entry.pointee.op!.startedAt))
+        finished.append(Finished(queueReference: .passUnretained(queue), record: CompletionRecord(
+            cookie: entry.pointee.op.cookie, status: completion.status, opcode: entry.pointee.op.opcode.rawValue,
+            result: completion.result, bytesDone: completion.bytesDone), notify: entry.pointee.op.flags.contains(.interrupt),
+            acceptedAt: entry.pointee.op.acceptedAt, startedAt: entry.pointee.op.startedAt))
         schedule(queue)
-        return (queue, length)
     }
 
     /// Resets a halted channel once everything it held has come back, and puts the ops the halt
@@ -454,9 +514,17 @@ final class Channel {
         }
         for key in order {
             let (queue, ops) = byQueue[key]!
+            guard queue.connection != nil else {
+                // Its connection closed while the channel recovered: nothing runs again, nothing stays pinned.
+                for op in ops { buffers.unpin(op) }
+                continue
+            }
             for op in ops.reversed() {
                 if !queue.pending.isEmpty, queue.pending.head.pointee.serial == op.serial {
+                    // A piece of the op still at the head: the op runs again from there; the piece's
+                    // copy gives back its pins.
                     queue.pending.head.pointee.dispatched = min(queue.pending.head.pointee.dispatched, op.dispatched)
+                    buffers.unpin(op)
                 } else {
                     queue.pending.prepend(op)
                 }
@@ -468,14 +536,19 @@ final class Channel {
 
     /// Drops every pending op of `queue` (its connection closed) so their buffers can be unmapped.
     func cancelPending(of queue: Queue) {
+        // Kept until nothing names it: its ops in the engine, or finished ops not routed yet.
+        retired.append(queue)
         queue.releaseOrphaned(queue.pending.count)
-        queue.pending.removeAll()
+        while !queue.pending.isEmpty { buffers.unpin(queue.pending.removeFirst()) }
     }
 }
 
 /// An op that left the channel: its record, for the completion router.
 struct Finished {
-    let queue: Queue
+    /// Not counted, like `InflightOp.queue`: finished ops are routed before the channel lets a retired
+    /// queue go (`takeFinished`).
+    let queueReference: Unmanaged<Queue>
+    var queue: Queue { queueReference.takeUnretainedValue() }
     let record: CompletionRecord
     /// Whether the op asked to be notified (INT_EN).
     let notify: Bool

@@ -36,9 +36,10 @@ final class CompletionRouter {
     func route(_ finished: [Finished], now: UInt64) {
         var start = 0
         while start < finished.count {
-            let queue = finished[start].queue
+            let reference = finished[start].queueReference
             var end = start + 1
-            while end < finished.count && finished[end].queue === queue { end += 1 }
+            while end < finished.count && finished[end].queueReference.toOpaque() == reference.toOpaque() { end += 1 }
+            let queue = reference.takeUnretainedValue()
             route(finished, start..<end, of: queue, now: now)
             start = end
         }

@@ -26,27 +26,86 @@ enum ParkedRequest {
     }
 }
 
-/// A connection's buffers by handle, and their bytes, counted for the connection and its tenant.
-struct BufferTable: BufferLookup {
-    private(set) var byHandle: [UInt32: SharedBuffer] = [:]
+/// What a connection knows of one of its buffers: enough to check and resolve a range with no
+/// reference to the buffer (the server's `BufferTable` owns it, under `slot`).
+struct OpenBuffer {
+    let handle: UInt32
+    let slot: UInt32
+    let base: UnsafeMutableRawPointer
+    let size: UInt64
+    let flags: BufferReply.Flags
+
+    init(_ buffer: SharedBuffer, slot: UInt32) {
+        handle = buffer.handle
+        self.slot = slot
+        base = buffer.mapping.unsafeBase
+        size = buffer.size
+        flags = buffer.flags
+    }
+}
+
+/// A connection's buffers by handle, and their bytes, counted for the connection and its tenant. A
+/// lookup tries a small cache of recent handles first: a 64-byte copy names two handles, nearly always
+/// the ones the op before it named, and hashing them was a few percent of the server's time.
+struct OpenBuffers: BufferLookup {
+    private(set) var byHandle: [UInt32: OpenBuffer] = [:]
     private(set) var bytes: UInt64 = 0
+    /// Direct-mapped by the handle's low bits; handle 0 (never valid) marks an empty way.
+    private var cache: (OpenBuffer?, OpenBuffer?, OpenBuffer?, OpenBuffer?) = (nil, nil, nil, nil)
 
     var count: Int { byHandle.count }
-    func buffer(_ handle: UInt32) -> SharedBuffer? { byHandle[handle] }
     func contains(_ handle: UInt32) -> Bool { byHandle[handle] != nil }
 
-    mutating func add(_ buffer: SharedBuffer, tenant: Tenant) {
+    func buffer(_ handle: UInt32) -> OpenBuffer? { cached(handle) ?? byHandle[handle] }
+
+    /// The buffer under `handle`, from the cache or the table; a table hit goes into the cache.
+    mutating func lookup(_ handle: UInt32) -> OpenBuffer? {
+        if let hit = cached(handle) { return hit }
+        guard let found = byHandle[handle] else { return nil }
+        remember(found)
+        return found
+    }
+
+    private func cached(_ handle: UInt32) -> OpenBuffer? {
+        let hit: OpenBuffer?
+        switch handle & 3 {
+        case 0: hit = cache.0
+        case 1: hit = cache.1
+        case 2: hit = cache.2
+        default: hit = cache.3
+        }
+        guard let hit, hit.handle == handle else { return nil }
+        return hit
+    }
+
+    private mutating func remember(_ buffer: OpenBuffer) {
+        switch buffer.handle & 3 {
+        case 0: cache.0 = buffer
+        case 1: cache.1 = buffer
+        case 2: cache.2 = buffer
+        default: cache.3 = buffer
+        }
+    }
+
+    mutating func add(_ buffer: OpenBuffer, tenant: Tenant) {
         byHandle[buffer.handle] = buffer
         bytes += buffer.size
         tenant.bufferBytes += buffer.size
         if buffer.flags.contains(.hugepages) { tenant.hugepageBytes += buffer.size }
+        remember(buffer)
     }
 
-    mutating func remove(_ handle: UInt32, tenant: Tenant) -> SharedBuffer? {
+    mutating func remove(_ handle: UInt32, tenant: Tenant) -> OpenBuffer? {
         guard let buffer = byHandle.removeValue(forKey: handle) else { return nil }
         bytes -= buffer.size
         tenant.bufferBytes -= buffer.size
         if buffer.flags.contains(.hugepages) { tenant.hugepageBytes -= buffer.size }
+        switch handle & 3 {
+        case 0: if cache.0?.handle == handle { cache.0 = nil }
+        case 1: if cache.1?.handle == handle { cache.1 = nil }
+        case 2: if cache.2?.handle == handle { cache.2 = nil }
+        default: if cache.3?.handle == handle { cache.3 = nil }
+        }
         return buffer
     }
 }
@@ -69,17 +128,18 @@ final class Connection: BufferLookup {
 
     /// Buffers and queues by handle. Handle numbers are unique across the server's connections, so a
     /// number taken from another connection names nothing here (SPEC.md §5).
-    private(set) var buffers = BufferTable()
+    private(set) var buffers = OpenBuffers()
     var bufferBytes: UInt64 { buffers.bytes }
     private(set) var queues: [UInt32: Queue] = [:]
 
-    func buffer(_ handle: UInt32) -> SharedBuffer? { buffers.buffer(handle) }
+    func buffer(_ handle: UInt32) -> OpenBuffer? { buffers.lookup(handle) }
 
-    /// Adds a buffer, counting its bytes for the connection and its tenant.
-    func add(_ buffer: SharedBuffer) { buffers.add(buffer, tenant: tenant) }
+    /// Adds a buffer (already in the server's table under `buffer.slot`), counting its bytes for the
+    /// connection and its tenant.
+    func add(_ buffer: OpenBuffer) { buffers.add(buffer, tenant: tenant) }
 
-    /// Removes a buffer; nil when `handle` names none.
-    func removeBuffer(_ handle: UInt32) -> SharedBuffer? { buffers.remove(handle, tenant: tenant) }
+    /// Removes a buffer; nil when `handle` names none. The caller closes its slot in the table.
+    func removeBuffer(_ handle: UInt32) -> OpenBuffer? { buffers.remove(handle, tenant: tenant) }
 
     /// Adds a queue, counting it and its depth for the tenant.
     func add(_ queue: Queue) {
@@ -96,10 +156,13 @@ final class Connection: BufferLookup {
         return queue
     }
 
-    /// Gives back everything the connection held to its tenant's account (the connection is closing).
-    func releaseAll() {
+    /// Gives back everything the connection held to its tenant's account (the connection is closing),
+    /// and closes its buffers in `table`: each is unmapped once no op names it.
+    func releaseAll(closingIn table: BufferTable) {
         for id in Array(queues.keys) { _ = removeQueue(id) }
-        for handle in Array(buffers.byHandle.keys) { _ = removeBuffer(handle) }
+        for handle in Array(buffers.byHandle.keys) {
+            if let buffer = removeBuffer(handle) { table.close(buffer.slot) }
+        }
         tenant.connections -= 1
     }
 

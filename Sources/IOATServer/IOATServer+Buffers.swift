@@ -187,7 +187,7 @@ extension IOATServer {
                     "client": "\(connection.id)", "size": "\(buffer.size)", "error": "\(why)",
                 ])
             }
-            connection.add(buffer)
+            connection.add(OpenBuffer(buffer, slot: bufferTable.insert(buffer)))
             if pending.isAlloc {
                 reply(connection, .allocReply(buffer.reply), requestID: pending.requestID, fds: made.fd.map { [$0] } ?? [])
             } else {

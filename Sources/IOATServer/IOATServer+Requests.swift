@@ -68,9 +68,11 @@ extension IOATServer {
     }
 
     private func handleFree(_ connection: Connection, handle: UInt32, requestID: UInt64) throws(ProtocolError) {
-        guard connection.removeBuffer(handle) != nil else {
+        guard let buffer = connection.removeBuffer(handle) else {
             throw ProtocolError(.badHandle, "FREE of handle \(handle), which is not open on this connection")
         }
+        // Unmapped now, or when the last op that names it finishes.
+        bufferTable.close(buffer.slot)
         reply(connection, .freeReply, requestID: requestID)
     }
 
@@ -179,14 +181,9 @@ extension IOATServer {
     /// Queues validated ops and starts what the channel's window takes.
     func accept(_ ops: [PendingOp], into queue: Queue) {
         let now = Clock.nanoseconds()
-        for var op in ops {
-            op.serial = nextSerial
-            op.acceptedAt = now
-            nextSerial += 1
-            queue.pending.append(op)
-        }
-        queue.takeCredits(ops.count)
         let channel = channels[queue.channel]
+        for op in ops { channel.admit(op, into: queue, at: now) }
+        queue.takeCredits(ops.count)
         channel.schedule(queue)
         channel.dispatch()
         deliver()

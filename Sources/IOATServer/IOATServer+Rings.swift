@@ -122,7 +122,8 @@ extension IOATServer {
     /// queue (its credits were counted before they were taken). A refusal's text goes to the client in an
     /// ERROR naming the queue and the ring entry (SPEC.md §5.10.4), sent before its record is visible.
     private func resolveRingDescriptors(_ count: Int, firstEntry: UInt32, queue: Queue, connection: Connection) {
-        let validator = SubmitValidator(channel: channels[queue.channel].engine.info)
+        let channel = channels[queue.channel]
+        let validator = SubmitValidator(channel: channel.engine.info)
         let now = Clock.nanoseconds()
         // One text per look at the ring: a client that publishes garbage by the thousand must not turn
         // each descriptor into a message (and a system call) on the event loop.
@@ -139,10 +140,7 @@ extension IOATServer {
                 op = .refused(error.code, cookie: cookie, opcode: bytes[0])
                 refusal = error
             }
-            op.serial = nextSerial
-            op.acceptedAt = now
-            nextSerial += 1
-            queue.pending.append(consume op)  // moved, not copied: no extra retain of its buffers
+            channel.admit(op, into: queue, at: now)
             queue.takeCredits(1)
             if let error = refusal {
                 connection.errors += 1

@@ -44,6 +44,8 @@ public final class IOATServer: @unchecked Sendable {
     var parked: [Connection] = []
     /// Setup threads: buffer creation, mapping, registration and unmapping, off the event loop.
     let workers: BufferWorkers
+    /// Every mapped buffer, and the pins that ops hold on them.
+    let bufferTable: BufferTable
     /// Buffers being made, by ticket.
     var pendingSetups: [UInt64: PendingSetup] = [:]
     var setupTickets: UInt64 = 0
@@ -53,8 +55,6 @@ public final class IOATServer: @unchecked Sendable {
     var state: State = .starting {
         didSet { publishedState.withLock { $0 = state } }
     }
-    /// Acceptance order of ops, server-wide.
-    var nextSerial: UInt64
     /// The last buffer or queue handle given out, server-wide.
     var handleCounter: UInt32 = 0
     /// Tenant policy in force (replaced by `reloadPolicy`).
@@ -116,14 +116,15 @@ public final class IOATServer: @unchecked Sendable {
         }
         epoll = try Epoll()
         wakeup = try EventFD()
+        let bufferTable = BufferTable()
+        self.bufferTable = bufferTable
         channels = engine.channels.map {
-            Channel(engine: $0, window: configuration.engineWindow, windowBytes: configuration.engineWindowBytes,
+            Channel(engine: $0, buffers: bufferTable, window: configuration.engineWindow, windowBytes: configuration.engineWindowBytes,
                     opCost: configuration.opCostBytes, quantum: configuration.quantumBytes, inlineBytes: configuration.inlineBytes)
         }
         router = CompletionRouter(maxRecordsPerMessage: configuration.maxRecordsPerMessage)
         workers = try BufferWorkers(count: configuration.setupThreads, engine: engine)
         budget = MemoryBudget(limit: configuration.maxTotalBufferBytes)
-        nextSerial = 1
         submitScratch.reserveCapacity(configuration.maxDescriptors)
         ringScratch = .allocate(byteCount: max(1, configuration.maxDescriptors) * Descriptor.size, alignment: 64)
         reapBuffer = .allocate(capacity: 256)
@@ -214,6 +215,9 @@ public final class IOATServer: @unchecked Sendable {
                 timeout = 0
                 lastActivity = Clock.nanoseconds()
             }
+            // Debug builds: before each sleep, every pin in the buffer table belongs to an op in a queue,
+            // an engine slot or a halted channel's hand-back list.
+            assert(timeout == 0 || pinsAccountedFor(), "buffer pins: the table holds \(bufferTable.totalPins), the ops name \(pinsNamed())")
             let n = try epoll.wait(timeoutMilliseconds: timeout)
             if timeout != 0 { engine.disarmNotifier() }
             if n > 0 {
@@ -354,7 +358,7 @@ public final class IOATServer: @unchecked Sendable {
                 try epoll.add(fd.rawValue, .readable, token: id)
             } catch {
                 logger.error("epoll add failed", metadata: ["error": "\(error)"])
-                connection.releaseAll()
+                connection.releaseAll(closingIn: bufferTable)
                 forgetIfIdle(tenant)
                 continue
             }
@@ -402,13 +406,25 @@ public final class IOATServer: @unchecked Sendable {
             queue.connection = nil
             queue.undelivered.removeAll()
         }
-        connection.releaseAll()
+        connection.releaseAll(closingIn: bufferTable)
         connection.backlog.removeAll()
         forgetIfIdle(connection.tenant)
         logger.info("client disconnected", metadata: [
             "client": "\(connection.id)", "pid": "\(connection.peer.pid)", "reason": "\(reason)",
         ])
     }
+
+    /// Pins that the ops the server holds account for: queued in a connection's queue, or held by a
+    /// channel (engine slots, ops a halt handed back).
+    func pinsNamed() -> Int {
+        var named = channels.reduce(0) { $0 + $1.pinsHeld }
+        for connection in connections.values {
+            for queue in connection.queues.values { named += queue.pending.pinsNamed }
+        }
+        return named
+    }
+
+    func pinsAccountedFor() -> Bool { pinsNamed() == bufferTable.totalPins }
 
     func updateInterest(_ connection: Connection) {
         guard !connection.isClosed else { return }

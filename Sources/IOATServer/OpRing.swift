@@ -23,6 +23,13 @@ struct OpRing: ~Copyable {
 
     var isEmpty: Bool { count == 0 }
 
+    /// Pins the ops in the ring hold (debug accounting).
+    var pinsNamed: Int {
+        var n = 0
+        for i in 0..<count { n += slot(i).pointee.pinCount }
+        return n
+    }
+
     /// The first op (the ring must not be empty).
     var head: UnsafeMutablePointer<PendingOp> {
         precondition(count > 0, "head of an empty op ring")

@@ -1,15 +1,21 @@
 import IOATEngine
 import IOATProtocol
 
-/// One resolved range: the buffer (kept mapped by this reference) and the offset in it.
+/// One resolved range: where it starts in the server's mapping, and the buffer's slot in the
+/// `BufferTable`, whose pin keeps that mapping in place while an op names it. Plain data: no reference.
 struct Placement {
-    var buffer: SharedBuffer
-    var offset: Int
+    var pointer: UnsafeMutableRawPointer
+    var slot: UInt32
 
-    var pointer: UnsafeMutableRawPointer { buffer.mapping.unsafeBase + offset }
+    init(_ buffer: OpenBuffer, offset: Int) {
+        pointer = buffer.base + offset
+        slot = buffer.slot
+    }
 }
 
-/// A descriptor accepted into a queue: resolved ranges plus references keeping their buffers mapped.
+/// A descriptor accepted into a queue: its resolved ranges, which name buffers by slot. Plain data that
+/// either ingress copies or moves freely; the buffers stay mapped by the pins its admission took
+/// (`BufferTable`), not by references.
 struct PendingOp {
     var cookie: UInt64
     var opcode: Opcode
@@ -35,6 +41,12 @@ struct PendingOp {
     /// with the refusal as its status (SPEC.md §5.10.4); `refusedOpcode` is its opcode byte as sent.
     var refusal: ErrorCode? = nil
     var refusedOpcode: UInt8 = 0
+
+    /// Pins its admission takes: one per range it names (`BufferTable.pin`).
+    var pinCount: Int {
+        (source == nil ? 0 : 1) + (destination == nil ? 0 : 1) + (auxiliary == nil ? 0 : 1) + (sources?.count ?? 0)
+            + 2 * (segments?.count ?? 0)
+    }
 
     /// The op standing for a refused ring descriptor.
     static func refused(_ code: ErrorCode, cookie: UInt64, opcode: UInt8) -> PendingOp {

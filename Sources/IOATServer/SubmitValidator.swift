@@ -3,7 +3,7 @@ import IOATProtocol
 /// Where a validator finds a connection's buffers.
 protocol BufferLookup {
     /// The buffer open under `handle`, or nil.
-    func buffer(_ handle: UInt32) -> SharedBuffer?
+    func buffer(_ handle: UInt32) -> OpenBuffer?
 }
 
 /// Checks a SUBMIT's descriptors and resolves them into ops (SPEC.md §6.3), with no syscall and no
@@ -63,7 +63,7 @@ struct SubmitValidator {
             throw ProtocolError(.readOnly, "descriptor \(index): \(role) buffer \(address.handle) is registered read-only",
                                 index: UInt32(index))
         }
-        return Placement(buffer: buffer, offset: Int(address.offset))
+        return Placement(buffer, offset: Int(address.offset))
     }
 
     /// Resolves every range a descriptor names.

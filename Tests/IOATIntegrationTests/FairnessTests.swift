@@ -40,11 +40,11 @@ final class RecordingChannel: EngineChannel, @unchecked Sendable {
 struct Backlogged {
     let tenant: Tenant
     let queue: Queue
-    let buffer: SharedBuffer
+    let buffer: OpenBuffer
     let opLength: Int
     let connection: Connection
 
-    init(uid: UInt32, weight: Int, opLength: Int, buffer: SharedBuffer, scheduler: Channel) throws {
+    init(uid: UInt32, weight: Int, opLength: Int, buffer: OpenBuffer, scheduler: Channel) throws {
         var limits = TenantLimits()
         limits.weight = weight
         tenant = Tenant(uid: uid, gid: uid, groups: [], limits: limits, policySource: "test")
@@ -58,8 +58,9 @@ struct Backlogged {
     /// Tops the queue up to `count` pending copies.
     func refill(to count: Int, scheduler: Channel) {
         while queue.pending.count < count {
-            let place = Placement(buffer: buffer, offset: 0)
-            queue.pending.append(PendingOp(cookie: 0, opcode: .copy, flags: [], source: place, destination: place, length: opLength, arg: 0))
+            let place = Placement(buffer, offset: 0)
+            scheduler.admit(PendingOp(cookie: 0, opcode: .copy, flags: [], source: place, destination: place, length: opLength, arg: 0),
+                            into: queue, at: 0)
         }
         scheduler.schedule(queue)
     }
@@ -72,10 +73,12 @@ struct FairnessTests {
     /// and returns the small tenant's share of the service (bytes plus the per-op cost).
     func smallShare(bulkWeight: Int, smallWeight: Int, steps: Int = 20_000) throws -> (share: Double, smallOps: Int, bulkPieces: Int) {
         let channel = RecordingChannel()
-        let scheduler = Channel(engine: channel, window: 64, windowBytes: 16 << 20, opCost: 4096, quantum: 256 << 10)
+        let table = BufferTable()
+        let scheduler = Channel(engine: channel, buffers: table, window: 64, windowBytes: 16 << 20, opCost: 4096, quantum: 256 << 10)
         let memfd = try Memfd.create(name: "fairness", size: 64 << 20, hugepages: false)
-        let buffer = SharedBuffer(handle: 1, mapping: try Mapping(fd: memfd, length: 64 << 20, writable: true, populate: false),
+        let shared = SharedBuffer(handle: 1, mapping: try Mapping(fd: memfd, length: 64 << 20, writable: true, populate: false),
                                   flags: [], pageSize: 4096, registration: nil)
+        let buffer = OpenBuffer(shared, slot: table.insert(shared))
         let bulk = try Backlogged(uid: 1000, weight: bulkWeight, opLength: 64 << 20, buffer: buffer, scheduler: scheduler)
         let small = try Backlogged(uid: 2000, weight: smallWeight, opLength: 4096, buffer: buffer, scheduler: scheduler)
         var served: [UInt32: Int] = [:]
@@ -85,7 +88,7 @@ struct FairnessTests {
             small.refill(to: 512, scheduler: scheduler)
             scheduler.dispatch()
             let oldest = channel.finishOldest()
-            let finished = scheduler.complete(EngineCompletion(cookie: oldest.cookie, status: .success, bytesDone: UInt64(oldest.length)))
+            let finished = scheduler.completeReporting(EngineCompletion(cookie: oldest.cookie, status: .success, bytesDone: UInt64(oldest.length)))
             scheduler.takeFinished { _ in }
             let queue = finished.queue
             if step >= 2000 {
@@ -112,17 +115,19 @@ struct FairnessTests {
           arguments: [8, 100])
     func inlineBudget(depth: Int) throws {
         let channel = RecordingChannel()
+        let table = BufferTable()
         channel.runsInline = true
-        let scheduler = Channel(engine: channel, window: 64, windowBytes: 16 << 20, opCost: 4096, quantum: 256 << 10,
+        let scheduler = Channel(engine: channel, buffers: table, window: 64, windowBytes: 16 << 20, opCost: 4096, quantum: 256 << 10,
                                 inlineBytes: 64 << 10)
         let memfd = try Memfd.create(name: "inline", size: 1 << 20, hugepages: false)
-        let buffer = SharedBuffer(handle: 1, mapping: try Mapping(fd: memfd, length: 1 << 20, writable: true, populate: false),
+        let shared = SharedBuffer(handle: 1, mapping: try Mapping(fd: memfd, length: 1 << 20, writable: true, populate: false),
                                   flags: [], pageSize: 4096, registration: nil)
+        let buffer = OpenBuffer(shared, slot: table.insert(shared))
         let tenant = try Backlogged(uid: 1000, weight: 1, opLength: 64 << 10, buffer: buffer, scheduler: scheduler)
         for cookie in 0..<depth {
-            let place = Placement(buffer: buffer, offset: 0)
-            tenant.queue.pending.append(PendingOp(cookie: UInt64(cookie), opcode: .copy, flags: [], source: place,
-                                                  destination: place, length: 64 << 10, arg: 0))
+            let place = Placement(buffer, offset: 0)
+            scheduler.admit(PendingOp(cookie: UInt64(cookie), opcode: .copy, flags: [], source: place,
+                                      destination: place, length: 64 << 10, arg: 0), into: tenant.queue, at: 0)
         }
         scheduler.schedule(tenant.queue)
         scheduler.dispatch()
@@ -136,10 +141,12 @@ struct FairnessTests {
     @Test("A tenant alone on a channel is never held back by its weight")
     func aloneIsNotThrottled() throws {
         let channel = RecordingChannel()
-        let scheduler = Channel(engine: channel, window: 64, windowBytes: 16 << 20, opCost: 4096, quantum: 4096)
+        let table = BufferTable()
+        let scheduler = Channel(engine: channel, buffers: table, window: 64, windowBytes: 16 << 20, opCost: 4096, quantum: 4096)
         let memfd = try Memfd.create(name: "fairness", size: 64 << 20, hugepages: false)
-        let buffer = SharedBuffer(handle: 1, mapping: try Mapping(fd: memfd, length: 64 << 20, writable: true, populate: false),
+        let shared = SharedBuffer(handle: 1, mapping: try Mapping(fd: memfd, length: 64 << 20, writable: true, populate: false),
                                   flags: [], pageSize: 4096, registration: nil)
+        let buffer = OpenBuffer(shared, slot: table.insert(shared))
         let bulk = try Backlogged(uid: 1000, weight: 1, opLength: 64 << 20, buffer: buffer, scheduler: scheduler)
         bulk.refill(to: 4, scheduler: scheduler)
         scheduler.dispatch()

@@ -3,27 +3,32 @@ import IOATProtocol
 import IOATSystem
 import Testing
 
-/// A queue's pending ops (`OpRing`): order kept through wrap-around, growth and prepends, and every
-/// buffer reference an op holds let go exactly when the op leaves (moved out, removed, or the ring ends).
-@Suite("op ring")
+/// A queue's pending ops (`OpRing`): order kept through wrap-around, growth and prepends; and the buffer
+/// table's pins (`BufferTable`): a buffer closed while ops name it stays mapped until the last pin goes.
+@Suite("op ring and buffer pins")
 struct OpRingTests {
-    static func op(_ cookie: UInt64, _ buffer: SharedBuffer) -> PendingOp {
-        PendingOp(cookie: cookie, opcode: .copy, flags: [], source: Placement(buffer: buffer, offset: 0),
-                  destination: Placement(buffer: buffer, offset: 64), auxiliary: nil, sources: nil, segments: nil,
+    static func op(_ cookie: UInt64, _ buffer: OpenBuffer) -> PendingOp {
+        PendingOp(cookie: cookie, opcode: .copy, flags: [], source: Placement(buffer, offset: 0),
+                  destination: Placement(buffer, offset: 64), auxiliary: nil, sources: nil, segments: nil,
                   length: 64, arg: 0)
     }
 
-    /// A ring exercised in FIFO order, left holding `left` ops of a buffer no one else holds.
-    static func exercised(left: Int) throws -> OpRing {
+    static func sharedBuffer(handle: UInt32 = 1) throws -> SharedBuffer {
         let fd = try Memfd.create(name: "opring", size: 4096, hugepages: false)
-        let buffer = SharedBuffer(handle: 1, mapping: try Mapping(fd: fd, length: 4096, writable: true, populate: false),
-                                  flags: [], pageSize: 4096, registration: nil)
+        return SharedBuffer(handle: handle, mapping: try Mapping(fd: fd, length: 4096, writable: true, populate: false),
+                            flags: [], pageSize: 4096, registration: nil)
+    }
+
+    @Test("FIFO through wrap-around and growth; prepend goes first; ops are written in place through head")
+    func order() throws {
+        let shared = try Self.sharedBuffer()
+        let buffer = OpenBuffer(shared, slot: 0)
         var ring = OpRing(minimumCapacity: 4)
         var next: UInt64 = 0, expected: UInt64 = 0
         // Wrap around the first 8 slots many times, then grow with the start in the middle of the ring.
         for round in 0..<20 {
             for _ in 0..<(round % 7 + 1) {
-                ring.append(op(next, buffer))
+                ring.append(Self.op(next, buffer))
                 next += 1
             }
             for _ in 0..<(round % 5) where !ring.isEmpty {
@@ -34,12 +39,13 @@ struct OpRingTests {
             }
         }
         for _ in 0..<30 {
-            ring.append(op(next, buffer))
+            ring.append(Self.op(next, buffer))
             next += 1
         }
-        ring.prepend(op(999, buffer))
+        ring.prepend(Self.op(999, buffer))
         let count = ring.count
         #expect(count == Int(next - expected) + 1)
+        #expect(ring.pinsNamed == 2 * count, "each copy names two ranges")
         let first = ring.removeFirst().cookie
         #expect(first == 999)
         while !ring.isEmpty {
@@ -48,30 +54,46 @@ struct OpRingTests {
             expected += 1
         }
         #expect(expected == next)
-        for i in 0..<left { ring.append(op(UInt64(i), buffer)) }
-        if left > 0 {
-            ring.head.pointee.dispatched = 32
-            let head = ring.head.pointee
-            #expect(head.dispatched == 32 && head.cookie == 0, "written in place")
-        }
-        return ring
-    }
-
-    @Test("FIFO through wrap-around and growth; prepend goes first; removeAll and the ring's end release the buffers")
-    func order() throws {
-        weak var watched: SharedBuffer?
-        var ring = try Self.exercised(left: 10)
-        watched = ring.head.pointee.source?.buffer
-        #expect(watched != nil, "the ops still held keep their buffer")
+        ring.append(Self.op(0, buffer))
+        ring.head.pointee.dispatched = 32
+        let head = ring.head.pointee
+        #expect(head.dispatched == 32 && head.cookie == 0, "written in place")
         ring.removeAll()
         let empty = ring.isEmpty
         #expect(empty)
-        #expect(watched == nil, "removeAll let go of every reference")
+    }
 
-        var again = try Self.exercised(left: 5)
-        watched = again.head.pointee.source?.buffer
-        #expect(watched != nil)
-        _ = consume again  // the ring's end drops what it still holds
-        #expect(watched == nil, "the ring's end let go of every reference")
+    @Test("A buffer closed while pinned stays mapped until its last pin goes, then the table lets go of it; its slot is reused")
+    func pins() throws {
+        let table = BufferTable()
+        weak var watched: SharedBuffer?
+        var slot: UInt32 = 0
+        do {
+            let shared = try Self.sharedBuffer()
+            watched = shared
+            slot = table.insert(shared)
+        }
+        #expect(watched != nil && table.mapped == 1, "the table owns the buffer")
+        let buffer = OpenBuffer(table.buffer(slot)!, slot: slot)
+        let a = Self.op(1, buffer), b = Self.op(2, buffer)
+        table.pin(a)
+        table.pin(b)
+        #expect(table.pins(slot) == 4 && table.totalPins == 4)
+        table.close(slot)
+        #expect(watched != nil && table.mapped == 1, "closed while pinned: still mapped")
+        table.unpin(a)
+        #expect(watched != nil && table.pins(slot) == 2)
+        table.unpin(b)
+        #expect(watched == nil && table.mapped == 0 && table.totalPins == 0, "the last pin unmapped it")
+
+        // An unpinned buffer goes at close; the freed slot is the next one used.
+        let other = try Self.sharedBuffer(handle: 2)
+        let again = table.insert(other)
+        #expect(again == slot)
+        weak let second: SharedBuffer? = other
+        _ = consume other
+        #expect(second != nil)
+        table.close(again)
+        #expect(second == nil && table.mapped == 0)
     }
 }

@@ -25,7 +25,8 @@ struct StatusPagingTests {
             let connection = Connection(id: UInt64(uid) + 16, fd: fd, peer: PeerCredentials(pid: Int32(uid), uid: uid, gid: uid),
                                         tenant: tenant, maxMessage: 4096, now: 0)
             for b in UInt32(0)..<10 {
-                connection.add(SharedBuffer(handle: uid * 10 + b, mapping: mapping, flags: [], pageSize: 4096, registration: nil))
+                let buffer = SharedBuffer(handle: uid * 10 + b, mapping: mapping, flags: [], pageSize: 4096, registration: nil)
+                connection.add(OpenBuffer(buffer, slot: server.bufferTable.insert(buffer)))
             }
             server.connections[connection.id] = connection
         }

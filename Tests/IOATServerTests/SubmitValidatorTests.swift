@@ -6,7 +6,8 @@ import Testing
 /// Buffers by handle, for the validator.
 struct ModelBuffers: BufferLookup {
     var byHandle: [UInt32: SharedBuffer] = [:]
-    func buffer(_ handle: UInt32) -> SharedBuffer? { byHandle[handle] }
+    /// The validator sees what a connection sees; the slot is the handle (no table here).
+    func buffer(_ handle: UInt32) -> OpenBuffer? { byHandle[handle].map { OpenBuffer($0, slot: $0.handle) } }
 
     /// A buffer of `size` bytes under `handle` (a real mapping of a memfd: the validator reads lists from it).
     mutating func add(_ handle: UInt32, size: Int, readOnly: Bool = false) throws {
