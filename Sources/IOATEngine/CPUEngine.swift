@@ -77,6 +77,7 @@ final class CPUChannel: EngineChannel, @unchecked Sendable {
     /// The caller's thread runs the kernel: no hand-off to the worker, no wake-up (SPEC.md §8 order is
     /// kept by the caller, who does this only with nothing in the ring).
     func executeInline(_ op: EngineOp) -> EngineCompletion? { Kernels.execute(op) }
+    var runsInline: Bool { true }
 
     func noteInlineBusy(_ nanoseconds: UInt64) { busy.add(nanoseconds, ordering: .relaxed) }
 

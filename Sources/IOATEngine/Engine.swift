@@ -26,6 +26,7 @@ public struct EngineOp {
     public var sources: UnsafePointer<UnsafeRawPointer>?
 
     /// Creates an op.
+    @inlinable
     public init(cookie: UInt64, opcode: Opcode, flags: Descriptor.Flags = [], source: UnsafeRawPointer? = nil,
                 destination: UnsafeMutableRawPointer? = nil, length: Int = 0, arg: UInt64 = 0,
                 auxiliary: UnsafeMutableRawPointer? = nil, crcState: UnsafeMutablePointer<UInt32>? = nil,
@@ -58,6 +59,7 @@ public struct EngineCompletion: Sendable {
     public var bytesDone: UInt64
 
     /// Creates a completion.
+    @inlinable
     public init(cookie: UInt64, status: CompletionStatus, result: UInt32 = 0, bytesDone: UInt64 = 0) {
         self.cookie = cookie
         self.status = status
@@ -97,6 +99,9 @@ public protocol EngineChannel: AnyObject, Sendable {
     /// CPU engine); nil when the op must go through the ring. The caller only does so when the channel
     /// holds no other op, so completion order is kept.
     func executeInline(_ op: EngineOp) -> EngineCompletion?
+    /// Whether `executeInline` runs ops (the CPU engine): the channel then keeps small ops on the loop
+    /// thread, a budget per turn of the loop, instead of handing them to a worker.
+    var runsInline: Bool { get }
     /// Adds time the caller spent running this channel's ops inline to `busyNanoseconds`.
     func noteInlineBusy(_ nanoseconds: UInt64)
     func runner(of opcode: Opcode) -> String
@@ -109,6 +114,7 @@ public protocol EngineChannel: AnyObject, Sendable {
 extension EngineChannel {
     public func runner(of opcode: Opcode) -> String { "cpu" }
     public func executeInline(_ op: EngineOp) -> EngineCompletion? { nil }
+    public var runsInline: Bool { false }
     public func noteInlineBusy(_ nanoseconds: UInt64) {}
     public var deviceStatus: StatusDocument.Device? { nil }
     public var busyNanoseconds: UInt64 { 0 }

@@ -11,19 +11,21 @@ struct InflightOp {
     /// op is out of the engine. (`unowned(unsafe)` was no cheaper: each use retained and released.)
     var queue: Unmanaged<Queue>?
     /// The accepted op (or, for a piece of a split op, a copy of it): its pins keep its buffers mapped
-    /// until the engine is done, and it is what a halted channel hands back to run again. Not optional
-    /// (`occupied` says whether the slot holds one), so its fields are read in place through the slot's
-    /// pointer: unwrapping an optional op copied all of it, twice per op.
+    /// until the engine is done, and it is what a halted channel hands back to run again. Not optional:
+    /// a slot is initialized only while the engine holds it (`Channel.occupied`), and its fields are read
+    /// in place through the slot's pointer (unwrapping an optional op copied all of it, twice per op).
     var op: PendingOp
-    var occupied: Bool
     /// Bytes in this piece.
     var length: Int = 0
     /// For a piece of a split op: the bytes before it, and whether it is the last.
     var pieceOffset = 0
     var isLastPiece = true
+}
 
-    static var empty: InflightOp {
-        InflightOp(queue: nil, op: PendingOp(cookie: 0, opcode: .null, flags: [], length: 0, arg: 0), occupied: false)
+extension UnsafeMutablePointer where Pointee == InflightOp {
+    /// The slot's op, in place.
+    var op: UnsafeMutablePointer<PendingOp> {
+        (UnsafeMutableRawPointer(self) + MemoryLayout<InflightOp>.offset(of: \.op)!).assumingMemoryBound(to: PendingOp.self)
     }
 }
 
@@ -75,6 +77,8 @@ final class Channel {
     /// The engine window, one entry per engine cookie, read and cleared in place (an entry is a few
     /// hundred bytes; moving it in and out per op showed in the profile).
     private let slots: UnsafeMutablePointer<InflightOp>
+    /// Which slots hold an op (only those are initialized).
+    private let occupied: UnsafeMutablePointer<Bool>
     private let window: Int
     private var freeSlots: [Int]
     /// Per slot, room for the XOR source pointers the engine reads while the op runs.
@@ -109,16 +113,23 @@ final class Channel {
     let inlineBytes: Int
 
     /// How much runs inline per `dispatch` call, counted as fair scheduling counts (`cost`: bytes plus
-    /// a per-op cost); the rest of a deep queue goes to the worker, so the event loop, and with it other
-    /// tenants' ingress and completions, is held for a bounded time (with the defaults 1 MiB of cost:
-    /// eight 64 KiB ops in flight stay inline, 256 NULL ops do not).
+    /// a per-op cost); the rest of a deep queue waits for the loop's next turn (`deferred`), so the
+    /// event loop, and with it other tenants' ingress and completions, is held for a bounded time (with
+    /// the defaults 1 MiB of cost: fifteen 64 KiB ops, or 256 NULL ops, per turn).
     var inlineBudget: Int { inlineBytes * 16 }
+
+    /// Set when `dispatch` stopped because its inline budget ran out while ops that would run inline
+    /// were still queued: they stay queued for the loop's next turn (`dispatch` again), rather than go
+    /// to a worker thread, whose hand-off cost more than the copies on a machine with few CPUs.
+    private(set) var deferred = false
+    private let runsInline: Bool
 
     init(engine: any EngineChannel, buffers: BufferTable, window: Int, windowBytes: Int = 16 << 20, opCost: Int = 4096,
          quantum: Int = 256 << 10, inlineBytes: Int = 0) {
         self.engine = engine
         self.buffers = buffers
         self.inlineBytes = max(0, inlineBytes)
+        runsInline = engine.runsInline
         self.windowBytes = max(1, windowBytes)
         self.opCost = max(0, opCost)
         self.quantum = max(1, quantum)
@@ -127,7 +138,8 @@ final class Channel {
         active = Deque(minimumCapacity: 64)
         self.window = window
         slots = .allocate(capacity: window)
-        slots.initialize(repeating: .empty, count: window)
+        occupied = .allocate(capacity: window)
+        occupied.initialize(repeating: false, count: window)
         freeSlots = Array((0..<window).reversed())
         sourceTable = .allocate(capacity: window * Descriptor.xorSources.upperBound)
         finished.reserveCapacity(window * 2)
@@ -135,14 +147,15 @@ final class Channel {
 
     deinit {
         sourceTable.deallocate()
-        slots.deinitialize(count: window)
+        for slot in 0..<window where occupied[slot] { (slots + slot).deinitialize(count: 1) }
         slots.deallocate()
+        occupied.deallocate()
     }
 
     /// Pins held by the ops in engine slots and the ops a halt handed back (debug accounting).
     var pinsHeld: Int {
         var n = returned.reduce(0) { $0 + $1.1.pinCount }
-        for slot in 0..<window where slots[slot].occupied { n += slots[slot].op.pinCount }
+        for slot in 0..<window where occupied[slot] { n += slots[slot].op.pinCount }
         return n
     }
 
@@ -171,11 +184,12 @@ final class Channel {
     /// in acceptance order and pins the buffers it names until it leaves the channel. Both ingresses
     /// admit here.
     func admit(_ op: consuming PendingOp, into queue: Queue, at now: UInt64) {
-        op.serial = nextSerial
-        op.acceptedAt = now
-        nextSerial += 1
-        buffers.pin(op)
         queue.pending.append(op)
+        let admitted = queue.pending.last
+        admitted.pointee.serial = nextSerial
+        admitted.pointee.acceptedAt = now
+        nextSerial += 1
+        buffers.pin(admitted)
     }
 
     /// Puts `queue` in its tenant's turn order, and the tenant in the channel's, if it has pending ops
@@ -200,6 +214,7 @@ final class Channel {
     /// A FENCE op waits until every earlier op of its queue has completed (SPEC.md §6.2).
     func dispatch() {
         // A halted channel takes nothing new until everything it held has come back and it is reset.
+        deferred = false
         guard !recovering else { return }
         var started = false
         var now: UInt64 = 0
@@ -290,6 +305,12 @@ final class Channel {
                 // Deficit round robin: a turn adds quantum × weight; a tenant whose next piece costs more
                 // than it has left goes to the back with what it has. Alone, a tenant is never held back.
                 let charge = cost(pieceLength)
+                // An op that would run inline, once this call's inline budget is spent: the loop's next
+                // turn runs it (other connections and rings get their turn first).
+                if runsInline && pieceLength <= inlineBytes && inEngine == 0 && charge > inlineLeft && inlineLeft < inlineBudget {
+                    deferred = true
+                    break lanes
+                }
                 if !lane.inTurn {
                     lane.inTurn = true
                     lane.deficit += quantum * max(1, tenant.limits.weight)
@@ -319,46 +340,22 @@ final class Channel {
                     if now == 0 { now = Clock.nanoseconds() }
                     head.pointee.startedAt = now
                 }
-                // The last piece moves the op out of the queue.
-                let op: PendingOp
+                let slot = freeSlots.removeLast()
+                // What the engine gets is read from the op in place; then the op (its last piece) moves
+                // into its slot, or (an earlier piece) a copy with pins of its own goes there while the op
+                // in the queue keeps its pins until its last piece leaves.
+                let engineOp = engineOp(for: head, slot: slot, offset: offset, length: pieceLength, isLast: isLast,
+                                        entry: entry, crcState: queue.crcState)
                 if isLast {
-                    op = queue.pending.removeFirst()
+                    (slots + slot).initialize(to: InflightOp(queue: .passUnretained(queue), op: queue.pending.removeFirst(),
+                                                             length: pieceLength, pieceOffset: offset, isLastPiece: isLast))
                 } else {
-                    // A copy for the engine's slot, with pins of its own: the op in the queue keeps its pins
-                    // until its last piece leaves.
-                    op = head.pointee
-                    buffers.pin(op)
+                    (slots + slot).initialize(to: InflightOp(queue: .passUnretained(queue), op: head.pointee,
+                                                             length: pieceLength, pieceOffset: offset, isLastPiece: isLast))
+                    buffers.pin((slots + slot).op)
                     head.pointee.dispatched += pieceLength
                 }
-                var flags = op.flags
-                if op.opcode.computesCRC {
-                    if offset > 0 { flags = flags.subtracting(.crcSeed).union(.crcChain) }
-                    if !isLast { flags.subtract([.crcStore, .crcTest, .crcInline]) }
-                }
-                let slot = freeSlots.removeLast()
-                var sources: UnsafePointer<UnsafeRawPointer>? = nil
-                if let list = op.sources {
-                    let base = sourceTable + slot * Descriptor.xorSources.upperBound
-                    for (i, p) in list.enumerated() { base[i] = UnsafeRawPointer(p.pointer + offset) }
-                    sources = UnsafePointer(base)
-                }
-                // The auxiliary range is a second destination (moves with the piece) or a CRC location
-                // (used by the last piece only).
-                let auxiliary = op.opcode == .dualcast ? op.auxiliary.map { $0.pointer + offset } : isLast ? op.auxiliary?.pointer : nil
-                let engineOp: EngineOp
-                if let entry {
-                    engineOp = EngineOp(cookie: UInt64(slot), opcode: .copy, source: entry.source, destination: entry.destination, length: pieceLength)
-                } else {
-                    var source: UnsafeRawPointer? = nil
-                    var destination: UnsafeMutableRawPointer? = nil
-                    if let place = op.source { source = UnsafeRawPointer(place.pointer + offset) }
-                    if let place = op.destination { destination = place.pointer + offset }
-                    engineOp = EngineOp(cookie: UInt64(slot), opcode: op.opcode, flags: flags, source: source, destination: destination,
-                                        length: pieceLength, arg: op.arg, auxiliary: auxiliary, crcState: queue.crcState, sources: sources)
-                }
-                // The op moves into its slot, where it stays until the engine hands the slot back.
-                slots[slot] = InflightOp(queue: .passUnretained(queue), op: consume op, occupied: true, length: pieceLength, pieceOffset: offset,
-                                         isLastPiece: isLast)
+                occupied[slot] = true
                 queue.execution.inEngine += 1
                 bytesInEngine += pieceLength
                 // A small op with nothing else in the engine runs right here: completions stay in order.
@@ -376,6 +373,40 @@ final class Channel {
             }
         }
         if started { engine.submit() }
+    }
+
+    /// The engine's view of one piece of the op at `op` (read in place): its pointers moved by `offset`,
+    /// and CRC flags adjusted for a piece that is not the whole op.
+    private func engineOp(for op: UnsafeMutablePointer<PendingOp>, slot: Int, offset: Int, length: Int, isLast: Bool,
+                          entry: (source: UnsafeRawPointer, destination: UnsafeMutableRawPointer)?,
+                          crcState: UnsafeMutablePointer<UInt32>) -> EngineOp {
+        if let entry {
+            return EngineOp(cookie: UInt64(slot), opcode: .copy, source: entry.source, destination: entry.destination, length: length)
+        }
+        let opcode = op.pointee.opcode
+        var flags = op.pointee.flags
+        if opcode.computesCRC {
+            if offset > 0 { flags = flags.subtracting(.crcSeed).union(.crcChain) }
+            if !isLast { flags.subtract([.crcStore, .crcTest, .crcInline]) }
+        }
+        var sources: UnsafePointer<UnsafeRawPointer>? = nil
+        if op.pointee.sources != nil {
+            let base = sourceTable + slot * Descriptor.xorSources.upperBound
+            for (i, p) in op.pointee.sources!.enumerated() { base[i] = UnsafeRawPointer(p.pointer + offset) }
+            sources = UnsafePointer(base)
+        }
+        // The auxiliary range is a second destination (moves with the piece) or a CRC location (used by
+        // the last piece only).
+        var auxiliary: UnsafeMutableRawPointer? = nil
+        if let place = op.pointee.auxiliary {
+            if opcode == .dualcast { auxiliary = place.pointer + offset } else if isLast { auxiliary = place.pointer }
+        }
+        var source: UnsafeRawPointer? = nil
+        var destination: UnsafeMutableRawPointer? = nil
+        if let place = op.pointee.source { source = UnsafeRawPointer(place.pointer + offset) }
+        if let place = op.pointee.destination { destination = place.pointer + offset }
+        return EngineOp(cookie: UInt64(slot), opcode: opcode, flags: flags, source: source, destination: destination,
+                        length: length, arg: op.pointee.arg, auxiliary: auxiliary, crcState: crcState, sources: sources)
     }
 
     /// Takes what the engine finished: folds pieces of split ops into one result, notes failures for
@@ -405,7 +436,7 @@ final class Channel {
     /// (for tests that drive the channel by hand; the server calls `complete`).
     func completeReporting(_ engineCompletion: EngineCompletion) -> (queue: Queue, length: Int) {
         let entry = slots + Int(engineCompletion.cookie)
-        precondition(entry.pointee.occupied, "engine completed an unknown slot \(engineCompletion.cookie)")
+        precondition(occupied[Int(engineCompletion.cookie)], "engine completed an unknown slot \(engineCompletion.cookie)")
         let queue = entry.pointee.queue!.takeUnretainedValue(), length = entry.pointee.length
         complete(engineCompletion)
         return (queue, length)
@@ -416,7 +447,7 @@ final class Channel {
     func complete(_ engineCompletion: EngineCompletion) {
         let slot = Int(engineCompletion.cookie)
         let entry = slots + slot
-        guard entry.pointee.occupied, let queue = entry.pointee.queue else {
+        guard slot >= 0, slot < window, occupied[slot], let queue = entry.pointee.queue else {
             preconditionFailure("engine completed an unknown slot \(engineCompletion.cookie)")
         }
         // The queue is borrowed for the call, uncounted like the slot's own reference.
@@ -430,9 +461,9 @@ final class Channel {
         // Clears the slot (the op in it gives back its pins, unless a halt handed it back) and frees it,
         // on every way out.
         defer {
-            if !handedBack { buffers.unpin(entry.pointee.op) }
-            entry.pointee.queue = nil
-            entry.pointee.occupied = false
+            if !handedBack { buffers.unpin(entry.op) }
+            entry.deinitialize(count: 1)
+            occupied[slot] = false
             freeSlots.append(slot)
             bytesInEngine -= length
         }

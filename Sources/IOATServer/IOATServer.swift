@@ -196,6 +196,12 @@ public final class IOATServer: @unchecked Sendable {
                 }
             }
             if !ringList.isEmpty && pollRings() { lastActivity = Clock.nanoseconds() }
+            // Ops a channel kept for this turn once its inline budget was spent.
+            if channels.contains(where: \.deferred) {
+                for channel in channels where channel.deferred { channel.dispatch() }
+                deliver()
+                lastActivity = Clock.nanoseconds()
+            }
             let polling = busyPoll > 0 && Clock.nanoseconds(since: lastActivity) < busyPoll
             if polling, channels.contains(where: { $0.engine.hasCompletions }) {
                 reapCompletions()
@@ -209,6 +215,7 @@ public final class IOATServer: @unchecked Sendable {
                 let untilTick = Int32(max(0, min(60_000, (nextTick - Clock.seconds()) * 1000)).rounded(.up))
                 timeout = timeout < 0 ? untilTick : min(timeout, untilTick)
             }
+            if timeout != 0 && channels.contains(where: \.deferred) { timeout = 0 }
             if timeout != 0 && !engine.armNotifier() { timeout = 0 }
             // Before sleeping, every ring says so (NEED_WAKEUP) and is looked at once more (SPEC.md §5.10.3).
             if timeout != 0 && !ringList.isEmpty && !armRings() {

@@ -36,6 +36,12 @@ struct OpRing: ~Copyable {
         return base + start
     }
 
+    /// The last op (the ring must not be empty).
+    var last: UnsafeMutablePointer<PendingOp> {
+        precondition(count > 0, "last of an empty op ring")
+        return slot(count - 1)
+    }
+
     private func slot(_ i: Int) -> UnsafeMutablePointer<PendingOp> { base + ((start + i) & (capacity - 1)) }
 
     mutating func append(_ op: consuming PendingOp) {

@@ -85,7 +85,7 @@ final class TestServer: @unchecked Sendable {
             process.waitUntilExit()
         }
         unlink(path)
-        unlink(logPath)
+        if ProcessInfo.processInfo.environment["IOATD_TEST_KEEP_LOGS"] == nil { unlink(logPath) }
     }
 }
 

@@ -73,7 +73,10 @@ final class BufferTable {
     @inline(__always)
     func pin(_ slot: UInt32) {
         let entry = entries + Int(slot)
-        assert(entry.pointee.buffer != nil && entry.pointee.open, "pin of buffer slot \(slot), which is not open")
+        // Admission pins open buffers; a piece of a split op pins what its op already pins (its buffer may
+        // have been closed since).
+        assert(entry.pointee.buffer != nil && (entry.pointee.open || entry.pointee.pins > 0),
+               "pin of buffer slot \(slot), which is neither open nor pinned")
         entry.pointee.pins += 1
         totalPins += 1
     }
@@ -87,23 +90,28 @@ final class BufferTable {
         if entry.pointee.pins == 0 && !entry.pointee.open { release(slot) }
     }
 
-    /// Pins every range `op` names (it is being admitted, or the engine takes a copy of it).
-    func pin(_ op: borrowing PendingOp) {
-        if let p = op.source { pin(p.slot) }
-        if let p = op.destination { pin(p.slot) }
-        if let p = op.auxiliary { pin(p.slot) }
-        if let list = op.sources { for p in list { pin(p.slot) } }
-        if let list = op.segments { for e in list { pin(e.source.slot); pin(e.destination.slot) } }
+    /// Pins every range the op at `op` names (it is being admitted, or the engine takes a copy of it).
+    /// The op is read through a pointer: passed by value, the compiler copied all of it per call.
+    func pin(_ op: UnsafePointer<PendingOp>) {
+        if let p = op.pointee.source { pin(p.slot) }
+        if let p = op.pointee.destination { pin(p.slot) }
+        if let p = op.pointee.auxiliary { pin(p.slot) }
+        if op.pointee.sources != nil { for p in op.pointee.sources! { pin(p.slot) } }
+        if op.pointee.segments != nil { for e in op.pointee.segments! { pin(e.source.slot); pin(e.destination.slot) } }
     }
 
-    /// Unpins every range `op` names (it finished, was dropped, or the engine's copy of it came back).
-    func unpin(_ op: borrowing PendingOp) {
-        if let p = op.source { unpin(p.slot) }
-        if let p = op.destination { unpin(p.slot) }
-        if let p = op.auxiliary { unpin(p.slot) }
-        if let list = op.sources { for p in list { unpin(p.slot) } }
-        if let list = op.segments { for e in list { unpin(e.source.slot); unpin(e.destination.slot) } }
+    /// Unpins every range the op at `op` names (it finished, was dropped, or the engine's copy of it came
+    /// back).
+    func unpin(_ op: UnsafePointer<PendingOp>) {
+        if let p = op.pointee.source { unpin(p.slot) }
+        if let p = op.pointee.destination { unpin(p.slot) }
+        if let p = op.pointee.auxiliary { unpin(p.slot) }
+        if op.pointee.sources != nil { for p in op.pointee.sources! { unpin(p.slot) } }
+        if op.pointee.segments != nil { for e in op.pointee.segments! { unpin(e.source.slot); unpin(e.destination.slot) } }
     }
+
+    func pin(_ op: PendingOp) { withUnsafePointer(to: op) { pin($0) } }
+    func unpin(_ op: PendingOp) { withUnsafePointer(to: op) { unpin($0) } }
 
     /// The one place a buffer leaves the server: the table lets go of it, and its deinit unmaps it.
     private func release(_ slot: UInt32) {
