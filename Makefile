@@ -147,7 +147,7 @@ LIB_VERSION := $(shell sed -n 's/^\#define IOATD_LIB_VERSION_MAJOR //p' libioatd
 LIB_MAJOR := $(firstword $(subst ., ,$(LIB_VERSION)))
 LIB_CFLAGS ?= -O2 -g
 LIB_FLAGS = -std=c11 -Wall -Wextra -Werror -fPIC -fvisibility=hidden -Ilibioatd/include -Iprotocol $(LIB_CFLAGS)
-LIB_SOURCES := libioatd/client.c libioatd/ioat.c
+LIB_SOURCES := libioatd/client.c libioatd/ioat.c libioatd/ring.c
 LIB_HEADERS := libioatd/include/ioatd/client.h libioatd/include/ioatd/ioat.h protocol/ioatd.h protocol/ioatd_ring.h
 LIB_OUT := .build/libioatd
 lib: $(LIB_OUT)/libioatd.so.$(LIB_VERSION) $(LIB_OUT)/libioatd.a

@@ -12,8 +12,10 @@ import PackageDescription
 //   IOATEngine    the engine interface and the CPU engine (ISA-L for CRC32C and XOR).
 //   CDPDK, IOATDPDK  the DPDK dmadev engine (I/OAT, DSA, dma_skeleton); compiled only with the `DPDK`
 //                 trait (`swift build --traits DPDK`, needs libdpdk-dev); empty otherwise.
-//   IOATServer    the broker: connections, buffers, queues, scheduling, completion delivery,
-//                 configuration (TOML) and systemd integration (libsystemd).
+//   IOATServer    the broker: connections, buffers, queues, scheduling, completion delivery. It takes a
+//                 configuration value, `apply(policy:)` and `requestStop()`; it reads no file and no signal.
+//   ioatd         the daemon around it: options, the TOML file and its reload on SIGHUP, signals,
+//                 socket activation and sd_notify (libsystemd), answering clients when it cannot start.
 //   IOATClient    the client library.
 //   IOATConformance  the behaviours every engine must show, run by `ioatctl test` and the tests.
 //   IOATTestKit   test support as a product: a fault-injecting engine wrapper and an in-process server.
@@ -71,10 +73,9 @@ let package = Package(
         .target(
             name: "IOATServer",
             dependencies: [
-                "IOATProtocol", "IOATSystem", "IOATEngine", "CSystemd",
+                "IOATProtocol", "IOATSystem", "IOATEngine",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
-                .product(name: "TOMLKit", package: "TOMLKit"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: serverHotPath
@@ -93,9 +94,10 @@ let package = Package(
         .executableTarget(
             name: "ioatd",
             dependencies: [
-                "IOATServer", "IOATEngine", "IOATDPDK", "IOATSystem",
+                "IOATServer", "IOATEngine", "IOATDPDK", "IOATSystem", "IOATProtocol", "CSystemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
             ]
         ),
         .executableTarget(

@@ -1,5 +1,7 @@
 /*
- * ioatd_ring.h - the client's side of a ring queue (SPEC.md §5.10), as static inline functions.
+ * ioatd_ring.h - the client's side of a ring queue (SPEC.md §5.10), as static inline functions, but
+ * for the two that make system calls (ioatd_ring_kick, ioatd_ring_disarm), which libioatd exports
+ * (LIBIOATD_1.2; link with -lioatd).
  *
  * This is the one implementation of the ring fast path: the Swift client imports it through a C
  * module, and the server uses its atomic helpers for its own side. Every shared index is a u32 that
@@ -21,9 +23,12 @@
 #include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/socket.h>
 
 #include "ioatd.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 /* Shared-memory accesses, named by their C11 memory order. */
 static inline uint32_t ioatd_load_acquire(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
@@ -38,8 +43,11 @@ static inline int ioatd_ring_crossed(uint32_t event, uint32_t now, uint32_t old)
     return (uint32_t)(now - event - 1) < (uint32_t)(now - old);
 }
 
-/* The client's view of one ring queue. Only the client's thread that submits touches sq_*_local, and
- * only the one that reaps touches cq_head_local. */
+/* The client's view of one ring queue. Threads: one thread at a time submits (ioatd_ring_get_desc,
+ * ioatd_ring_submit) and it alone touches sq_tail_local and sq_tail_published; one thread at a time
+ * reaps (ioatd_ring_ready, _record, _consume, _arm, _disarm) and it alone touches cq_head_local. The two
+ * may be different threads: neither reads the other's fields (ioatd_ring_consume reads the shared
+ * sq_tail, not sq_tail_published). */
 struct ioatd_ring {
     uint8_t *base;
     size_t size;
@@ -106,12 +114,9 @@ static inline struct ioatd_desc *ioatd_ring_get_desc(struct ioatd_ring *r) {
     return &r->sqes[r->sq_tail_local++ & (r->sq_entries - 1)];
 }
 
-/* Rings the doorbell: one byte on the doorbell socket, never blocking (a full socket already rings). */
-static inline int ioatd_ring_kick(const struct ioatd_ring *r) {
-    static const char one = 1;
-    if (send(r->doorbell, &one, 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1 || errno == EAGAIN) return 0;
-    return -errno;
-}
+/* Rings the doorbell: one byte on the doorbell socket, never blocking (a full socket already rings).
+ * Returns 0 or -errno. In libioatd (a system call has no place in inline code). */
+int ioatd_ring_kick(const struct ioatd_ring *r);
 
 /* Publishes every slot taken since the last call: the descriptors' plain stores happen before the
  * release store of sq_tail, which the server reads with acquire. Then a seq_cst fence orders that
@@ -144,7 +149,8 @@ static inline int ioatd_ring_consume(struct ioatd_ring *r, uint32_t n) {
     r->cq_head_local += n;
     ioatd_store_release(r->cq_head, r->cq_head_local);
     ioatd_fence();
-    if ((ioatd_load_relaxed(r->sq_flags) & IOATD_RING_SQ_NEED_WAKEUP) && ioatd_load_acquire(r->sq_head) != r->sq_tail_published)
+    if ((ioatd_load_relaxed(r->sq_flags) & IOATD_RING_SQ_NEED_WAKEUP)
+        && ioatd_load_acquire(r->sq_head) != ioatd_load_relaxed(r->sq_tail))
         return ioatd_ring_kick(r);
     return 0;
 }
@@ -160,14 +166,14 @@ static inline int ioatd_ring_arm(struct ioatd_ring *r, uint32_t want) {
     return ioatd_ring_ready(r) < (want ? want : 1) && ioatd_load_relaxed(r->error) == 0;
 }
 
-/* After waking: the server need not ring any more; empties the doorbell socket. */
-static inline void ioatd_ring_disarm(struct ioatd_ring *r) {
-    char bytes[64];
-    ioatd_store_relaxed(r->cq_flags, 0);
-    while (recv(r->doorbell, bytes, sizeof bytes, MSG_DONTWAIT) > 0) {}
-}
+/* After waking: the server need not ring any more; empties the doorbell socket. In libioatd. */
+void ioatd_ring_disarm(struct ioatd_ring *r);
 
 /* 0 while the queue works; else the error code (§7) with which the server broke it. */
 static inline uint32_t ioatd_ring_error(const struct ioatd_ring *r) { return ioatd_load_acquire(r->error); }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* IOATD_RING_H */

@@ -664,10 +664,9 @@ final class Session: Sendable {
         case .completion(let view):
             var finished: [Batch] = []
             state.withLock { s in
-                for i in 0..<view.count {
-                    guard let record = try? view.record(at: i) else { continue }
+                view.forEachRecord { record in
                     let serial = record.cookie >> 16
-                    guard let batch = s.batches[serial] else { continue }
+                    guard let batch = s.batches[serial] else { return }
                     batch.records[Int(record.cookie & 0xFFFF)] = record
                     batch.remaining -= 1
                     if batch.remaining == 0 {

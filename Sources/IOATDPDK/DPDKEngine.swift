@@ -174,10 +174,9 @@ public final class DPDKEngine: Engine, @unchecked Sendable {
     /// Devices without shared virtual addressing reach memory through IOMMU mappings, which pin it.
     public var pinsRegisteredMemory: Bool { devices.contains { !$0.sharedVirtualAddressing } }
 
-    public func describe(_ server: inout StatusDocument.Server) {
-        server.dpdkDevices = devices.map { "\($0.name) (\($0.driver), \($0.vchans) vchan\($0.vchans == 1 ? "" : "s"))" }.joined(separator: ", ")
-        server.dpdkIovaMode = iovaIsVirtual ? "va" : "pa"
-        server.dmaRegistrations = liveRegistrations
+    public var status: EngineStatus? {
+        EngineStatus(devices: devices.map { ($0.name, $0.driver, Int($0.vchans)) }, iovaIsVirtual: iovaIsVirtual,
+                     registrations: liveRegistrations)
     }
 
     final class Registration {
@@ -249,10 +248,10 @@ final class DPDKChannel: EngineChannel, @unchecked Sendable {
         deviceOpcodes.contains(opcode == .copySG ? .copy : opcode) ? device.driver : "cpu"
     }
 
-    var deviceStatus: StatusDocument.Device? {
-        StatusDocument.Device(name: device.name, driver: device.driver, vchan: vchan, deviceOps: deviceOps.load(ordering: .relaxed),
-                              cpuOps: cpuOps.load(ordering: .relaxed), restarts: restarts.load(ordering: .relaxed),
-                              lastError: lastDeviceError.withLock { $0 } ?? "none")
+    var deviceStatus: DeviceStatus? {
+        DeviceStatus(name: device.name, driver: device.driver, vchan: vchan, deviceOps: deviceOps.load(ordering: .relaxed),
+                     cpuOps: cpuOps.load(ordering: .relaxed), restarts: restarts.load(ordering: .relaxed),
+                     lastError: lastDeviceError.withLock { $0 })
     }
 
     private func runsOnDevice(_ op: EngineOp) -> Bool { deviceOpcodes.contains(op.opcode) && op.length > 0 }

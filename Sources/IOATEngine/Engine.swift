@@ -106,7 +106,7 @@ public protocol EngineChannel: AnyObject, Sendable {
     func noteInlineBusy(_ nanoseconds: UInt64)
     func runner(of opcode: Opcode) -> String
     /// The DMA device behind the channel, for status; nil for the CPU engine.
-    var deviceStatus: StatusDocument.Device? { get }
+    var deviceStatus: DeviceStatus? { get }
     /// Nanoseconds the channel has spent with ops to run (its engine busy time), readable from any thread.
     var busyNanoseconds: UInt64 { get }
 }
@@ -116,7 +116,7 @@ extension EngineChannel {
     public func executeInline(_ op: EngineOp) -> EngineCompletion? { nil }
     public var runsInline: Bool { false }
     public func noteInlineBusy(_ nanoseconds: UInt64) {}
-    public var deviceStatus: StatusDocument.Device? { nil }
+    public var deviceStatus: DeviceStatus? { nil }
     public var busyNanoseconds: UInt64 { 0 }
 }
 
@@ -141,8 +141,8 @@ public protocol Engine: AnyObject, Sendable {
     /// devices, for as long as the returned object lives; nil when nothing was needed. Called for every
     /// server-allocated and client-registered buffer before it is used.
     func register(memory: UnsafeMutableRawBufferPointer, pageSize: Int) throws(SystemError) -> AnyObject?
-    /// Adds engine-wide facts to the status document's server part (DPDK devices, IOVA mode, registrations).
-    func describe(_ server: inout StatusDocument.Server)
+    /// Engine-wide facts for status (DPDK devices, IOVA mode, registrations); nil for the CPU engine.
+    var status: EngineStatus? { get }
     /// Whether `register(memory:pageSize:)` pins the memory (an IOMMU mapping does); the server then counts
     /// a client's registered memory against its budget.
     var pinsRegisteredMemory: Bool { get }
@@ -151,6 +151,52 @@ public protocol Engine: AnyObject, Sendable {
 extension Engine {
     /// CPU threads reach every mapping; nothing to do.
     public func register(memory: UnsafeMutableRawBufferPointer, pageSize: Int) throws(SystemError) -> AnyObject? { nil }
-    public func describe(_ server: inout StatusDocument.Server) {}
+    public var status: EngineStatus? { nil }
     public var pinsRegisteredMemory: Bool { false }
+}
+
+/// What an engine says about itself, in its own terms; the server maps it into STATUS (SPEC.md §5.6).
+public struct EngineStatus: Sendable, Equatable {
+    /// The DMA devices it drives, each with its driver and channel count.
+    public var devices: [(name: String, driver: String, channels: Int)]
+    /// Whether devices reach memory by virtual address (IOVA as VA) rather than physical.
+    public var iovaIsVirtual: Bool
+    /// Memory registrations (DMA mappings) alive now.
+    public var registrations: Int
+
+    public init(devices: [(name: String, driver: String, channels: Int)], iovaIsVirtual: Bool, registrations: Int) {
+        self.devices = devices
+        self.iovaIsVirtual = iovaIsVirtual
+        self.registrations = registrations
+    }
+
+    public static func == (a: EngineStatus, b: EngineStatus) -> Bool {
+        a.iovaIsVirtual == b.iovaIsVirtual && a.registrations == b.registrations && a.devices.count == b.devices.count
+            && zip(a.devices, b.devices).allSatisfy { $0.name == $1.name && $0.driver == $1.driver && $0.channels == $1.channels }
+    }
+}
+
+/// One channel's DMA device: which, and what it has done.
+public struct DeviceStatus: Sendable, Equatable {
+    public var name: String
+    public var driver: String
+    /// The device's virtual channel this engine channel drives.
+    public var vchan: UInt16
+    /// Ops the device ran, and ops the channel's worker ran on the CPU instead.
+    public var deviceOps: UInt64
+    public var cpuOps: UInt64
+    /// Times the device was stopped and started again after an error.
+    public var restarts: UInt64
+    /// The last error the device reported, if any.
+    public var lastError: String?
+
+    public init(name: String, driver: String, vchan: UInt16, deviceOps: UInt64, cpuOps: UInt64, restarts: UInt64, lastError: String?) {
+        self.name = name
+        self.driver = driver
+        self.vchan = vchan
+        self.deviceOps = deviceOps
+        self.cpuOps = cpuOps
+        self.restarts = restarts
+        self.lastError = lastError
+    }
 }

@@ -84,7 +84,7 @@ public struct CompletionStatus: RawRepresentable, Hashable, Sendable, CustomStri
 /// One 32-byte record in a COMPLETION message (SPEC.md §6.4).
 public struct CompletionRecord: Hashable, Sendable {
     /// Wire size of one record.
-    public static let size = 32
+    @inlinable public static var size: Int { 32 }
 
     /// The descriptor's cookie.
     public var cookie: UInt64
@@ -121,16 +121,28 @@ public struct CompletionRecord: Hashable, Sendable {
     public static func decode(_ bytes: UnsafeRawBufferPointer, at offset: Int, index: Int) throws(ProtocolError)
         -> CompletionRecord
     {
-        let r = WireReader(bytes)
-        guard let cookie: UInt64 = r.get(at: offset), let status: UInt16 = r.get(at: offset + 8),
-            let opcode: UInt8 = r.get(at: offset + 10), let reserved1: UInt8 = r.get(at: offset + 11),
-            let result: UInt32 = r.get(at: offset + 12), let done: UInt64 = r.get(at: offset + 16),
-            let reserved2: UInt64 = r.get(at: offset + 24)
-        else { throw ProtocolError(.malformed, "completion record \(index): truncated") }
-        guard reserved1 == 0, reserved2 == 0 else {
+        try check(bytes, at: offset, index: index)
+        return unchecked(bytes, at: offset)
+    }
+
+    /// Checks what a record's decode checks (it lies inside `bytes`, its reserved fields are zero)
+    /// without decoding the rest.
+    public static func check(_ bytes: UnsafeRawBufferPointer, at offset: Int, index: Int) throws(ProtocolError) {
+        guard offset >= 0, offset <= bytes.count - size else {
+            throw ProtocolError(.malformed, "completion record \(index): truncated")
+        }
+        guard bytes[offset + 11] == 0, bytes.loadUnaligned(fromByteOffset: offset + 24, as: UInt64.self) == 0 else {
             throw ProtocolError(.reservedNotZero, "completion record \(index): reserved fields must be 0")
         }
-        return CompletionRecord(cookie: cookie, status: CompletionStatus(rawValue: status), opcode: opcode,
-                                result: result, bytesDone: done)
+    }
+
+    /// Decodes a record `check` has passed.
+    @inlinable
+    public static func unchecked(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> CompletionRecord {
+        CompletionRecord(cookie: UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self)),
+                         status: CompletionStatus(rawValue: UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt16.self))),
+                         opcode: bytes[offset + 10],
+                         result: UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self)),
+                         bytesDone: UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 16, as: UInt64.self)))
     }
 }

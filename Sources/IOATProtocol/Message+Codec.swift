@@ -350,7 +350,8 @@ extension Message {
                 throw ProtocolError(.malformed, "COMPLETION says \(count) records but carries \(r.remaining) bytes")
             }
             let view = CompletionView(queue: queue, count: Int(count), body: r.readBytes(r.remaining)!)
-            for i in 0..<view.count { _ = try view.record(at: i) }
+            // Checked here, decoded once where they are used (`CompletionView.forEachRecord`).
+            for i in 0..<view.count { try CompletionRecord.check(view.body, at: i * CompletionRecord.size, index: i) }
             return .completion(view)
         case .goodbye:
             try expectBody(8)

@@ -220,6 +220,13 @@ public struct CompletionView {
     public func record(at i: Int) throws(ProtocolError) -> CompletionRecord {
         try CompletionRecord.decode(body, at: i * CompletionRecord.size, index: i)
     }
+
+    /// Each record in order, decoded once: `Message.decode` has already checked every record's reserved
+    /// fields (what `record(at:)` would check again), so this only reads them.
+    @inlinable
+    public func forEachRecord(_ body: (CompletionRecord) throws -> Void) rethrows {
+        for i in 0..<count { try body(CompletionRecord.unchecked(self.body, at: i * CompletionRecord.size)) }
+    }
 }
 
 /// RING_OK (SPEC.md §5.10): the ring's geometry; the memfd and the doorbell come with it.

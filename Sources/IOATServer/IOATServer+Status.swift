@@ -35,7 +35,12 @@ extension IOATServer {
             socket: configuration.socketPath, uptimeSeconds: ((Clock.seconds() - startedAt) * 1000).rounded() / 1000,
             hugepageSize: hugepageSize, connections: connections.count, connectionsAccepted: connectionsAccepted,
             connectionsRefused: connectionsRefused, policyReloads: policyReloads, policyReloadFailures: policyReloadFailures)
-        engine.describe(&server)
+        if let facts = engine.status {
+            server.dpdkDevices = facts.devices.map { "\($0.name) (\($0.driver), \($0.channels) vchan\($0.channels == 1 ? "" : "s"))" }
+                .joined(separator: ", ")
+            server.dpdkIovaMode = facts.iovaIsVirtual ? "va" : "pa"
+            server.dmaRegistrations = facts.registrations
+        }
         server.bufferBudget = StatusDocument.Budget(limit: budget.limit, locked: budget.locked, unlocked: budget.unlocked,
                                                     hugepages: budget.hugepages, reserved: budget.reserved)
         let pool = MemoryInfo.current()
@@ -94,7 +99,10 @@ extension IOATServer {
             queues: channel.queueCount, inEngine: channel.inEngine, ops: channel.opsCompleted, bytes: channel.bytesCompleted,
             errors: channel.opsFailed, halts: channel.halts, resets: channel.resets, replayed: channel.replayed,
             lastError: channel.lastError ?? "", busySeconds: Double(channel.engine.busyNanoseconds) / 1e9,
-            device: channel.engine.deviceStatus)
+            device: channel.engine.deviceStatus.map {
+                StatusDocument.Device(name: $0.name, driver: $0.driver, vchan: $0.vchan, deviceOps: $0.deviceOps, cpuOps: $0.cpuOps,
+                                      restarts: $0.restarts, lastError: $0.lastError ?? "none")
+            })
     }
 
     private static func status(of c: Connection) -> StatusDocument.Client {

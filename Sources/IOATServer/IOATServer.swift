@@ -28,11 +28,14 @@ public final class IOATServer: @unchecked Sendable {
     private let boundSocket: (path: String, inode: ino_t)?
     let epoll: Epoll
     private let wakeup: EventFD
-    private let signals: SignalFD?
-    private let notifier: (any ServiceNotifier)?
-    /// Seconds between STATUS= updates to the service manager.
-    static let statusInterval = 2.0
+    private let observer: (any ServerObserver)?
     private let stopRequested = Atomic<Int>(0)
+    /// A policy (or a refused reload's reason) handed over from another thread, applied on the loop.
+    private let policyUpdate = Mutex<PolicyUpdate?>(nil)
+    private enum PolicyUpdate: Sendable {
+        case apply(Policy)
+        case refused(String)
+    }
     private let publishedState = Mutex<State>(.starting)
     /// Hugepage size of this machine (from /proc/meminfo), 0 when unknown.
     let hugepageSize: UInt64
@@ -57,12 +60,10 @@ public final class IOATServer: @unchecked Sendable {
     }
     /// The last buffer or queue handle given out, server-wide.
     var handleCounter: UInt32 = 0
-    /// Tenant policy in force (replaced by `reloadPolicy`).
+    /// Tenant policy in force (replaced by `apply(policy:)`).
     private(set) var policy: Policy
     /// Tenants with at least one connection, by uid.
     var tenants: [UInt32: Tenant] = [:]
-    /// Reads the policy again (SIGHUP); nil when there is nothing to reload from.
-    private let policySource: (@Sendable () throws(ConfigurationError) -> Policy)?
     /// A SUBMIT's resolved descriptors between validation and queueing; capacity kept across SUBMITs.
     var submitScratch: [PendingOp] = []
     /// Ring queues, by doorbell token, and in polling order.
@@ -80,31 +81,23 @@ public final class IOATServer: @unchecked Sendable {
     private static let listenerToken: UInt64 = 0
     private static let engineToken: UInt64 = 1
     private static let wakeupToken: UInt64 = 2
-    private static let signalToken: UInt64 = 3
     private static let setupToken: UInt64 = 4
     private static let firstConnectionToken: UInt64 = 16
     /// Ring doorbells have tokens from here on (connection tokens stay far below).
     static let ringTokenBase: UInt64 = 1 << 62
 
     /// Creates a server on `engine`. With `listener`, serves that already-listening socket (socket
-    /// activation); otherwise binds `configuration.socketPath`. With `signals` (a SignalFD for SIGTERM
-    /// and SIGINT, made before any thread starts), the first signal starts a graceful stop and a second
-    /// one stops at once.
-    /// With `notifier`, the loop reports READY=1, a STATUS= line every few seconds, WATCHDOG=1 at the
-    /// interval the service manager asked for, and STOPPING=1.
-    /// With `policySource`, SIGHUP (when `signals` includes it) reads the tenant policy again and applies
-    /// it to every tenant, connected or not, without dropping anyone; a policy that fails to load is
-    /// logged with its reason and the old one stays.
+    /// activation); otherwise binds `configuration.socketPath`. With `observer`, the loop reports when it
+    /// serves, ticks at the observer's interval, and reports when it stops. Whoever runs the server
+    /// handles signals and files: `requestStop()` stops it, `apply(policy:)` changes the tenant policy,
+    /// both from any thread.
     public init(configuration: ServerConfiguration, engine: any Engine, logger: Logger,
-                listener: FileDescriptor? = nil, signals: SignalFD? = nil, notifier: (any ServiceNotifier)? = nil,
-                policySource: (@Sendable () throws(ConfigurationError) -> Policy)? = nil) throws(SystemError) {
+                listener: FileDescriptor? = nil, observer: (any ServerObserver)? = nil) throws(SystemError) {
         self.configuration = configuration
         self.policy = configuration.policy
-        self.policySource = policySource
         self.engine = engine
         self.logger = logger
-        self.signals = signals
-        self.notifier = notifier
+        self.observer = observer
         if let listener {
             try listener.setNonBlocking(true)
             self.listener = listener
@@ -135,7 +128,6 @@ public final class IOATServer: @unchecked Sendable {
         try epoll.add(engine.notifier.fd.rawValue, .readable, token: Self.engineToken)
         try epoll.add(wakeup.fd.rawValue, .readable, token: Self.wakeupToken)
         try epoll.add(workers.done.fd.rawValue, .readable, token: Self.setupToken)
-        if let signals { try epoll.add(signals.fd.rawValue, .readable, token: Self.signalToken) }
     }
 
     deinit {
@@ -152,6 +144,20 @@ public final class IOATServer: @unchecked Sendable {
         wakeup.signal()
     }
 
+    /// Puts `policy` in force for every tenant, connected or not, without dropping anyone (a reload).
+    /// Safe from any thread: the loop applies it on its next turn.
+    public func apply(policy: Policy) {
+        policyUpdate.withLock { $0 = .apply(policy) }
+        wakeup.signal()
+    }
+
+    /// A reload that was refused (its reason, for the log): the policy in force stays, and STATUS counts
+    /// the failure. Safe from any thread.
+    public func policyRefused(reason: String) {
+        policyUpdate.withLock { $0 = .refused(reason) }
+        wakeup.signal()
+    }
+
     /// Serves until stopped, then drains in-flight ops (bounded by `drainTimeoutMilliseconds`), closes
     /// every connection and stops the engine.
     public func run() throws(SystemError) {
@@ -163,11 +169,9 @@ public final class IOATServer: @unchecked Sendable {
         var drainDeadline = Double.infinity
         let busyPoll = UInt64(max(0, configuration.busyPollMicroseconds)) * 1000
         var lastActivity: UInt64 = 0
-        let tickInterval = notifier.map { min(Self.statusInterval, $0.watchdogInterval ?? Self.statusInterval) } ?? Double.infinity
-        var nextTick = Clock.seconds()
-        var lastWatchdog = 0.0
-        var lastStatus = (time: Clock.seconds(), ops: UInt64(0))
-        notifier?.notify("READY=1\nSTATUS=\(statusLine(opsPerSecond: 0))")
+        let tickInterval = observer?.tickInterval ?? Double.infinity
+        var nextTick = Clock.seconds() + tickInterval
+        observer?.serving(summary)
         while true {
             let stops = stopRequested.load(ordering: .sequentiallyConsistent)
             if stops >= 2 {
@@ -175,19 +179,11 @@ public final class IOATServer: @unchecked Sendable {
                 break
             }
             if stops == 1 && state == .serving { drainDeadline = beginDrain() }
-            if tickInterval.isFinite, let notifier, Clock.seconds() >= nextTick {
-                let now = Clock.seconds()
-                if let interval = notifier.watchdogInterval, now - lastWatchdog >= interval * 0.9 {
-                    notifier.notify("WATCHDOG=1")
-                    lastWatchdog = now
-                }
-                if now - lastStatus.time >= Self.statusInterval * 0.9 {
-                    let ops = totalOps
-                    notifier.notify("STATUS=\(statusLine(opsPerSecond: Double(ops - lastStatus.ops) / (now - lastStatus.time)))")
-                    lastStatus = (now, ops)
-                }
-                nextTick = now + tickInterval
+            if tickInterval.isFinite, let observer, Clock.seconds() >= nextTick {
+                observer.tick(summary)
+                nextTick = Clock.seconds() + tickInterval
             }
+            if let update = policyUpdate.withLock({ $0.take() }) { applyPolicyUpdate(update) }
             if state == .draining {
                 if channels.allSatisfy({ $0.isIdle }) && connections.values.allSatisfy({ $0.backlog.isEmpty }) { break }
                 if Clock.seconds() >= drainDeadline {
@@ -243,7 +239,6 @@ public final class IOATServer: @unchecked Sendable {
                     reapCompletions()
                 case Self.wakeupToken: wakeup.drain()
                 case Self.setupToken: setupsFinished()
-                case Self.signalToken: handleSignals()
                 default:
                     if token >= Self.ringTokenBase {
                         if let ring = rings[token] { doorbellRang(ring) }
@@ -274,7 +269,7 @@ public final class IOATServer: @unchecked Sendable {
         epoll.remove(listener.rawValue)
         let inFlight = channels.reduce(0) { $0 + $1.inEngine + $1.pendingCount }
         logger.info("draining", metadata: ["in_flight": "\(inFlight)", "clients": "\(connections.count)"])
-        notifier?.notify("STOPPING=1\nSTATUS=stopping: \(inFlight) ops in flight, \(connections.count) clients")
+        observer?.stopping(summary)
         let goodbye = Message.goodbye(drainMilliseconds: UInt32(configuration.drainTimeoutMilliseconds))
         for connection in Array(connections.values) {
             reply(connection, goodbye, requestID: 0)
@@ -282,39 +277,23 @@ public final class IOATServer: @unchecked Sendable {
         return Clock.seconds() + Double(configuration.drainTimeoutMilliseconds) / 1000
     }
 
-    /// Ops completed on every channel so far.
-    private var totalOps: UInt64 { channels.reduce(0) { $0 + $1.opsCompleted } }
-
-    /// The one-line summary for STATUS=.
-    private func statusLine(opsPerSecond: Double) -> String {
-        "\(state.rawValue): engine \(engine.name), \(channels.count) channels, \(connections.count) clients, \(Int(opsPerSecond)) ops/s"
+    /// What the observer is told.
+    private var summary: ServerSummary {
+        ServerSummary(state: state, engine: engine.name, channels: channels.count, clients: connections.count,
+                      opsCompleted: channels.reduce(0) { $0 + $1.opsCompleted },
+                      inFlight: channels.reduce(0) { $0 + $1.inEngine + $1.pendingCount }, at: Clock.seconds())
     }
 
-    private func handleSignals() {
-        guard let signals else { return }
-        while let signal = signals.next() {
-            logger.notice("signal received", metadata: ["signal": "\(signal)"])
-            if signal == SIGHUP {
-                reloadPolicy()
-            } else {
-                stopRequested.add(1, ordering: .sequentiallyConsistent)
-            }
-        }
-    }
-
-    /// Reads the policy again and applies it; on failure keeps the old one (SIGHUP).
-    func reloadPolicy() {
-        guard let policySource else {
-            logger.notice("reload: no configuration file to read; the policy is unchanged")
-            return
-        }
+    /// Applies a policy handed over by `apply(policy:)`, or counts a refused reload.
+    private func applyPolicyUpdate(_ update: PolicyUpdate) {
         let fresh: Policy
-        do throws(ConfigurationError) {
-            fresh = try policySource()
-        } catch {
+        switch update {
+        case .refused(let reason):
             policyReloadFailures += 1
-            logger.error("reload refused; the previous policy stays in force", metadata: ["error": "\(error)"])
+            logger.error("reload refused; the previous policy stays in force", metadata: ["error": "\(reason)"])
             return
+        case .apply(let policy):
+            fresh = policy
         }
         policy = fresh
         policyReloads += 1

@@ -47,16 +47,4 @@ public struct Policy: Sendable, Equatable {
         }
         return (defaults, "default")
     }
-
-    /// A user name or a decimal uid.
-    static func resolveUser(_ name: String) -> UInt32? {
-        if let n = UInt32(name) { return n }
-        return getpwnam(name).map { $0.pointee.pw_uid }
-    }
-
-    /// A group name or a decimal gid.
-    static func resolveGroup(_ name: String) -> UInt32? {
-        if let n = UInt32(name) { return n }
-        return getgrnam(name).map { $0.pointee.gr_gid }
-    }
 }

@@ -41,7 +41,7 @@ public final class FaultInjectingEngine: Engine, @unchecked Sendable {
     public func register(memory: UnsafeMutableRawBufferPointer, pageSize: Int) throws(SystemError) -> AnyObject? {
         try inner.register(memory: memory, pageSize: pageSize)
     }
-    public func describe(_ server: inout StatusDocument.Server) { inner.describe(&server) }
+    public var status: EngineStatus? { inner.status }
     public var pinsRegisteredMemory: Bool { inner.pinsRegisteredMemory }
 }
 
@@ -66,7 +66,7 @@ final class FaultyChannel: EngineChannel, @unchecked Sendable {
     }
 
     var info: ChannelInfo { inner.info }
-    var deviceStatus: StatusDocument.Device? { inner.deviceStatus }
+    var deviceStatus: DeviceStatus? { inner.deviceStatus }
     var busyNanoseconds: UInt64 { inner.busyNanoseconds }
     func runner(of opcode: Opcode) -> String { inner.runner(of: opcode) }
     var freeSlots: Int { inner.freeSlots }

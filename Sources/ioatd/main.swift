@@ -170,8 +170,8 @@ struct IOATDaemon: ParsableCommand {
 
     private func serve(_ settings: DaemonConfiguration, logger: Logger, listener: inout FileDescriptor?) throws(SystemError) -> String? {
         var config = settings.server
-        // Signals must be blocked before any thread starts so only the event loop sees them.
-        let signals = try SignalFD(signals: [SIGTERM, SIGINT, SIGHUP])
+        // Signals must be blocked before any thread starts so only the signal thread sees them.
+        let signals = try SignalHandling(try SignalFD(signals: [SIGTERM, SIGINT, SIGHUP]))
         signal(SIGPIPE, SIG_IGN)
 
         let passed = Systemd.listenedSockets()
@@ -209,16 +209,17 @@ struct IOATDaemon: ParsableCommand {
             ])
         }
         // SIGHUP reads the configuration file again for its [policy] (the rest needs a restart).
-        var policySource: (@Sendable () throws(ConfigurationError) -> Policy)? = nil
+        var reload: (@Sendable () throws -> Policy)? = nil
         if let path = self.config {
-            policySource = { () throws(ConfigurationError) -> Policy in
-                let fresh = try DaemonConfiguration.load(path: path, defaults: DaemonConfiguration(socketPath: ""))
-                return fresh.server.policy
+            reload = { () throws -> Policy in
+                try DaemonConfiguration.load(path: path, defaults: DaemonConfiguration(socketPath: "")).server.policy
             }
         }
-        let server = try IOATServer(configuration: config, engine: engine, logger: logger, listener: listener, signals: signals,
-                                    notifier: Systemd.notifier(), policySource: policySource)
+        let server = try IOATServer(configuration: config, engine: engine, logger: logger, listener: listener,
+                                    observer: SystemdObserver.fromEnvironment())
         listener = nil // the server's now: a failure from here on is not a failure to start
+        signals.start(server: server, logger: logger, reload: reload)
+        defer { signals.finish() }
         try server.run()
         return nil
     }

@@ -4,6 +4,7 @@ import IOATClient
 import IOATConformance
 import IOATProtocol
 import IOATServer
+@testable import ioatd
 import IOATSystem
 import Synchronization
 import Testing

@@ -29,15 +29,18 @@ readelf -d "$so" | grep -q 'SONAME.*\[libioatd\.so\.1\]' || { echo "soname is no
 sed -n '/global:/,/local:/p' libioatd/libioatd.map | grep -o '^ *[a-z_0-9]*;' | tr -d ' ;' | sort > "$out/map.txt"
 nm -D --defined-only "$so" | awk '$2 ~ /^[TDBR]$/ {print $3}' | grep -v '^LIBIOATD_' | sed 's/@.*//' | sort > "$out/exported.txt"
 if ! diff -u "$out/map.txt" "$out/exported.txt"; then echo "exported symbols differ from libioatd/libioatd.map (- map, + exported)"; exit 1; fi
-if nm -D --defined-only "$so" | awk '$2 ~ /^[TDBR]$/' | grep -Ev '@@LIBIOATD_1\.[01]$' | grep -Ev ' LIBIOATD_1\.[01]$'; then
-    echo "symbols above are not versioned LIBIOATD_1.0 or LIBIOATD_1.1"; exit 1
+if nm -D --defined-only "$so" | awk '$2 ~ /^[TDBR]$/' | grep -Ev '@@LIBIOATD_1\.[012]$' | grep -Ev ' LIBIOATD_1\.[012]$'; then
+    echo "symbols above are not versioned LIBIOATD_1.0, 1.1 or 1.2"; exit 1
 fi
 # Symbols of 1.0 keep their version (programs linked against 1.0 keep loading).
 dynamic=$(nm -D --defined-only "$so")
 for symbol in ioatd_connect ioatd_wait_completion ioat_poll; do
     grep -q " $symbol@@LIBIOATD_1.0$" <<< "$dynamic" || { echo "$symbol is not LIBIOATD_1.0"; exit 1; }
 done
-echo "$(wc -l < "$out/exported.txt") symbols, versioned LIBIOATD_1.0 and 1.1"
+for symbol in ioatd_ring_kick ioatd_ring_disarm; do
+    grep -q " $symbol@@LIBIOATD_1.2$" <<< "$dynamic" || { echo "$symbol is not LIBIOATD_1.2"; exit 1; }
+done
+echo "$(wc -l < "$out/exported.txt") symbols, versioned LIBIOATD_1.0, 1.1 and 1.2"
 
 step "the installed headers compile as C++ (g++ and clang++) and as C11"
 printf '#include <ioatd/client.h>\n#include <ioatd/ioat.h>\nint main() { return ioatd_err_code(IOATD_ERR(13)) == 13 ? 0 : 1; }\n' > "$out/headers.cc"
@@ -60,15 +63,17 @@ gcc -std=c11 -Wall -Wextra -Werror $cflags Tests/libioatd/robustness.c $libs -lp
 gcc -std=c11 -Wall -Wextra -Werror $cflags examples/c/copy.c "$stage/usr/lib/libioatd.a" $(pkg-config --static --libs-only-l libioatd | sed 's/-lioatd//') -o "$out/copy-static"
 # And under the sanitizers, the library's sources compiled in.
 gcc -std=c11 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Wall -Wextra -Werror \
-    -Ilibioatd/include -Iprotocol Tests/libioatd/conformance.c libioatd/client.c libioatd/ioat.c -lpthread -o "$out/conformance-asan"
+    -Ilibioatd/include -Iprotocol Tests/libioatd/conformance.c libioatd/client.c libioatd/ioat.c libioatd/ring.c -lpthread -o "$out/conformance-asan"
 gcc -std=c11 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Wall -Wextra -Werror \
-    -Ilibioatd/include -Iprotocol examples/c/ioat_test.c libioatd/client.c libioatd/ioat.c -lpthread -o "$out/ioat_test-asan"
+    -Ilibioatd/include -Iprotocol examples/c/ioat_test.c libioatd/client.c libioatd/ioat.c libioatd/ring.c -lpthread -o "$out/ioat_test-asan"
 gcc -std=c11 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Wall -Wextra -Werror \
-    -Ilibioatd/include -Iprotocol Tests/libioatd/ioat_conformance.c libioatd/client.c libioatd/ioat.c -lpthread -o "$out/ioat_conformance-asan"
+    -Ilibioatd/include -Iprotocol Tests/libioatd/ioat_conformance.c libioatd/client.c libioatd/ioat.c libioatd/ring.c -lpthread -o "$out/ioat_conformance-asan"
 gcc -std=c11 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -Wall -Wextra -Werror \
-    -Ilibioatd/include -Iprotocol Tests/libioatd/robustness.c libioatd/client.c libioatd/ioat.c -lpthread -o "$out/robustness-asan"
+    -Ilibioatd/include -Iprotocol Tests/libioatd/robustness.c libioatd/client.c libioatd/ioat.c libioatd/ring.c -lpthread -o "$out/robustness-asan"
 gcc -std=c11 -g -O1 -fsanitize=thread -Wno-tsan -Wall -Wextra -Werror \
-    -Ilibioatd/include -Iprotocol Tests/libioatd/robustness.c libioatd/client.c libioatd/ioat.c -lpthread -o "$out/robustness-tsan"
+    -Ilibioatd/include -Iprotocol Tests/libioatd/robustness.c libioatd/client.c libioatd/ioat.c libioatd/ring.c -lpthread -o "$out/robustness-tsan"
+gcc -std=c11 -g -O1 -fsanitize=thread -Wno-tsan -Wall -Wextra -Werror \
+    -Ilibioatd/include -Iprotocol Tests/libioatd/ring_threads.c libioatd/ring.c -lpthread -o "$out/ring_threads-tsan"
 
 step "start ioatd (CPU engine)"
 sock=/tmp/ioatd-libtest-$$.sock
@@ -98,6 +103,9 @@ ASAN_OPTIONS=detect_leaks=1 "$out/conformance-asan" "$sock" socket
 IOATD_SOCKET=$sock ASAN_OPTIONS=detect_leaks=1 "$out/ioat_test-asan"
 IOATD_SOCKET=$sock ASAN_OPTIONS=detect_leaks=1 "$out/ioat_conformance-asan"
 ASAN_OPTIONS=detect_leaks=1 "$out/robustness-asan" "$ioatd"
+
+step "ioatd_ring.h's thread contract under ThreadSanitizer: one thread submits, another reaps"
+TSAN_OPTIONS=halt_on_error=1 setarch "$(uname -m)" -R "$out/ring_threads-tsan"
 
 step "robustness under ThreadSanitizer (the pollers, the shared client)"
 TSAN_OPTIONS=halt_on_error=1 setarch "$(uname -m)" -R "$out/robustness-tsan" "$ioatd"

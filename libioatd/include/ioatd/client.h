@@ -69,7 +69,7 @@ extern "C" {
 #endif
 
 #define IOATD_LIB_VERSION_MAJOR 1
-#define IOATD_LIB_VERSION_MINOR 1
+#define IOATD_LIB_VERSION_MINOR 2
 /* (major << 16) | minor, as ioatd_lib_version() returns it. */
 #define IOATD_LIB_VERSION ((IOATD_LIB_VERSION_MAJOR << 16) | IOATD_LIB_VERSION_MINOR)
 

@@ -1,3 +1,5 @@
+import Glibc
+import IOATServer
 import IOATSystem
 import Logging
 import TOMLKit
@@ -136,6 +138,18 @@ public struct DaemonConfiguration: Sendable {
         return config
     }
 
+    /// A user name or a decimal uid.
+    static func resolveUser(_ name: String) -> UInt32? {
+        if let n = UInt32(name) { return n }
+        return getpwnam(name).map { $0.pointee.pw_uid }
+    }
+
+    /// A group name or a decimal gid.
+    static func resolveGroup(_ name: String) -> UInt32? {
+        if let n = UInt32(name) { return n }
+        return getgrnam(name).map { $0.pointee.gr_gid }
+    }
+
     /// `[policy.default]`, `[policy.users.<name or uid>]`, `[policy.groups.<name or gid>]`.
     static func parsePolicy(_ table: TOMLTable, _ reader: Reader) throws(ConfigurationError) -> Policy {
         try reader.keys(table, "policy", ["default", "users", "groups"])
@@ -143,7 +157,7 @@ public struct DaemonConfiguration: Sendable {
         if let d = try reader.table(table, "policy", "default") {
             policy.defaults = try reader.limits(d, "policy.default", base: TenantLimits())
         }
-        for (kind, resolve) in [("users", Policy.resolveUser), ("groups", Policy.resolveGroup)] {
+        for (kind, resolve) in [("users", resolveUser), ("groups", resolveGroup)] {
             guard let entries = try reader.table(table, "policy", kind) else { continue }
             for name in entries.keys.sorted() {
                 let section = "policy.\(kind).\(name)"
