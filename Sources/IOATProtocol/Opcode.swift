@@ -119,10 +119,19 @@ public struct Descriptor: Hashable, Sendable {
         /// "accumulate" mode). (v2)
         @inlinable public static var crcChain: Flags { Flags(rawValue: 1 << 7) }
 
+        // The sets below are unions of the bits above, spelled as unions: an array literal of options
+        // allocates an array in a debug build, on the per-descriptor path.
+
         /// Flags of protocol version 1.
-        @inlinable public static var version1: Flags { [.interrupt, .fence, .noWait, .crcSeed] }
+        @inlinable public static var version1: Flags { interrupt.union(fence).union(noWait).union(crcSeed) }
         /// Every flag defined in the newest protocol version.
-        @inlinable public static var defined: Flags { [.interrupt, .fence, .noWait, .crcSeed, .crcStore, .crcTest, .crcInline, .crcChain] }
+        @inlinable public static var defined: Flags { version1.union(crcModes) }
+        /// The CRC flags: SEED, STORE, TEST, INLINE, CHAIN.
+        @inlinable public static var crcModes: Flags { crcSeed.union(crcLocated).union(crcChain) }
+        /// The CRC flags that name where a CRC goes or comes from: STORE, TEST, INLINE.
+        @inlinable public static var crcLocated: Flags { crcStore.union(crcTest).union(crcInline) }
+        /// STORE or TEST: the op reads or writes a CRC somewhere.
+        @inlinable public static var crcStoreOrTest: Flags { crcStore.union(crcTest) }
 
         /// The flags defined in protocol `version`.
         @inlinable public static func defined(in version: UInt16) -> Flags { version >= 2 ? defined : version1 }
@@ -293,19 +302,19 @@ extension Descriptor {
         if opcode.readsSource { try needsHandle("source", source.handle) }
         if opcode.usesDestination { try needsHandle("destination", destination.handle) }
 
-        let crcFlags: Flags = [.crcSeed, .crcStore, .crcTest, .crcInline, .crcChain]
+        let crcFlags = Flags.crcModes
         if !opcode.computesCRC && !flags.isDisjoint(with: crcFlags) {
             throw badFlags("CRC flags are only valid on CRC32C and COPY_CRC32C")
         }
         if flags.contains(.crcStore) && flags.contains(.crcTest) { throw badFlags("CRC_STORE and CRC_TEST cannot be combined") }
-        if flags.contains(.crcInline) && flags.isDisjoint(with: [.crcStore, .crcTest]) {
+        if flags.contains(.crcInline) && flags.isDisjoint(with: .crcStoreOrTest) {
             throw badFlags("CRC_INLINE needs CRC_STORE or CRC_TEST")
         }
         if flags.contains(.crcSeed) && flags.contains(.crcChain) { throw badFlags("CRC_SEED and CRC_CHAIN cannot be combined") }
 
         // The auxiliary address: second destination, CRC location, or XOR source list.
         let usesAuxiliary = opcode == .dualcast || opcode == .xor || opcode == .copySG
-            || (opcode.computesCRC && !flags.isDisjoint(with: [.crcStore, .crcTest]) && !flags.contains(.crcInline))
+            || (opcode.computesCRC && !flags.isDisjoint(with: .crcStoreOrTest) && !flags.contains(.crcInline))
         if usesAuxiliary {
             try needsHandle("auxiliary", auxiliary.handle)
         } else if auxiliary != .none {

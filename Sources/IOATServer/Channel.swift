@@ -387,7 +387,7 @@ final class Channel {
         var flags = op.pointee.flags
         if opcode.computesCRC {
             if offset > 0 { flags = flags.subtracting(.crcSeed).union(.crcChain) }
-            if !isLast { flags.subtract([.crcStore, .crcTest, .crcInline]) }
+            if !isLast { flags.subtract(.crcLocated) }
         }
         var sources: UnsafePointer<UnsafeRawPointer>? = nil
         if op.pointee.sources != nil {

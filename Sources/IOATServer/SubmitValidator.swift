@@ -85,7 +85,7 @@ struct SubmitValidator {
             auxiliary = try place(d.auxiliary, length: d.length, role: "second destination", index: i, writing: true, buffers: buffers)
         case .crc32c, .copyCRC32C:
             // (A `where` here would bind to .copyCRC32C alone.)
-            guard !d.flags.isDisjoint(with: [.crcStore, .crcTest]) else { break }
+            guard !d.flags.isDisjoint(with: .crcStoreOrTest) else { break }
             let store = d.flags.contains(.crcStore)
             if !d.flags.contains(.crcInline) {
                 auxiliary = try place(d.auxiliary, length: 4, role: store ? "CRC store" : "CRC test", index: i, writing: store,

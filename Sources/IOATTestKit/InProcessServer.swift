@@ -14,8 +14,10 @@ public final class InProcessServer: @unchecked Sendable {
     private let thread: OSThread
     private var stopped = false
 
-    /// Starts a server over `engine` with `configure` applied to the default configuration.
-    public init(engine: any Engine, configure: (inout ServerConfiguration) -> Void = { _ in }) throws {
+    /// Starts a server over `engine` with `configure` applied to the default configuration;
+    /// `onLoopThread` runs on the server's event-loop thread before it serves.
+    public init(engine: any Engine, configure: (inout ServerConfiguration) -> Void = { _ in },
+                onLoopThread: (@Sendable () -> Void)? = nil) throws {
         path = "/tmp/ioatd-inproc-\(getpid())-\(UInt64.random(in: 0..<UInt64.max)).sock"
         var config = ServerConfiguration(socketPath: path)
         configure(&config)
@@ -24,6 +26,7 @@ public final class InProcessServer: @unchecked Sendable {
         let server = try IOATServer(configuration: config, engine: engine, logger: logger)
         self.server = server
         thread = OSThread(name: "ioatd-inproc") {
+            onLoopThread?()
             do throws(SystemError) {
                 try server.run()
             } catch {

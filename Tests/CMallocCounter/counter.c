@@ -16,7 +16,7 @@ static __thread uint64_t count_here;
 
 static inline void note(void) {
     if (__atomic_load_n(&counting, __ATOMIC_RELAXED)) __atomic_add_fetch(&count, 1, __ATOMIC_RELAXED);
-    if (counting_here) count_here++;
+    if (counting_here) __atomic_add_fetch(&count_here, 1, __ATOMIC_RELAXED);
 }
 
 void cmalloc_counting_thread(int on) {
@@ -25,6 +25,10 @@ void cmalloc_counting_thread(int on) {
 }
 
 uint64_t cmalloc_thread_count(void) { return count_here; }
+
+const uint64_t *cmalloc_thread_counter(void) { return &count_here; }
+
+uint64_t cmalloc_read(const uint64_t *counter) { return __atomic_load_n(counter, __ATOMIC_RELAXED); }
 
 void cmalloc_counting(int on) {
     if (on) __atomic_store_n(&count, 0, __ATOMIC_RELAXED);

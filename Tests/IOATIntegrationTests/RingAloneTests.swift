@@ -85,6 +85,72 @@ struct RingAloneTests {
         print("scribbler: \(report.trimmingCharacters(in: .whitespacesAndNewlines)); the other tenant's 4 KiB copies: \(Int(alone.rate)) ops/s alone, median \(Int(share * alone.rate)) ops/s while scribbled on (\(String(format: "%.2f", share))×; never asserted)")
     }
 
+    /// The release ioatd, which `make test` builds: the allocation contract is the optimised build's (a
+    /// debug build allocates in unspecialised generic code on every turn of the loop).
+    static let releaseServer = buildDirectory.deletingLastPathComponent().appendingPathComponent("release/ioatd")
+
+    /// Builds Tests/support/malloc-count.c as an LD_PRELOAD library; its path.
+    static func mallocCounterLibrary() throws -> String {
+        let out = NSTemporaryDirectory() + "ioatd-malloc-count-\(getpid()).so"
+        let source = repositoryRoot.appendingPathComponent("Tests/support/malloc-count.c").path
+        let (status, output) = try runTool("/usr/bin/gcc", ["-shared", "-fPIC", "-O2", "-Wall", "-Werror", source, "-o", out], mergingErrors: true)
+        guard status == 0 else { throw SystemError("gcc \(source): \(output)", errno: EINVAL) }
+        return out
+    }
+
+    @Test("the server's event loop (release build) allocates nothing per op under steady traffic, over a ring and over the socket",
+          .enabled(if: isExecutable(RingAloneTests.releaseServer.path), "needs .build/release/ioatd (make test builds it)"),
+          arguments: [IOATClient.Transport.ring, .socket])
+    func serverLoopAllocations(transport: IOATClient.Transport) async throws {
+        let library = try Self.mallocCounterLibrary()
+        defer { unlink(library) }
+        let countFile = NSTemporaryDirectory() + "ioatd-malloc-count-\(getpid())-\(transport.rawValue)"
+        defer { unlink(countFile) }
+        let server = try TestServer(arguments: ["--engine", "cpu", "--channels", "1"], executable: Self.releaseServer,
+                                    environment: ["LD_PRELOAD": library, "IOATD_MALLOC_COUNT_FILE": countFile])
+        /// Allocations the server's loop (its main thread) has made so far.
+        func loopAllocations() throws -> UInt64 {
+            let data = try #require(FileManager.default.contents(atPath: countFile), "the preloaded counter made \(countFile)")
+            return data.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+        }
+        let client = try await IOATClient.connect(path: server.path, transport: transport)
+        defer { client.close() }
+        let a = try await client.allocate(size: 1 << 16, pages: .normal)
+        let copies = (0..<32).map { i in Descriptor.copy(from: a.address(i * 64), to: a.address(8192 + i * 64), length: 64, cookie: UInt64(i)) }
+        let rounds = 300, ops = rounds * copies.count
+        var during: UInt64 = 0
+        #expect(try loopAllocations() > 0, "the counter counts the loop's allocations (it set up the connection and the buffer)")
+        if transport == .ring {
+            let ring = try await client.openRing(depth: 64)
+            @Sendable func drive(_ rounds: Int) throws {
+                for _ in 0..<rounds {
+                    for d in copies { _ = ring.push(d) }
+                    try ring.submit()
+                    var reaped = 0
+                    while reaped < copies.count {
+                        try ring.wait(for: 1, spinMicroseconds: 200, timeoutMilliseconds: 10_000)
+                        reaped += ring.reap { precondition($0.status == .success, "\($0.status)") }
+                    }
+                }
+            }
+            try await OSThread.run(name: "loop-malloc") { () throws in try drive(50) }  // warm up: capacities grow to size
+            let before = try loopAllocations()
+            try await OSThread.run(name: "loop-malloc") { () throws in try drive(rounds) }
+            during = try loopAllocations() - before
+            try await ring.close()
+        } else {
+            let queue = try await client.openQueue(depth: 64)
+            for _ in 0..<50 { _ = try await queue.submit(copies) }
+            let before = try loopAllocations()
+            for _ in 0..<rounds {
+                let records = try await queue.submit(copies)
+                #expect(records.allSatisfy { $0.status == .success })
+            }
+            during = try loopAllocations() - before
+        }
+        #expect(during == 0, "the server's loop allocated \(during) times over \(ops) 64-byte copies (\(transport))")
+    }
+
     @Test("the ring data path allocates nothing per op: IOATRing none at all, IOATQueue's callbacks no more for a batch of 32 than for a batch of 1")
     func allocations() async throws {
         let server = try TestServer()

@@ -29,12 +29,15 @@ final class TestServer: @unchecked Sendable {
     let process: Process
     let logPath: String
 
-    init(arguments: [String] = []) throws {
+    /// With `executable`, another ioatd binary (the release build, say); `environment` is added to the
+    /// test process's.
+    init(arguments: [String] = [], executable: URL? = nil, environment: [String: String] = [:]) throws {
         path = temporarySocketPath()
         logPath = path + ".log"
         process = Process()
-        process.executableURL = buildDirectory.appendingPathComponent("ioatd")
+        process.executableURL = executable ?? buildDirectory.appendingPathComponent("ioatd")
         process.arguments = ["--socket", path, "--log-level", "debug"] + arguments
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         process.standardError = FileHandle(forWritingAtPath: logPath)
         process.standardOutput = FileHandle.nullDevice

@@ -14,4 +14,9 @@ uint64_t cmalloc_count(void);
 void cmalloc_counting_thread(int on);
 /// Allocations the calling thread made since it started counting.
 uint64_t cmalloc_thread_count(void);
+/// The calling thread's counter, for another thread to read with cmalloc_read (the server's event loop
+/// publishes it; the test reads it between phases).
+const uint64_t *cmalloc_thread_counter(void);
+/// Reads a counter cmalloc_thread_counter gave.
+uint64_t cmalloc_read(const uint64_t *counter);
 #endif

@@ -9,8 +9,11 @@ import Testing
 /// An engine channel that runs nothing: it keeps what it is given in order and hands back the oldest
 /// op when the test says so, so the scheduler's decisions can be counted without timing.
 final class RecordingChannel: EngineChannel, @unchecked Sendable {
-    let info = ChannelInfo(index: 0, engine: .cpu, hardwareVersion: 0, opcodes: ~0, maxTransfer: 4 << 20, maxDepth: 4096,
+    let info: ChannelInfo
+    init(maxTransfer: UInt64 = 4 << 20) {
+        info = ChannelInfo(index: 0, engine: .cpu, hardwareVersion: 0, opcodes: ~0, maxTransfer: maxTransfer, maxDepth: 4096,
                            maxCoalesceMicroseconds: 0, name: "model")
+    }
     var held: [EngineOp] = []
     var freeSlots: Int { 4096 - held.count }
     func enqueue(_ op: EngineOp) -> Bool {
