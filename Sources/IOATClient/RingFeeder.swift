@@ -41,16 +41,13 @@ final class RingBatch: @unchecked Sendable {
 
     deinit { records.deallocate() }
 
-    /// Completes the batch: its records, or the first refusal, told as the SUBMIT path tells it
-    /// ("descriptor i: what was wrong"), with the server's text when it came.
+    /// Completes the batch: its records, or the first refusal: its place in the batch as the error's
+    /// index, and the server's text as it came ("queue Q, ring entry E: what was wrong"), uncut.
     func finish() {
         guard !isDone else { return }
         if let refusal {
-            let why = refusalText.map { text in
-                // "queue Q, ring entry E: <why>" → "<why>"
-                text.range(of: ": ").map { String(text[$0.upperBound...]) } ?? text
-            } ?? "refused by the server (\(refusal.code.name))"
-            end(.failure(.refused(ProtocolError(refusal.code, "descriptor \(refusal.index): \(why)", index: UInt32(refusal.index)))))
+            let text = refusalText ?? "descriptor \(refusal.index) of the batch was refused by the server (\(refusal.code.name))"
+            end(.failure(.refused(ProtocolError(refusal.code, text, index: UInt32(refusal.index)))))
         } else {
             end(.success(Array(records)))
         }

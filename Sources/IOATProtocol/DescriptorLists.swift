@@ -25,10 +25,10 @@ public struct XorSource: Hashable, Sendable {
         guard let handle: UInt32 = r.get(at: at), let reserved: UInt32 = r.get(at: at + 4),
             let offset: UInt64 = r.get(at: at + 8)
         else {
-            throw ProtocolError(.outOfRange, "descriptor \(index): XOR source \(entry) lies past the end of its list", index: index)
+            throw ProtocolError(.outOfRange, "XOR source \(entry) lies past the end of its list", index: index)
         }
         guard reserved == 0 else {
-            throw ProtocolError(.reservedNotZero, "descriptor \(index): XOR source \(entry) has reserved field \(reserved), must be 0",
+            throw ProtocolError(.reservedNotZero, "XOR source \(entry) has reserved field \(reserved), must be 0",
                                 index: index)
         }
         return XorSource(BufferAddress(handle: handle, offset: offset))
@@ -72,13 +72,13 @@ public struct ScatterGatherEntry: Hashable, Sendable {
             let srcOffset: UInt64 = r.get(at: at + 8), let dstOffset: UInt64 = r.get(at: at + 16),
             let length: UInt64 = r.get(at: at + 24)
         else {
-            throw ProtocolError(.outOfRange, "descriptor \(index): COPY_SG entry \(entry) lies past the end of its list", index: index)
+            throw ProtocolError(.outOfRange, "COPY_SG entry \(entry) lies past the end of its list", index: index)
         }
         guard length > 0 else {
-            throw ProtocolError(.badLength, "descriptor \(index): COPY_SG entry \(entry) has length 0", index: index)
+            throw ProtocolError(.badLength, "COPY_SG entry \(entry) has length 0", index: index)
         }
         guard srcHandle != 0, dstHandle != 0 else {
-            throw ProtocolError(.badHandle, "descriptor \(index): COPY_SG entry \(entry) names handle 0; 0 is never valid",
+            throw ProtocolError(.badHandle, "COPY_SG entry \(entry) names handle 0; 0 is never valid",
                                 index: index)
         }
         return ScatterGatherEntry(source: BufferAddress(handle: srcHandle, offset: srcOffset),

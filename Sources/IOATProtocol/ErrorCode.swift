@@ -149,7 +149,10 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
 public struct ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The wire code.
     public var code: ErrorCode
-    /// Human-readable, names the bad value and what to do.
+    /// Human-readable, names the bad value and what to do. A refusal of one descriptor (`index` set) says
+    /// what was wrong with it and not which it was: the index is data, and the text naming it is composed
+    /// once, where the refusal is sent ("descriptor 3: …" for a SUBMIT, "queue 5, ring entry 12: …" for a
+    /// ring; `ErrorReply.init(_:)`).
     public var message: String
     /// Index of the offending descriptor in a SUBMIT, or `nil`.
     public var index: UInt32?

@@ -264,8 +264,10 @@ public struct ErrorReply: Hashable, Sendable {
         self.queue = queue
     }
     /// The reply for a refused request.
+    /// The ERROR for `error`; a descriptor's refusal is told as a SUBMIT's ("descriptor i: what was wrong").
     public init(_ error: ProtocolError) {
-        self.init(code: error.code, index: error.index ?? Wire.noIndex, message: error.message)
+        self.init(code: error.code, index: error.index ?? Wire.noIndex,
+                  message: error.index.map { "descriptor \($0): \(error.message)" } ?? error.message)
     }
 }
 

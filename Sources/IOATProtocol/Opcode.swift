@@ -242,7 +242,7 @@ extension Descriptor {
         // One bounds check for the whole descriptor, then plain loads (a checked, optional read per field
         // was a tenth of the server's time on 64-byte ring ops).
         guard offset >= 0, offset <= bytes.count - size, let base = bytes.baseAddress else {
-            throw ProtocolError(.malformed, "descriptor \(index): truncated", index: index)
+            throw ProtocolError(.malformed, "truncated", index: index)
         }
         let p = base + offset
         func field<T: FixedWidthInteger>(_ at: Int, _: T.Type) -> T { T(littleEndian: p.loadUnaligned(fromByteOffset: at, as: T.self)) }
@@ -251,18 +251,18 @@ extension Descriptor {
         let srcOffset = field(24, UInt64.self), dstHandle = field(32, UInt32.self), auxHandle = field(36, UInt32.self)
         let dstOffset = field(40, UInt64.self), auxOffset = field(48, UInt64.self), arg = field(56, UInt64.self)
         guard let opcode = Opcode(rawValue: rawOpcode), opcode.version <= version else {
-            throw ProtocolError(.unknownOpcode, "descriptor \(index): opcode \(rawOpcode) is not defined in protocol version \(version)",
+            throw ProtocolError(.unknownOpcode, "opcode \(rawOpcode) is not defined in protocol version \(version)",
                                 index: index)
         }
         guard reserved == 0 else {
-            throw ProtocolError(.reservedNotZero, "descriptor \(index): reserved byte 1 is \(reserved), must be 0",
+            throw ProtocolError(.reservedNotZero, "reserved byte 1 is \(reserved), must be 0",
                                 index: index)
         }
         let flags = Flags(rawValue: rawFlags)
         let unknown = flags.subtracting(.defined(in: version))
         guard unknown.isEmpty else {
             throw ProtocolError(
-                .unknownFlags, "descriptor \(index): flag bits 0x\(String(unknown.rawValue, radix: 16)) are not defined",
+                .unknownFlags, "flag bits 0x\(String(unknown.rawValue, radix: 16)) are not defined",
                 index: index)
         }
         let d = Descriptor(
@@ -278,24 +278,24 @@ extension Descriptor {
     /// which must be zero, which flags it accepts.
     public func validateShape(index: UInt32) throws(ProtocolError) {
         func unused(_ what: String) -> ProtocolError {
-            ProtocolError(.reservedNotZero, "descriptor \(index): \(opcode.name) does not use \(what); it must be 0",
+            ProtocolError(.reservedNotZero, "\(opcode.name) does not use \(what); it must be 0",
                           index: index)
         }
         func badFlags(_ why: String) -> ProtocolError {
-            ProtocolError(.badFlags, "descriptor \(index): \(why)", index: index)
+            ProtocolError(.badFlags, "\(why)", index: index)
         }
         func needsHandle(_ role: String, _ handle: UInt32) throws(ProtocolError) {
             if handle == 0 {
-                throw ProtocolError(.badHandle, "descriptor \(index): \(opcode.name) needs a \(role) handle; 0 is never valid",
+                throw ProtocolError(.badHandle, "\(opcode.name) needs a \(role) handle; 0 is never valid",
                                     index: index)
             }
         }
         if opcode.takesNoLength {
             if length != 0 {
-                throw ProtocolError(.badLength, "descriptor \(index): \(opcode.name) takes length 0, got \(length)", index: index)
+                throw ProtocolError(.badLength, "\(opcode.name) takes length 0, got \(length)", index: index)
             }
         } else if length == 0 {
-            throw ProtocolError(.badLength, "descriptor \(index): \(opcode.name) needs a length above 0", index: index)
+            throw ProtocolError(.badLength, "\(opcode.name) needs a length above 0", index: index)
         }
         if !opcode.readsSource && source != .none { throw unused("a source") }
         if !opcode.usesDestination && destination != .none { throw unused("a destination") }
@@ -327,11 +327,11 @@ extension Descriptor {
             if arg >> 32 != 0 { throw unused("the high 32 bits of arg") }
         case .xor:
             guard Descriptor.xorSources.contains(Int(clamping: arg)) else {
-                throw ProtocolError(.badCount, "descriptor \(index): XOR takes 2...16 sources in arg, got \(arg)", index: index)
+                throw ProtocolError(.badCount, "XOR takes 2...16 sources in arg, got \(arg)", index: index)
             }
         case .copySG:
             guard Descriptor.sgEntries.contains(Int(clamping: arg)) else {
-                throw ProtocolError(.badCount, "descriptor \(index): COPY_SG takes 1...64 entries in arg, got \(arg)", index: index)
+                throw ProtocolError(.badCount, "COPY_SG takes 1...64 entries in arg, got \(arg)", index: index)
             }
         case .null, .copy, .compare, .dualcast, .drain:
             if arg != 0 { throw unused("arg") }

@@ -219,10 +219,11 @@ struct BadInputTests {
         #expect(record.cookie == 5 && record.status == .success)
     }
 
-    @Test("error messages name the bad value")
-    func messagesNameValues() async throws {
+    @Test("error messages name the bad value, and say which descriptor as each transport names it",
+          arguments: [IOATClient.Transport.socket, .ring])
+    func messagesNameValues(transport: IOATClient.Transport) async throws {
         let server = try TestServer()
-        let client = try await server.connect()
+        let client = try await IOATClient.connect(path: server.path, transport: transport)
         let buffer = try await client.allocate(size: 8192, pages: .normal)
         let queue = try await client.openQueue(depth: 4)
         do {
@@ -231,8 +232,12 @@ struct BadInputTests {
         } catch {
             guard case .refused(let e) = error else { Issue.record("\(error)"); return }
             #expect(e.code == .outOfRange)
-            #expect(e.index == 1)
-            #expect(e.message == "descriptor 1: source offset 4096 + length 8192 exceeds buffer \(buffer.handle) (size 8192)")
+            #expect(e.index == 1, "the index in the batch is data")
+            let why = "source offset 4096 + length 8192 exceeds buffer \(buffer.handle) (size 8192)"
+            // The text is composed once, by the server, where it sends it: a SUBMIT names the descriptor,
+            // a ring its queue and entry (the second of a fresh ring).
+            let expected = transport == .socket ? "descriptor 1: \(why)" : "queue \(queue.id), ring entry 1: \(why)"
+            #expect(e.message == expected)
         }
     }
 

@@ -147,10 +147,8 @@ extension IOATServer {
                 guard !textSent else { continue }
                 textSent = true
                 let entry = firstEntry &+ UInt32(i)
-                // The validator speaks of "descriptor 0" (it saw one); the ring entry is what names it here.
-                let what = error.message.hasPrefix("descriptor 0: ") ? String(error.message.dropFirst(14)) : error.message
                 reply(connection, .error(ErrorReply(code: error.code, index: entry,
-                                                    message: "queue \(queue.id), ring entry \(entry): \(what)", queue: queue.id)),
+                                                    message: "queue \(queue.id), ring entry \(entry): \(error.message)", queue: queue.id)),
                       requestID: 0)
                 if connection.isClosed { return }
             }

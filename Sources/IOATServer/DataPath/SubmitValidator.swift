@@ -23,7 +23,7 @@ struct SubmitValidator {
         for i in 0..<submit.count {
             let d = try submit.descriptor(at: i)
             guard channel.supports(d.opcode) else {
-                throw ProtocolError(.unsupportedOpcode, "descriptor \(i): channel \(channel.index) (\(channel.name)) does not run \(d.opcode.name)",
+                throw ProtocolError(.unsupportedOpcode, "channel \(channel.index) (\(channel.name)) does not run \(d.opcode.name)",
                                     index: UInt32(i))
             }
             ops.append(try resolve(d, index: i, buffers: buffers))
@@ -46,21 +46,21 @@ struct SubmitValidator {
     private func place(_ address: BufferAddress, length: UInt64, role: String, index: Int, writing: Bool,
                        buffers: some BufferLookup) throws(ProtocolError) -> Placement {
         guard let buffer = buffers.buffer(address.handle) else {
-            throw ProtocolError(.badHandle, "descriptor \(index): \(role) handle \(address.handle) is not open on this connection",
+            throw ProtocolError(.badHandle, "\(role) handle \(address.handle) is not open on this connection",
                                 index: UInt32(index))
         }
         let (end, overflow) = address.offset.addingReportingOverflow(length)
         guard !overflow else {
-            throw ProtocolError(.overflow, "descriptor \(index): \(role) offset \(address.offset) + length \(length) overflows 64 bits",
+            throw ProtocolError(.overflow, "\(role) offset \(address.offset) + length \(length) overflows 64 bits",
                                 index: UInt32(index))
         }
         guard end <= buffer.size else {
             throw ProtocolError(.outOfRange,
-                                "descriptor \(index): \(role) offset \(address.offset) + length \(length) exceeds buffer \(address.handle) (size \(buffer.size))",
+                                "\(role) offset \(address.offset) + length \(length) exceeds buffer \(address.handle) (size \(buffer.size))",
                                 index: UInt32(index))
         }
         if writing && buffer.flags.contains(.readOnly) {
-            throw ProtocolError(.readOnly, "descriptor \(index): \(role) buffer \(address.handle) is registered read-only",
+            throw ProtocolError(.readOnly, "\(role) buffer \(address.handle) is registered read-only",
                                 index: UInt32(index))
         }
         return Placement(buffer, offset: Int(address.offset))
@@ -96,7 +96,7 @@ struct SubmitValidator {
                 let base = store && d.opcode == .copyCRC32C ? d.destination : d.source
                 let (at, overflow) = base.offset.addingReportingOverflow(d.length)
                 guard !overflow else {
-                    throw ProtocolError(.overflow, "descriptor \(i): inline CRC at offset \(base.offset) + length \(d.length) overflows 64 bits",
+                    throw ProtocolError(.overflow, "inline CRC at offset \(base.offset) + length \(d.length) overflows 64 bits",
                                         index: UInt32(i))
                 }
                 auxiliary = try place(BufferAddress(handle: base.handle, offset: at), length: 4,
@@ -133,14 +133,14 @@ struct SubmitValidator {
                 // Each entry lies inside a buffer, so 64 of them cannot add up past 2^64; checked all the same.
                 let (sum, overflow) = total.addingReportingOverflow(entry.length)
                 guard !overflow else {
-                    throw ProtocolError(.overflow, "descriptor \(i): COPY_SG entry lengths add up to more than 2^64 at entry \(e)",
+                    throw ProtocolError(.overflow, "COPY_SG entry lengths add up to more than 2^64 at entry \(e)",
                                         index: UInt32(i))
                 }
                 total = sum
                 entries.append((from, to, Int(entry.length)))
             }
             guard total == d.length else {
-                throw ProtocolError(.badLength, "descriptor \(i): COPY_SG length \(d.length) is not the sum of its entries (\(total))",
+                throw ProtocolError(.badLength, "COPY_SG length \(d.length) is not the sum of its entries (\(total))",
                                     index: UInt32(i))
             }
             segments = entries
