@@ -15,6 +15,8 @@ final class DataPath {
     let connection: Connection
     let queue: Queue
     let buffer: OpenBuffer
+    /// The credits' owner.
+    let router = CompletionRouter(maxRecordsPerMessage: 64)
     weak var shared: SharedBuffer?
 
     init(maxTransfer: UInt64 = 4 << 20, size: Int = 1 << 20) throws {
@@ -32,7 +34,7 @@ final class DataPath {
 
     /// Admits a copy of `length` bytes from offset 0 to the middle of the buffer, and schedules its queue.
     func copy(_ cookie: UInt64, length: Int = 4096, flags: Descriptor.Flags = []) {
-        queue.takeCredits(1)
+        router.take(1, of: queue)
         channel.admit(PendingOp(cookie: cookie, opcode: .copy, flags: flags, source: Placement(buffer, offset: 0),
                                 destination: Placement(buffer, offset: 1 << 19), length: length, arg: 0),
                       into: queue, at: 0)
@@ -153,12 +155,13 @@ struct ChannelTests {
         for cookie in UInt64(1)...6 { path.copy(cookie) }
         path.channel.dispatch()
         path.queue.connection = nil
-        path.channel.cancelPending(of: path.queue)
+        let dropped = path.channel.cancelPending(of: path.queue)
+        #expect(dropped == 6 - path.engine.held.count, "the queued ops are dropped, the engine's are not")
+        path.router.orphaned(dropped, of: path.queue)
         path.table.close(path.buffer.slot)
         #expect(path.shared != nil, "ops in the engine still name the buffer")
         while !path.engine.held.isEmpty { path.finishOldest() }
-        let router = CompletionRouter(maxRecordsPerMessage: 8)
-        path.channel.takeFinished { router.route($0, now: 0) }
+        path.channel.takeFinished { path.router.route($0, now: 0) }
         #expect(path.queue.freeCredits == path.queue.depth, "a closed queue's records return their credits")
         #expect(path.shared == nil && path.table.totalPins == 0)
     }

@@ -480,10 +480,11 @@ final class Channel {
                 again.dispatched = pieceOffset
                 returned.append((queue, again))
                 handedBack = true
-            } else if isLastPiece {
-                queue.releaseOrphaned(1)
+                return
             }
-            return
+            // Its connection closed meanwhile: the op ends here, NOT_ATTEMPTED; the router gives its credit
+            // back when it takes the record.
+            guard isLastPiece else { return }
         }
         if !isLastPiece || pieceOffset > 0 {
             // A piece of a split op: fold it into the queue's progress; only the last piece makes a record.
@@ -565,12 +566,15 @@ final class Channel {
         }
     }
 
-    /// Drops every pending op of `queue` (its connection closed) so their buffers can be unmapped.
-    func cancelPending(of queue: Queue) {
+    /// Drops every pending op of `queue` (its connection closed) so their buffers can be unmapped;
+    /// returns how many (their credits are the router's to give back).
+    @discardableResult
+    func cancelPending(of queue: Queue) -> Int {
         // Kept until nothing names it: its ops in the engine, or finished ops not routed yet.
         retired.append(queue)
-        queue.releaseOrphaned(queue.pending.count)
+        let dropped = queue.pending.count
         while !queue.pending.isEmpty { buffers.unpin(queue.pending.removeFirst()) }
+        return dropped
     }
 }
 

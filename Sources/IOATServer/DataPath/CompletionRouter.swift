@@ -1,10 +1,20 @@
 import IOATProtocol
 import IOATSystem
 
+/// A queue's credits (SPEC.md §5.8): ops accepted whose records have not been delivered. Only the
+/// completion router writes them (`take`, `delivered`, `orphaned`): taken when ops are admitted, given
+/// back when their records are written to the socket or consumed from the ring, or when they never will
+/// be (the connection went, the ring broke).
+struct Credits {
+    let depth: Int
+    fileprivate(set) var used = 0
+    var free: Int { depth - used }
+}
+
 /// Takes finished ops from the channels and delivers their records (SPEC.md §6.4): holds a queue's
 /// records until a flush point (INT_EN, a failure, the queue going idle, or a full message), applies the
 /// queue's coalescing period, and writes COMPLETION messages to the owning connection. It owns the
-/// flush list and the coalescing list; credits return to a queue when its records are written.
+/// flush list, the coalescing list and every queue's credits.
 /// Runs on the event-loop thread only; allocates nothing per op in steady state.
 final class CompletionRouter {
     /// Most records in one COMPLETION message.
@@ -27,6 +37,22 @@ final class CompletionRouter {
         flushList.reserveCapacity(64)
         touched.reserveCapacity(64)
     }
+
+    /// Takes `count` credits of `queue` for ops being admitted (the caller checked they are free).
+    func take(_ count: Int, of queue: Queue) {
+        precondition(count <= queue.credits.free, "queue \(queue.id): \(count) credits taken with \(queue.credits.free) free")
+        queue.credits.used += count
+    }
+
+    /// Gives back the credits of `count` records delivered: written to the socket, or consumed by the
+    /// client from the ring.
+    func delivered(_ count: Int, of queue: Queue) {
+        precondition(count <= queue.credits.used, "queue \(queue.id): \(count) records delivered with \(queue.credits.used) outstanding")
+        queue.credits.used -= count
+    }
+
+    /// Gives back the credits of `count` ops whose records will never be delivered.
+    func orphaned(_ count: Int, of queue: Queue) { delivered(count, of: queue) }
 
     /// Routes finished ops: statistics, then each record to its queue, marking flush points. Consecutive
     /// ops of one queue (the usual case: a batch) are routed as a run, so the queue's tenant, connection
@@ -59,14 +85,14 @@ final class CompletionRouter {
             tenant.completed(bytes: record.bytesDone, failed: failed, acceptedAt: finished[i].acceptedAt,
                              startedAt: finished[i].startedAt, now: now)
             guard open else {
-                queue.releaseOrphaned(1)
+                orphaned(1, of: queue)
                 continue
             }
             if let ring {
                 // A ring queue's record goes straight into its completion ring; its credit returns when the
                 // client consumes it. A broken ring takes no more records: the credit returns now.
                 guard ring.broken == nil, ring.consumer.push(record) else {
-                    queue.releaseOrphaned(1)
+                    orphaned(1, of: queue)
                     continue
                 }
                 if failed { ring.failedSincePublish = true }
@@ -161,7 +187,7 @@ final class CompletionRouter {
             for i in start..<start + count { queue.undelivered[i].encode(into: &connection.scratch) }
             let result = connection.scratch.bytes.withUnsafeBytes { connection.send($0, queue: queue, records: count) }
             switch result {
-            case .sent: queue.delivered(count)
+            case .sent: delivered(count, of: queue)
             case .queued: break
             case .failed(let error):
                 failed.append((connection, error))

@@ -78,8 +78,10 @@ final class Queue {
     var pending: OpRing
     /// What its channel does with its ops (written by `Channel` only).
     var execution = QueueExecution()
-    /// Ops accepted whose completion has not been written to the socket: the credits in use.
-    private(set) var outstanding = 0
+    /// Its credits (SPEC.md §5.8): taken and given back by the completion router alone.
+    var credits: Credits
+    /// Ops accepted whose completion has not been delivered: the credits in use.
+    var outstanding: Int { credits.used }
     /// Completed ops whose records wait for a flush point (SPEC.md §6.4).
     var undelivered: [CompletionRecord]
     /// Whether the queue is in its tenant's turn order on its channel.
@@ -108,6 +110,7 @@ final class Queue {
         self.id = id
         self.channel = channel
         self.depth = depth
+        credits = Credits(depth: depth)
         self.connection = connection
         self.lane = lane
         pending = OpRing(minimumCapacity: depth)
@@ -120,22 +123,7 @@ final class Queue {
     deinit { crcState.deallocate() }
 
     /// Credits free for new ops.
-    var freeCredits: Int { depth - outstanding }
+    var freeCredits: Int { credits.free }
     /// Whether every accepted op has completed.
     var isIdle: Bool { execution.inEngine == 0 && pending.isEmpty }
-
-    /// Takes credits for `count` accepted ops.
-    func takeCredits(_ count: Int) {
-        precondition(count <= freeCredits, "queue \(id): \(count) credits taken with \(freeCredits) free")
-        outstanding += count
-    }
-
-    /// Returns the credits of `count` records written to the socket.
-    func delivered(_ count: Int) {
-        precondition(count <= outstanding, "queue \(id): \(count) records delivered with \(outstanding) outstanding")
-        outstanding -= count
-    }
-
-    /// Returns the credits of ops whose records will never be sent (the connection is gone).
-    func releaseOrphaned(_ count: Int) { delivered(count) }
 }

@@ -21,25 +21,22 @@ struct SubmitValidator {
         ops.removeAll(keepingCapacity: true)
         var noWait = false
         for i in 0..<submit.count {
-            let d = try submit.descriptor(at: i)
-            guard channel.supports(d.opcode) else {
-                throw ProtocolError(.unsupportedOpcode, "channel \(channel.index) (\(channel.name)) does not run \(d.opcode.name)",
-                                    index: UInt32(i))
-            }
-            ops.append(try resolve(d, index: i, buffers: buffers))
-            if d.flags.contains(.noWait) { noWait = true }
+            ops.append(try resolve(submit.body, at: i * Descriptor.size, index: i, version: submit.version, buffers: buffers))
+            if ops[i].flags.contains(.noWait) { noWait = true }
         }
         return noWait
     }
 
-    /// Checks and resolves the one descriptor of `submit` (a ring entry), every check SUBMIT would make.
-    func validateOne(_ submit: SubmitView, buffers: some BufferLookup) throws(ProtocolError) -> PendingOp {
-        let d = try submit.descriptor(at: 0)
+    /// Checks and resolves the descriptor at `offset` in `bytes`, the `index`th of its SUBMIT or of its
+    /// look at a ring: every check of SPEC.md §6.3, in order. Both ingresses come through here.
+    func resolve(_ bytes: UnsafeRawBufferPointer, at offset: Int, index: Int, version: UInt16,
+                 buffers: some BufferLookup) throws(ProtocolError) -> PendingOp {
+        let d = try Descriptor.decode(bytes, at: offset, index: UInt32(index), version: version)
         guard channel.supports(d.opcode) else {
-            throw ProtocolError(.unsupportedOpcode, "descriptor 0: channel \(channel.index) (\(channel.name)) does not run \(d.opcode.name)",
-                                index: 0)
+            throw ProtocolError(.unsupportedOpcode, "channel \(channel.index) (\(channel.name)) does not run \(d.opcode.name)",
+                                index: UInt32(index))
         }
-        return try resolve(d, index: 0, buffers: buffers)
+        return try resolve(d, index: index, buffers: buffers)
     }
 
     /// Resolves a descriptor's range in one of the connection's buffers (SPEC.md §6.3 step 4).

@@ -117,7 +117,7 @@ extension IOATServer {
         if let ring = queue.ring, ring.broken == nil {
             // Records the client consumed since the loop last looked return their credits first.
             do throws(ProtocolError) {
-                queue.delivered(try ring.consumer.reclaim())
+                consumed(try ring.consumer.reclaim(), of: queue)
             } catch {
                 breakRing(ring, error)
             }
@@ -178,14 +178,10 @@ extension IOATServer {
         accept(submitScratch, into: queue)
     }
 
-    /// Queues validated ops and starts what the channel's window takes.
+    /// Admits a SUBMIT's validated ops and pumps their channel.
     func accept(_ ops: [PendingOp], into queue: Queue) {
         let now = Clock.nanoseconds()
-        let channel = channels[queue.channel]
-        for op in ops { channel.admit(op, into: queue, at: now) }
-        queue.takeCredits(ops.count)
-        channel.schedule(queue)
-        channel.dispatch()
-        deliver()
+        for op in ops { admit(op, into: queue, at: now) }
+        pump(queue)
     }
 }

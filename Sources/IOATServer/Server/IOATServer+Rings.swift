@@ -90,7 +90,7 @@ extension IOATServer {
         do throws(ProtocolError) {
             let consumed = try ring.consumer.reclaim()
             if consumed > 0 {
-                queue.delivered(consumed)
+                self.consumed(consumed, of: queue)
                 moved = true
             }
             let waiting = try ring.consumer.available()
@@ -107,10 +107,7 @@ extension IOATServer {
             ring.consumer.handBack(count)
             guard !connection.isClosed else { return true }
             connection.requests += 1
-            let channel = channels[queue.channel]
-            channel.schedule(queue)
-            channel.dispatch()
-            deliver()
+            pump(queue)
             return true
         } catch {
             breakRing(ring, error)
@@ -122,26 +119,23 @@ extension IOATServer {
     /// queue (its credits were counted before they were taken). A refusal's text goes to the client in an
     /// ERROR naming the queue and the ring entry (SPEC.md §5.10.4), sent before its record is visible.
     private func resolveRingDescriptors(_ count: Int, firstEntry: UInt32, queue: Queue, connection: Connection) {
-        let channel = channels[queue.channel]
-        let validator = SubmitValidator(channel: channel.engine.info)
+        let validator = SubmitValidator(channel: channels[queue.channel].engine.info)
+        let descriptors = UnsafeRawBufferPointer(start: ringScratch, count: count * Descriptor.size)
         let now = Clock.nanoseconds()
         // One text per look at the ring: a client that publishes garbage by the thousand must not turn
         // each descriptor into a message (and a system call) on the event loop.
         var textSent = false
         for i in 0..<count {
-            let bytes = UnsafeRawBufferPointer(start: ringScratch + i * Descriptor.size, count: Descriptor.size)
             var op: PendingOp
             var refusal: ProtocolError? = nil
             do throws(ProtocolError) {
-                op = try validator.validateOne(SubmitView(queue: queue.id, count: 1, body: bytes, version: connection.version),
-                                               buffers: connection)
+                op = try validator.resolve(descriptors, at: i * Descriptor.size, index: i, version: connection.version, buffers: connection)
             } catch {
-                let cookie = bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self).littleEndian
-                op = .refused(error.code, cookie: cookie, opcode: bytes[0])
+                let cookie = descriptors.loadUnaligned(fromByteOffset: i * Descriptor.size + 8, as: UInt64.self).littleEndian
+                op = .refused(error.code, cookie: cookie, opcode: descriptors[i * Descriptor.size])
                 refusal = error
             }
-            channel.admit(op, into: queue, at: now)
-            queue.takeCredits(1)
+            admit(op, into: queue, at: now)
             if let error = refusal {
                 connection.errors += 1
                 guard !textSent else { continue }
@@ -161,7 +155,7 @@ extension IOATServer {
     func breakRing(_ ring: ServerRing, _ error: ProtocolError) {
         guard ring.broken == nil else { return }
         ring.markBroken(error)
-        if let queue = ring.queue { queue.delivered(ring.consumer.unconsumed) }
+        if let queue = ring.queue { router.orphaned(ring.consumer.unconsumed, of: queue) }
         epoll.remove(ring.doorbell.rawValue)
         UnixSocket.ring(ring.doorbell)
         // Debug, not warning: a client that breaks its rings on purpose must not flood the journal.

@@ -387,7 +387,7 @@ public final class IOATServer: @unchecked Sendable {
         parked.removeAll { $0 === connection }
         for queue in connection.queues.values {
             if let ring = queue.ring { dropRing(ring) }
-            channels[queue.channel].cancelPending(of: queue)
+            router.orphaned(channels[queue.channel].cancelPending(of: queue), of: queue)
             channels[queue.channel].queueCount -= 1
             queue.connection = nil
             queue.undelivered.removeAll()
@@ -428,7 +428,7 @@ public final class IOATServer: @unchecked Sendable {
 
     private func connectionWritable(_ connection: Connection) {
         do throws(SystemError) {
-            try connection.flushBacklog { queue, records in queue.delivered(records) }
+            try connection.flushBacklog { queue, records in router.delivered(records, of: queue) }
         } catch {
             close(connection, reason: "send: \(error)")
             return

@@ -1,0 +1,28 @@
+import IOATProtocol
+import IOATSystem
+
+/// The data path's one entry and its pump. Both ingresses (SUBMIT messages and rings) are front ends:
+/// they validate descriptors into ops and hand them here; what happens next is the channel's (scheduling,
+/// the engine window) and the router's (records, credits, flush points).
+extension IOATServer {
+    /// Moves one validated op into `queue`: the router takes its credit, the channel gives it its place
+    /// and pins the buffers it names. The caller made sure a credit is free.
+    func admit(_ op: consuming PendingOp, into queue: Queue, at now: UInt64) {
+        router.take(1, of: queue)
+        channels[queue.channel].admit(op, into: queue, at: now)
+    }
+
+    /// Puts `queue` in its tenant's turn on its channel, starts what the engine window takes, and
+    /// delivers what finished meanwhile.
+    func pump(_ queue: Queue) {
+        let channel = channels[queue.channel]
+        channel.schedule(queue)
+        channel.dispatch()
+        deliver()
+    }
+
+    /// Gives back the credits of records a ring's client consumed.
+    func consumed(_ count: Int, of queue: Queue) {
+        if count > 0 { router.delivered(count, of: queue) }
+    }
+}
