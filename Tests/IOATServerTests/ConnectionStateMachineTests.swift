@@ -163,4 +163,31 @@ struct ConnectionStateMachineTests {
             #expect(m.state == .closing(version: negotiated) && m.version == negotiated, "\(bad) on version \(negotiated): framed with \(m.version)")
         }
     }
+
+    @Test("a connection's life: reads while serving, not while a buffer is made or a request is parked, and a closing refusal closes it once its output is written")
+    func life() {
+        var m = machine()
+        #expect(m.reads && !m.isClosed)
+        m.negotiate()
+        #expect(m.reads && m.state == .negotiated(version: Wire.version))
+        m.setupStarted()
+        #expect(!m.reads && m.state == .awaitingSetup(version: Wire.version) && m.version == Wire.version)
+        m.setupEnded()
+        #expect(m.reads)
+        m.park()
+        #expect(!m.reads && m.state == .parked(version: Wire.version))
+        m.unpark()
+        #expect(m.reads)
+        // A refusal that does not close decides so, and nothing changes.
+        let stays = m.refused(ProtocolError(.badHandle, "x"))
+        #expect(!stays && m.reads && !m.closesOnceWritten)
+        // One that closes: nothing more is read, and the connection closes once its output is written.
+        let closes = m.refused(ProtocolError(.badMagic, "x"))
+        #expect(closes && !m.reads && m.isClosing && m.version == Wire.version)
+        let again = m.refused(ProtocolError(.unsupportedVersion, "x"))
+        #expect(again && m.closesOnceWritten, "a second closing refusal still closes")
+        m.close()
+        let closedAgain = m.refused(ProtocolError(.badMagic, "x"))
+        #expect(m.isClosed && !m.reads && !closedAgain, "a closed connection is not closed again")
+    }
 }

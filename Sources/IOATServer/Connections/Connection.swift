@@ -168,8 +168,8 @@ final class Connection: BufferLookup {
 
     /// One packet of receive space (plus one byte, so an oversized packet shows as truncated).
     let receiveBuffer: UnsafeMutableRawBufferPointer
-    /// The request waiting for credits, if any.
-    var parked: ParkedRequest? = nil
+    /// The request waiting for credits, if any (`park`, `unpark`).
+    private(set) var parked: ParkedRequest? = nil
     /// Scratch space for encoding COMPLETION messages without allocating.
     var scratch: WireWriter
 
@@ -186,7 +186,8 @@ final class Connection: BufferLookup {
     var backlog: Deque<Outgoing> = []
     /// What epoll watches for now.
     var interest: Epoll.Events = .readable
-    var isClosed = false
+    /// Whether it has closed (its life is `machine`'s).
+    var isClosed: Bool { machine.isClosed }
 
     /// Lifetime counters.
     var requests: UInt64 = 0
@@ -207,13 +208,21 @@ final class Connection: BufferLookup {
 
     deinit { receiveBuffer.deallocate() }
 
-    /// Whether the server should read requests now.
-    var wantsToRead: Bool { !isClosed && !closeAfterFlush && !awaitingSetup && backlog.isEmpty && parked == nil }
-    /// Set while a setup thread makes a buffer for this connection (its reply comes first).
-    var awaitingSetup = false
-    /// Set by an error that closes the connection while output is still queued: the connection closes
-    /// once the ERROR has been written (SPEC.md §7).
-    var closeAfterFlush = false
+    /// Whether the server should read requests now: its state reads, and nothing waits to be written.
+    var wantsToRead: Bool { machine.reads && backlog.isEmpty }
+
+    /// Parks `request` until its queue has the credits (the connection reads nothing meanwhile).
+    func park(_ request: ParkedRequest) {
+        machine.park()
+        parked = request
+    }
+
+    /// Takes the parked request back (it goes through now).
+    func unpark() -> ParkedRequest? {
+        defer { parked = nil }
+        machine.unpark()
+        return parked
+    }
 
     enum SendResult {
         case sent

@@ -20,19 +20,28 @@ struct PacketFacts {
     }
 }
 
-/// The protocol state of one connection as a value: it takes each received packet and says what to do
-/// with it, in the check order of SPEC.md §2.2 and §3–§4 — which ERROR, whether the connection then
-/// closes, or which request to carry out. It does no I/O, so every path is tested without sockets.
+/// A connection's whole life as a value: it takes each received packet and says what to do with it, in
+/// the check order of SPEC.md §2.2 and §3–§4 (which ERROR, whether the connection then closes, or which
+/// request to carry out), and it is where the connection stands between packets: waiting for a buffer to
+/// be made, parked for credits, flushing a closing refusal, closed. Whether a refusal closes the
+/// connection is decided here, once (`refused`). It does no I/O, so every path is tested without sockets.
 struct ConnectionStateMachine {
     /// Where the connection is.
     enum State: Equatable {
         /// Only HELLO is taken.
         case awaitingHello
-        /// HELLO was answered; every message is framed with `version`.
+        /// HELLO was answered; every message is framed with `version`; requests are read.
         case negotiated(version: UInt16)
-        /// An error closed the connection: nothing more is read. `version` frames the refusal that closed
-        /// it: 1 before HELLO_OK, the negotiated one after (SPEC.md §2.2).
+        /// A setup thread makes a buffer for it: nothing is read until its reply is sent.
+        case awaitingSetup(version: UInt16)
+        /// A request waits for credits (SPEC.md §5.8): nothing is read until it goes through.
+        case parked(version: UInt16)
+        /// A refusal closed the connection: nothing more is read, and it closes once its output (the
+        /// refusal last) is written. `version` frames that refusal: 1 before HELLO_OK, the negotiated one
+        /// after (SPEC.md §2.2).
         case closing(version: UInt16)
+        /// Gone.
+        case closed
     }
 
     /// What to do with a packet.
@@ -64,15 +73,65 @@ struct ConnectionStateMachine {
     /// for the refusal that closes the connection.
     var version: UInt16 {
         switch state {
-        case .awaitingHello: 1
-        case .negotiated(let version), .closing(let version): version
+        case .awaitingHello, .closed: 1
+        case .negotiated(let version), .awaitingSetup(let version), .parked(let version), .closing(let version): version
         }
     }
 
     var isNegotiated: Bool {
-        if case .negotiated = state { return true }
-        return false
+        switch state {
+        case .negotiated, .awaitingSetup, .parked: true
+        case .awaitingHello, .closing, .closed: false
+        }
     }
+
+    /// Whether the server reads the connection's next packet (its output drained as well).
+    var reads: Bool {
+        switch state {
+        case .awaitingHello, .negotiated: true
+        case .awaitingSetup, .parked, .closing, .closed: false
+        }
+    }
+
+    var isClosed: Bool { state == .closed }
+    /// Whether a refusal is closing it once its output is written.
+    var isClosing: Bool { if case .closing = state { true } else { false } }
+
+    /// A refusal was sent (or is about to be): whether the connection closes for it. BAD_MAGIC and
+    /// UNSUPPORTED_VERSION do (SPEC.md §7); the connection then reads nothing more. The one place this
+    /// is decided.
+    mutating func refused(_ error: ProtocolError) -> Bool {
+        guard error.code.closesConnection, state != .closed else { return false }
+        if !isClosing { state = .closing(version: version) }
+        return true
+    }
+
+    /// A buffer's setup started on a setup thread; until it ends nothing is read.
+    mutating func setupStarted() {
+        precondition(state == .negotiated(version: version), "setup started in \(state)")
+        state = .awaitingSetup(version: version)
+    }
+
+    /// The buffer's setup ended (its reply or refusal is being sent).
+    mutating func setupEnded() {
+        if case .awaitingSetup(let version) = state { state = .negotiated(version: version) }
+    }
+
+    /// A request waits for credits.
+    mutating func park() {
+        precondition(state == .negotiated(version: version), "parked in \(state)")
+        state = .parked(version: version)
+    }
+
+    /// The parked request went through.
+    mutating func unpark() {
+        if case .parked(let version) = state { state = .negotiated(version: version) }
+    }
+
+    /// Its output is written: whether it closes now (a refusal was closing it).
+    var closesOnceWritten: Bool { isClosing }
+
+    mutating func close() { state = .closed }
 
     /// Decides what to do with one packet. `packet` holds the bytes kept (all of them unless the packet
     /// was larger than the receive buffer). `stopping`: the server takes no new work (SPEC.md §5.7).
@@ -83,9 +142,7 @@ struct ConnectionStateMachine {
         switch decide(packet, facts, stopping: stopping, requestID: requestID) {
         case .success(let action): return action
         case .failure(let error):
-            let closes = error.code.closesConnection
-            if closes { state = .closing(version: version) }
-            return .refuse(error, requestID: requestID, close: closes)
+            return .refuse(error, requestID: requestID, close: refused(error))
         }
     }
 
@@ -115,8 +172,8 @@ struct ConnectionStateMachine {
         let rawType = WireReader(packet).get(at: 6, as: UInt16.self) ?? 0
         let isHello = rawType == MessageType.hello.rawValue
         let framing: ClosedRange<UInt16> = switch state {
-        case .negotiated(let version): isHello ? 1...1 : version...version
-        case .awaitingHello, .closing: isHello ? 1...1 : versions
+        case .negotiated(let version), .awaitingSetup(let version), .parked(let version): isHello ? 1...1 : version...version
+        case .awaitingHello, .closing, .closed: isHello ? 1...1 : versions
         }
         let header = try MessageHeader.decode(packet, accepting: framing)
         // Type: defined (in the negotiated version, or in any before HELLO), sent by clients, in its turn.

@@ -151,7 +151,7 @@ extension IOATServer {
     private func startSetup(_ ticket: UInt64, _ job: BufferWorkers.Job, _ pending: PendingSetup) {
         pending.connection.tenant.reservedBytes += pending.tenantReserved
         pendingSetups[ticket] = pending
-        pending.connection.awaitingSetup = true
+        pending.connection.machine.setupStarted()
         let queued = workers.submit(job)
         precondition(queued, "the setup threads stop only after the event loop")
     }
@@ -171,7 +171,7 @@ extension IOATServer {
         let connection = pending.connection
         budget.cancel(pending.budgetReserved)
         connection.tenant.reservedBytes -= pending.tenantReserved
-        connection.awaitingSetup = false
+        connection.machine.setupEnded()
         switch result {
         case .failure(let error):
             if !connection.isClosed { refuse(connection, error, requestID: pending.requestID) }

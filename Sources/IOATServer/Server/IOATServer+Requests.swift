@@ -12,9 +12,9 @@ extension IOATServer {
         let facts = PacketFacts(size: packet.fullSize, descriptors: packet.fdsReceived,
                                 descriptorsOverflowed: packet.descriptorsOverflowed, foreignControl: packet.foreignControl)
         switch connection.machine.receive(bytes, facts, stopping: state != .serving) {
-        case .refuse(let error, let requestID, _):
+        case .refuse(let error, let requestID, let closes):
             fds.removeAll()
-            refuse(connection, error, requestID: requestID)
+            refuse(connection, error, requestID: requestID, closes: closes)
         case .hello(let version, let offered, let requestID):
             connection.ringsGranted = version >= 3 && configuration.rings && offered & Wire.featureRings != 0
             let answer = HelloReply(
@@ -147,7 +147,7 @@ extension IOATServer {
         } else if noWait {
             throw ProtocolError(.noSpace, "queue \(id) has \(queue.freeCredits) free credits; RESERVE asked for \(credits) (NO_WAIT)")
         } else {
-            connection.parked = .reserve(queue: queue, credits: Int(credits), requestID: requestID)
+            connection.park(.reserve(queue: queue, credits: Int(credits), requestID: requestID))
             parked.append(connection)
         }
     }
@@ -171,7 +171,7 @@ extension IOATServer {
             if noWait {
                 throw ProtocolError(.noSpace, "queue \(queue.id) has \(queue.freeCredits) free credits; the SUBMIT needs \(submit.count) (NO_WAIT)")
             }
-            connection.parked = .submit(queue: queue, ops: submitScratch)
+            connection.park(.submit(queue: queue, ops: submitScratch))
             parked.append(connection)
             return
         }

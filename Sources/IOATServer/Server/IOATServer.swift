@@ -379,7 +379,7 @@ public final class IOATServer: @unchecked Sendable {
     /// engine finish; their buffers are unmapped when the last of them completes.
     func close(_ connection: Connection, reason: String) {
         guard !connection.isClosed else { return }
-        connection.isClosed = true
+        connection.machine.close()
         epoll.remove(connection.fd.rawValue)
         // The peer reads what was sent (an ERROR that closes, say), then the end: never a reset.
         UnixSocket.discardUnread(connection.fd)
@@ -433,7 +433,7 @@ public final class IOATServer: @unchecked Sendable {
             close(connection, reason: "send: \(error)")
             return
         }
-        if connection.closeAfterFlush && connection.backlog.isEmpty {
+        if connection.backlog.isEmpty && connection.machine.closesOnceWritten {
             close(connection, reason: "protocol error; its ERROR was delivered")
             return
         }
@@ -479,18 +479,20 @@ public final class IOATServer: @unchecked Sendable {
     }
 
     /// Sends ERROR for a refused request; closes the connection when the code says so (SPEC.md §7).
-    func refuse(_ connection: Connection, _ error: ProtocolError, requestID: UInt64) {
+    /// Sends the ERROR for `error`; the connection's state machine says whether it then closes (`closes`
+    /// when it already did, for a packet it refused itself).
+    func refuse(_ connection: Connection, _ error: ProtocolError, requestID: UInt64, closes: Bool? = nil) {
         connection.errors += 1
         logger.debug("request refused", metadata: [
             "client": "\(connection.id)", "code": "\(error.code.name)", "message": "\(error.message)",
         ])
+        let closing = closes ?? connection.machine.refused(error)
         reply(connection, .error(ErrorReply(error)), requestID: requestID)
-        guard error.code.closesConnection, !connection.isClosed else { return }
+        guard closing, !connection.isClosed else { return }
         if connection.backlog.isEmpty {
             close(connection, reason: "protocol error \(error.code.name)")
         } else {
-            // The ERROR waits behind other output: close once it is written.
-            connection.closeAfterFlush = true
+            // The ERROR waits behind other output: the machine closes it once that is written.
             updateInterest(connection)
         }
     }
@@ -536,7 +538,7 @@ public final class IOATServer: @unchecked Sendable {
                 parked.append(connection)
                 continue
             }
-            connection.parked = nil
+            _ = connection.unpark()
             switch request {
             case .submit(let queue, let ops): accept(ops, into: queue)
             case .reserve(let queue, _, let requestID):
