@@ -90,6 +90,28 @@ int cioat_peergroups(int fd, gid_t *groups, int max) {
     return (int)(len / sizeof(gid_t));
 }
 
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
+/* The peer's pidfd (SO_PEERPIDFD, Linux 6.5): the process that connected, which a pid number cannot
+ * name once it may have been reused. -1 with errno (ENOPROTOOPT on older kernels). */
+int cioat_peerpidfd(int fd) {
+    int pidfd = -1;
+    socklen_t len = sizeof pidfd;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) != 0) return -1;
+    return pidfd;
+}
+
+#include <sys/syscall.h>
+#include <unistd.h>
+/* Whether the process behind `pidfd` is still running: signal 0 through the pidfd (pidfd_send_signal,
+ * Linux 5.1) checks it exists without signalling it. 1 alive, 0 gone (ESRCH), -1 other errors. */
+int cioat_pidfd_alive(int pidfd) {
+    if (syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) == 0) return 1;
+    return errno == ESRCH ? 0 : -1;
+}
+
 #include <pthread.h>
 void cioat_set_thread_name(const char *name) { pthread_setname_np(pthread_self(), name); }
 

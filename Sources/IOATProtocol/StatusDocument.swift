@@ -209,9 +209,15 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public var errors: UInt64
         public var ops: UInt64
         public var bytes: UInt64
+        /// The cgroup v2 path the client ran in when it connected, and the systemd unit and slice in that
+        /// path; absent where the server could not read them.
+        public var cgroup: String?
+        public var unit: String?
+        public var slice: String?
 
         enum CodingKeys: String, CodingKey {
             case id, pid, uid, gid, groups, buffers, bufferBytes = "buffer_bytes", queues, requests, errors, ops, bytes
+            case cgroup, unit, slice
         }
 
         /// Creates a client entry.

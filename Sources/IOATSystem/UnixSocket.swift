@@ -9,11 +9,15 @@ public struct PeerCredentials: Hashable, Sendable {
     public var gid: UInt32
     /// Supplementary groups, in the kernel's (ascending) order; empty where SO_PEERGROUPS is missing.
     public var groups: [UInt32]
-    public init(pid: Int32, uid: UInt32, gid: UInt32, groups: [UInt32] = []) {
+    /// The peer's cgroup, unit and slice, read at accept (`PeerCgroup.ofPeer`); nil where the host has no
+    /// cgroup v2 or it was not read.
+    public var cgroup: PeerCgroup?
+    public init(pid: Int32, uid: UInt32, gid: UInt32, groups: [UInt32] = [], cgroup: PeerCgroup? = nil) {
         self.pid = pid
         self.uid = uid
         self.gid = gid
         self.groups = groups
+        self.cgroup = cgroup
     }
 }
 

@@ -163,7 +163,8 @@ struct Status: AsyncParsableCommand {
         }
         print("\nclients:")
         for c in doc.clients {
-            print("  #\(c.id) pid \(c.pid) uid \(c.uid) gid \(c.gid) · buffers \(c.buffers) (\(c.bufferBytes) B) · queues \(c.queues) · ops \(c.ops) · errors \(c.errors)")
+            let place = c.unit.map { " · unit \($0)" } ?? c.cgroup.map { " · cgroup \($0)" } ?? ""
+            print("  #\(c.id) pid \(c.pid) uid \(c.uid) gid \(c.gid)\(place) · buffers \(c.buffers) (\(c.bufferBytes) B) · queues \(c.queues) · ops \(c.ops) · errors \(c.errors)")
         }
         print("\nbuffers: \(doc.buffers.count) open, \(doc.buffers.bytes) bytes, \(doc.buffers.hugepageBacked) on hugepages")
     }

@@ -106,10 +106,14 @@ extension IOATServer {
     }
 
     private static func status(of c: Connection) -> StatusDocument.Client {
-        StatusDocument.Client(
+        var entry = StatusDocument.Client(
             id: c.id, pid: c.peer.pid, uid: c.peer.uid, gid: c.peer.gid, groups: c.peer.groups, buffers: c.buffers.count,
             bufferBytes: c.bufferBytes, queues: c.queues.count, requests: c.requests, errors: c.errors,
             ops: c.queues.values.reduce(0) { $0 + $1.opsCompleted }, bytes: c.queues.values.reduce(0) { $0 + $1.bytesCompleted })
+        entry.cgroup = c.peer.cgroup?.path
+        entry.unit = c.peer.cgroup?.unit
+        entry.slice = c.peer.cgroup?.slice
+        return entry
     }
 
     /// Latencies in microseconds, from SUBMIT acceptance to the engine taking the op (queue wait) and to

@@ -72,6 +72,8 @@ public final class IOATServer: @unchecked Sendable {
     var nextRingToken: UInt64 = ringTokenBase
     /// Descriptors copied out of a ring (once, before anything reads them).
     let ringScratch: UnsafeMutableRawPointer
+    /// Whether the log said once that peers are named by pid (no SO_PEERPIDFD).
+    private var warnedNoPidfd = false
     /// Lifetime counters.
     var connectionsAccepted: UInt64 = 0
     var connectionsRefused: UInt64 = 0
@@ -317,7 +319,25 @@ public final class IOATServer: @unchecked Sendable {
                 logger.error("accept failed", metadata: ["error": "\(error)"])
                 return
             }
-            guard let peer = try? UnixSocket.peerCredentials(fd) else { continue }
+            guard var peer = try? UnixSocket.peerCredentials(fd) else { continue }
+            // Where the peer runs (its cgroup, unit and slice), fixed at connect like its uid. A process
+            // that has exited by now is refused: its pid may already name another.
+            switch PeerCgroup.ofPeer(fd, pid: peer.pid) {
+            case .success(let cgroup):
+                peer.cgroup = cgroup
+                if !cgroup.viaPidfd && !warnedNoPidfd {
+                    warnedNoPidfd = true
+                    logger.notice("this kernel has no SO_PEERPIDFD: a peer's cgroup is read by its pid, checked alive afterwards", metadata: [
+                        "pid": "\(peer.pid)",
+                    ])
+                }
+            case .failure(.exited(let pid)):
+                refuse(fd, peer, .permissionDenied, "process \(pid) exited before its identity could be read")
+                continue
+            case .failure(let error):
+                // No cgroup v2 here (or /proc unreadable): the peer is known by its uid alone.
+                logger.debug("peer cgroup unknown", metadata: ["pid": "\(peer.pid)", "error": "\(error)"])
+            }
             guard connections.count < configuration.maxConnections else {
                 refuse(fd, peer, .quotaExceeded, "the server has \(connections.count) connections, its limit")
                 continue
@@ -352,6 +372,7 @@ public final class IOATServer: @unchecked Sendable {
             connectionsAccepted += 1
             logger.info("client connected", metadata: [
                 "client": "\(id)", "pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)",
+                "cgroup": "\(peer.cgroup?.path ?? "unknown")", "unit": "\(peer.cgroup?.unit ?? "none")",
             ])
         }
     }
