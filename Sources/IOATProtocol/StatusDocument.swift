@@ -281,6 +281,11 @@ public struct StatusDocument: Codable, Sendable, Equatable {
 
     /// One tenant (every connection of one uid).
     public struct Tenant: Codable, Sendable, Equatable {
+        /// The server's number for it (STATUS pages tenants by it); absent from servers before it.
+        public var id: UInt32?
+        /// How operators name it: "uid 1000", a systemd unit, a cgroup path, or a shared entry.
+        public var name: String?
+        /// Its first connection's uid.
         public var uid: UInt32
         public var gid: UInt32
         public var groups: [UInt32]
@@ -311,7 +316,7 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public var latencyBuckets: Buckets?
 
         enum CodingKeys: String, CodingKey {
-            case uid, gid, groups, policy, weight, connections, maxConnections = "max_connections"
+            case id, name, uid, gid, groups, policy, weight, connections, maxConnections = "max_connections"
             case bufferBytes = "buffer_bytes", maxBufferBytes = "max_buffer_bytes", queues, maxQueues = "max_queues"
             case inflightCapacity = "inflight_capacity", maxInflight = "max_inflight", hugepageBytes = "hugepage_bytes"
             case ops, bytes, errors, refusals

@@ -155,7 +155,8 @@ struct Status: AsyncParsableCommand {
         }
         print("\ntenants (latency µs from SUBMIT: queue wait to the engine / to completion, p50 p99):")
         for t in doc.tenants {
-            print("  uid \(t.uid) (\(t.policy), weight \(t.weight)) · connections \(t.connections)/\(t.maxConnections)"
+            let who = t.name.map { $0 == "uid \(t.uid)" ? $0 : "\($0), uid \(t.uid)" } ?? "uid \(t.uid)"
+            print("  \(who) (\(t.policy), weight \(t.weight)) · connections \(t.connections)/\(t.maxConnections)"
                   + " · buffers \(t.bufferBytes)/\(t.maxBufferBytes) B · queues \(t.queues)/\(t.maxQueues)"
                   + " · in flight \(t.inflightCapacity)/\(t.maxInflight)")
             print("      ops \(t.ops) · bytes \(t.bytes) · errors \(t.errors) · refusals \(t.refusals)"

@@ -103,7 +103,8 @@ struct Exposition {
         channelFamily("ioatd_channel_in_engine", .gauge, "Ops (or pieces) in the channel's engine now.") { Double($0.inEngine) }
 
         let tenants = doc.tenants
-        func tenantLabels(_ t: StatusDocument.Tenant) -> [String: String] { ["uid": "\(t.uid)"] }
+        // `tenant` names it (a uid, a unit, a cgroup): several tenants may share a uid (containers run as root).
+        func tenantLabels(_ t: StatusDocument.Tenant) -> [String: String] { ["uid": "\(t.uid)", "tenant": t.name ?? "uid \(t.uid)"] }
         func tenantFamily(_ name: String, _ type: Kind, _ help: String, _ value: (StatusDocument.Tenant) -> Double) {
             family(name, type, help) { f in for t in tenants { f.sample(tenantLabels(t), value(t)) } }
         }

@@ -123,20 +123,23 @@ struct Screen {
                        + pad("\(c.errors)", 9, right: true))
         }
         out.append("")
-        out.append(pad("TENANT", 12) + pad("OPS/S", 10, right: true) + pad("GB/S", 8, right: true) + pad("P50us", 8, right: true)
+        // Tenants are told apart by name: several may share a uid (units, cgroups).
+        func name(_ t: StatusDocument.Tenant) -> String { t.name ?? "uid \(t.uid)" }
+        let width = max(12, (document.tenants.map { name($0).count }.max() ?? 0) + 2)
+        out.append(pad("TENANT", width) + pad("OPS/S", 10, right: true) + pad("GB/S", 8, right: true) + pad("P50us", 8, right: true)
                    + pad("P99us", 8, right: true) + pad("CREDITS", 11, right: true) + pad("BUFFERS", 9, right: true)
                    + pad("CONN", 6, right: true))
-        let tenantsBefore = Dictionary(uniqueKeysWithValues: (previous?.tenants ?? []).map { ($0.uid, $0) })
+        let tenantsBefore = Dictionary((previous?.tenants ?? []).map { (name($0), $0) }) { first, _ in first }
         let tenants = document.tenants.map { t -> (StatusDocument.Tenant, Double, Double) in
-            let was = tenantsBefore[t.uid]
+            let was = tenantsBefore[name(t)]
             return (t, rate(t.ops, was?.ops), rate(t.bytes, was?.bytes))
-        }.sorted { ($0.2, $0.1, $1.0.uid) > ($1.2, $1.1, $0.0.uid) }
+        }.sorted { ($0.2, $0.1, name($1.0)) > ($1.2, $1.1, name($0.0)) }
         let room = max(0, rows - out.count - 1)
         for (t, ops, bytes) in tenants.prefix(room) {
-            let was = tenantsBefore[t.uid]
+            let was = tenantsBefore[name(t)]
             let p50 = Self.percentile(0.5, t.latencyBuckets, was?.latencyBuckets) ?? (t.ops > 0 ? t.latencyUs.p50 : nil)
             let p99 = Self.percentile(0.99, t.latencyBuckets, was?.latencyBuckets) ?? (t.ops > 0 ? t.latencyUs.p99 : nil)
-            out.append(pad("uid \(t.uid)", 12) + pad(String(format: "%.0f", ops), 10, right: true)
+            out.append(pad(name(t), width) + pad(String(format: "%.0f", ops), 10, right: true)
                        + pad(String(format: "%.2f", bytes / 1e9), 8, right: true) + pad(Self.micros(p50), 8, right: true)
                        + pad(Self.micros(p99), 8, right: true) + pad("\(t.creditsInUse ?? 0)/\(t.inflightCapacity)", 11, right: true)
                        + pad(Self.bytes(Double(t.bufferBytes)), 9, right: true) + pad("\(t.connections)", 6, right: true))

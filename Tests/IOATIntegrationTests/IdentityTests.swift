@@ -79,3 +79,83 @@ struct IdentityTests {
         _ = try await queue.submit(.null())
     }
 }
+
+/// A client of `Tests/support/cgroup-tenant.py` running in a cgroup, held until `finish`.
+final class CgroupClient {
+    let process = Process()
+    private let input = Pipe()
+    private let output = Pipe()
+    /// What it printed up to READY.
+    private(set) var lines: [String] = []
+
+    init(socket: String, cgroup: String, allocations: [Int]) throws {
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [repositoryRoot.appendingPathComponent("Tests/support/cgroup-tenant.py").path, socket, cgroup] + allocations.map(String.init)
+        process.standardInput = input
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        // Reads until READY (or its end): the condition, not a guessed time.
+        var text = ""
+        let handle = output.fileHandleForReading
+        while !text.contains("READY\n") {
+            let chunk = handle.availableData
+            if chunk.isEmpty { break }
+            text += String(decoding: chunk, as: UTF8.self)
+        }
+        lines = text.split(separator: "\n").map(String.init)
+    }
+
+    var allocations: [String] { lines.filter { $0.hasPrefix("ALLOC ") } }
+    var status: StatusDocument? { lines.first { $0.hasPrefix("STATUS ") }.flatMap { try? statusDocument(line: $0) } }
+
+    /// Lets it close its connection and exit.
+    func finish() {
+        try? input.fileHandleForWriting.close()
+        process.waitUntilExit()
+    }
+}
+
+@Suite("Units and cgroups as tenants", .serialized)
+struct ScopedTenantTests {
+    @Test("Two processes of uid 0 in two cgroups under one [policy.cgroups] prefix are two tenants: separate limits, separate views, named by cgroup",
+          .enabled(if: writableCgroupRoot != nil, "needs a writable cgroup v2 hierarchy"))
+    func twoCgroupsTwoTenants() async throws {
+        let root = try #require(writableCgroupRoot)
+        let slice = "ioatd-test-\(getpid())-t.slice"
+        let a = "\(root)/\(slice)/a.scope", b = "\(root)/\(slice)/b.scope"
+        #expect(mkdir("\(root)/\(slice)", 0o755) == 0 && mkdir(a, 0o755) == 0 && mkdir(b, 0o755) == 0)
+        defer {
+            rmdir(a)
+            rmdir(b)
+            rmdir("\(root)/\(slice)")
+        }
+        // The path as /proc/PID/cgroup shows it (this process's cgroup namespace root is the hierarchy's).
+        let prefix = "/\(slice)"
+        let config = temporarySocketPath() + ".toml"
+        defer { unlink(config) }
+        try """
+            [policy.cgroups."\(prefix)"]
+            max_buffer_bytes = \(8 << 20)
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let server = try TestServer(arguments: ["--config", config])
+        // A: 6 MiB granted, 6 more refused at its limit; B, beside it, is granted its own 6 MiB.
+        let first = try CgroupClient(socket: server.path, cgroup: a, allocations: [6 << 20, 6 << 20])
+        defer { first.finish() }
+        let second = try CgroupClient(socket: server.path, cgroup: b, allocations: [6 << 20])
+        defer { second.finish() }
+        #expect(first.allocations.count == 2 && first.allocations[0].hasPrefix("ALLOC OK"), "\(first.lines)")
+        #expect(first.allocations.last?.hasPrefix("ALLOC ERROR \(ErrorCode.quotaExceeded.rawValue) ") == true, "\(first.lines)")
+        #expect(second.allocations == second.allocations.filter { $0.hasPrefix("ALLOC OK") } && second.allocations.count == 1,
+                "the other cgroup's tenant has a limit of its own: \(second.lines)")
+        // Each sees only itself, although both are root.
+        let viewA = try #require(first.status, "\(first.lines)"), viewB = try #require(second.status, "\(second.lines)")
+        #expect(viewA.tenants.compactMap(\.name) == ["\(prefix)/a.scope"] && viewA.clients.count == 1, "\(viewA.tenants)")
+        #expect(viewB.tenants.compactMap(\.name) == ["\(prefix)/b.scope"] && viewB.clients.count == 1, "\(viewB.tenants)")
+        #expect(viewA.tenants.first?.policy == "cgroup \(prefix)")
+        // Root outside every entry sees both, by name.
+        let operatorView = try await statusDocument(try await server.connect())
+        let names = Set(operatorView.tenants.compactMap(\.name))
+        #expect(names.isSuperset(of: ["\(prefix)/a.scope", "\(prefix)/b.scope", "uid 0"]), "\(names)")
+    }
+}

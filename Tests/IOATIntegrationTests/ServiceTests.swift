@@ -160,7 +160,26 @@ struct ServiceTests {
             ("[nope]\nx = 1\n", 1, "unknown section"),
             ("[server\n", 1, "expected ']'"),
             ("[server]\nsocket_mode = \"0999\"\n", 2, "octal"),
+            ("[policy.cgroups.\"machine.slice\"]\nweight = 2\n", 1, "is not a cgroup path"),
+            ("[policy.units.\"a/b.scope\"]\nweight = 2\n", 1, "is not a unit name"),
+            ("[policy.units.\"x.scope\"]\nshared = 1\n", 2, "must be true or false"),
+            ("[policy.units.\"x.scope\"]\nadmins = true\n", 2, "unknown key"),
         ]
+        // Units and cgroups: limits like a user's, and sharing and the full view.
+        let scoped = try DaemonConfiguration.parse("""
+            [policy.default]
+            max_queues = 7
+            [policy.units."docker-*.scope"]
+            weight = 4
+            shared = true
+            [policy.cgroups."/machine.slice"]
+            max_buffer_bytes = 1024
+            admin = true
+            """, source: "t.toml", defaults: defaults)
+        let unit = try #require(scoped.server.policy.units["docker-*.scope"])
+        #expect(unit.limits.weight == 4 && unit.shared && !unit.admin && unit.limits.maxQueues == 7)
+        let cgroup = try #require(scoped.server.policy.cgroups["/machine.slice"])
+        #expect(cgroup.limits.maxBufferBytes == 1024 && cgroup.admin && !cgroup.shared)
         for (text, line, fragment) in bad {
             do {
                 _ = try DaemonConfiguration.parse(text, source: "t.toml", defaults: defaults)

@@ -20,8 +20,16 @@ struct StatusPagingTests {
                                   writable: true, populate: false)
         let fd = try EventFD().fd
         for uid in UInt32(1)...1000 {
-            let tenant = Tenant(uid: uid, gid: uid, groups: [uid, 4242], limits: TenantLimits(), policySource: "test")
-            server.tenants[uid] = tenant
+            // Half the tenants are uids, half are units whose processes all run as root (containers): the
+            // pages go by tenant id, so tenants sharing a uid are each listed once.
+            let tenant: Tenant
+            if uid % 2 == 0 {
+                tenant = Tenant(key: .unit("ctr-\(uid).scope"), id: uid, identity: PeerCredentials(pid: Int32(uid), uid: 0, gid: 0),
+                                limits: TenantLimits(), policySource: "units ctr-*.scope", seesAll: false)
+            } else {
+                tenant = Tenant(uid: uid, gid: uid, groups: [uid, 4242], limits: TenantLimits(), policySource: "test")
+            }
+            server.tenants[tenant.key] = tenant
             let connection = Connection(id: UInt64(uid) + 16, fd: fd, peer: PeerCredentials(pid: Int32(uid), uid: uid, gid: uid),
                                         tenant: tenant, maxMessage: 4096, now: 0)
             for b in UInt32(0)..<10 {
@@ -44,15 +52,17 @@ struct StatusPagingTests {
             #expect(document.channels.count == 2)
             #expect(!document.clients.isEmpty || !document.tenants.isEmpty, "page \(pages) holds nothing")
             clients += document.clients.map(\.id)
-            tenants += document.tenants.map(\.uid)
+            tenants += document.tenants.compactMap(\.id)
             guard let next = StatusRequest.after(document.page) else { break }
             page = next
         }
         #expect(clients == (1...1000).map { UInt64($0) + 16 }, "every client once, in order")
-        #expect(tenants == Array(UInt32(1)...1000), "every tenant once, in order")
+        #expect(tenants == Array(UInt32(1)...1000), "every tenant once, in order of id, root's many units included")
         #expect(pages > 2, "the document did not need paging: \(pages) pages")
-        // A viewer that is not root sees itself only, on one page.
-        let own = server.statusDocument(for: PeerCredentials(pid: 7, uid: 77, gid: 77))
+        // A viewer that is not root sees itself only, on one page; so does a unit's, although it runs as root.
+        let own = server.statusDocument(for: server.connections[77 + 16])
         #expect(own.clients.map(\.uid) == [77] && own.tenants.map(\.uid) == [77] && own.page.isLast && own.buffers.count == 10)
+        let unit = server.statusDocument(for: server.connections[78 + 16])
+        #expect(unit.clients.map(\.id) == [78 + 16] && unit.tenants.map(\.name) == ["ctr-78.scope"] && unit.page.isLast)
     }
 }

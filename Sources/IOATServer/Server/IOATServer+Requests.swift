@@ -49,7 +49,7 @@ extension IOATServer {
         case .close(let queue): try handleClose(connection, queue: queue, requestID: requestID)
         case .submit(let submit): try handleSubmit(connection, submit)
         case .status(let page):
-            reply(connection, .statusReply(json: statusJSON(for: connection.peer, page: page ?? .first, version: connection.version)), requestID: requestID)
+            reply(connection, .statusReply(json: statusJSON(for: connection, page: page ?? .first, version: connection.version)), requestID: requestID)
         case .setCoalesce(let id, let microseconds):
             guard let queue = connection.queues[id] else {
                 throw ProtocolError(.badQueue, "SET_COALESCE on queue \(id), which is not open on this connection")

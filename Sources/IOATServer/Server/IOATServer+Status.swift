@@ -5,30 +5,31 @@ import IOATProtocol
 import IOATSystem
 
 extension IOATServer {
-    /// The STATUS document (SPEC.md §5.6) for `viewer`, as the page that starts where `page` says.
-    /// Root and the server's own uid see every client and tenant; any other tenant sees the server and
-    /// channel summaries and only its own clients and tenant entry.
+    /// The STATUS document (SPEC.md §5.6) for `viewer` (a connection; nil: everything, for tests). A
+    /// tenant that sees everything (root or the server's uid outside every unit and cgroup entry, or an
+    /// entry with `admin = true`) sees every client and tenant; any other sees the server and channel
+    /// summaries and only its own tenant's clients and entry.
     /// `version` is the viewer connection's negotiated version, reported as `protocol_version`.
-    func statusDocument(for viewer: PeerCredentials? = nil, page: StatusRequest = .first, version: UInt16 = Wire.version)
+    func statusDocument(for viewer: Connection? = nil, page: StatusRequest = .first, version: UInt16 = Wire.version)
         -> StatusDocument
     {
         statusPage(for: viewer, page: page, version: version).document
     }
 
     /// The STATUS document as JSON, sized to fit one message.
-    func statusJSON(for viewer: PeerCredentials? = nil, page: StatusRequest = .first, version: UInt16 = Wire.version) -> String {
+    func statusJSON(for viewer: Connection? = nil, page: StatusRequest = .first, version: UInt16 = Wire.version) -> String {
         statusPage(for: viewer, page: page, version: version).json
     }
 
     /// Builds the page: the server, channels and totals always; then as many clients (by id, from
-    /// `page.clientFrom`) and then tenants (by uid, from `page.tenantFrom`) as fit in `max_message`.
-    private func statusPage(for viewer: PeerCredentials?, page: StatusRequest, version: UInt16)
+    /// `page.clientFrom`) and then tenants (by id, from `page.tenantFrom`) as fit in `max_message`.
+    private func statusPage(for viewer: Connection?, page: StatusRequest, version: UInt16)
         -> (document: StatusDocument, json: String)
     {
-        let seesAll = viewer.map { $0.uid == 0 || $0.uid == ProcessIdentity.uid } ?? true
-        func visible(_ uid: UInt32) -> Bool { seesAll || uid == viewer?.uid }
-        let clients = connections.values.filter { visible($0.peer.uid) }.sorted { $0.id < $1.id }
-        let tenantList = tenants.values.filter { visible($0.uid) }.sorted { $0.uid < $1.uid }
+        let seesAll = viewer.map { $0.tenant.seesAll } ?? true
+        func visible(_ tenant: Tenant) -> Bool { seesAll || tenant === viewer?.tenant }
+        let clients = connections.values.filter { visible($0.tenant) }.sorted { $0.id < $1.id }
+        let tenantList = tenants.values.filter { visible($0) }.sorted { $0.id < $1.id }
 
         var server = StatusDocument.Server(
             protocolVersion: Int(version), pid: Int(ProcessIdentity.pid), state: state.rawValue, engine: engine.name,
@@ -77,12 +78,12 @@ extension IOATServer {
         }
         document.page.nextClient = fill(clients.drop { $0.id < page.clientFrom }, key: \.id, entry: Self.status(of:),
                                         into: &document.clients)
-        let pendingTenants = tenantList.drop { $0.uid < page.tenantFrom || page.tenantFrom == StatusRequest.endOfTenants }
+        let pendingTenants = tenantList.drop { $0.id < page.tenantFrom || page.tenantFrom == StatusRequest.endOfTenants }
         if document.page.nextClient != nil {
             // The clients filled the page: tenants start on a later one, from where this one was asked to.
-            document.page.nextTenant = pendingTenants.first?.uid
+            document.page.nextTenant = pendingTenants.first?.id
         } else {
-            document.page.nextTenant = fill(pendingTenants, key: \.uid, entry: status(of:), into: &document.tenants)
+            document.page.nextTenant = fill(pendingTenants, key: \.id, entry: status(of:), into: &document.tenants)
         }
         let json = (try? encoder.encode(document)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
         return (document, json)
@@ -146,12 +147,15 @@ extension IOATServer {
     }
 
     private static func status(of t: Tenant) -> StatusDocument.Tenant {
-        StatusDocument.Tenant(
+        var entry = StatusDocument.Tenant(
             uid: t.uid, gid: t.gid, groups: t.groups, policy: t.policySource, weight: t.limits.weight, connections: t.connections,
             maxConnections: t.limits.maxConnections, bufferBytes: t.bufferBytes, maxBufferBytes: t.limits.maxBufferBytes,
             queues: t.queues, maxQueues: t.limits.maxQueues, inflightCapacity: t.inflightCapacity, maxInflight: t.limits.maxInflight,
             ops: t.ops, bytes: t.bytes, errors: t.errors, refusals: t.refusals, servedCost: t.served,
             hugepageBytes: t.hugepageBytes,
             queueWaitUs: percentiles(t.queueWait), latencyUs: percentiles(t.latency))
+        entry.id = t.id
+        entry.name = t.name
+        return entry
     }
 }

@@ -62,8 +62,10 @@ public final class IOATServer: @unchecked Sendable {
     var handleCounter: UInt32 = 0
     /// Tenant policy in force (replaced by `apply(policy:)`).
     private(set) var policy: Policy
-    /// Tenants with at least one connection, by uid.
-    var tenants: [UInt32: Tenant] = [:]
+    /// Tenants with at least one connection, by key (uid, unit, cgroup or shared entry).
+    var tenants: [TenantKey: Tenant] = [:]
+    /// The last tenant id given out (`Tenant.id`).
+    var nextTenantID: UInt32 = 0
     /// A SUBMIT's resolved descriptors between validation and queueing; capacity kept across SUBMITs.
     var submitScratch: [PendingOp] = []
     /// Ring queues, by doorbell token, and in polling order.
@@ -300,7 +302,10 @@ public final class IOATServer: @unchecked Sendable {
         policy = fresh
         policyReloads += 1
         for tenant in tenants.values {
-            (tenant.limits, tenant.policySource) = policy.limits(uid: tenant.uid, gid: tenant.gid, groups: tenant.groups)
+            // A tenant stays the tenant it is (its connections came as it); its limits and view follow the
+            // entry that now matches its first connection's identity.
+            let resolved = policy.resolve(tenant.identity, serverUID: ProcessIdentity.uid)
+            (tenant.limits, tenant.policySource, tenant.seesAll) = (resolved.limits, resolved.source, resolved.seesAll)
         }
         logger.notice("policy reloaded", metadata: [
             "users": "\(policy.users.count)", "groups": "\(policy.groups.count)", "tenants": "\(tenants.count)",
@@ -342,20 +347,29 @@ public final class IOATServer: @unchecked Sendable {
                 refuse(fd, peer, .quotaExceeded, "the server has \(connections.count) connections, its limit")
                 continue
             }
-            let (limits, source) = policy.limits(uid: peer.uid, gid: peer.gid, groups: peer.groups)
-            let existing = tenants[peer.uid]
+            let resolved = policy.resolve(peer, serverUID: ProcessIdentity.uid)
+            let (limits, source) = (resolved.limits, resolved.source)
+            let existing = tenants[resolved.tenant]
+            let who = resolved.scoped ? "\(resolved.tenant.name) (uid \(peer.uid))" : "uid \(peer.uid) (gid \(peer.gid))"
             guard limits.allowed else {
-                refuse(fd, peer, .permissionDenied, "uid \(peer.uid) (gid \(peer.gid)) is not allowed to use ioatd (policy: \(source))")
+                refuse(fd, peer, .permissionDenied, "\(who) is not allowed to use ioatd (policy: \(source))")
                 continue
             }
             guard (existing?.connections ?? 0) < limits.maxConnections else {
                 existing?.refusals += 1
                 refuse(fd, peer, .quotaExceeded,
-                       "uid \(peer.uid) already has \(existing?.connections ?? 0) connections; its limit is \(limits.maxConnections) (policy: \(source))")
+                       "\(resolved.scoped ? resolved.tenant.name : "uid \(peer.uid)") already has \(existing?.connections ?? 0) connections; its limit is \(limits.maxConnections) (policy: \(source))")
                 continue
             }
-            let tenant = existing ?? Tenant(uid: peer.uid, gid: peer.gid, groups: peer.groups, limits: limits, policySource: source)
-            tenants[peer.uid] = tenant
+            let tenant: Tenant
+            if let existing {
+                tenant = existing
+            } else {
+                nextTenantID &+= 1
+                tenant = Tenant(key: resolved.tenant, id: nextTenantID, identity: peer, limits: limits, policySource: source,
+                                seesAll: resolved.seesAll)
+                tenants[resolved.tenant] = tenant
+            }
             let id = nextConnectionID + Self.firstConnectionToken
             nextConnectionID += 1
             let connection = Connection(id: id, fd: fd, peer: peer, tenant: tenant, maxMessage: configuration.maxMessage,
@@ -391,8 +405,8 @@ public final class IOATServer: @unchecked Sendable {
 
     /// Drops a tenant with no connection left (its lanes go too; statistics start again next time).
     private func forgetIfIdle(_ tenant: Tenant) {
-        guard tenant.connections == 0, tenants[tenant.uid] === tenant else { return }
-        tenants[tenant.uid] = nil
+        guard tenant.connections == 0, tenants[tenant.key] === tenant else { return }
+        tenants[tenant.key] = nil
         for scheduler in channels { scheduler.forget(tenant) }
     }
 

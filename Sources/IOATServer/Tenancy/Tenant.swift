@@ -1,15 +1,26 @@
 import Histogram
 
-/// One tenant: every connection of one uid. Holds what the policy limits (summed over the tenant's
-/// connections), its scheduling weight, and its statistics. Lives on the event-loop thread only.
+import IOATSystem
+
+/// One tenant: every connection of one uid, or of one systemd unit or cgroup that a policy entry names
+/// (`TenantKey`). Holds what the policy limits (summed over the tenant's connections), its scheduling
+/// weight, and its statistics. Lives on the event-loop thread only.
 final class Tenant {
-    let uid: UInt32
-    /// Primary gid and supplementary groups of its first connection (what group policy entries match).
-    let gid: UInt32
-    let groups: [UInt32]
+    let key: TenantKey
+    /// Server-wide, in order of creation: the order STATUS lists tenants in, and its paging cursor.
+    let id: UInt32
+    /// Its first connection's identity: uid, groups and cgroup (what policy entries match, on reload too).
+    let identity: PeerCredentials
+    var uid: UInt32 { identity.uid }
+    var gid: UInt32 { identity.gid }
+    var groups: [UInt32] { identity.groups }
+    /// How operators see it (`TenantKey.name`).
+    var name: String { key.name }
     /// The limits in force, and which policy entry they came from; replaced on reload.
     var limits: TenantLimits
     var policySource: String
+    /// Whether it sees every client and tenant in STATUS; replaced on reload.
+    var seesAll: Bool
 
     /// Usage the limits bound.
     var connections = 0
@@ -34,12 +45,19 @@ final class Tenant {
     /// Nanoseconds from acceptance to completion (the record's creation).
     var latency = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .two)
 
-    init(uid: UInt32, gid: UInt32, groups: [UInt32], limits: TenantLimits, policySource: String) {
-        self.uid = uid
-        self.gid = gid
-        self.groups = groups
+    init(key: TenantKey, id: UInt32, identity: PeerCredentials, limits: TenantLimits, policySource: String, seesAll: Bool) {
+        self.key = key
+        self.id = id
+        self.identity = identity
         self.limits = limits
         self.policySource = policySource
+        self.seesAll = seesAll
+    }
+
+    /// A uid's tenant (tests, and peers no unit or cgroup entry names).
+    convenience init(uid: UInt32, gid: UInt32, groups: [UInt32], limits: TenantLimits, policySource: String, id: UInt32? = nil) {
+        self.init(key: .uid(uid), id: id ?? uid, identity: PeerCredentials(pid: 0, uid: uid, gid: gid, groups: groups), limits: limits,
+                  policySource: policySource, seesAll: uid == 0)
     }
 
     /// Exact sums of what the histograms hold, in nanoseconds (for the Prometheus `_sum`).

@@ -150,9 +150,10 @@ public struct DaemonConfiguration: Sendable {
         return getgrnam(name).map { $0.pointee.gr_gid }
     }
 
-    /// `[policy.default]`, `[policy.users.<name or uid>]`, `[policy.groups.<name or gid>]`.
+    /// `[policy.default]`, `[policy.users.<name or uid>]`, `[policy.groups.<name or gid>]`,
+    /// `[policy.units."<unit or pattern>"]`, `[policy.cgroups."<cgroup path prefix>"]`.
     static func parsePolicy(_ table: TOMLTable, _ reader: Reader) throws(ConfigurationError) -> Policy {
-        try reader.keys(table, "policy", ["default", "users", "groups"])
+        try reader.keys(table, "policy", ["default", "users", "groups", "units", "cgroups"])
         var policy = Policy()
         if let d = try reader.table(table, "policy", "default") {
             policy.defaults = try reader.limits(d, "policy.default", base: TenantLimits())
@@ -167,6 +168,27 @@ public struct DaemonConfiguration: Sendable {
                 }
                 let limits = try reader.limits(entry, section, base: policy.defaults)
                 if kind == "users" { policy.users[id] = limits } else { policy.groups[id] = limits }
+            }
+        }
+        for kind in ["units", "cgroups"] {
+            guard let entries = try reader.table(table, "policy", kind) else { continue }
+            for name in entries.keys.sorted() {
+                let section = "policy.\(kind).\"\(name)\""
+                guard let entry = entries[name]?.table else { throw reader.error("policy.\(kind)", name, "must be a table ([\(section)])") }
+                if kind == "units" {
+                    guard !name.isEmpty, !name.contains("/") else {
+                        throw reader.error(nil, section, "\"\(name)\" is not a unit name or pattern (docker-*.scope, qemu-vm1.scope)")
+                    }
+                } else {
+                    guard name.hasPrefix("/"), !name.contains("//"), !name.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }) else {
+                        throw reader.error(nil, section, "\"\(name)\" is not a cgroup path (it starts with /, as in /machine.slice)")
+                    }
+                }
+                let shared = try reader.bool(entry, section, "shared") ?? false
+                let admin = try reader.bool(entry, section, "admin") ?? false
+                let limits = try reader.limits(entry, section, base: policy.defaults, also: ["shared", "admin"])
+                let value = ScopeEntry(limits: limits, shared: shared, admin: admin)
+                if kind == "units" { policy.units[name] = value } else { policy.cgroups[name] = value }
             }
         }
         return policy
@@ -246,8 +268,8 @@ public struct DaemonConfiguration: Sendable {
         }
 
         /// One policy entry over `base`.
-        func limits(_ t: TOMLTable, _ section: String, base: TenantLimits) throws(ConfigurationError) -> TenantLimits {
-            try keys(t, section, ["allowed", "max_connections", "max_buffer_bytes", "max_queues", "max_inflight", "weight"])
+        func limits(_ t: TOMLTable, _ section: String, base: TenantLimits, also: [String] = []) throws(ConfigurationError) -> TenantLimits {
+            try keys(t, section, ["allowed", "max_connections", "max_buffer_bytes", "max_queues", "max_inflight", "weight"] + also)
             var l = base
             if let v = try bool(t, section, "allowed") { l.allowed = v }
             if let v = try int(t, section, "max_connections", 0...65_536) { l.maxConnections = v }
