@@ -159,3 +159,99 @@ struct ScopedTenantTests {
         #expect(names.isSuperset(of: ["\(prefix)/a.scope", "\(prefix)/b.scope", "uid 0"]), "\(names)")
     }
 }
+
+extension ScopedTenantTests {
+    /// Starts `ioatctl bench-worker` in `cgroup`: 1 MiB copies, depth 32, over a ring, for `seconds`: ops
+    /// large enough that the server, not the client, is the bottleneck, and deep enough that the tenant's
+    /// queue never empties behind an engine window of two (deficit round robin shares out service between
+    /// tenants that stay backlogged; one that empties starts its next turn afresh).
+    static func worker(socket: String, cgroup: String, seconds: Double) throws -> Process {
+        let ioatctl = buildDirectory.appendingPathComponent("ioatctl").path
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "echo $$ > '\(cgroup)/cgroup.procs' && exec '\(ioatctl)' bench-worker --socket '\(socket)' --transport ring --size 1048576 --depth 32 --seconds \(seconds)"]
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
+    /// Each named tenant's served cost (the unit fair scheduling shares out), from root's STATUS.
+    static func served(_ client: IOATClient, _ names: [String]) async throws -> [String: UInt64] {
+        let doc = try await client.status()
+        var out: [String: UInt64] = [:]
+        for t in doc.tenants { if let name = t.name, names.contains(name) { out[name] = t.servedCost } }
+        return out
+    }
+
+    /// Runs two always-backlogged workers in cgroups a and b under one prefix (an engine window of two
+    /// ops, so the scheduler decides) and returns a's share of what the channel served while both ran.
+    static func share(weightA: Int?) async throws -> Double {
+        let root = try #require(writableCgroupRoot)
+        let slice = "ioatd-test-\(getpid())-f\(weightA ?? 1).slice"
+        let a = "\(root)/\(slice)/a.scope", b = "\(root)/\(slice)/b.scope"
+        #expect(mkdir("\(root)/\(slice)", 0o755) == 0 && mkdir(a, 0o755) == 0 && mkdir(b, 0o755) == 0)
+        defer {
+            rmdir(a)
+            rmdir(b)
+            rmdir("\(root)/\(slice)")
+        }
+        let config = temporarySocketPath() + ".toml"
+        defer { unlink(config) }
+        try """
+            [engine]
+            channels = 1
+            window = 2
+            [policy.cgroups."/\(slice)"]
+            weight = 1
+            \(weightA.map { "[policy.units.\"a.scope\"]\nweight = \($0)\n" } ?? "")
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let server = try TestServer(arguments: ["--config", config])
+        let watcher = try await server.connect()
+        let names = weightA == nil ? ["/\(slice)/a.scope", "/\(slice)/b.scope"] : ["a.scope", "/\(slice)/b.scope"]
+        let workers = [try worker(socket: server.path, cgroup: a, seconds: 20), try worker(socket: server.path, cgroup: b, seconds: 20)]
+        defer {
+            for w in workers where w.isRunning { kill(w.processIdentifier, SIGKILL) }
+            for w in workers { w.waitUntilExit() }
+        }
+        // Conditions, not times: both tenants served something, then a window of 8 GiB of service.
+        var first: [String: UInt64] = [:]
+        for _ in 0..<2000 {
+            first = try await served(watcher, names)
+            if names.allSatisfy({ (first[$0] ?? 0) > 64 << 20 }) { break }
+            usleep(10_000)
+        }
+        try #require(names.allSatisfy { first[$0] != nil }, "both tenants running: \(first)")
+        var last = first
+        for _ in 0..<2000 {
+            last = try await served(watcher, names)
+            if names.reduce(UInt64(0), { $0 + (last[$1] ?? 0) - (first[$1] ?? 0) }) >= 8 << 30 { break }
+            usleep(10_000)
+        }
+        let delta = names.map { Double((last[$0] ?? 0) - (first[$0] ?? 0)) }
+        #expect(delta.allSatisfy { $0 > 0 }, "\(delta)")
+        return delta[0] / delta.reduce(0, +)
+    }
+
+    @Test("Two cgroup tenants of one uid, always backlogged on one channel: equal weights share it evenly (Jain ≥ 0.95)",
+          .enabled(if: writableCgroupRoot != nil, "needs a writable cgroup v2 hierarchy"))
+    func equalShares() async throws {
+        let share = try await Self.share(weightA: nil)
+        let jain = ManyClientsJain.jain([share, 1 - share])
+        #expect(jain >= 0.95, "a's share \(share), Jain's index \(jain)")
+    }
+
+    @Test("A [policy.units] weight is in force: weight 3 against 1 gets about three quarters",
+          .enabled(if: writableCgroupRoot != nil, "needs a writable cgroup v2 hierarchy"))
+    func weightedShares() async throws {
+        let share = try await Self.share(weightA: 3)
+        #expect(abs(share - 0.75) <= 0.1, "a's share \(share), expected 0.75")
+    }
+}
+
+/// Jain's fairness index: (Σx)² / (n·Σx²), 1 when every share is equal.
+enum ManyClientsJain {
+    static func jain(_ x: [Double]) -> Double {
+        let sum = x.reduce(0, +), squares = x.reduce(0) { $0 + $1 * $1 }
+        return squares > 0 ? sum * sum / (Double(x.count) * squares) : 0
+    }
+}
