@@ -70,7 +70,8 @@ run-dpdk: deps-dpdk
 ## test: build with the DPDK engine and run every test (unit, kernel objects, whole processes, the
 ## conformance suite on dma_skeleton), after a short bounded fuzz run; the resource tests, which measure
 ## how long other tenants wait, and the bounded-wait tests, which check that a client gives up within its
-## bound (the parallel run's blocked pool threads delay a test task by tens of seconds), run alone after the rest and one at a time (--no-parallel: swift-testing
+## bound (the parallel run's blocked pool threads delay a test task by tens of seconds), and the shares of
+## cgroup tenants (clients that wait for a CPU drain their queues), run alone after the rest and one at a time (--no-parallel: swift-testing
 ## would otherwise run the ring scribbler beside the latency tests); then check that a build without
 ## the DPDK trait neither needs nor links DPDK. A crash fails at once: the Swift backtracer is off (it
 ## can hang a crashed test process). On failure the recorded issues, and the tests a crash cut short,
@@ -82,13 +83,13 @@ test: deps deps-dpdk deps-test
 	# The release server too: the allocation test of the event loop holds the optimised build to its contract.
 	$(SWIFT) build -c release --product ioatd
 	@mkdir -p .build
-	IOATD_TEST_RUN=$$$$ SWIFT_BACKTRACE=enable=no timeout 1800 $(SWIFT) test --skip-build --traits DPDK --skip 'ResourceTests|RingAloneTests|BoundedWaitTests' 2>&1 \
+	IOATD_TEST_RUN=$$$$ SWIFT_BACKTRACE=enable=no timeout 1800 $(SWIFT) test --skip-build --traits DPDK --skip 'ResourceTests|RingAloneTests|BoundedWaitTests|ScopedTenantTests' 2>&1 \
 			| tee .build/test-output.txt; \
 		status=$${PIPESTATUS[0]}; \
 		python3 Tests/support/reap.py $$$$; \
 		if [ $$status -eq 0 ]; then \
 			echo "---- make test: the resource tests and the ring tests that measure the process, alone ----"; \
-			IOATD_TEST_RUN=$$$$ SWIFT_BACKTRACE=enable=no timeout 900 $(SWIFT) test --skip-build --traits DPDK --no-parallel --filter 'ResourceTests|RingAloneTests|BoundedWaitTests' 2>&1 \
+			IOATD_TEST_RUN=$$$$ SWIFT_BACKTRACE=enable=no timeout 900 $(SWIFT) test --skip-build --traits DPDK --no-parallel --filter 'ResourceTests|RingAloneTests|BoundedWaitTests|ScopedTenantTests' 2>&1 \
 				| tee -a .build/test-output.txt; \
 			status=$${PIPESTATUS[0]}; \
 			python3 Tests/support/reap.py $$$$; \

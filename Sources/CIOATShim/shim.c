@@ -112,6 +112,31 @@ int cioat_pidfd_alive(int pidfd) {
     return errno == ESRCH ? 0 : -1;
 }
 
+#include <sys/ioctl.h>
+/* PIDFD_GET_INFO (Linux 6.13), spelled out: Debian 12's headers predate it. The kernel takes any size
+ * from its first version (64 bytes) on. */
+struct cioat_pidfd_info {
+    uint64_t mask, cgroupid;
+    uint32_t pid, tgid, ppid, ruid, rgid, euid, egid, suid, sgid, fsuid, fsgid, spare0;
+};
+#define CIOAT_PIDFD_GET_INFO _IOWR(0xFF, 11, struct cioat_pidfd_info)
+#define CIOAT_PIDFD_INFO_CGROUPID (1ULL << 2)
+
+/* The cgroup v2 id of the process behind `pidfd`, without /proc: 1 and `*id`; 0 when the process has
+ * exited; -1 with errno when the kernel cannot say (no PIDFD_GET_INFO, or no cgroup v2). */
+int cioat_pidfd_cgroupid(int pidfd, uint64_t *id) {
+    struct cioat_pidfd_info info;
+    memset(&info, 0, sizeof info);
+    info.mask = CIOAT_PIDFD_INFO_CGROUPID;
+    if (ioctl(pidfd, CIOAT_PIDFD_GET_INFO, &info) != 0) return errno == ESRCH ? 0 : -1;
+    if (!(info.mask & CIOAT_PIDFD_INFO_CGROUPID)) {
+        errno = ENODATA;
+        return -1;
+    }
+    *id = info.cgroupid;
+    return 1;
+}
+
 #include <pthread.h>
 void cioat_set_thread_name(const char *name) { pthread_setname_np(pthread_self(), name); }
 

@@ -55,13 +55,28 @@ public struct PeerCgroup: Hashable, Sendable {
     }
 
     /// The cgroup of the process connected on `fd` (whose SO_PEERCRED pid is `pid`). Through the peer's
-    /// pidfd where the kernel gives one (SO_PEERPIDFD, Linux 6.5): /proc/PID/cgroup is read, and the
-    /// pidfd is asked afterwards whether the process still runs, so a pid that was reused in between is
-    /// never believed. Where there is no SO_PEERPIDFD, the pid alone, with the same check after
-    /// (`viaPidfd` false: the caller says so in its log). A process gone is `.exited`.
-    public static func ofPeer(_ fd: FileDescriptor, pid: Int32, procRoot: String = "/proc") -> Result<PeerCgroup, LookupError> {
+    /// pidfd where the kernel gives one (SO_PEERPIDFD, Linux 6.5): its cgroup id from PIDFD_GET_INFO
+    /// (Linux 6.13), which needs no /proc (a service with ProtectProc=invisible cannot see other users'
+    /// processes there) and cannot name another process, turned into a path by `resolver`; else
+    /// /proc/PID/cgroup is read, and the pidfd is asked afterwards whether the process still runs, so a
+    /// pid that was reused in between is never believed. Where there is no SO_PEERPIDFD, the pid alone,
+    /// with the same check after (`viaPidfd` false: the caller says so in its log). A process gone is
+    /// `.exited`.
+    public static func ofPeer(_ fd: FileDescriptor, pid: Int32, resolver: CgroupPaths? = nil,
+                              procRoot: String = "/proc") -> Result<PeerCgroup, LookupError> {
         let pidfd = cioat_peerpidfd(fd.rawValue)
         defer { if pidfd >= 0 { close(pidfd) } }
+        if pidfd >= 0, let resolver {
+            var id: UInt64 = 0
+            switch cioat_pidfd_cgroupid(pidfd, &id) {
+            case 1:
+                if let path = resolver.path(of: id) { return .success(PeerCgroup(path: path, viaPidfd: true)) }
+            case 0:
+                return .failure(.exited(pid: pid))
+            default:
+                break  // no PIDFD_GET_INFO here: /proc below
+            }
+        }
         func alive() -> Bool {
             if pidfd >= 0 { return cioat_pidfd_alive(pidfd) != 0 }
             return kill(pid, 0) == 0 || errno == EPERM
@@ -97,5 +112,74 @@ public struct PeerCgroup: Hashable, Sendable {
             if bytes.count > 1 << 16 { break }
         }
         return (String(decoding: bytes, as: UTF8.self), nil)
+    }
+}
+
+/// Cgroup v2 paths by cgroup id (the inode number of the cgroup's directory), as the cgroup v2 mount of
+/// this process shows them: a cache, filled by walking the hierarchy when an id is not in it. Ids are
+/// never reused, so an entry never goes stale. Used on one thread (the server's event loop).
+public final class CgroupPaths {
+    /// Where cgroup v2 is mounted here, and which cgroup path its root is.
+    private let mount: (point: String, root: String)?
+    private var paths: [UInt64: String] = [:]
+
+    /// `mountInfo`: the text of /proc/self/mountinfo (read when nil).
+    public init(mountInfo: String? = nil) {
+        var text = mountInfo
+        if text == nil {
+            let fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC)
+            if fd >= 0 {
+                var bytes: [UInt8] = []
+                var chunk = [UInt8](repeating: 0, count: 65536)
+                while true {
+                    let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                    if n <= 0 { break }
+                    bytes += chunk[0..<n]
+                }
+                close(fd)
+                text = String(decoding: bytes, as: UTF8.self)
+            }
+        }
+        mount = text.flatMap(Self.cgroup2Mount(in:))
+    }
+
+    /// The mount point and root of the first cgroup2 line of a mountinfo text.
+    static func cgroup2Mount(in mountInfo: String) -> (point: String, root: String)? {
+        for line in mountInfo.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard let dash = fields.firstIndex(of: "-"), dash + 1 < fields.count, fields[dash + 1] == "cgroup2", fields.count > 4 else { continue }
+            return (String(fields[4]), String(fields[3]))
+        }
+        return nil
+    }
+
+    /// The path of cgroup `id`, or nil when this process cannot see it.
+    public func path(of id: UInt64) -> String? {
+        if let known = paths[id] { return known }
+        guard let mount else { return nil }
+        rescan(mount)
+        return paths[id]
+    }
+
+    /// Walks the hierarchy (directories only) and remembers every cgroup's id.
+    private func rescan(_ mount: (point: String, root: String)) {
+        var pending: [(dir: String, path: String)] = [(mount.point, mount.root)]
+        var seen = 0
+        while let (dir, path) = pending.popLast(), seen < 1_000_000 {
+            var st = stat()
+            guard stat(dir, &st) == 0 else { continue }
+            paths[UInt64(st.st_ino)] = path
+            seen += 1
+            guard let handle = opendir(dir) else { continue }
+            while let entry = readdir(handle) {
+                guard entry.pointee.d_type == UInt8(DT_DIR) else { continue }
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+                }
+                guard name != ".", name != ".." else { continue }
+                pending.append((dir + "/" + name, path == "/" ? "/" + name : path + "/" + name))
+            }
+            closedir(handle)
+        }
     }
 }

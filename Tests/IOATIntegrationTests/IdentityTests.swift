@@ -161,15 +161,15 @@ struct ScopedTenantTests {
 }
 
 extension ScopedTenantTests {
-    /// Starts `ioatctl bench-worker` in `cgroup`: 1 MiB copies, depth 32, over a ring, for `seconds`: ops
+    /// Starts `ioatctl bench-worker` in `cgroup`: 1 MiB copies, depth 128, over a ring, for `seconds`: ops
     /// large enough that the server, not the client, is the bottleneck, and deep enough that the tenant's
-    /// queue never empties behind an engine window of two (deficit round robin shares out service between
-    /// tenants that stay backlogged; one that empties starts its next turn afresh).
+    /// queue does not empty behind an engine window of two while its client waits for a CPU (deficit round
+    /// robin shares out service between tenants that stay backlogged; one that empties starts afresh).
     static func worker(socket: String, cgroup: String, seconds: Double) throws -> Process {
         let ioatctl = buildDirectory.appendingPathComponent("ioatctl").path
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", "echo $$ > '\(cgroup)/cgroup.procs' && exec '\(ioatctl)' bench-worker --socket '\(socket)' --transport ring --size 1048576 --depth 32 --seconds \(seconds)"]
+        process.arguments = ["-c", "echo $$ > '\(cgroup)/cgroup.procs' && exec '\(ioatctl)' bench-worker --socket '\(socket)' --transport ring --size 1048576 --depth 128 --seconds \(seconds)"]
         process.standardOutput = FileHandle.nullDevice
         try process.run()
         return process
@@ -213,7 +213,7 @@ extension ScopedTenantTests {
             for w in workers where w.isRunning { kill(w.processIdentifier, SIGKILL) }
             for w in workers { w.waitUntilExit() }
         }
-        // Conditions, not times: both tenants served something, then a window of 8 GiB of service.
+        // Conditions, not times: both tenants served something, then a window of 24 GiB of service.
         var first: [String: UInt64] = [:]
         for _ in 0..<2000 {
             first = try await served(watcher, names)
@@ -224,7 +224,7 @@ extension ScopedTenantTests {
         var last = first
         for _ in 0..<2000 {
             last = try await served(watcher, names)
-            if names.reduce(UInt64(0), { $0 + (last[$1] ?? 0) - (first[$1] ?? 0) }) >= 8 << 30 { break }
+            if names.reduce(UInt64(0), { $0 + (last[$1] ?? 0) - (first[$1] ?? 0) }) >= 24 << 30 { break }
             usleep(10_000)
         }
         let delta = names.map { Double((last[$0] ?? 0) - (first[$0] ?? 0)) }

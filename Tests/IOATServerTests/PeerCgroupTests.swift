@@ -38,6 +38,36 @@ struct PeerCgroupTests {
         #expect(peer.viaPidfd, "this kernel (6.5 or later) gives SO_PEERPIDFD")
     }
 
+    @Test("cgroup ids resolve to paths through the cgroup v2 mount (PIDFD_GET_INFO's way, no /proc of the peer), and the lookup agrees with /proc")
+    func throughCgroupIDs() throws {
+        let own = try String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)
+        guard let path = PeerCgroup.parse(procCgroup: own) else { return }  // no cgroup v2 here
+        let mountInfo = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        let mount = try #require(mountInfo.split(separator: "\n").first { $0.contains(" - cgroup2 ") }, "a cgroup2 mount")
+        let point = String(mount.split(separator: " ")[4])
+        var st = stat()
+        #expect(stat(point + (path == "/" ? "" : path), &st) == 0)
+        let paths = CgroupPaths(mountInfo: mountInfo)
+        #expect(paths.path(of: UInt64(st.st_ino)) == path, "the directory's inode is the cgroup id")
+        #expect(paths.path(of: UInt64.max) == nil, "an id no cgroup has")
+        // Through a socket, with the resolver: the same path as /proc says.
+        var pair: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0, &pair) == 0)
+        let mine = FileDescriptor(owning: pair[0])
+        defer { close(pair[1]) }
+        guard case .success(let peer) = PeerCgroup.ofPeer(mine, pid: getpid(), resolver: paths) else {
+            Issue.record("lookup failed")
+            return
+        }
+        #expect(peer.path == path && peer.viaPidfd)
+        // A resolver that sees no cgroup v2 mount falls back to /proc, with the same answer.
+        guard case .success(let fallback) = PeerCgroup.ofPeer(mine, pid: getpid(), resolver: CgroupPaths(mountInfo: "")) else {
+            Issue.record("fallback failed")
+            return
+        }
+        #expect(fallback.path == path)
+    }
+
     @Test("a peer that exited (and was reaped) before the lookup is .exited, whatever its pid names now")
     func exitedPeer() throws {
         let path = NSTemporaryDirectory() + "ioatd-peer-\(getpid()).sock"
@@ -61,5 +91,6 @@ struct PeerCgroupTests {
         let peer = try UnixSocket.peerCredentials(fd)
         #expect(peer.pid == pid)
         #expect(PeerCgroup.ofPeer(fd, pid: peer.pid) == .failure(.exited(pid: pid)))
+        #expect(PeerCgroup.ofPeer(fd, pid: peer.pid, resolver: CgroupPaths()) == .failure(.exited(pid: pid)), "through PIDFD_GET_INFO too")
     }
 }

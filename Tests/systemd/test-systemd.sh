@@ -112,6 +112,35 @@ check "the bad policy's reason is in the journal at priority err or above" \
 cp "$WORK/good.toml" "$ROOT/etc/ioatd/ioatd.toml"
 check "ioatd kept serving through the refused reload" active ioatd.service active
 
+# Units as tenants (issue 21): two transient units running as root are two tenants named by unit, a
+# [policy.units] weight is in force, root inside a unit sees only its own tenant, and a reload changes a
+# unit's limits without dropping it.
+printf '\n[policy.units."tenant-a.service"]\nweight = 5\n[policy.units."tenant-*.service"]\nmax_queues = 16\n' >> "$ROOT/etc/ioatd/ioatd.toml"
+check "systemctl reload with unit entries succeeds" inside systemctl reload ioatd.service
+for unit in tenant-a tenant-b; do
+    inside systemd-run --quiet --collect --unit="$unit" --uid=0 ioatctl stress --ops 100000000 >/dev/null 2>&1
+done
+units_listed=no
+for _ in $(seq 100); do
+    inside ioatctl status > "$WORK/units.txt" 2>&1
+    if grep -q 'tenant-a.service, uid 0' "$WORK/units.txt" && grep -q 'tenant-b.service, uid 0' "$WORK/units.txt"; then units_listed=yes; break; fi
+    sleep 0.1
+done
+check "two transient units of uid 0 are two tenants, named by unit" [ "$units_listed" = yes ] \
+    || { grep -A1 '^tenants' "$WORK/units.txt" | sed 's/^/  status: /'; false; }
+check "the [policy.units] weight is in force" grep -q 'tenant-a.service, uid 0 (unit tenant-a.service, weight 5)' "$WORK/units.txt"
+check "the pattern's entry applies to the other unit" grep -q 'tenant-b.service, uid 0 (units tenant-\*.service, weight 1)' "$WORK/units.txt"
+inside systemd-run --quiet --collect --unit=tenant-c --uid=0 --wait --pipe ioatctl status > "$WORK/unit-view.txt" 2>&1
+check "root inside a unit sees only its own tenant" \
+    bash -c "grep -q 'tenant-c.service, uid 0' '$WORK/unit-view.txt' && ! grep -q 'tenant-a.service' '$WORK/unit-view.txt'" \
+    || { sed 's/^/  view: /' "$WORK/unit-view.txt" | tail -8; false; }
+sed -i 's/^weight = 5$/weight = 7/' "$ROOT/etc/ioatd/ioatd.toml"
+check "a reload changes a unit's weight" bash -c "nsenter -t $leader -a systemctl reload ioatd.service && nsenter -t $leader -a ioatctl status | grep -q 'tenant-a.service, uid 0 (unit tenant-a.service, weight 7)'"
+check "without dropping it: the unit's stress client still runs" active tenant-a.service active
+inside systemctl stop tenant-a.service tenant-b.service >/dev/null 2>&1
+cp "$WORK/good.toml" "$ROOT/etc/ioatd/ioatd.toml"
+inside systemctl reload ioatd.service
+
 # Stop under load: GOODBYE, drain, exit 0; the socket stays and the next client starts ioatd again.
 inside setpriv --reuid=alice --regid=alice --init-groups ioatctl stress --ops 100000000 > "$WORK/stress1.log" 2>&1 &
 for _ in $(seq 100); do grep -q 'stress: running' "$WORK/stress1.log" && break; sleep 0.1; done

@@ -63,6 +63,7 @@ int cioat_get_thread_affinity(int *cpus, int max);
 int cioat_peercred(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 int cioat_peerpidfd(int fd);
 int cioat_pidfd_alive(int pidfd);
+int cioat_pidfd_cgroupid(int pidfd, uint64_t *id);
 
 /// SO_PEERGROUPS (Linux 4.13+) of a connected Unix socket: the peer's supplementary groups when it
 /// connected. Stores up to `max` of them; returns how many the peer has (more than `max`: call again with

@@ -76,6 +76,8 @@ public final class IOATServer: @unchecked Sendable {
     let ringScratch: UnsafeMutableRawPointer
     /// Whether the log said once that peers are named by pid (no SO_PEERPIDFD).
     private var warnedNoPidfd = false
+    /// Cgroup paths by id, for peers' cgroups read through their pidfds.
+    private let cgroupPaths = CgroupPaths()
     /// Lifetime counters.
     var connectionsAccepted: UInt64 = 0
     var connectionsRefused: UInt64 = 0
@@ -327,7 +329,7 @@ public final class IOATServer: @unchecked Sendable {
             guard var peer = try? UnixSocket.peerCredentials(fd) else { continue }
             // Where the peer runs (its cgroup, unit and slice), fixed at connect like its uid. A process
             // that has exited by now is refused: its pid may already name another.
-            switch PeerCgroup.ofPeer(fd, pid: peer.pid) {
+            switch PeerCgroup.ofPeer(fd, pid: peer.pid, resolver: cgroupPaths) {
             case .success(let cgroup):
                 peer.cgroup = cgroup
                 if !cgroup.viaPidfd && !warnedNoPidfd {
