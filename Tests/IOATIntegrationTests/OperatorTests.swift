@@ -56,7 +56,8 @@ struct OperatorTests {
         #expect(families["ioatd_channel_ops"]?.type == "counter")
         #expect(families["ioatd_channel_ops"]?.value("ioatd_channel_ops_total", ["channel": "0"]) ?? 0 >= 10)
         #expect(families["ioatd_channel_busy_seconds"]?.value("ioatd_channel_busy_seconds_total") ?? 0 > 0)
-        #expect(families["ioatd_tenant_ops"]?.value("ioatd_tenant_ops_total", ["uid": "0"]) == 10)
+        #expect(families["ioatd_tenant_ops"]?.value("ioatd_tenant_ops_total", ["uid": "0", "tenant": "uid 0"]) == 10,
+                "each tenant sample names its tenant beside its uid")
         #expect(families["ioatd_tenant_bytes"]?.value("ioatd_tenant_bytes_total", ["uid": "0"]) == 40960)
         #expect(families["ioatd_tenant_buffer_bytes"]?.value("ioatd_tenant_buffer_bytes", ["uid": "0"]) == Double(1 << 20))
         #expect(families["ioatd_state"]?.value("ioatd_state", ["state": "serving"]) == 1)
