@@ -196,7 +196,7 @@ final class Channel {
     /// and is not there yet.
     func schedule(_ queue: Queue) {
         guard !queue.isScheduled, !queue.pending.isEmpty else { return }
-        queue.isScheduled = true
+        queue.execution.isScheduled = true
         let lane = queue.lane
         lane.queues.append(queue)
         if !lane.isActive {
@@ -235,7 +235,7 @@ final class Channel {
             }
             guard queue.connection != nil else {
                 lane.queues.removeFirst()
-                queue.isScheduled = false
+                queue.execution.isScheduled = false
                 continue
             }
             let tenant = lane.tenant
@@ -243,7 +243,7 @@ final class Channel {
                 guard !freeSlots.isEmpty, engine.freeSlots > 0, inEngine == 0 || bytesInEngine < windowBytes else { break lanes }
                 guard !queue.pending.isEmpty else {
                     lane.queues.removeFirst()
-                    queue.isScheduled = false
+                    queue.execution.isScheduled = false
                     continue lanes
                 }
                 // The head op is read in place, and moved out only when it leaves the queue. The fields
@@ -256,7 +256,7 @@ final class Channel {
                     // Re-scheduled by `complete` when its last in-engine op finishes.
                     if queue.execution.inEngine > 0 {
                         lane.queues.removeFirst()
-                        queue.isScheduled = false
+                        queue.execution.isScheduled = false
                         continue lanes
                     }
                     if let refusal = head.pointee.refusal {
@@ -332,7 +332,7 @@ final class Channel {
                 let rotates = lane.queues.count > 1
                 if rotates {
                     lane.queues.removeFirst()
-                    queue.isScheduled = false
+                    queue.execution.isScheduled = false
                 }
 
                 let isLast = offset + pieceLength == opLength
@@ -596,6 +596,8 @@ struct Finished {
 /// The part of a queue's state that only its channel writes: ops in the engine, the FENCE failure
 /// window, and the progress of a split op.
 struct QueueExecution {
+    /// Whether the queue is in its tenant's turn order on the channel.
+    fileprivate(set) var isScheduled = false
     /// Ops (or pieces) in the engine.
     fileprivate(set) var inEngine = 0
     /// Whether an op of this queue failed since the last FENCE op was started or skipped: the next

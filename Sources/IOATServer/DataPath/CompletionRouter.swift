@@ -11,6 +11,23 @@ struct Credits {
     var free: Int { depth - used }
 }
 
+/// A queue's records on their way out, and the router's marks on it: only the router writes them.
+struct DeliveryState {
+    /// Completed ops whose records wait for a flush point (SPEC.md §6.4).
+    fileprivate(set) var undelivered: [CompletionRecord]
+    /// Whether the queue is in the router's flush list, and whether that flush sends every held record
+    /// (a flush point) or only whole messages (the held records filled one).
+    fileprivate(set) var needsFlush = false
+    fileprivate(set) var flushAll = false
+    /// When held records must go out (monotonic ns), or 0 when no flush point is waiting.
+    fileprivate(set) var flushDeadline: UInt64 = 0
+
+    init(capacity: Int) {
+        undelivered = []
+        undelivered.reserveCapacity(capacity)
+    }
+}
+
 /// Takes finished ops from the channels and delivers their records (SPEC.md §6.4): holds a queue's
 /// records until a flush point (INT_EN, a failure, the queue going idle, or a full message), applies the
 /// queue's coalescing period, and writes COMPLETION messages to the owning connection. It owns the
@@ -53,6 +70,15 @@ final class CompletionRouter {
 
     /// Gives back the credits of `count` ops whose records will never be delivered.
     func orphaned(_ count: Int, of queue: Queue) { delivered(count, of: queue) }
+
+    /// The queue's connection closed: the records it held go nowhere, and their credits come back.
+    func dropHeld(of queue: Queue) {
+        orphaned(queue.delivery.undelivered.count, of: queue)
+        queue.delivery.undelivered.removeAll()
+        queue.delivery.needsFlush = false
+        queue.delivery.flushAll = false
+        queue.delivery.flushDeadline = 0
+    }
 
     /// Routes finished ops: statistics, then each record to its queue, marking flush points. Consecutive
     /// ops of one queue (the usual case: a batch) are routed as a run, so the queue's tenant, connection
@@ -102,18 +128,18 @@ final class CompletionRouter {
                 }
                 continue
             }
-            queue.undelivered.append(record)
+            queue.delivery.undelivered.append(record)
             if !status.isSuccess {
                 mark(queue, all: true)
             } else if finished[i].notify || queue.isIdle {
                 if queue.coalesceNanoseconds == 0 {
                     mark(queue, all: true)
-                } else if queue.flushDeadline == 0 {
+                } else if queue.delivery.flushDeadline == 0 {
                     // ioat(4) interrupt coalescing: wait up to the period for more records to share the message.
-                    queue.flushDeadline = now + queue.coalesceNanoseconds
+                    queue.delivery.flushDeadline = now + queue.coalesceNanoseconds
                     coalescing.append(queue)
                 }
-            } else if queue.undelivered.count >= maxRecordsPerMessage {
+            } else if queue.delivery.undelivered.count >= maxRecordsPerMessage {
                 mark(queue, all: false)
             }
         }
@@ -121,9 +147,9 @@ final class CompletionRouter {
 
     /// Marks `queue` for the next `flush`: all its records (a flush point), or only whole messages.
     private func mark(_ queue: Queue, all: Bool) {
-        if all { queue.flushAll = true }
-        if !queue.needsFlush {
-            queue.needsFlush = true
+        if all { queue.delivery.flushAll = true }
+        if !queue.delivery.needsFlush {
+            queue.delivery.needsFlush = true
             flushList.append(queue)
         }
     }
@@ -139,12 +165,12 @@ final class CompletionRouter {
             return false
         }
         coalescing.removeAll { queue in
-            if queue.flushDeadline == 0 || queue.connection == nil { return true }
-            if queue.flushDeadline <= now {
+            if queue.delivery.flushDeadline == 0 || queue.connection == nil { return true }
+            if queue.delivery.flushDeadline <= now {
                 mark(queue, all: true)
                 return true
             }
-            next = min(next, queue.flushDeadline)
+            next = min(next, queue.delivery.flushDeadline)
             return false
         }
         return next == .max ? -1 : Int32(clamping: (next - now + 999_999) / 1_000_000)
@@ -169,12 +195,12 @@ final class CompletionRouter {
     /// Sends a queue's held records as COMPLETION messages: all of them at a flush point, else only the
     /// messages they fill (the rest wait for the next flush point, SPEC.md §6.4).
     private func send(_ queue: Queue) {
-        let all = queue.flushAll
-        queue.needsFlush = false
-        queue.flushAll = false
-        if all { queue.flushDeadline = 0 }
-        guard let connection = queue.connection, !connection.isClosed, !queue.undelivered.isEmpty else { return }
-        let total = all ? queue.undelivered.count : queue.undelivered.count / maxRecordsPerMessage * maxRecordsPerMessage
+        let all = queue.delivery.flushAll
+        queue.delivery.needsFlush = false
+        queue.delivery.flushAll = false
+        if all { queue.delivery.flushDeadline = 0 }
+        guard let connection = queue.connection, !connection.isClosed, !queue.delivery.undelivered.isEmpty else { return }
+        let total = all ? queue.delivery.undelivered.count : queue.delivery.undelivered.count / maxRecordsPerMessage * maxRecordsPerMessage
         var start = 0
         while start < total {
             let count = min(maxRecordsPerMessage, total - start)
@@ -184,7 +210,7 @@ final class CompletionRouter {
                 .encode(into: &connection.scratch)
             connection.scratch.write(queue.id)
             connection.scratch.write(UInt32(count))
-            for i in start..<start + count { queue.undelivered[i].encode(into: &connection.scratch) }
+            for i in start..<start + count { queue.delivery.undelivered[i].encode(into: &connection.scratch) }
             let result = connection.scratch.bytes.withUnsafeBytes { connection.send($0, queue: queue, records: count) }
             switch result {
             case .sent: delivered(count, of: queue)
@@ -195,10 +221,10 @@ final class CompletionRouter {
             }
             start += count
         }
-        if total == queue.undelivered.count {
-            queue.undelivered.removeAll(keepingCapacity: true)
+        if total == queue.delivery.undelivered.count {
+            queue.delivery.undelivered.removeAll(keepingCapacity: true)
         } else {
-            queue.undelivered.removeFirst(total)
+            queue.delivery.undelivered.removeFirst(total)
         }
         touched.append(connection)
     }

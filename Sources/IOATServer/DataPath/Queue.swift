@@ -82,21 +82,16 @@ final class Queue {
     var credits: Credits
     /// Ops accepted whose completion has not been delivered: the credits in use.
     var outstanding: Int { credits.used }
-    /// Completed ops whose records wait for a flush point (SPEC.md §6.4).
-    var undelivered: [CompletionRecord]
-    /// Whether the queue is in its tenant's turn order on its channel.
-    var isScheduled = false
-    /// Whether the queue is in the router's flush list, and whether that flush sends every held
-    /// record (a flush point) or only whole messages (the held records filled one).
-    var needsFlush = false
-    var flushAll = false
+    /// Its records on their way out (written by the completion router only).
+    var delivery: DeliveryState
+    var undelivered: [CompletionRecord] { delivery.undelivered }
+    /// Whether the queue is in its tenant's turn order on its channel (written by the channel only).
+    var isScheduled: Bool { execution.isScheduled }
     /// The shared-memory ring feeding this queue and taking its records (version 3), or nil for a queue
     /// fed by SUBMIT.
     var ring: ServerRing?
     /// Coalescing period (SET_COALESCE), in nanoseconds; 0 sends records at each flush point.
     var coalesceNanoseconds: UInt64 = 0
-    /// When held records must go out (monotonic ns), or 0 when no flush point is waiting.
-    var flushDeadline: UInt64 = 0
 
     /// The queue's running CRC (SPEC.md §6.2 CRC_CHAIN), written by the engine as CRC ops complete.
     let crcState: UnsafeMutablePointer<UInt32>
@@ -114,8 +109,7 @@ final class Queue {
         self.connection = connection
         self.lane = lane
         pending = OpRing(minimumCapacity: depth)
-        undelivered = []
-        undelivered.reserveCapacity(depth)
+        delivery = DeliveryState(capacity: depth)
         crcState = .allocate(capacity: 1)
         crcState.initialize(to: 0)
     }

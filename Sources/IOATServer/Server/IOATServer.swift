@@ -427,7 +427,7 @@ public final class IOATServer: @unchecked Sendable {
             router.orphaned(channels[queue.channel].cancelPending(of: queue), of: queue)
             channels[queue.channel].queueCount -= 1
             queue.connection = nil
-            queue.undelivered.removeAll()
+            router.dropHeld(of: queue)
         }
         connection.releaseAll(closingIn: bufferTable)
         connection.backlog.removeAll()
