@@ -5,11 +5,12 @@ import IOATSystem
 /// they validate descriptors into ops and hand them here; what happens next is the channel's (scheduling,
 /// the engine window) and the router's (records, credits, flush points).
 extension IOATServer {
-    /// Moves one validated op into `queue`: the router takes its credit, the channel gives it its place
-    /// and pins the buffers it names. The caller made sure a credit is free.
-    func admit(_ op: consuming PendingOp, into queue: Queue, at now: UInt64) {
+    /// Moves one validated op into `queue` on its `channel` (the caller looked it up once per batch):
+    /// the router takes its credit, the channel gives it its place and pins the buffers it names. The
+    /// caller made sure a credit is free.
+    func admit(_ op: consuming PendingOp, into queue: Queue, on channel: Channel, at now: UInt64) {
         router.take(1, of: queue)
-        channels[queue.channel].admit(op, into: queue, at: now)
+        channel.admit(op, into: queue, at: now)
     }
 
     /// Puts `queue` in its tenant's turn on its channel, starts what the engine window takes, and

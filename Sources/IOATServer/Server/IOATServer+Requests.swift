@@ -181,7 +181,8 @@ extension IOATServer {
     /// Admits a SUBMIT's validated ops and pumps their channel.
     func accept(_ ops: [PendingOp], into queue: Queue) {
         let now = Clock.nanoseconds()
-        for op in ops { admit(op, into: queue, at: now) }
+        let channel = channels[queue.channel]
+        for op in ops { admit(op, into: queue, on: channel, at: now) }
         pump(queue)
     }
 }

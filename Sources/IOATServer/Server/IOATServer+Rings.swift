@@ -119,7 +119,8 @@ extension IOATServer {
     /// queue (its credits were counted before they were taken). A refusal's text goes to the client in an
     /// ERROR naming the queue and the ring entry (SPEC.md §5.10.4), sent before its record is visible.
     private func resolveRingDescriptors(_ count: Int, firstEntry: UInt32, queue: Queue, connection: Connection) {
-        let validator = SubmitValidator(channel: channels[queue.channel].engine.info)
+        let channel = channels[queue.channel]
+        let validator = SubmitValidator(channel: channel.engine.info)
         let descriptors = UnsafeRawBufferPointer(start: ringScratch, count: count * Descriptor.size)
         let now = Clock.nanoseconds()
         // One text per look at the ring: a client that publishes garbage by the thousand must not turn
@@ -135,7 +136,7 @@ extension IOATServer {
                 op = .refused(error.code, cookie: cookie, opcode: descriptors[i * Descriptor.size])
                 refusal = error
             }
-            admit(op, into: queue, at: now)
+            admit(op, into: queue, on: channel, at: now)
             if let error = refusal {
                 connection.errors += 1
                 guard !textSent else { continue }
