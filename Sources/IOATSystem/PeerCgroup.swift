@@ -94,8 +94,8 @@ public struct PeerCgroup: Hashable, Sendable {
         return .success(PeerCgroup(path: path, viaPidfd: pidfd >= 0))
     }
 
-    /// The file's text, or why it could not be read.
-    private static func readSmallFile(_ path: String) -> (String?, String?) {
+    /// The file's text (at most `limit` bytes of it), or why it could not be read.
+    static func readSmallFile(_ path: String, limit: Int = 1 << 16) -> (String?, String?) {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return (nil, String(cString: strerror(errno))) }
         defer { close(fd) }
@@ -109,7 +109,7 @@ public struct PeerCgroup: Hashable, Sendable {
             }
             if n == 0 { break }
             bytes += chunk[0..<n]
-            if bytes.count > 1 << 16 { break }
+            if bytes.count > limit { break }
         }
         return (String(decoding: bytes, as: UTF8.self), nil)
     }
@@ -117,34 +117,24 @@ public struct PeerCgroup: Hashable, Sendable {
 
 /// Cgroup v2 paths by cgroup id (the inode number of the cgroup's directory), as the cgroup v2 mount of
 /// this process shows them: a cache, filled by walking the hierarchy when an id is not in it. Ids are
-/// never reused, so an entry never goes stale. Used on one thread (the server's event loop).
+/// never reused and grow as cgroups are made, so an entry never goes stale, and only an id above every
+/// one seen can be a cgroup made since the last walk: a client in a cgroup this process cannot see costs
+/// one walk, not one per connection. Used on one thread (the server's event loop).
 public final class CgroupPaths {
     /// Where cgroup v2 is mounted here, and which cgroup path its root is.
     private let mount: (point: String, root: String)?
     private var paths: [UInt64: String] = [:]
+    /// The highest id the last walk saw.
+    private var highest: UInt64 = 0
 
     /// `mountInfo`: the text of /proc/self/mountinfo (read when nil).
     public init(mountInfo: String? = nil) {
-        var text = mountInfo
-        if text == nil {
-            let fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC)
-            if fd >= 0 {
-                var bytes: [UInt8] = []
-                var chunk = [UInt8](repeating: 0, count: 65536)
-                while true {
-                    let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                    if n <= 0 { break }
-                    bytes += chunk[0..<n]
-                }
-                close(fd)
-                text = String(decoding: bytes, as: UTF8.self)
-            }
-        }
+        let text = mountInfo ?? PeerCgroup.readSmallFile("/proc/self/mountinfo", limit: 1 << 22).0
         mount = text.flatMap(Self.cgroup2Mount(in:))
     }
 
     /// The mount point and root of the first cgroup2 line of a mountinfo text.
-    static func cgroup2Mount(in mountInfo: String) -> (point: String, root: String)? {
+    public static func cgroup2Mount(in mountInfo: String) -> (point: String, root: String)? {
         for line in mountInfo.split(separator: "\n") {
             let fields = line.split(separator: " ")
             guard let dash = fields.firstIndex(of: "-"), dash + 1 < fields.count, fields[dash + 1] == "cgroup2", fields.count > 4 else { continue }
@@ -156,8 +146,10 @@ public final class CgroupPaths {
     /// The path of cgroup `id`, or nil when this process cannot see it.
     public func path(of id: UInt64) -> String? {
         if let known = paths[id] { return known }
-        guard let mount else { return nil }
+        guard let mount, id > highest else { return nil }
         rescan(mount)
+        // Not found: no cgroup made later than what this walk saw will have a smaller id.
+        if paths[id] == nil { highest = max(highest, id) }
         return paths[id]
     }
 
@@ -169,6 +161,7 @@ public final class CgroupPaths {
             var st = stat()
             guard stat(dir, &st) == 0 else { continue }
             paths[UInt64(st.st_ino)] = path
+            highest = max(highest, UInt64(st.st_ino))
             seen += 1
             guard let handle = opendir(dir) else { continue }
             while let entry = readdir(handle) {

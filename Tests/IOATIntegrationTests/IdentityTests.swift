@@ -2,23 +2,44 @@ import Foundation
 import Glibc
 import IOATClient
 import IOATProtocol
+import IOATSystem
 import Testing
+@testable import ioatctl
 
 /// Where cgroup v2 is mounted here (the `cgroup2` line of /proc/self/mountinfo; /sys/fs/cgroup/unified on
 /// this hybrid VM, /sys/fs/cgroup on most hosts), when this process may make cgroups in it.
 let writableCgroupRoot: String? = {
-    guard let info = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
-    for line in info.split(separator: "\n") {
-        let fields = line.split(separator: " ")
-        guard let dash = fields.firstIndex(of: "-"), dash + 1 < fields.count, fields[dash + 1] == "cgroup2", fields.count > 4 else { continue }
-        let root = String(fields[4])
-        let probe = root + "/ioatd-probe-\(getpid())"
-        guard mkdir(probe, 0o755) == 0 else { continue }
-        rmdir(probe)
-        return root
-    }
-    return nil
+    guard let info = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8),
+          let root = CgroupPaths.cgroup2Mount(in: info)?.point else { return nil }
+    let probe = root + "/ioatd-probe-\(getpid())"
+    guard mkdir(probe, 0o755) == 0 else { return nil }
+    rmdir(probe)
+    return root
 }()
+
+/// A slice of cgroups this test makes under the writable cgroup v2 root, removed by `remove()` (children
+/// first; a cgroup goes once its processes have).
+final class TestCgroups {
+    let root: String
+    let slice: String
+    let children: [String]
+
+    init(slice: String, children: [String]) throws {
+        root = try #require(writableCgroupRoot)
+        self.slice = slice
+        self.children = children
+        #expect(mkdir("\(root)/\(slice)", 0o755) == 0, "made \(root)/\(slice)")
+        for child in children { #expect(mkdir(directory(child), 0o755) == 0, "made \(directory(child))") }
+    }
+
+    /// The directory of `child`, where a process moves itself by writing its pid to cgroup.procs.
+    func directory(_ child: String) -> String { "\(root)/\(slice)/\(child)" }
+
+    func remove() {
+        for child in children { rmdir(directory(child)) }
+        rmdir("\(root)/\(slice)")
+    }
+}
 
 /// A client's identity beyond its uid (issue 21, item 1): its cgroup, unit and slice, read at accept.
 @Suite("Peer identity at accept: cgroup, unit and slice", .serialized)
@@ -26,14 +47,10 @@ struct IdentityTests {
     @Test("A client started in a cgroup made here is listed in STATUS with that cgroup and its unit",
           .enabled(if: writableCgroupRoot != nil, "needs a writable cgroup v2 hierarchy"))
     func cgroupShown() async throws {
-        let root = try #require(writableCgroupRoot)
         let slice = "ioatd-test-\(getpid()).slice", scope = "tenant-a.scope"
-        let directory = "\(root)/\(slice)/\(scope)"
-        #expect(mkdir("\(root)/\(slice)", 0o755) == 0 && mkdir(directory, 0o755) == 0, "made \(directory)")
-        defer {
-            rmdir(directory)
-            rmdir("\(root)/\(slice)")
-        }
+        let cgroups = try TestCgroups(slice: slice, children: [scope])
+        defer { cgroups.remove() }
+        let directory = cgroups.directory(scope)
         let server = try TestServer()
         // The client moves itself into the cgroup, then becomes `ioatctl status --json`: it is in the
         // cgroup when it connects.
@@ -121,15 +138,10 @@ struct ScopedTenantTests {
     @Test("Two processes of uid 0 in two cgroups under one [policy.cgroups] prefix are two tenants: separate limits, separate views, named by cgroup",
           .enabled(if: writableCgroupRoot != nil, "needs a writable cgroup v2 hierarchy"))
     func twoCgroupsTwoTenants() async throws {
-        let root = try #require(writableCgroupRoot)
         let slice = "ioatd-test-\(getpid())-t.slice"
-        let a = "\(root)/\(slice)/a.scope", b = "\(root)/\(slice)/b.scope"
-        #expect(mkdir("\(root)/\(slice)", 0o755) == 0 && mkdir(a, 0o755) == 0 && mkdir(b, 0o755) == 0)
-        defer {
-            rmdir(a)
-            rmdir(b)
-            rmdir("\(root)/\(slice)")
-        }
+        let cgroups = try TestCgroups(slice: slice, children: ["a.scope", "b.scope"])
+        defer { cgroups.remove() }
+        let a = cgroups.directory("a.scope"), b = cgroups.directory("b.scope")
         // The path as /proc/PID/cgroup shows it (this process's cgroup namespace root is the hierarchy's).
         let prefix = "/\(slice)"
         let config = temporarySocketPath() + ".toml"
@@ -186,15 +198,10 @@ extension ScopedTenantTests {
     /// Runs two always-backlogged workers in cgroups a and b under one prefix (an engine window of two
     /// ops, so the scheduler decides) and returns a's share of what the channel served while both ran.
     static func share(weightA: Int?) async throws -> Double {
-        let root = try #require(writableCgroupRoot)
         let slice = "ioatd-test-\(getpid())-f\(weightA ?? 1).slice"
-        let a = "\(root)/\(slice)/a.scope", b = "\(root)/\(slice)/b.scope"
-        #expect(mkdir("\(root)/\(slice)", 0o755) == 0 && mkdir(a, 0o755) == 0 && mkdir(b, 0o755) == 0)
-        defer {
-            rmdir(a)
-            rmdir(b)
-            rmdir("\(root)/\(slice)")
-        }
+        let cgroups = try TestCgroups(slice: slice, children: ["a.scope", "b.scope"])
+        defer { cgroups.remove() }
+        let a = cgroups.directory("a.scope"), b = cgroups.directory("b.scope")
         let config = temporarySocketPath() + ".toml"
         defer { unlink(config) }
         try """
@@ -236,7 +243,7 @@ extension ScopedTenantTests {
           .enabled(if: writableCgroupRoot != nil, "needs a writable cgroup v2 hierarchy"))
     func equalShares() async throws {
         let share = try await Self.share(weightA: nil)
-        let jain = ManyClientsJain.jain([share, 1 - share])
+        let jain = ManyClients.jain([share, 1 - share])
         #expect(jain >= 0.95, "a's share \(share), Jain's index \(jain)")
     }
 
@@ -245,13 +252,5 @@ extension ScopedTenantTests {
     func weightedShares() async throws {
         let share = try await Self.share(weightA: 3)
         #expect(abs(share - 0.75) <= 0.1, "a's share \(share), expected 0.75")
-    }
-}
-
-/// Jain's fairness index: (Σx)² / (n·Σx²), 1 when every share is equal.
-enum ManyClientsJain {
-    static func jain(_ x: [Double]) -> Double {
-        let sum = x.reduce(0, +), squares = x.reduce(0) { $0 + $1 * $1 }
-        return squares > 0 ? sum * sum / (Double(x.count) * squares) : 0
     }
 }

@@ -43,8 +43,7 @@ struct PeerCgroupTests {
         let own = try String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)
         guard let path = PeerCgroup.parse(procCgroup: own) else { return }  // no cgroup v2 here
         let mountInfo = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
-        let mount = try #require(mountInfo.split(separator: "\n").first { $0.contains(" - cgroup2 ") }, "a cgroup2 mount")
-        let point = String(mount.split(separator: " ")[4])
+        let point = try #require(CgroupPaths.cgroup2Mount(in: mountInfo), "a cgroup2 mount").point
         var st = stat()
         #expect(stat(point + (path == "/" ? "" : path), &st) == 0)
         let paths = CgroupPaths(mountInfo: mountInfo)

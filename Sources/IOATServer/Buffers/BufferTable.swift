@@ -92,23 +92,11 @@ final class BufferTable {
 
     /// Pins every range the op at `op` names (it is being admitted, or the engine takes a copy of it).
     /// The op is read through a pointer: passed by value, the compiler copied all of it per call.
-    func pin(_ op: UnsafePointer<PendingOp>) {
-        if let p = op.pointee.source { pin(p.slot) }
-        if let p = op.pointee.destination { pin(p.slot) }
-        if let p = op.pointee.auxiliary { pin(p.slot) }
-        if op.pointee.sources != nil { for p in op.pointee.sources! { pin(p.slot) } }
-        if op.pointee.segments != nil { for e in op.pointee.segments! { pin(e.source.slot); pin(e.destination.slot) } }
-    }
+    func pin(_ op: UnsafePointer<PendingOp>) { op.forEachSlot { pin($0) } }
 
     /// Unpins every range the op at `op` names (it finished, was dropped, or the engine's copy of it came
     /// back).
-    func unpin(_ op: UnsafePointer<PendingOp>) {
-        if let p = op.pointee.source { unpin(p.slot) }
-        if let p = op.pointee.destination { unpin(p.slot) }
-        if let p = op.pointee.auxiliary { unpin(p.slot) }
-        if op.pointee.sources != nil { for p in op.pointee.sources! { unpin(p.slot) } }
-        if op.pointee.segments != nil { for e in op.pointee.segments! { unpin(e.source.slot); unpin(e.destination.slot) } }
-    }
+    func unpin(_ op: UnsafePointer<PendingOp>) { op.forEachSlot { unpin($0) } }
 
     func pin(_ op: PendingOp) { withUnsafePointer(to: op) { pin($0) } }
     func unpin(_ op: PendingOp) { withUnsafePointer(to: op) { unpin($0) } }

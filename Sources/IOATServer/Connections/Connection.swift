@@ -78,14 +78,17 @@ struct OpenBuffers: BufferLookup {
         return hit
     }
 
-    private mutating func remember(_ buffer: OpenBuffer) {
-        switch buffer.handle & 3 {
+    /// Puts `buffer` (or nothing) in the cache way of `handle`.
+    private mutating func setCached(_ handle: UInt32, _ buffer: OpenBuffer?) {
+        switch handle & 3 {
         case 0: cache.0 = buffer
         case 1: cache.1 = buffer
         case 2: cache.2 = buffer
         default: cache.3 = buffer
         }
     }
+
+    private mutating func remember(_ buffer: OpenBuffer) { setCached(buffer.handle, buffer) }
 
     mutating func add(_ buffer: OpenBuffer, tenant: Tenant) {
         byHandle[buffer.handle] = buffer
@@ -100,12 +103,7 @@ struct OpenBuffers: BufferLookup {
         bytes -= buffer.size
         tenant.bufferBytes -= buffer.size
         if buffer.flags.contains(.hugepages) { tenant.hugepageBytes -= buffer.size }
-        switch handle & 3 {
-        case 0: if cache.0?.handle == handle { cache.0 = nil }
-        case 1: if cache.1?.handle == handle { cache.1 = nil }
-        case 2: if cache.2?.handle == handle { cache.2 = nil }
-        default: if cache.3?.handle == handle { cache.3 = nil }
-        }
+        if cached(handle) != nil { setCached(handle, nil) }
         return buffer
     }
 }

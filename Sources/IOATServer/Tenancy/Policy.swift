@@ -130,16 +130,21 @@ public struct Policy: Sendable, Equatable {
 
     static func literalCount(_ pattern: String) -> Int { pattern.filter { $0 != "*" && $0 != "?" }.count }
 
+    /// A cgroup prefix without a trailing slash ("/" stays "/").
+    static func trimmed(_ prefix: String) -> String {
+        prefix.count > 1 && prefix.hasSuffix("/") ? String(prefix.dropLast()) : prefix
+    }
+
     /// Whether `prefix` is `path` or one of its ancestors ("/" is everyone's).
     static func isPrefix(_ prefix: String, of path: String) -> Bool {
-        let p = prefix.count > 1 && prefix.hasSuffix("/") ? String(prefix.dropLast()) : prefix
+        let p = trimmed(prefix)
         return p == "/" || path == p || path.hasPrefix(p + "/")
     }
 
     /// The cgroup one component below `prefix` on the way to `path` (or `path` itself when it is the prefix):
     /// each such cgroup is a tenant of its own.
     static func child(of prefix: String, in path: String) -> String {
-        let p = prefix.count > 1 && prefix.hasSuffix("/") ? String(prefix.dropLast()) : prefix
+        let p = trimmed(prefix)
         guard path != p else { return path }
         let rest = path.dropFirst(p == "/" ? 1 : p.count + 1)
         let first = rest.split(separator: "/", maxSplits: 1).first.map(String.init) ?? String(rest)
