@@ -12,6 +12,8 @@ HELLO_OK, ALLOC_OK, OPEN_OK, STATUS_OK, COMPLETION, ERROR = 0x8001, 0x8002, 0x80
 class Connection:
     def __init__(self, path):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # Every wait is bounded: a mute server ends the helper with an error, never a hang.
+        self.sock.settimeout(30)
         self.sock.connect(path)
         self.request_id = 0
 
