@@ -226,6 +226,14 @@ public final class IOATClient: Sendable {
         current.withLock { $0 }.onGoodbye(handler)
     }
 
+    /// Restarts of the server the current connection lived through (SPEC.md §5.11), and how many were
+    /// crashes: after those, ops in flight completed `RESTARTED` and requests under way failed with
+    /// `serverRestarted`; the connection, its buffers and its queues carried on.
+    public var serverRestarts: (total: Int, crashes: Int) {
+        let r = current.withLock { $0 }.restarts
+        return (Int(r.total), r.lost)
+    }
+
     /// Whether the server said GOODBYE on the current connection.
     public var isServerStopping: Bool { current.withLock { $0 }.goodbye != nil }
 

@@ -21,6 +21,10 @@ public enum IOATError: Error, CustomStringConvertible, Sendable {
     case serverStopped(String)
     /// A wait with a time limit ran out (`IOATRing.wait`).
     case timedOut(String)
+    /// The server restarted after a crash while this request was under way (SPEC.md §5.11): it may or
+    /// may not have been carried out. The connection carries on; asking again is safe for everything but
+    /// ALLOC and REGISTER, whose buffer may exist unnamed until the connection closes.
+    case serverRestarted(String)
 
     /// The spec's error code, when the server refused.
     public var code: ErrorCode? {
@@ -38,6 +42,7 @@ public enum IOATError: Error, CustomStringConvertible, Sendable {
         case .untrustedServer(let why): "untrusted server: \(why)"
         case .serverStopped(let why): "server stopped: \(why)"
         case .timedOut(let why): "timed out: \(why)"
+        case .serverRestarted(let why): "server restarted: \(why)"
         }
     }
 }

@@ -63,6 +63,12 @@ final class Session: Sendable {
         var goodbye: UInt32? = nil
         /// Called once, on the reader thread, when GOODBYE arrives.
         var onGoodbye: (@Sendable (UInt32) -> Void)? = nil
+        /// Restarts of the server this connection lived through, and those that lost work (a crash).
+        var restarts: UInt32 = 0
+        var lostRestarts: Int = 0
+        /// After RESTARTED with LOST: the RESYNC's request id, and the requests sent before it, which the
+        /// crashed instance may have taken and never answered.
+        var resync: (id: UInt64, before: Set<UInt64>)? = nil
     }
 
     /// Packets the socket would not take yet, in send order, with descriptors kept open until sent.
@@ -98,7 +104,9 @@ final class Session: Sendable {
             throw .system(error)
         }
         if let why = SocketPath.distrust(serverUID: server.uid, path: path) { throw .untrustedServer(why) }
-        let reply = try handshake(fd, features: transport == .socket ? 0 : Wire.featureRings, path: path, deadline: deadline, bound: bounds.connectText)
+        // Restart support is always asked for: the session handles RESTARTED (SPEC.md §5.11).
+        let reply = try handshake(fd, features: (transport == .socket ? 0 : Wire.featureRings) | Wire.featureRestart, path: path,
+                                  deadline: deadline, bound: bounds.connectText)
         if transport == .ring && reply.features & Wire.featureRings == 0 {
             throw .invalidArgument("transport ring: the server did not grant ring queues (it negotiated version \(reply.version))")
         }
@@ -703,6 +711,22 @@ final class Session: Sendable {
             }
             reply?.resume(throwing: error)
             batch?.complete(.failure(error))
+        case .restarted(let notice):
+            serverRestarted(notice)
+        case .resyncReply:
+            // Everything sent before RESYNC has been answered by now, or never will be: those still waiting
+            // were taken by the crashed instance.
+            let lost: [CheckedContinuation<Reply, any Error>] = state.withLock { s in
+                guard let resync = s.resync, resync.id == header.requestID else { return [] }
+                s.resync = nil
+                return resync.before.compactMap { id in
+                    s.deadlines[id] = nil
+                    return s.replies.removeValue(forKey: id)
+                }
+            }
+            for c in lost {
+                c.resume(throwing: IOATError.serverRestarted("the server restarted after a crash before it answered; the request may or may not have been carried out"))
+            }
         case .goodbye(let drain):
             let handler = state.withLock { s -> (@Sendable (UInt32) -> Void)? in
                 s.goodbye = drain
@@ -752,6 +776,37 @@ final class Session: Sendable {
             return s.goodbye
         }
         if let already { handler(already) }
+    }
+
+    /// Restarts of the server this connection lived through (SPEC.md §5.11), and how many of them were
+    /// crashes that lost work in flight.
+    var restarts: (total: UInt32, lost: Int) { state.withLock { ($0.restarts, $0.lostRestarts) } }
+
+    /// RESTARTED: a new instance serves this connection. After a handover nothing was lost and nothing
+    /// changes. After a crash (LOST), every op submitted through SUBMIT and not completed gets a RESTARTED
+    /// record here, in order (the new instance discards those SUBMITs until RESYNC), and RESYNC goes out;
+    /// its answer fails the requests sent before it that are still waiting. Ring queues get their
+    /// RESTARTED records from the server, in the ring.
+    private func serverRestarted(_ notice: RestartNotice) {
+        let resyncID = nextRequest.add(1, ordering: .relaxed).oldValue
+        let batches: [Batch] = state.withLock { s in
+            s.restarts = notice.restarts
+            guard notice.lost else { return [] }
+            s.lostRestarts += 1
+            let batches = Array(s.batches.values)
+            s.batches.removeAll()
+            s.submitRequests.removeAll()
+            s.resync = (resyncID, Set(s.replies.keys))
+            return batches
+        }
+        guard notice.lost else { return }
+        for batch in batches {
+            for i in batch.records.indices where batch.records[i].status == .connectionLost {
+                batch.records[i].status = .restarted
+            }
+            batch.complete(.success(batch.records))
+        }
+        try? send(Message.resync.encode(requestID: resyncID, version: server.version))
     }
 
     private func connectionLost(_ why: String) {

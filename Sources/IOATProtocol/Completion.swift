@@ -38,6 +38,9 @@ public struct CompletionStatus: RawRepresentable, Hashable, Sendable, CustomStri
     public static let engineError = CompletionStatus(rawValue: 14)
     /// Cancelled before it ran (the server is stopping).
     public static let cancelled = CompletionStatus(rawValue: 15)
+    /// (v3, feature bit 1) The server restarted while the op was in flight (SPEC.md §5.11): it may or may
+    /// not have run, and its destination holds anything from the old bytes to the new.
+    public static let restarted = CompletionStatus(rawValue: 16)
     /// Base of the statuses a ring queue (version 3) gives a descriptor the server refused: the status
     /// is this plus the error code the SUBMIT path would have answered (SPEC.md §5.10.4).
     public static let refusedBase: UInt16 = 0x0100
@@ -70,6 +73,7 @@ public struct CompletionStatus: RawRepresentable, Hashable, Sendable, CustomStri
         case 13: "CHANNEL_HALTED"
         case 14: "ENGINE_ERROR"
         case 15: "CANCELLED"
+        case 16: "RESTARTED"
         case 0xFFFF: "CONNECTION_LOST"
         default: refusal.map { "REFUSED_\($0.name)" } ?? "STATUS_\(rawValue)"
         }

@@ -14,6 +14,11 @@ public enum Wire {
     public static let anyChannel: UInt32 = 0xFFFF_FFFF
     /// HELLO feature bit 0 (version 3): shared-memory ring queues (SPEC.md §4.3, §5.10).
     public static let featureRings: UInt64 = 1 << 0
+    /// HELLO feature bit 1 (version 3): the connection lives through a restart of the server (SPEC.md §4.3,
+    /// §5.11): RESTARTED, RESYNC and the completion status RESTARTED.
+    public static let featureRestart: UInt64 = 1 << 1
+    /// Every feature bit this code knows.
+    public static let knownFeatures: UInt64 = featureRings | featureRestart
     /// The index value in ERROR that means "not about a descriptor".
     public static let noIndex: UInt32 = 0xFFFF_FFFF
 }
@@ -35,6 +40,9 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case setCoalesce = 0x000A
     /// (v3) Turn an open queue into a shared-memory ring queue (SPEC.md §5.10).
     case ring = 0x000B
+    /// (v3, feature bit 1) The client has failed what it had outstanding after RESTARTED with LOST
+    /// (SPEC.md §5.11).
+    case resync = 0x000C
     case helloReply = 0x8001
     case allocReply = 0x8002
     case registerReply = 0x8003
@@ -45,8 +53,11 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case reserveReply = 0x8009
     case coalesceReply = 0x800A
     case ringReply = 0x800B
+    case resyncReply = 0x800C
     case completion = 0xC001
     case goodbye = 0xC002
+    /// (v3, feature bit 1) A new server instance took the connection over (SPEC.md §5.11).
+    case restarted = 0xC003
     case error = 0xFFFF
 
     /// Whether a client may send this type.
@@ -56,7 +67,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     public var version: UInt16 {
         switch self {
         case .reserve, .reserveReply, .setCoalesce, .coalesceReply: 2
-        case .ring, .ringReply: 3
+        case .ring, .ringReply, .resync, .resyncReply, .restarted: 3
         default: 1
         }
     }
@@ -78,6 +89,9 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
         case .coalesceReply: "COALESCE_OK"
         case .ring: "RING"
         case .ringReply: "RING_OK"
+        case .resync: "RESYNC"
+        case .resyncReply: "RESYNC_OK"
+        case .restarted: "RESTARTED"
         case .helloReply: "HELLO_OK"
         case .allocReply: "ALLOC_OK"
         case .registerReply: "REGISTER_OK"

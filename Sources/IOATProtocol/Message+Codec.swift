@@ -108,6 +108,11 @@ extension Message {
         case .goodbye(let drain):
             w.write(drain)
             w.write(UInt32(0))
+        case .restarted(let notice):
+            w.write(notice.lost ? RestartNotice.flagLost : 0)
+            w.write(notice.restarts)
+        case .resync, .resyncReply:
+            w.write(UInt64(0))
         case .error(let e):
             let text = Array(e.message.utf8)
             w.write(e.code.rawValue)
@@ -358,6 +363,18 @@ extension Message {
             let drain: UInt32 = r.read()!
             try reserved32(r.read()!, "reserved")
             return .goodbye(drainMilliseconds: drain)
+        case .restarted:
+            try expectBody(8)
+            let flags: UInt32 = r.read()!
+            guard flags & ~RestartNotice.flagLost == 0 else {
+                throw ProtocolError(.unknownFlags, "RESTARTED flag bits 0x\(String(flags & ~RestartNotice.flagLost, radix: 16)) are not defined")
+            }
+            return .restarted(RestartNotice(lost: flags & RestartNotice.flagLost != 0, restarts: r.read()!))
+        case .resync, .resyncReply:
+            try expectBody(8)
+            try reserved32(r.read()!, "reserved")
+            try reserved32(r.read()!, "reserved")
+            return type == .resync ? .resync : .resyncReply
         case .error:
             guard bodySize >= 16 else { throw ProtocolError(.malformed, "ERROR body must be at least 16 bytes, got \(bodySize)") }
             let code = ErrorCode(rawValue: r.read()!)

@@ -271,6 +271,22 @@ public struct ErrorReply: Hashable, Sendable {
     }
 }
 
+/// RESTARTED's body (SPEC.md §5.11).
+public struct RestartNotice: Hashable, Sendable {
+    /// Flag bit 0: the previous instance ended without handing over (a crash): what it had taken and not
+    /// answered is lost, and the server discards SUBMITs on this connection until RESYNC.
+    public static let flagLost: UInt32 = 1 << 0
+    /// Whether the previous instance crashed (`flagLost`).
+    public var lost: Bool
+    /// Restarts this connection has lived through, this one included.
+    public var restarts: UInt32
+
+    public init(lost: Bool, restarts: UInt32) {
+        self.lost = lost
+        self.restarts = restarts
+    }
+}
+
 /// Every message of protocol version 1, decoded. SUBMIT and COMPLETION borrow the packet's bytes.
 public enum Message {
     case hello(Hello)
@@ -305,6 +321,11 @@ public enum Message {
     case completion(CompletionView)
     /// The server is stopping: it takes no new work, and in-flight ops have `drainMilliseconds` to finish.
     case goodbye(drainMilliseconds: UInt32)
+    /// (v3, feature bit 1) A new server instance serves this connection (SPEC.md §5.11).
+    case restarted(RestartNotice)
+    /// (v3, feature bit 1) The client failed what it had outstanding when RESTARTED said LOST.
+    case resync
+    case resyncReply
     case error(ErrorReply)
 
     /// The wire type.
@@ -333,6 +354,9 @@ public enum Message {
         case .ringReply: .ringReply
         case .completion: .completion
         case .goodbye: .goodbye
+        case .restarted: .restarted
+        case .resync: .resync
+        case .resyncReply: .resyncReply
         case .error: .error
         }
     }

@@ -189,6 +189,33 @@ public struct RingConsumer {
         if on { ioatd_fence() }
     }
 
+    /// The code in the ring's error word, if a server broke the ring (read when taking a ring over).
+    public var brokenCode: ErrorCode? {
+        let code = ioatd_load_acquire(word(RingLayout.error))
+        return code == 0 ? nil : ErrorCode(rawValue: code)
+    }
+
+    /// Takes over ring memory another server instance used (a restart, SPEC.md §5.11): the server's
+    /// indices are read back from the memory, once, and checked against the client's: at most `depth`
+    /// ops outstanding, no more records than the ring holds. Returns how many ops the previous instance
+    /// took and never recorded (sq_head − cq_tail): the caller records them. NEED_WAKEUP is cleared.
+    public mutating func resume() throws(ProtocolError) -> Int {
+        let head = ioatd_load_acquire(word(RingLayout.submissionHead))
+        let tail = ioatd_load_acquire(word(RingLayout.completionTail))
+        let consumed = ioatd_load_acquire(word(RingLayout.completionHead))
+        let inFlight = head &- tail
+        guard tail &- consumed <= layout.completionCount, inFlight <= layout.depth, head &- consumed <= layout.depth else {
+            throw ProtocolError(.ringBroken, "queue \(layout.queue): after the restart sq_head \(head), cq_tail \(tail) and cq_head \(consumed) do not fit a queue of depth \(layout.depth)")
+        }
+        submissionHead = head
+        completionTail = tail
+        completionHead = consumed
+        published = tail
+        lastWakeCheck = tail
+        setNeedWakeup(false)
+        return Int(inFlight)
+    }
+
     /// Writes the code that broke the queue where the client can see it.
     public func markBroken(_ code: ErrorCode) {
         ioatd_store_release(word(RingLayout.error), code.rawValue)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import IOATEngine
+import IOATProtocol
 import IOATServer
 #if DPDK
 import IOATDPDK
@@ -18,6 +19,8 @@ struct IOATDaemon: ParsableCommand {
             $IOATD_SOCKET, else /run/ioatd/ioatd.sock as root, else $XDG_RUNTIME_DIR/ioatd.sock.
             Options given here override the configuration file.
             SIGTERM or SIGINT stops gracefully (clients are told, in-flight ops finish); a second signal stops at once.
+            Under systemd with FileDescriptorStoreMax= above 0, SIGTERM during a restart job hands every client over
+            to the next instance instead (SPEC.md §5.11): clients see a pause, not a lost connection.
             SIGHUP reads the configuration file's [policy] again without dropping clients; a file that does not
             load is refused with its line and reason, and the policy in force stays.
             """)
@@ -50,6 +53,12 @@ struct IOATDaemon: ParsableCommand {
 
     @Option(help: "Ops of at most this many bytes run on the event loop's thread when the engine can (CPU engine) and is idle (0: never; default 65536; at most sixteen times this per dispatch).")
     var inlineBytes: Int?
+
+    @Option(help: ArgumentHelp("The restart state's format to write (tests only: a state another ioatd cannot read).", visibility: .hidden))
+    var stateFormat: Int?
+
+    @Flag(help: "Print the version and exit.")
+    var version = false
 
     @Flag(help: "Never use hugepages for ALLOC.")
     var noHugepages = false
@@ -96,6 +105,10 @@ struct IOATDaemon: ParsableCommand {
     }
 
     func run() throws {
+        if version {
+            FileHandle.standardOutput.write("ioatd \(ioatdVersion) (protocol \(Wire.minimumVersion)...\(Wire.version), restart state format \(IOATServer.stateFormat))\n")
+            return
+        }
         let settings: DaemonConfiguration
         do {
             settings = try self.settings()
@@ -174,21 +187,37 @@ struct IOATDaemon: ParsableCommand {
         let signals = try SignalHandling(try SignalFD(signals: [SIGTERM, SIGINT, SIGHUP]))
         signal(SIGPIPE, SIG_IGN)
 
-        let passed = Systemd.listenedSockets()
-        if !passed.isEmpty {
-            for (fd, name) in passed where !UnixSocket.isSeqpacketListener(fd) {
-                return "socket activation passed descriptor \(fd) (\(name)), which is not a listening AF_UNIX SOCK_SEQPACKET socket; "
-                    + "use ListenSequentialPacket= in the .socket unit"
+        // Under systemd with a file-descriptor store, the clients of a previous instance come back with the
+        // listener: every passed descriptor that is not a listening socket is one of them (SPEC.md §5.11).
+        let (store, storeWhy) = SystemdHandoverStore.fromEnvironment()
+        var stored: [(name: String, fd: FileDescriptor)] = []
+        var listeners: [(Int32, String)] = []
+        for (fd, name) in Systemd.listenedSockets() {
+            if UnixSocket.isSeqpacketListener(fd) {
+                listeners.append((fd, name))
+            } else {
+                stored.append((name, FileDescriptor(owning: fd)))
             }
-            let (fd, name) = passed[0]
+        }
+        if !stored.isEmpty && store == nil {
+            logger.warning("descriptors from a previous instance were passed, but this one keeps no store; its clients are told GOODBYE", metadata: [
+                "descriptors": "\(stored.count)", "why": "\(storeWhy)",
+            ])
+        }
+        if !listeners.isEmpty {
+            let (fd, name) = listeners[0]
             listener = FileDescriptor(owning: fd)
-            for (extra, _) in passed.dropFirst() { close(extra) }
+            for (extra, _) in listeners.dropFirst() { close(extra) }
             config.socketPath = "fd \(fd) (\(name), socket-activated)"
-            logger.info("socket activation", metadata: ["fd": "\(fd)", "name": "\(name)", "passed": "\(passed.count)"])
+            logger.info("socket activation", metadata: ["fd": "\(fd)", "name": "\(name)", "passed": "\(listeners.count + stored.count)"])
+        } else if !stored.isEmpty && store != nil {
+            return "the service manager passed \(stored.count) stored descriptors but no listening AF_UNIX SOCK_SEQPACKET socket; "
+                + "use ListenSequentialPacket= in the .socket unit"
         } else {
             let directory = config.socketPath.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
             if !directory.isEmpty { mkdir(directory, 0o755) }
         }
+        logger.info("restart store", metadata: ["enabled": "\(store != nil)", "why": "\(storeWhy)"])
 
         let engine: any Engine
         if settings.engine == .dpdk {
@@ -215,10 +244,12 @@ struct IOATDaemon: ParsableCommand {
                 try DaemonConfiguration.load(path: path, defaults: DaemonConfiguration(socketPath: "")).server.policy
             }
         }
+        if let stateFormat { config.stateFormat = stateFormat }
         let server = try IOATServer(configuration: config, engine: engine, logger: logger, listener: listener,
-                                    observer: SystemdObserver.fromEnvironment())
+                                    observer: SystemdObserver.fromEnvironment(), store: store,
+                                    previous: stored.isEmpty ? nil : StoredFiles(stored))
         listener = nil // the server's now: a failure from here on is not a failure to start
-        signals.start(server: server, logger: logger, reload: reload)
+        signals.start(server: server, logger: logger, reload: reload, restarting: store == nil ? nil : SystemdHandoverStore.restartJobRunning)
         defer { signals.finish() }
         try server.run()
         return nil

@@ -103,6 +103,8 @@ func fields(of message: Message) throws -> Any {
         }
         return ["queue": n(c.queue), "records": list]
     case .goodbye(let drain): return ["drain_ms": n(drain)]
+    case .restarted(let notice): return ["lost": "\(notice.lost)", "restarts": n(notice.restarts)]
+    case .resync, .resyncReply: return [String: Any]()
     case .reserve(let queue, let credits, let noWait): return ["queue": n(queue), "credits": n(credits), "no_wait": "\(noWait)"]
     case .reserveReply(let free): return ["free_credits": n(free)]
     case .setCoalesce(let queue, let microseconds): return ["queue": n(queue), "microseconds": n(microseconds)]

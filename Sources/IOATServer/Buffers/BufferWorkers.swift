@@ -44,7 +44,7 @@ final class BufferWorkers: @unchecked Sendable {
 
     /// A buffer made by a setup thread, ready to be handed to its connection.
     struct Made: @unchecked Sendable {
-        /// The memfd (ALLOC: sent to the client; REGISTER: already closed).
+        /// The memfd (ALLOC: sent to the client; REGISTER: already closed, or kept for the handover store).
         var fd: FileDescriptor?
         var mapping: Mapping
         var pageSize: UInt64
@@ -57,7 +57,8 @@ final class BufferWorkers: @unchecked Sendable {
 
     enum Job: @unchecked Sendable {
         case allocate(ticket: UInt64, AllocPlan)
-        case register(ticket: UInt64, FileDescriptor, pins: Bool)
+        /// `keep`: the memfd comes back in `Made.fd` (for the handover store) instead of being closed.
+        case register(ticket: UInt64, FileDescriptor, pins: Bool, keep: Bool)
         /// Drops a buffer's DMA registration, then its mapping (when the job is released, in that order:
         /// `Disposal` holds them).
         case dispose(Disposal, BudgetCharge)
@@ -136,7 +137,7 @@ final class BufferWorkers: @unchecked Sendable {
     private func perform(_ job: Job) -> Outcome {
         switch job {
         case .allocate(let ticket, let plan): return .made(ticket: ticket, allocate(plan))
-        case .register(let ticket, let fd, let pins): return .made(ticket: ticket, map(fd, pins: pins))
+        case .register(let ticket, let fd, let pins, let keep): return .made(ticket: ticket, map(fd, pins: pins, keep: keep))
         case .dispose(_, let charge): return .disposed(charge)
         }
     }
@@ -187,7 +188,7 @@ final class BufferWorkers: @unchecked Sendable {
     }
 
     /// Maps a client's memfd (checked on the loop: memfd, sealed, size) and registers it for DMA.
-    private func map(_ fd: FileDescriptor, pins: Bool) -> Result<Made, ProtocolError> {
+    private func map(_ fd: FileDescriptor, pins: Bool, keep: Bool) -> Result<Made, ProtocolError> {
         let size: UInt64
         let blockSize: UInt64
         do throws(SystemError) {
@@ -220,7 +221,7 @@ final class BufferWorkers: @unchecked Sendable {
         }
         // A client's memory counts against the budget only for what the server pins (DMA mappings).
         let charge = pins ? BudgetCharge(bytes: size, locked: true, hugepages: flags.contains(.hugepages)) : BudgetCharge()
-        return .success(Made(fd: nil, mapping: mapping, pageSize: pageSize, flags: flags, registration: registration,
+        return .success(Made(fd: keep ? fd : nil, mapping: mapping, pageSize: pageSize, flags: flags, registration: registration,
                              charge: charge, hugeFailure: nil))
     }
 }

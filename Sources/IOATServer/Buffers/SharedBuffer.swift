@@ -18,10 +18,15 @@ final class SharedBuffer {
     /// Where the unmap happens; inline when nil.
     private let workers: BufferWorkers?
     var size: UInt64 { UInt64(mapping.count) }
+    /// Whether the server made it (ALLOC) rather than mapped a client's memfd (REGISTER).
+    let allocated: Bool
+    /// The name its memfd is kept under in the handover store, when there is one.
+    var storedAs: String? = nil
 
     init(handle: UInt32, mapping: Mapping, flags: BufferReply.Flags, pageSize: UInt64, registration: AnyObject?,
-         charge: BudgetCharge = BudgetCharge(), workers: BufferWorkers? = nil) {
+         charge: BudgetCharge = BudgetCharge(), workers: BufferWorkers? = nil, allocated: Bool = true) {
         self.handle = handle
+        self.allocated = allocated
         self.mapping = mapping
         self.flags = flags
         self.pageSize = pageSize

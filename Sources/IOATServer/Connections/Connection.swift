@@ -121,6 +121,14 @@ final class Connection: BufferLookup {
     var machine: ConnectionStateMachine
     /// Whether HELLO_OK granted ring queues (feature bit 0, version 3).
     var ringsGranted = false
+    /// Whether HELLO_OK granted restart support (feature bit 1, version 3; SPEC.md §5.11).
+    var restartGranted = false
+    /// Restarts of the server this connection lived through.
+    var restarts: UInt32 = 0
+    /// After RESTARTED with LOST: SUBMITs are discarded until the client's RESYNC (it failed them itself).
+    var awaitingResync = false
+    /// Set while the server hands over to its next instance: nothing more is read.
+    var holding = false
     /// The version messages are framed with: 1 until HELLO_OK, then the negotiated one.
     var version: UInt16 { machine.version }
 
@@ -207,7 +215,7 @@ final class Connection: BufferLookup {
     deinit { receiveBuffer.deallocate() }
 
     /// Whether the server should read requests now: its state reads, and nothing waits to be written.
-    var wantsToRead: Bool { machine.reads && backlog.isEmpty }
+    var wantsToRead: Bool { machine.reads && backlog.isEmpty && !holding }
 
     /// Parks `request` until its queue has the credits (the connection reads nothing meanwhile).
     func park(_ request: ParkedRequest) {

@@ -133,6 +133,12 @@ struct ConnectionStateMachine {
 
     mutating func close() { state = .closed }
 
+    /// A connection taken over from a previous instance (SPEC.md §5.11): negotiated with `version`, or
+    /// still awaiting HELLO (nil).
+    mutating func resume(version: UInt16?) {
+        state = version.map { .negotiated(version: $0) } ?? .awaitingHello
+    }
+
     /// Decides what to do with one packet. `packet` holds the bytes kept (all of them unless the packet
     /// was larger than the receive buffer). `stopping`: the server takes no new work (SPEC.md §5.7).
     mutating func receive(_ packet: UnsafeRawBufferPointer, _ facts: PacketFacts, stopping: Bool) -> Action {

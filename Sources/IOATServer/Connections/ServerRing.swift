@@ -1,3 +1,4 @@
+import Glibc
 import IOATProtocol
 import IOATSystem
 
@@ -36,6 +37,40 @@ final class ServerRing {
         let ring = ServerRing(mapping: mapping, doorbell: mine, layout: layout, token: token)
         ring.queue = queue
         return (ring, memfd, theirs)
+    }
+
+    /// Takes over the ring memory and doorbell a previous instance stored (SPEC.md §5.11). The memory is
+    /// checked as on first contact: a memfd of exactly the size the queue's depth makes. Its header is the
+    /// server's and is written again, whatever the client did to it; its indices are read by `resume`.
+    static func adopt(queue: Queue, token: UInt64, memfd: FileDescriptor, doorbell: FileDescriptor) throws(SystemError) -> ServerRing {
+        let layout = RingLayout(queue: queue.id, depth: UInt32(queue.depth))
+        let size = try memfd.size()
+        guard Memfd.isMemfd(memfd), size == UInt64(layout.size) else {
+            throw SystemError("the ring memory of queue \(queue.id) is \(size) bytes; a queue of depth \(queue.depth) has \(layout.size)", errno: EINVAL)
+        }
+        let mapping = try Mapping(fd: memfd, length: layout.size, writable: true, populate: true)
+        layout.writeHeader(to: mapping.unsafeBase)
+        try doorbell.setNonBlocking(true)
+        let ring = ServerRing(mapping: mapping, doorbell: doorbell, layout: layout, token: token)
+        ring.queue = queue
+        return ring
+    }
+
+    /// Picks the ring up where the previous instance left it: its indices as they are in the memory,
+    /// checked, and a RESTARTED record, in order, for each op it took and never recorded. Returns the
+    /// credits in use (records not consumed, those included) and the ops recorded RESTARTED. A ring the
+    /// previous instance broke stays broken.
+    func resume() throws(ProtocolError) -> (outstanding: Int, inFlight: Int) {
+        if let code = consumer.brokenCode {
+            markBroken(ProtocolError(code, "ring queue \(consumer.layout.queue) was broken before the restart (\(code.name))"))
+            return (0, 0)
+        }
+        let inFlight = try consumer.resume()
+        for _ in 0..<inFlight {
+            consumer.push(CompletionRecord(cookie: 0, status: .restarted, opcode: 0, result: 0, bytesDone: 0))
+        }
+        if inFlight > 0 { needsPublish = true }
+        return (consumer.unconsumed, inFlight)
     }
 
     private init(mapping: Mapping, doorbell: FileDescriptor, layout: RingLayout, token: UInt64) {

@@ -26,6 +26,7 @@ extension IOATServer {
 
     /// Checks the connection's and its tenant's limits for `size` more bytes (what is being made counts).
     private func checkBufferQuota(_ connection: Connection, adding size: UInt64) throws(ProtocolError) {
+        try checkStoreRoom(1)
         guard connection.buffers.count < configuration.maxBuffers else {
             throw ProtocolError(.quotaExceeded, "connection already has \(connection.buffers.count) buffers; the limit is \(configuration.maxBuffers)")
         }
@@ -41,6 +42,12 @@ extension IOATServer {
             throw ProtocolError(.quotaExceeded,
                                 "\(size) more bytes would bring uid \(tenant.uid) to \(tenantOverflow ? "more than 2^64" : "\(tenantTotal)") buffer bytes over all its connections; its limit is \(tenant.limits.maxBufferBytes) (policy: \(tenant.policySource))")
         }
+    }
+
+    /// Refuses what would need more descriptors than the handover store has room for.
+    func checkStoreRoom(_ count: Int) throws(ProtocolError) {
+        guard let ledger, !ledger.hasRoom(count) else { return }
+        throw ProtocolError(.quotaExceeded, "the restart store is full: it holds \(ledger.stored) of \(ledger.store.capacity) descriptors (FileDescriptorStoreMax=)")
     }
 
     /// Whether `size` more bytes fit every limit — connection, tenant, budget — (no refusal counted).
@@ -138,7 +145,7 @@ extension IOATServer {
         let reserved = pins ? size : 0
         try budget.reserve(reserved)
         let ticket = nextTicket()
-        startSetup(ticket, .register(ticket: ticket, fd, pins: pins), PendingSetup(
+        startSetup(ticket, .register(ticket: ticket, fd, pins: pins, keep: ledger != nil), PendingSetup(
             connection: connection, requestID: requestID, isAlloc: false, budgetReserved: reserved, tenantReserved: size))
     }
 
@@ -180,14 +187,17 @@ extension IOATServer {
             // Made into a SharedBuffer even for a connection that has gone: dropping it returns the memory
             // (and the budget) through the setup threads.
             let buffer = SharedBuffer(handle: nextHandle(for: connection), mapping: made.mapping, flags: made.flags,
-                                      pageSize: made.pageSize, registration: made.registration, charge: made.charge, workers: workers)
+                                      pageSize: made.pageSize, registration: made.registration, charge: made.charge, workers: workers,
+                                      allocated: pending.isAlloc)
             guard !connection.isClosed else { return }
+            if let ledger, let fd = made.fd { buffer.storedAs = ledger.keepFile(fd) }
             if let why = made.hugeFailure {
                 logger.warning("hugepages unavailable; using 4 KiB pages", metadata: [
                     "client": "\(connection.id)", "size": "\(buffer.size)", "error": "\(why)",
                 ])
             }
             connection.add(OpenBuffer(buffer, slot: bufferTable.insert(buffer)))
+            persist()
             if pending.isAlloc {
                 reply(connection, .allocReply(buffer.reply), requestID: pending.requestID, fds: made.fd.map { [$0] } ?? [])
             } else {

@@ -17,12 +17,15 @@ extension IOATServer {
             refuse(connection, error, requestID: requestID, closes: closes)
         case .hello(let version, let offered, let requestID):
             connection.ringsGranted = version >= 3 && configuration.rings && offered & Wire.featureRings != 0
+            // Restart support is granted only where there is a store to keep the connection in.
+            connection.restartGranted = version >= 3 && ledger != nil && offered & Wire.featureRestart != 0
             let answer = HelloReply(
-                version: version, features: connection.ringsGranted ? Wire.featureRings : 0, maxMessage: UInt32(configuration.maxMessage),
+                version: version, features: (connection.ringsGranted ? Wire.featureRings : 0) | (connection.restartGranted ? Wire.featureRestart : 0), maxMessage: UInt32(configuration.maxMessage),
                 maxDescriptors: UInt32(configuration.maxDescriptors), maxQueueDepth: UInt32(configuration.maxQueueDepth),
                 maxQueues: UInt32(configuration.maxQueues), maxBuffers: UInt32(configuration.maxBuffers),
                 maxBufferBytes: configuration.maxBufferBytes, hugepageSize: configuration.hugepages ? hugepageSize : 0,
                 channels: engine.channels.map(\.info))
+            persist()
             reply(connection, .helloReply(answer), requestID: requestID)  // framed with version 1, like HELLO
         case .request(let message, let requestID):
             do throws(ProtocolError) {
@@ -59,10 +62,17 @@ extension IOATServer {
                 throw ProtocolError(.badPeriod, "coalescing period \(microseconds) µs is above channel \(queue.channel)'s maximum of \(maximum) µs")
             }
             queue.coalesceNanoseconds = UInt64(microseconds) * 1000
+            persist()
             reply(connection, .coalesceReply(microseconds: microseconds), requestID: requestID)
         case .reserve(let queue, let credits, let noWait):
             try handleReserve(connection, queue: queue, credits: credits, noWait: noWait, requestID: requestID)
         case .ring(let queue): try handleRing(connection, queue: queue, requestID: requestID)
+        case .resync:
+            guard connection.restartGranted else {
+                throw ProtocolError(.permissionDenied, "RESYNC: this connection was not granted restart support (HELLO feature bit 1 of version 3)")
+            }
+            connection.awaitingResync = false
+            reply(connection, .resyncReply, requestID: requestID)
         default: preconditionFailure("the state machine passes on requests only, and answers HELLO itself")
         }
     }
@@ -72,7 +82,9 @@ extension IOATServer {
             throw ProtocolError(.badHandle, "FREE of handle \(handle), which is not open on this connection")
         }
         // Unmapped now, or when the last op that names it finishes.
+        releaseStoredFile(buffer)
         bufferTable.close(buffer.slot)
+        persist()
         reply(connection, .freeReply, requestID: requestID)
     }
 
@@ -107,6 +119,7 @@ extension IOATServer {
         let id = nextHandle(for: connection)
         connection.add(Queue(id: id, channel: index, depth: Int(depth), connection: connection, lane: channels[index].lane(for: tenant)))
         channels[index].queueCount += 1
+        persist()
         reply(connection, .openReply(OpenReply(queue: id, channel: UInt32(index), depth: depth)), requestID: requestID)
     }
 
@@ -129,6 +142,7 @@ extension IOATServer {
         if let ring = queue.ring { dropRing(ring) }
         queue.connection = nil
         channels[queue.channel].queueCount -= 1
+        persist()
         reply(connection, .closeReply, requestID: requestID)
     }
 
@@ -156,6 +170,9 @@ extension IOATServer {
     /// the SUBMIT as a whole (its queue, its count against the depth), then each descriptor in turn.
     /// Parks the resolved ops when the queue lacks credits and no descriptor says NO_WAIT.
     private func handleSubmit(_ connection: Connection, _ submit: SubmitView) throws(ProtocolError) {
+        // After RESTARTED with LOST the client failed what it had sent; what it sent before its RESYNC is
+        // discarded, unanswered (SPEC.md §5.11).
+        if connection.awaitingResync { return }
         guard let queue = connection.queues[submit.queue] else {
             throw ProtocolError(.badQueue, "SUBMIT to queue \(submit.queue), which is not open on this connection")
         }

@@ -17,6 +17,7 @@ extension IOATServer {
         guard queue.outstanding == 0 else {
             throw ProtocolError(.busy, "queue \(id) has \(queue.outstanding) ops outstanding; RING needs an idle queue")
         }
+        try checkStoreRoom(2)
         let token = nextRingToken
         nextRingToken += 1
         let made: (ServerRing, memfd: FileDescriptor, doorbell: FileDescriptor)
@@ -30,6 +31,11 @@ extension IOATServer {
         queue.ring = ring
         rings[token] = ring
         ringList.append(ring)
+        if let ledger {
+            ledger.keep(made.memfd, name: StoreName.ringMemory(token))
+            ledger.keep(ring.doorbell, name: StoreName.doorbell(token))
+            persist()
+        }
         let layout = ring.consumer.layout
         reply(connection, .ringReply(RingReply(queue: id, submissionEntries: layout.submissionCount,
                                                completionEntries: layout.completionCount, size: UInt64(layout.size))),
@@ -172,6 +178,10 @@ extension IOATServer {
     /// Forgets a ring whose queue or connection closed; its memory is unmapped when the last reference goes.
     func dropRing(_ ring: ServerRing) {
         if ring.broken == nil { epoll.remove(ring.doorbell.rawValue) }
+        if let ledger {
+            ledger.drop(StoreName.ringMemory(ring.token))
+            ledger.drop(StoreName.doorbell(ring.token))
+        }
         rings[ring.token] = nil
         ringList.removeAll { $0 === ring }
         ring.queue = nil

@@ -12,8 +12,11 @@ import Synchronization
 public final class IOATServer: @unchecked Sendable {
     /// Where the server is in its life.
     public enum State: String, Sendable {
-        case starting, serving, draining, stopped
+        case starting, serving, draining, handingOver, stopped
     }
+
+    /// The format of the restart state this code writes and reads (SPEC.md §5.11).
+    public static let stateFormat = 1
 
     let configuration: ServerConfiguration
     let engine: any Engine
@@ -22,14 +25,25 @@ public final class IOATServer: @unchecked Sendable {
     let channels: [Channel]
     /// Delivers finished ops' records to their connections.
     let router: CompletionRouter
-    private let listener: FileDescriptor
+    let listener: FileDescriptor
     /// The socket file this server made itself (not socket-activated), with its inode: removed at exit
     /// while it is still this one (a newer server may have replaced it).
     private let boundSocket: (path: String, inode: ino_t)?
     let epoll: Epoll
     private let wakeup: EventFD
-    private let observer: (any ServerObserver)?
+    let observer: (any ServerObserver)?
     private let stopRequested = Atomic<Int>(0)
+    /// Whether the stop asked for is a handover to a next instance (`requestHandover`).
+    private let handoverRequested = Atomic<Bool>(false)
+    /// Set by `abandon()`: the loop ends as a crash would end it.
+    private let abandonRequested = Atomic<Bool>(false)
+    /// The handover store's account, when the server keeps its clients across restarts; nil without one.
+    let ledger: StoreLedger?
+    /// What the previous instance left, until `run` takes it over.
+    private var previous: StoredFiles?
+    /// The serial of the last state written, and the names of the states in the store.
+    var stateSerial: UInt64 = 0
+    var storedStates: [String] = []
     /// A policy (or a refused reload's reason) handed over from another thread, applied on the loop.
     private let policyUpdate = Mutex<PolicyUpdate?>(nil)
     private enum PolicyUpdate: Sendable {
@@ -42,7 +56,7 @@ public final class IOATServer: @unchecked Sendable {
     let startedAt: Double
 
     var connections: [UInt64: Connection] = [:]
-    private var nextConnectionID: UInt64 = 1
+    var nextConnectionID: UInt64 = 1
     /// Connections with a request waiting for credits.
     var parked: [Connection] = []
     /// Setup threads: buffer creation, mapping, registration and unmapping, off the event loop.
@@ -77,7 +91,7 @@ public final class IOATServer: @unchecked Sendable {
     /// Whether the log said once that peers are named by pid (no SO_PEERPIDFD).
     private var warnedNoPidfd = false
     /// Cgroup paths by id, for peers' cgroups read through their pidfds.
-    private let cgroupPaths = CgroupPaths()
+    let cgroupPaths = CgroupPaths()
     /// Lifetime counters.
     var connectionsAccepted: UInt64 = 0
     var connectionsRefused: UInt64 = 0
@@ -97,9 +111,16 @@ public final class IOATServer: @unchecked Sendable {
     /// serves, ticks at the observer's interval, and reports when it stops. Whoever runs the server
     /// handles signals and files: `requestStop()` stops it, `apply(policy:)` changes the tenant policy,
     /// both from any thread.
+    ///
+    /// With `store`, every connection, buffer and ring is kept in it from the moment it is made, with
+    /// the state that ties them together, so that a next instance takes them over (`previous`: what an
+    /// earlier instance left there, restored when `run` starts). SPEC.md §5.11.
     public init(configuration: ServerConfiguration, engine: any Engine, logger: Logger,
-                listener: FileDescriptor? = nil, observer: (any ServerObserver)? = nil) throws(SystemError) {
+                listener: FileDescriptor? = nil, observer: (any ServerObserver)? = nil,
+                store: (any HandoverStore)? = nil, previous: StoredFiles? = nil) throws(SystemError) {
         self.configuration = configuration
+        ledger = store.map(StoreLedger.init(store:))
+        self.previous = previous
         self.policy = configuration.policy
         self.engine = engine
         self.logger = logger
@@ -150,6 +171,24 @@ public final class IOATServer: @unchecked Sendable {
         wakeup.signal()
     }
 
+    /// Asks `run()` to hand every client over to the next instance and return (SPEC.md §5.11): no new work
+    /// is taken, what was taken finishes and is answered (within the drain timeout), the state is written
+    /// and nothing is closed. Without a store it is `requestStop()`. Safe from any thread.
+    public func requestHandover() {
+        if ledger != nil { handoverRequested.store(true, ordering: .sequentiallyConsistent) }
+        requestStop()
+    }
+
+    /// Ends `run()` at once as a crash would, for tests of the restart after one: no drain, no last state,
+    /// nothing closed or told (what the store holds stays as the server left it). Safe from any thread.
+    public func abandon() {
+        abandonRequested.store(true, ordering: .sequentiallyConsistent)
+        wakeup.signal()
+    }
+
+    /// Whether this server keeps its clients across restarts (it has a handover store).
+    public var keepsClientsAcrossRestarts: Bool { ledger != nil }
+
     /// Puts `policy` in force for every tenant, connected or not, without dropping anyone (a reload).
     /// Safe from any thread: the loop applies it on its next turn.
     public func apply(policy: Policy) {
@@ -167,8 +206,15 @@ public final class IOATServer: @unchecked Sendable {
     /// Serves until stopped, then drains in-flight ops (bounded by `drainTimeoutMilliseconds`), closes
     /// every connection and stops the engine.
     public func run() throws(SystemError) {
+        if let previous {
+            self.previous = nil
+            restore(previous)
+        } else {
+            persist()
+        }
         state = .serving
         logger.info("serving", metadata: [
+            "version": "\(configuration.serverVersion)", "restart_store": "\(ledger.map { "\($0.store.capacity) descriptors" } ?? "none")",
             "socket": "\(configuration.socketPath)", "engine": "\(engine.name)",
             "channels": "\(engine.channels.count)", "hugepage_size": "\(hugepageSize)",
         ])
@@ -179,12 +225,15 @@ public final class IOATServer: @unchecked Sendable {
         var nextTick = Clock.seconds() + tickInterval
         observer?.serving(summary)
         while true {
+            if abandonRequested.load(ordering: .sequentiallyConsistent) { break }
             let stops = stopRequested.load(ordering: .sequentiallyConsistent)
             if stops >= 2 {
                 logger.warning("second stop signal: stopping at once")
                 break
             }
-            if stops == 1 && state == .serving { drainDeadline = beginDrain() }
+            if stops == 1 && state == .serving {
+                drainDeadline = handoverRequested.load(ordering: .sequentiallyConsistent) ? beginHandover() : beginDrain()
+            }
             if tickInterval.isFinite, let observer, Clock.seconds() >= nextTick {
                 observer.tick(summary)
                 nextTick = Clock.seconds() + tickInterval
@@ -194,6 +243,13 @@ public final class IOATServer: @unchecked Sendable {
                 if channels.allSatisfy({ $0.isIdle }) && connections.values.allSatisfy({ $0.backlog.isEmpty }) { break }
                 if Clock.seconds() >= drainDeadline {
                     logger.warning("drain timed out; stopping with ops in flight")
+                    break
+                }
+            }
+            if state == .handingOver {
+                if everythingSettled { break }
+                if Clock.seconds() >= drainDeadline {
+                    logger.warning("handover: the drain timed out; clients still owed something will be told their work was lost")
                     break
                 }
             }
@@ -209,7 +265,7 @@ public final class IOATServer: @unchecked Sendable {
                 reapCompletions()
                 lastActivity = Clock.nanoseconds()
             }
-            var timeout: Int32 = polling ? 0 : state == .draining ? 50 : -1
+            var timeout: Int32 = polling ? 0 : state == .draining || state == .handingOver ? 50 : -1
             let untilCoalesced = router.expireCoalesced(now: Clock.nanoseconds())
             deliver()
             if untilCoalesced >= 0 && timeout != 0 { timeout = timeout < 0 ? untilCoalesced : min(timeout, untilCoalesced) }
@@ -256,7 +312,15 @@ public final class IOATServer: @unchecked Sendable {
                 }
             }
         }
-        for connection in Array(connections.values) { close(connection, reason: "server stopping") }
+        let handedOver = state == .handingOver
+        if abandonRequested.load(ordering: .sequentiallyConsistent) {
+            logger.warning("abandoned: ending as a crash would")
+        } else if handedOver {
+            // Nothing is closed: the store keeps every connection, buffer and ring for the next instance.
+            finishHandover()
+        } else {
+            for connection in Array(connections.values) { close(connection, reason: "server stopping") }
+        }
         engine.shutdown()
         workers.shutdown()
         if let boundSocket {
@@ -284,7 +348,7 @@ public final class IOATServer: @unchecked Sendable {
     }
 
     /// What the observer is told.
-    private var summary: ServerSummary {
+    var summary: ServerSummary {
         ServerSummary(state: state, engine: engine.name, channels: channels.count, clients: connections.count,
                       opsCompleted: channels.reduce(0) { $0 + $1.opsCompleted },
                       inFlight: channels.reduce(0) { $0 + $1.inEngine + $1.pendingCount }, at: Clock.seconds())
@@ -363,15 +427,11 @@ public final class IOATServer: @unchecked Sendable {
                        "\(resolved.scoped ? resolved.tenant.name : "uid \(peer.uid)") already has \(existing?.connections ?? 0) connections; its limit is \(limits.maxConnections) (policy: \(source))")
                 continue
             }
-            let tenant: Tenant
-            if let existing {
-                tenant = existing
-            } else {
-                nextTenantID &+= 1
-                tenant = Tenant(key: resolved.tenant, id: nextTenantID, identity: peer, limits: limits, policySource: source,
-                                seesAll: resolved.seesAll)
-                tenants[resolved.tenant] = tenant
+            guard ledger?.hasRoom(1) ?? true else {
+                refuse(fd, peer, .quotaExceeded, "the restart store is full (\(ledger!.store.capacity) descriptors; raise FileDescriptorStoreMax=)")
+                continue
             }
+            let tenant = existing ?? tenant(for: peer, resolved: resolved)
             let id = nextConnectionID + Self.firstConnectionToken
             nextConnectionID += 1
             let connection = Connection(id: id, fd: fd, peer: peer, tenant: tenant, maxMessage: configuration.maxMessage,
@@ -386,11 +446,24 @@ public final class IOATServer: @unchecked Sendable {
             }
             connections[id] = connection
             connectionsAccepted += 1
+            ledger?.keep(fd, name: StoreName.connection(id))
+            persist()
             logger.info("client connected", metadata: [
                 "client": "\(id)", "pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)",
                 "cgroup": "\(peer.cgroup?.path ?? "unknown")", "unit": "\(peer.cgroup?.unit ?? "none")",
             ])
         }
+    }
+
+    /// The tenant a peer belongs to (made when it has no connection yet).
+    func tenant(for peer: PeerCredentials, resolved: Policy.Resolution? = nil) -> Tenant {
+        let resolved = resolved ?? policy.resolve(peer, serverUID: ProcessIdentity.uid)
+        if let existing = tenants[resolved.tenant] { return existing }
+        nextTenantID &+= 1
+        let tenant = Tenant(key: resolved.tenant, id: nextTenantID, identity: peer, limits: resolved.limits, policySource: resolved.source,
+                            seesAll: resolved.seesAll)
+        tenants[resolved.tenant] = tenant
+        return tenant
     }
 
     /// Refuses a new connection: one ERROR naming the reason (request_id 0), then close.
@@ -429,12 +502,22 @@ public final class IOATServer: @unchecked Sendable {
             queue.connection = nil
             router.dropHeld(of: queue)
         }
+        if let ledger {
+            ledger.drop(StoreName.connection(connection.id))
+            for buffer in connection.buffers.byHandle.values { releaseStoredFile(buffer) }
+        }
         connection.releaseAll(closingIn: bufferTable)
         connection.backlog.removeAll()
         forgetIfIdle(connection.tenant)
+        persist()
         logger.info("client disconnected", metadata: [
             "client": "\(connection.id)", "pid": "\(connection.peer.pid)", "reason": "\(reason)",
         ])
+    }
+
+    /// A buffer's handle is closed: its file leaves the store once no handle names it.
+    func releaseStoredFile(_ buffer: OpenBuffer) {
+        if let ledger, let name = bufferTable.buffer(buffer.slot)?.storedAs { ledger.releaseFile(name) }
     }
 
     /// Pins that the ops the server holds account for: queued in a connection's queue, or held by a

@@ -51,6 +51,11 @@ public struct ServerConfiguration: Sendable {
     public var rings = true
     /// How long a graceful stop waits for in-flight ops, in milliseconds.
     public var drainTimeoutMilliseconds: Int = 5000
+    /// The restart state's format this server writes (SPEC.md §5.11); only tests change it, to see a
+    /// state another format refused.
+    public var stateFormat: Int = IOATServer.stateFormat
+    /// The release named in the restart state.
+    public var serverVersion: String = ioatdVersion
     /// Per-tenant (per-uid) limits and scheduling weights; replaced by a reload (SIGHUP).
     public var policy = Policy()
     /// Fair scheduling: what one op costs beyond its bytes, so a tenant of tiny ops is charged for the

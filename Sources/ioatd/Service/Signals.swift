@@ -17,8 +17,11 @@ final class SignalHandling: @unchecked Sendable {
         stop = try EventFD()
     }
 
-    /// Starts handling signals for `server`; `reload` reads the policy again (nil: nothing to read).
-    func start(server: IOATServer, logger: Logger, reload: (@Sendable () throws -> Policy)?) {
+    /// Starts handling signals for `server`; `reload` reads the policy again (nil: nothing to read);
+    /// `restarting` says whether the service manager is restarting the unit (nil: no handover store), so
+    /// that SIGTERM hands the clients over instead of stopping.
+    func start(server: IOATServer, logger: Logger, reload: (@Sendable () throws -> Policy)?,
+               restarting: (@Sendable () -> Bool?)? = nil) {
         let signals = self.signals, stop = self.stop
         thread = OSThread(name: "ioatd-signals") {
             var fds = [pollfd(fd: signals.fd.rawValue, events: Int16(POLLIN), revents: 0),
@@ -29,6 +32,19 @@ final class SignalHandling: @unchecked Sendable {
                 while let signal = signals.next() {
                     logger.notice("signal received", metadata: ["signal": "\(signal)"])
                     guard signal == SIGHUP else {
+                        if signal == SIGTERM, let restarting {
+                            switch restarting() {
+                            case true?:
+                                logger.notice("the unit is being restarted: handing the clients over to the next instance")
+                                server.requestHandover()
+                            case false?:
+                                server.requestStop()
+                            case nil:
+                                logger.warning("the service manager could not be asked whether this is a restart; stopping (clients are told GOODBYE)")
+                                server.requestStop()
+                            }
+                            continue
+                        }
                         server.requestStop()
                         continue
                     }

@@ -2,6 +2,7 @@ import CSystemd
 import Glibc
 import IOATServer
 import IOATSystem
+import Synchronization
 
 /// libsystemd's socket activation.
 enum Systemd {
@@ -72,4 +73,44 @@ final class SystemdObserver: ServerObserver, @unchecked Sendable {
     }
 
     private func notify(_ state: String) { _ = sd_notify(0, state) }
+}
+
+/// systemd's file-descriptor store (sd_pid_notify_with_fds(3), `FDSTORE=1`): what ioatd keeps there
+/// outlives the process, through a crash as through `systemctl restart`, and comes back to the next
+/// instance with the socket unit's listener (LISTEN_FDS, named by LISTEN_FDNAMES). systemd drops it when
+/// the unit stops with no job queued. Messages go out in order on one socket, so a store followed by a
+/// remove of another name is seen in that order.
+final class SystemdHandoverStore: HandoverStore, @unchecked Sendable {
+    let capacity: Int
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    /// The store when ioatd runs as a systemd service whose unit has FileDescriptorStoreMax= above 0
+    /// (asked over D-Bus), else nil with the reason.
+    static func fromEnvironment() -> (store: SystemdHandoverStore?, why: String) {
+        guard let socket = getenv("NOTIFY_SOCKET"), socket.pointee != 0 else { return (nil, "not run by systemd (no NOTIFY_SOCKET)") }
+        let max = csd_fd_store_max()
+        guard max >= 0 else { return (nil, "the service manager could not be asked for FileDescriptorStoreMax= (\(String(cString: strerror(Int32(-max)))))") }
+        guard max > 0 else { return (nil, "the unit has FileDescriptorStoreMax=0") }
+        return (SystemdHandoverStore(capacity: Int(max)), "FileDescriptorStoreMax=\(max)")
+    }
+
+    func store(_ fd: FileDescriptor, name: String) {
+        let r = csd_fdstore_add(fd.rawValue, name)
+        if r < 0 { Self.failures.add(1, ordering: .relaxed) }
+    }
+
+    func remove(name: String) {
+        let r = csd_fdstore_remove(name)
+        if r < 0 { Self.failures.add(1, ordering: .relaxed) }
+    }
+
+    static let failures = Atomic<Int>(0)
+
+    /// Whether the service manager is restarting this unit now (its job is a restart): SIGTERM then hands
+    /// the clients over instead of saying GOODBYE. nil when it cannot be asked.
+    static func restartJobRunning() -> Bool? {
+        let r = csd_restart_job_running()
+        return r < 0 ? nil : r == 1
+    }
 }
