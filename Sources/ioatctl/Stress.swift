@@ -27,6 +27,8 @@ struct Stress: AsyncParsableCommand {
     var queues = 1
     @Option(help: "Transport: ring (shared-memory rings), socket (SUBMIT and COMPLETION), or automatic.")
     var transport: StressTransport = .automatic
+    @Option(help: "Stop after this many seconds even if --ops are not done (0: no limit).")
+    var seconds: Double = 0
     @Option(help: "Random seed (default: random).")
     var seed: UInt64?
 
@@ -57,11 +59,12 @@ struct Stress: AsyncParsableCommand {
         let seed = self.seed ?? UInt64.random(in: 0...UInt64.max)
         let client = try await connection.connect(transport: transport.client)
         let share = (ops + queues - 1) / queues
+        let until = seconds > 0 ? Clock.seconds() + seconds : Double.infinity
         let tallies = try await withThrowingTaskGroup(of: Tally.self) { group in
             for q in 0..<queues {
                 let ops = min(share, self.ops - q * share)
                 guard ops > 0 else { continue }
-                group.addTask { try await runQueue(client, ops: ops, seed: seed &+ UInt64(q), announce: q == 0) }
+                group.addTask { try await runQueue(client, ops: ops, seed: seed &+ UInt64(q), announce: q == 0, until: until) }
             }
             var all: [Tally] = []
             for try await tally in group { all.append(tally) }
@@ -74,7 +77,7 @@ struct Stress: AsyncParsableCommand {
         print("stress: \(verified) ops verified, \(restarted) completed RESTARTED (seed \(seed)); server restarts \(restarts.total) (\(restarts.crashes) crashes); longest wait \(Int(longest * 1000)) ms")
     }
 
-    private func runQueue(_ client: IOATClient, ops: Int, seed: UInt64, announce: Bool) async throws -> Tally {
+    private func runQueue(_ client: IOATClient, ops: Int, seed: UInt64, announce: Bool, until: Double) async throws -> Tally {
         var rng = SplitMix64(seed: seed)
         let source = try await client.allocate(size: bufferSize, pages: .normal)
         let destination = try await client.allocate(size: bufferSize, pages: .normal)
@@ -88,7 +91,7 @@ struct Stress: AsyncParsableCommand {
         var done = 0
         var progress = Progress()
         defer { progress.clear() }
-        while done < ops {
+        while done < ops && (done == 0 || Clock.seconds() < until) {
             if announce { progress.update("stress: \(done) of \(ops) ops verified") }
             let n = min(batch, ops - done)
             var descriptors: [Descriptor] = []

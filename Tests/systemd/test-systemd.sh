@@ -153,17 +153,79 @@ check "the stress client was told the server is stopping" grep -Eq 'server stopp
 check "ioatd.socket is still listening" active ioatd.socket active
 check "the next client starts ioatd again" bash -c "$(declare -f inside as_user); leader=$leader; as_user alice ioatctl status | grep -q serving"
 
-# kill -9 under load: clients see the connection lost; systemd restarts ioatd; everything works after.
-inside setpriv --reuid=alice --regid=alice --init-groups ioatctl stress --ops 100000000 > "$WORK/stress2.log" 2>&1 &
-for _ in $(seq 100); do grep -q 'stress: running' "$WORK/stress2.log" && break; sleep 0.1; done
-before=$(main_pid)
-inside systemctl kill -s KILL ioatd.service
-wait %% 2>/dev/null
-check "the stress client saw the connection lost" grep -q 'connection lost' "$WORK/stress2.log"
-restarted=no
-for _ in $(seq 100); do p=$(main_pid); if [ "$p" != 0 ] && [ "$p" != "$before" ] && active ioatd.service active; then restarted=yes; break; fi; sleep 0.1; done
-check "systemd restarted ioatd within 10 s of kill -9" [ "$restarted" = yes ]
-check "ioatctl test passes after the restart" bash -c "$(declare -f inside as_user); leader=$leader; as_user alice ioatctl test --iterations 30 | grep -q ' 0 failed'"
+# Restart without dropping clients (issue 22, SPEC.md §5.11). Two stress clients, byte-checking every op:
+# alice over rings with three queues, root over the socket with two (a second uid beside her).
+store_count() { inside systemctl show -p NFileDescriptorStore --value ioatd.service; }
+ioatd_fds() { inside bash -c "ls /proc/\$(systemctl show -p MainPID --value ioatd.service)/fd | wc -l"; }
+vmlck() { inside bash -c "awk '/VmLck/ {print \$2}' /proc/\$(systemctl show -p MainPID --value ioatd.service)/status"; }
+start_stress() {  # start_stress TAG SECONDS
+    inside setpriv --reuid=alice --regid=alice --init-groups ioatctl stress --transport ring --queues 3 --ops 1000000000 \
+        --seconds "$2" > "$WORK/$1-alice.log" 2>&1 &
+    inside ioatctl stress --transport socket --queues 2 --ops 1000000000 --seconds "$2" > "$WORK/$1-root.log" 2>&1 &
+    for _ in $(seq 200); do grep -q 'stress: running' "$WORK/$1-alice.log" && grep -q 'stress: running' "$WORK/$1-root.log" && break; sleep 0.1; done
+}
+inside ioatctl status > /dev/null
+base_fds=$(ioatd_fds); base_vmlck=$(vmlck)
+say "baseline with no client: $base_fds descriptors, VmLck $base_vmlck kB, $(store_count) stored"
+check "ioatd keeps a handover store (FileDescriptorStoreMax=16384)" \
+    bash -c "nsenter -t $leader -a journalctl -u ioatd.service --no-pager | grep -q 'restart store.*enabled=true'"
+
+start_stress restart 40
+pauses=""
+for i in 1 2 3; do
+    t0=$(date +%s%3N)
+    inside systemctl restart ioatd.service
+    pauses="$pauses $(( $(date +%s%3N) - t0 ))ms"
+done
+say "systemctl restart took:$pauses (each includes the drain and the next instance's start)"
+wait
+for who in alice root; do
+    check "systemctl restart ×3: $who's stress lost no connection and no op, every byte right" \
+        grep -q 'ops verified, 0 completed RESTARTED.*server restarts 3 (0 crashes)' "$WORK/restart-$who.log" \
+        || tail -3 "$WORK/restart-$who.log" | sed 's/^/  /'
+done
+grep -ho 'longest wait [0-9]* ms' "$WORK"/restart-*.log | sed 's/^/  pause seen by a client: /'
+
+start_stress crash 60
+for i in 1 2 3; do
+    before=$(main_pid)
+    inside systemctl kill -s KILL ioatd.service
+    for _ in $(seq 200); do p=$(main_pid); [ "$p" != 0 ] && [ "$p" != "$before" ] && active ioatd.service active && break; sleep 0.1; done
+    # The stress clients must get some ops through the new instance before the next crash.
+    sleep 1
+done
+wait
+for who in alice root; do
+    check "kill -9 ×3: $who's stress kept its connection; only ops in flight completed RESTARTED; every other byte right" \
+        grep -Eq 'ops verified, [0-9]+ completed RESTARTED.*server restarts 3 \(3 crashes\)' "$WORK/crash-$who.log" \
+        || tail -3 "$WORK/crash-$who.log" | sed 's/^/  /'
+done
+grep -ho '[0-9]* completed RESTARTED.*' "$WORK"/crash-*.log | sed 's/^/  after three crashes: /'
+
+# A state the next instance cannot read (another format): its clients are told GOODBYE, the service
+# serves new clients.
+mkdir -p "$ROOT/etc/systemd/system/ioatd.service.d"
+printf '[Service]\nExecStart=\nExecStart=/usr/bin/ioatd --config /etc/ioatd/ioatd.toml --state-format 99\n' \
+    > "$ROOT/etc/systemd/system/ioatd.service.d/format.conf"
+inside systemctl daemon-reload
+inside systemctl restart ioatd.service
+inside setpriv --reuid=alice --regid=alice --init-groups ioatctl stress --ops 1000000000 --seconds 30 > "$WORK/format.log" 2>&1 &
+for _ in $(seq 100); do grep -q 'stress: running' "$WORK/format.log" && break; sleep 0.1; done
+rm "$ROOT/etc/systemd/system/ioatd.service.d/format.conf"
+inside systemctl daemon-reload
+inside systemctl restart ioatd.service
+wait
+check "a state of another format is refused: the client was told the server stopped" grep -Eq 'server stopped' "$WORK/format.log" \
+    || tail -3 "$WORK/format.log" | sed 's/^/  /'
+check "the refusal is in the journal, naming the format" \
+    bash -c "nsenter -t $leader -a journalctl -u ioatd.service --no-pager | grep -q 'the state is format 99'"
+check "ioatd serves new clients after refusing a state" bash -c "$(declare -f inside as_user); leader=$leader; as_user alice ioatctl test --iterations 20 | grep -q ' 0 failed'"
+
+# Back to baseline once the clients have left.
+for _ in $(seq 100); do [ "$(store_count)" = 1 ] && break; sleep 0.1; done
+check "after all of it the store holds only the state ($(store_count) stored)" [ "$(store_count)" = 1 ]
+check "ioatd's descriptors are back to baseline ($(ioatd_fds), was $base_fds)" [ "$(ioatd_fds)" = "$base_fds" ]
+check "VmLck is back to baseline ($(vmlck) kB, was $base_vmlck)" [ "$(vmlck)" = "$base_vmlck" ]
 
 # A hung event loop (SIGSTOP) stops sending WATCHDOG=1 and is restarted.
 before=$(main_pid)
