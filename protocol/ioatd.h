@@ -33,6 +33,7 @@ enum ioatd_msg_type {
     IOATD_MSG_RESERVE = 0x0009, /* version 2 */
     IOATD_MSG_SET_COALESCE = 0x000A, /* version 2 */
     IOATD_MSG_RING = 0x000B, /* version 3 */
+    IOATD_MSG_RESYNC = 0x000C, /* version 3, feature bit 1 */
     IOATD_MSG_HELLO_OK = 0x8001,
     IOATD_MSG_ALLOC_OK = 0x8002,
     IOATD_MSG_REGISTER_OK = 0x8003,
@@ -43,8 +44,10 @@ enum ioatd_msg_type {
     IOATD_MSG_RESERVE_OK = 0x8009, /* version 2 */
     IOATD_MSG_COALESCE_OK = 0x800A, /* version 2 */
     IOATD_MSG_RING_OK = 0x800B, /* version 3 */
+    IOATD_MSG_RESYNC_OK = 0x800C, /* version 3, feature bit 1 */
     IOATD_MSG_COMPLETION = 0xC001,
     IOATD_MSG_GOODBYE = 0xC002,
+    IOATD_MSG_RESTARTED = 0xC003, /* version 3, feature bit 1 */
     IOATD_MSG_ERROR = 0xFFFF,
 };
 
@@ -109,6 +112,7 @@ enum ioatd_status {
     IOATD_ST_CHANNEL_HALTED = 13,
     IOATD_ST_ENGINE_ERROR = 14,
     IOATD_ST_CANCELLED = 15,
+    IOATD_ST_RESTARTED = 16, /* version 3, feature bit 1: in flight at a server crash (SPEC.md §5.11) */
 };
 
 /* Error codes (SPEC.md §7). */
@@ -336,6 +340,10 @@ struct ioatd_error_msg {
 
 /* §5.10 (version 3): RING turns an open queue into a shared-memory ring queue. */
 #define IOATD_FEATURE_RINGS (1ull << 0)
+/* HELLO feature bit 1 (version 3): the connection lives through a server restart (SPEC.md §5.11). */
+#define IOATD_FEATURE_RESTART (1ull << 1)
+/* RESTARTED flag bit 0: the previous instance crashed; what it took and did not answer is lost. */
+#define IOATD_RESTARTED_LOST (1u << 0)
 struct ioatd_ring_request {
     uint32_t queue;
     uint32_t reserved;

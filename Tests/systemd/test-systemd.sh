@@ -161,7 +161,9 @@ vmlck() { inside bash -c "awk '/VmLck/ {print \$2}' /proc/\$(systemctl show -p M
 start_stress() {  # start_stress TAG SECONDS
     inside setpriv --reuid=alice --regid=alice --init-groups ioatctl stress --transport ring --queues 3 --ops 1000000000 \
         --seconds "$2" > "$WORK/$1-alice.log" 2>&1 &
+    stress_pids="$!"
     inside ioatctl stress --transport socket --queues 2 --ops 1000000000 --seconds "$2" > "$WORK/$1-root.log" 2>&1 &
+    stress_pids="$stress_pids $!"
     for _ in $(seq 200); do grep -q 'stress: running' "$WORK/$1-alice.log" && grep -q 'stress: running' "$WORK/$1-root.log" && break; sleep 0.1; done
 }
 inside ioatctl status > /dev/null
@@ -178,7 +180,7 @@ for i in 1 2 3; do
     pauses="$pauses $(( $(date +%s%3N) - t0 ))ms"
 done
 say "systemctl restart took:$pauses (each includes the drain and the next instance's start)"
-wait
+wait $stress_pids
 for who in alice root; do
     check "systemctl restart ×3: $who's stress lost no connection and no op, every byte right" \
         grep -q 'ops verified, 0 completed RESTARTED.*server restarts 3 (0 crashes)' "$WORK/restart-$who.log" \
@@ -194,7 +196,7 @@ for i in 1 2 3; do
     # The stress clients must get some ops through the new instance before the next crash.
     sleep 1
 done
-wait
+wait $stress_pids
 for who in alice root; do
     check "kill -9 ×3: $who's stress kept its connection; only ops in flight completed RESTARTED; every other byte right" \
         grep -Eq 'ops verified, [0-9]+ completed RESTARTED.*server restarts 3 \(3 crashes\)' "$WORK/crash-$who.log" \
@@ -210,11 +212,12 @@ printf '[Service]\nExecStart=\nExecStart=/usr/bin/ioatd --config /etc/ioatd/ioat
 inside systemctl daemon-reload
 inside systemctl restart ioatd.service
 inside setpriv --reuid=alice --regid=alice --init-groups ioatctl stress --ops 1000000000 --seconds 30 > "$WORK/format.log" 2>&1 &
+format_pid=$!
 for _ in $(seq 100); do grep -q 'stress: running' "$WORK/format.log" && break; sleep 0.1; done
 rm "$ROOT/etc/systemd/system/ioatd.service.d/format.conf"
 inside systemctl daemon-reload
 inside systemctl restart ioatd.service
-wait
+wait $format_pid
 check "a state of another format is refused: the client was told the server stopped" grep -Eq 'server stopped' "$WORK/format.log" \
     || tail -3 "$WORK/format.log" | sed 's/^/  /'
 check "the refusal is in the journal, naming the format" \
