@@ -183,8 +183,8 @@ say "systemctl restart took:$pauses (each includes the drain and the next instan
 wait $stress_pids
 for who in alice root; do
     check "systemctl restart ×3: $who's stress lost no connection and no op, every byte right" \
-        grep -q 'ops verified, 0 completed RESTARTED.*server restarts 3 (0 crashes)' "$WORK/restart-$who.log" \
-        || tail -3 "$WORK/restart-$who.log" | sed 's/^/  /'
+        grep -q 'ops verified, 0 completed RESTARTED.*server restarts 3 (0 crashes)' "$WORK/restart-$who.log"
+    grep -q 'ops verified, 0 completed RESTARTED.*server restarts 3 (0 crashes)' "$WORK/restart-$who.log" || tail -3 "$WORK/restart-$who.log" | sed 's/^/  /'
 done
 grep -ho 'longest wait [0-9]* ms' "$WORK"/restart-*.log | sed 's/^/  pause seen by a client: /'
 
@@ -199,8 +199,9 @@ done
 wait $stress_pids
 for who in alice root; do
     check "kill -9 ×3: $who's stress kept its connection; only ops in flight completed RESTARTED; every other byte right" \
-        grep -Eq 'ops verified, [0-9]+ completed RESTARTED.*server restarts 3 \(3 crashes\)' "$WORK/crash-$who.log" \
-        || tail -3 "$WORK/crash-$who.log" | sed 's/^/  /'
+        grep -Eq 'ops verified, [0-9]+ completed RESTARTED.*server restarts 3 \(3 crashes\)' "$WORK/crash-$who.log"
+    grep -Eq 'ops verified, [0-9]+ completed RESTARTED.*server restarts 3 \(3 crashes\)' "$WORK/crash-$who.log" \
+        || { tail -3 "$WORK/crash-$who.log" | sed 's/^/  /'; inside journalctl -u ioatd.service --no-pager -n 25 | sed 's/^/  journal: /'; }
 done
 grep -ho '[0-9]* completed RESTARTED.*' "$WORK"/crash-*.log | sed 's/^/  after three crashes: /'
 
@@ -218,8 +219,7 @@ rm "$ROOT/etc/systemd/system/ioatd.service.d/format.conf"
 inside systemctl daemon-reload
 inside systemctl restart ioatd.service
 wait $format_pid
-check "a state of another format is refused: the client was told the server stopped" grep -Eq 'server stopped' "$WORK/format.log" \
-    || tail -3 "$WORK/format.log" | sed 's/^/  /'
+check "a state of another format is refused: the client was told the server stopped" grep -Eq 'server stopped' "$WORK/format.log"
 check "the refusal is in the journal, naming the format" \
     bash -c "nsenter -t $leader -a journalctl -u ioatd.service --no-pager | grep -q 'the state is format 99'"
 check "ioatd serves new clients after refusing a state" bash -c "$(declare -f inside as_user); leader=$leader; as_user alice ioatctl test --iterations 20 | grep -q ' 0 failed'"
@@ -228,6 +228,7 @@ check "ioatd serves new clients after refusing a state" bash -c "$(declare -f in
 for _ in $(seq 100); do [ "$(store_count)" = 1 ] && break; sleep 0.1; done
 check "after all of it the store holds only the state ($(store_count) stored)" [ "$(store_count)" = 1 ]
 check "ioatd's descriptors are back to baseline ($(ioatd_fds), was $base_fds)" [ "$(ioatd_fds)" = "$base_fds" ]
+[ "$(ioatd_fds)" = "$base_fds" ] || inside bash -c "ls -l /proc/\$(systemctl show -p MainPID --value ioatd.service)/fd" | sed 's/^/  fd: /'
 check "VmLck is back to baseline ($(vmlck) kB, was $base_vmlck)" [ "$(vmlck)" = "$base_vmlck" ]
 
 # A hung event loop (SIGSTOP) stops sending WATCHDOG=1 and is restarted.
