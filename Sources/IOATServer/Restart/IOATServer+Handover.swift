@@ -31,7 +31,7 @@ extension IOATServer {
         }
         // The new state is stored before the old one goes: a crash in between leaves both, and the next
         // instance takes the newer.
-        for old in storedStates { ledger.store.remove(name: old) }
+        for old in storedStates where old != name { ledger.store.remove(name: old) }
         storedStates = [name]
     }
 
@@ -116,6 +116,7 @@ extension IOATServer {
         for candidate in states {
             guard let fd = files.take(candidate.name) else { continue }
             storedStates.append(candidate.name)
+            stateSerial = max(stateSerial, candidate.serial)
             if found != nil { continue }
             do throws(HandoverState.ReadError) {
                 found = try HandoverState.read(fd)
@@ -130,6 +131,9 @@ extension IOATServer {
             return
         }
         handleCounter = state.handleCounter
+        // Serials go on from the previous instance's: a state named like one still in the store would be
+        // removed with it.
+        stateSerial = max(stateSerial, state.serial)
         nextConnectionID = max(nextConnectionID, state.lastConnection)
         nextRingToken = max(nextRingToken, state.lastRingToken)
         var taken: [String: FileDescriptor] = [:]
