@@ -245,9 +245,11 @@ struct IOATDaemon: ParsableCommand {
             }
         }
         if let stateFormat { config.stateFormat = stateFormat }
+        let previous = stored.isEmpty ? nil : StoredFiles(stored)
+        // The server owns them now: what it does not take back is closed when it lets go of them.
+        stored.removeAll()
         let server = try IOATServer(configuration: config, engine: engine, logger: logger, listener: listener,
-                                    observer: SystemdObserver.fromEnvironment(), store: store,
-                                    previous: stored.isEmpty ? nil : StoredFiles(stored))
+                                    observer: SystemdObserver.fromEnvironment(), store: store, previous: previous)
         listener = nil // the server's now: a failure from here on is not a failure to start
         signals.start(server: server, logger: logger, reload: reload, restarting: store == nil ? nil : SystemdHandoverStore.restartJobRunning)
         defer { signals.finish() }
