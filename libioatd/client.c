@@ -98,6 +98,9 @@ struct waiter {
     size_t length;
     int fds[2];
     int nfds;
+    /* Sent before the RESYNC that follows a crash of the server (SPEC.md §5.11): still waiting at
+     * RESYNC_OK means the crashed instance took it and never answered. */
+    int before_resync;
     struct waiter *next;
 };
 
@@ -125,6 +128,10 @@ struct ioatd_client {
     int lost;
     int goodbye;
     uint32_t drain_ms;
+    /* Restarts of the server this connection lived through, those that were crashes, and the RESYNC
+     * whose answer is awaited (0: none). */
+    uint32_t restarts, crashes;
+    uint64_t resync_id;
     /* The latest error's detail, for ioatd_strerror: a protocol code or a -errno, and its text. */
     uint32_t last_code;
     int last_errno;
@@ -176,7 +183,7 @@ API const char *ioatd_error_name(uint32_t code) {
 static const char *const status_names[] = {
     "SUCCESS", "MISMATCH", "NOT_ATTEMPTED", "NO_SPACE", "INVALID_SRC_ADDR", "INVALID_DST_ADDR", "INVALID_LENGTH",
     "INVALID_OPCODE", "BUS_READ_ERROR", "BUS_WRITE_ERROR", "DATA_POISON", "PAGE_FAULT", "USER_ABORT",
-    "CHANNEL_HALTED", "ENGINE_ERROR", "CANCELLED",
+    "CHANNEL_HALTED", "ENGINE_ERROR", "CANCELLED", "RESTARTED",
 };
 
 API const char *ioatd_status_name(uint16_t status) {
@@ -447,6 +454,43 @@ static void take_records(struct ioatd_client *c, const uint8_t *body, size_t len
     flush_settled(q);
 }
 
+/* RESTARTED (SPEC.md §5.11), with c->mu held. After a handover nothing was lost. After a crash (LOST),
+ * every op of a socket queue without a record gets a RESTARTED record in its turn (the server discards
+ * SUBMITs until RESYNC), the calls waiting now are marked, and RESYNC goes out: those still waiting at
+ * its answer were taken by the crashed instance. Ring queues get their RESTARTED records in the ring. */
+static void restarted(struct ioatd_client *c, const uint8_t *body, size_t length) {
+    struct ioatd_restarted r;
+    if (length != sizeof r) return;
+    memcpy(&r, body, sizeof r);
+    c->restarts = r.restarts;
+    if (!(r.flags & IOATD_RESTARTED_LOST)) return;
+    c->crashes++;
+    for (size_t i = 0; i < c->nqueues; i++) {
+        struct ioatd_queue *q = c->queues[i];
+        if (q->is_ring) continue;
+        for (uint32_t k = 0; k < q->batch_count; k++) {
+            struct batch *b = &q->batches[(q->batch_head + k) % q->depth];
+            if (!b->status) b->status = IOATD_ST_RESTARTED;
+        }
+        flush_settled(q);
+    }
+    for (struct waiter *w = c->waiters; w; w = w->next)
+        if (!w->done) w->before_resync = 1;
+    static const uint8_t zeros[8];
+    c->resync_id = ++c->next_request;
+    send_message(c, IOATD_MSG_RESYNC, c->resync_id, zeros, sizeof zeros, -1, -2);
+}
+
+/* RESYNC_OK: the calls sent before RESYNC and still waiting end (type 0: restarted). */
+static void resynced(struct ioatd_client *c) {
+    for (struct waiter *w = c->waiters; w; w = w->next) {
+        if (w->done || !w->before_resync) continue;
+        w->done = 1;
+        w->type = 0;
+    }
+    c->resync_id = 0;
+}
+
 /* An ERROR whose request_id names a SUBMIT of a socket queue: that SUBMIT is refused. */
 static int refuse_submit(struct ioatd_client *c, uint64_t request_id, uint32_t code) {
     for (size_t i = 0; i < c->nqueues; i++) {
@@ -506,6 +550,15 @@ static void dispatch(struct ioatd_client *c, size_t length, int *fds, int nfds) 
         }
         c->goodbye = 1;
         goto drop;
+    case IOATD_MSG_RESTARTED:
+        restarted(c, body, blen);
+        goto drop;
+    case IOATD_MSG_RESYNC_OK:
+        if (h.request_id != 0 && h.request_id == c->resync_id) {
+            resynced(c);
+            goto drop;
+        }
+        break;
     case IOATD_MSG_ERROR:
         if (blen >= sizeof(struct ioatd_error_msg)) {
             struct ioatd_error_msg e;
@@ -648,6 +701,13 @@ static int call_within(struct ioatd_client *c, uint16_t type, const void *body, 
         release(w);
         return rc;
     }
+    if (w->type == 0) {
+        note_local(c, -ECONNABORTED, "%s: the server at %s restarted after a crash before it answered; the request may or may "
+                   "not have been carried out (the connection carries on)", message_name(type), c->path);
+        pthread_mutex_unlock(&c->mu);
+        release(w);
+        return -ECONNABORTED;
+    }
     if (w->type == IOATD_MSG_ERROR) {
         struct ioatd_error_msg e = {0};
         if (w->length >= sizeof e) memcpy(&e, w->body, sizeof e);
@@ -764,7 +824,7 @@ static int connect_socket(int fd, const struct sockaddr_un *addr, const char *pa
 }
 
 static int hello(struct ioatd_client *c, int timeout_ms) {
-    struct ioatd_hello h = {.min_version = 2, .max_version = 3, .features = IOATD_FEATURE_RINGS};
+    struct ioatd_hello h = {.min_version = 2, .max_version = 3, .features = IOATD_FEATURE_RINGS | IOATD_FEATURE_RESTART};
     struct waiter w;
     int rc = call_within(c, IOATD_MSG_HELLO, &h, sizeof h, -1, IOATD_MSG_HELLO_OK, &w, timeout_ms);
     if (rc == -ETIMEDOUT)
@@ -892,6 +952,15 @@ API int ioatd_channel_info(const struct ioatd_client *c, unsigned index, struct 
     if (!c || !out || index >= c->hello.channel_count) return -EINVAL;
     *out = c->channels[index];
     return 0;
+}
+
+API uint32_t ioatd_server_restarts(const struct ioatd_client *c, uint32_t *crashes) {
+    if (!c) return 0;
+    pthread_mutex_lock((pthread_mutex_t *)&c->mu);
+    uint32_t restarts = c->restarts;
+    if (crashes) *crashes = c->crashes;
+    pthread_mutex_unlock((pthread_mutex_t *)&c->mu);
+    return restarts;
 }
 
 API int ioatd_server_stopping(const struct ioatd_client *c, uint32_t *drain_ms) {

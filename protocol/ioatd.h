@@ -329,6 +329,12 @@ struct ioatd_goodbye {
     uint32_t reserved;
 };
 
+/* §5.11 (version 3, feature bit 1): RESTARTED; RESYNC and RESYNC_OK carry 8 bytes of zeros */
+struct ioatd_restarted {
+    uint32_t flags; /* IOATD_RESTARTED_LOST */
+    uint32_t restarts;
+};
+
 /* §7, followed by text_length bytes of UTF-8 */
 struct ioatd_error_msg {
     uint32_t code;
@@ -439,6 +445,7 @@ IOATD_STATIC_ASSERT(offsetof(struct ioatd_completion_record, status) == 8, "ioat
 IOATD_STATIC_ASSERT(offsetof(struct ioatd_completion_record, result) == 12, "ioatd_completion_record.result");
 IOATD_STATIC_ASSERT(offsetof(struct ioatd_completion_record, bytes_done) == 16, "ioatd_completion_record.bytes_done");
 IOATD_STATIC_ASSERT(sizeof(struct ioatd_goodbye) == 8, "ioatd_goodbye");
+IOATD_STATIC_ASSERT(sizeof(struct ioatd_restarted) == 8, "ioatd_restarted");
 IOATD_STATIC_ASSERT(sizeof(struct ioatd_xor_source) == 16, "ioatd_xor_source");
 IOATD_STATIC_ASSERT(sizeof(struct ioatd_reserve) == 16, "ioatd_reserve");
 IOATD_STATIC_ASSERT(sizeof(struct ioatd_reserve_ok) == 8, "ioatd_reserve_ok");

@@ -266,28 +266,37 @@ final class Session: Sendable {
     /// Sends a packet without ever blocking: straight to the socket when nothing is queued before it,
     /// else (or when the socket is full) into the outbox, which the reader thread drains in order.
     private func send(_ bytes: [UInt8], fds: [FileDescriptor] = []) throws(IOATError) {
-        let (failure, queued): (SystemError?, Bool) = output.withLock { out in
-            if let failed = out.failed { return (failed, false) }
-            if out.outbox.isEmpty {
-                do throws(SystemError) {
-                    try UnixSocket.send(fd, bytes, fds: fds.map(\.rawValue))
-                    return (nil, false)
-                } catch where error.errno == EAGAIN {
-                    // queue below
-                } catch where error.errno == EPIPE || error.errno == ECONNRESET {
-                    // The server closed its side. What it sent before (a GOODBYE, records, an ERROR) is
-                    // still to be read: the reader reads to the end and then fails this call with the
-                    // right error (serverStopped after a GOODBYE), since the call is already registered.
-                    out.failed = error
-                    return (nil, true)
-                } catch {
-                    out.failed = error
-                    return (error, false)
-                }
+        let (failure, queued) = output.withLock { out in Self.enqueue(&out, fd, bytes, fds) }
+        try sent(failure: failure, queued: queued)
+    }
+
+    /// With the output locked: sends `bytes` now when nothing is queued before them, else queues them.
+    /// Returns the failure to report, and whether the reader must drain the outbox.
+    private static func enqueue(_ out: inout Output, _ fd: FileDescriptor, _ bytes: [UInt8], _ fds: [FileDescriptor]) -> (SystemError?, Bool) {
+        if let failed = out.failed { return (failed, false) }
+        if out.outbox.isEmpty {
+            do throws(SystemError) {
+                try UnixSocket.send(fd, bytes, fds: fds.map(\.rawValue))
+                return (nil, false)
+            } catch where error.errno == EAGAIN {
+                // queue below
+            } catch where error.errno == EPIPE || error.errno == ECONNRESET {
+                // The server closed its side. What it sent before (a GOODBYE, records, an ERROR) is
+                // still to be read: the reader reads to the end and then fails this call with the
+                // right error (serverStopped after a GOODBYE), since the call is already registered.
+                out.failed = error
+                return (nil, true)
+            } catch {
+                out.failed = error
+                return (error, false)
             }
-            out.outbox.append((bytes, fds))
-            return (nil, true)
         }
+        out.outbox.append((bytes, fds))
+        return (nil, true)
+    }
+
+    /// What follows a send: the error, the counters, and a wake-up for the reader when it was queued.
+    private func sent(failure: SystemError?, queued: Bool) throws(IOATError) {
         if let failure { throw Self.lostError("send: \(failure)", goodbye: state.withLock { $0.goodbye }) }
         packetsSent.add(1, ordering: .relaxed)
         lastActivity.store(Clock.nanoseconds(), ordering: .relaxed)
@@ -789,24 +798,31 @@ final class Session: Sendable {
     /// RESTARTED records from the server, in the ring.
     private func serverRestarted(_ notice: RestartNotice) {
         let resyncID = nextRequest.add(1, ordering: .relaxed).oldValue
-        let batches: [Batch] = state.withLock { s in
-            s.restarts = notice.restarts
-            guard notice.lost else { return [] }
-            s.lostRestarts += 1
-            let batches = Array(s.batches.values)
-            s.batches.removeAll()
-            s.submitRequests.removeAll()
-            s.resync = (resyncID, Set(s.replies.keys))
-            return batches
+        let resync = Message.resync.encode(requestID: resyncID, version: server.version)
+        // The batches failed here and the RESYNC go out under the output lock: a SUBMIT whose batch is
+        // registered after this look is sent after the RESYNC, so the server runs it instead of
+        // discarding it unanswered.
+        let (batches, sendResult): ([Batch], (SystemError?, Bool)?) = output.withLock { out in
+            let batches: [Batch]? = state.withLock { s in
+                s.restarts = notice.restarts
+                guard notice.lost else { return nil }
+                s.lostRestarts += 1
+                let batches = Array(s.batches.values)
+                s.batches.removeAll()
+                s.submitRequests.removeAll()
+                s.resync = (resyncID, Set(s.replies.keys))
+                return batches
+            }
+            guard let batches else { return ([], nil) }
+            return (batches, Self.enqueue(&out, fd, resync, []))
         }
-        guard notice.lost else { return }
         for batch in batches {
             for i in batch.records.indices where batch.records[i].status == .connectionLost {
                 batch.records[i].status = .restarted
             }
             batch.complete(.success(batch.records))
         }
-        try? send(Message.resync.encode(requestID: resyncID, version: server.version))
+        if let sendResult { try? sent(failure: sendResult.0, queued: sendResult.1) }
     }
 
     private func connectionLost(_ why: String) {

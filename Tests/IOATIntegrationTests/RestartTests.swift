@@ -15,7 +15,7 @@ import Testing
 /// systemd with the store passed back in LISTEN_FDS.
 final class Succession: @unchecked Sendable {
     let path: String
-    let store = MemoryHandoverStore()
+    let store: MemoryHandoverStore
     private let listener: FileDescriptor
 
     /// One server instance, running on a thread of its own.
@@ -32,7 +32,8 @@ final class Succession: @unchecked Sendable {
         func join() { thread.join() }
     }
 
-    init() throws {
+    init(storeCapacity: Int = 4096) throws {
+        store = MemoryHandoverStore(capacity: storeCapacity)
         path = "/tmp/ioatd-restart-\(getpid())-\(UInt64.random(in: 0..<UInt64.max)).sock"
         listener = try UnixSocket.listen(path: path)
     }
@@ -103,20 +104,6 @@ struct RestartRig {
     }
 }
 
-/// Waits, within a bound, for `condition` (polled; never a guessed sleep).
-func waitFor(_ what: String, seconds: Double = 20, _ condition: () -> Bool) throws {
-    let deadline = Clock.seconds() + seconds
-    while !condition() {
-        guard Clock.seconds() < deadline else { throw CLIErrorForTests("gave up after \(seconds) s waiting for \(what)") }
-        usleep(1000)
-    }
-}
-
-struct CLIErrorForTests: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
-}
-
 @Suite("restart: clients carried across a handover and a crash (SPEC.md §5.11)")
 struct RestartTests {
     @Test("a handover keeps every connection, buffer, queue and ring: nothing fails, bytes are right, the store empties after")
@@ -178,7 +165,7 @@ struct RestartTests {
         try await socket.runAndCheck(seed: 2)
         async let lostSocket = socket.queue.submit(socket.batch(3000))
         async let lostRing = ring.queue.submit(ring.batch(3000))
-        try waitFor("16 ops in the first instance's engine") { held.load(ordering: .relaxed) == 16 }
+        try #require(waitUntil(timeout: 20) { held.load(ordering: .relaxed) == 16 }, "16 ops in the first instance's engine")
         first.server.abandon()
         first.join()
         let second = try succession.start()
@@ -212,5 +199,80 @@ struct RestartTests {
         #expect(succession.store.names.filter { $0.hasPrefix("m") }.count == 3, "\(succession.store.names)")
         second.server.requestStop()
         second.join()
+    }
+
+    @Test("RESYNC where restart support was not granted (no store) is PERMISSION_DENIED; with a store, bit 1 is granted")
+    func resyncWithoutFeature() async throws {
+        let plain = try InProcessServer(engine: try CPUEngine(channelCount: 1, busyPollMicroseconds: 0))
+        let raw = try RawClient(path: plain.path, features: Wire.featureRestart)
+        #expect(raw.helloReply!.features & Wire.featureRestart == 0, "a server without a store grants no restart support")
+        let refusal = try raw.expectError(packet(.resync, body: [UInt8](repeating: 0, count: 8), requestID: raw.requestID()))
+        #expect(refusal?.0 == .permissionDenied && refusal?.1.contains("RESYNC") == true, "\(String(describing: refusal))")
+
+        let succession = try Succession()
+        let served = try succession.start()
+        let granted = try RawClient(path: succession.path, features: Wire.featureRestart)
+        #expect(granted.helloReply!.features & Wire.featureRestart != 0)
+        let notOffered = try RawClient(path: succession.path, features: 0)
+        let refused = try notOffered.expectError(packet(.resync, body: [UInt8](repeating: 0, count: 8), requestID: notOffered.requestID()))
+        #expect(refused?.0 == .permissionDenied, "\(String(describing: refused))")
+        served.server.requestStop()
+        served.join()
+    }
+
+    @Test("after a crash the server discards SUBMITs sent before RESYNC (no record), then runs the ones after it")
+    func discardsBeforeResync() async throws {
+        let succession = try Succession()
+        let first = try succession.start()
+        let raw = try RawClient(path: succession.path, features: Wire.featureRestart)
+        try raw.send(Message.open(channel: 0, depth: 8).encode(requestID: raw.requestID()))
+        guard case .openReply(let opened) = try raw.receive()?.message else { Issue.record("no OPEN_OK"); return }
+        first.server.abandon()
+        first.join()
+        let second = try succession.start()
+        guard case .restarted(let notice) = try raw.receive()?.message else { Issue.record("no RESTARTED"); return }
+        #expect(notice.lost && notice.restarts == 1)
+        try raw.send(Message.encodeSubmit(queue: opened.queue, descriptors: [Descriptor.null(flags: .interrupt, cookie: 1)],
+                                          requestID: raw.requestID(), version: Wire.version))
+        let resyncID = raw.requestID()
+        try raw.send(packet(.resync, body: [UInt8](repeating: 0, count: 8), requestID: resyncID))
+        let answer = try raw.receive()
+        guard case .resyncReply = answer?.message else { Issue.record("expected RESYNC_OK first, got \(String(describing: answer?.header.type))"); return }
+        #expect(answer?.header.requestID == resyncID)
+        try raw.send(Message.encodeSubmit(queue: opened.queue, descriptors: [Descriptor.null(flags: .interrupt, cookie: 2)],
+                                          requestID: raw.requestID(), version: Wire.version))
+        guard let completion = try raw.receive(), case .completion(let view) = completion.message else { Issue.record("no COMPLETION"); return }
+        #expect(view.count == 1)
+        #expect(try view.record(at: 0).cookie == 2, "the SUBMIT before RESYNC ran or was answered")
+        second.server.requestStop()
+        second.join()
+    }
+
+    @Test("a full restart store refuses a buffer and a connection with QUOTA_EXCEEDED naming the store; the server serves on")
+    func storeFull() async throws {
+        // Room for a connection and two buffers beside the state.
+        let succession = try Succession(storeCapacity: 4)
+        let served = try succession.start()
+        // Socket transport: a ring would need two more places.
+        let client = try await IOATClient.connect(path: succession.path, transport: .socket)
+        _ = try await client.allocate(size: 4096, pages: .normal)
+        _ = try await client.allocate(size: 4096, pages: .normal)
+        do {
+            _ = try await client.allocate(size: 4096, pages: .normal)
+            Issue.record("a third buffer was accepted past the store's room")
+        } catch {
+            #expect(error.code == .quotaExceeded && "\(error)".contains("restart store"), "\(error)")
+        }
+        do {
+            _ = try await IOATClient.connect(path: succession.path)
+            Issue.record("a second connection was accepted past the store's room")
+        } catch {
+            #expect(error.code == .quotaExceeded && "\(error)".contains("restart store"), "\(error)")
+        }
+        // What is stored still works.
+        let queue = try await client.openQueue(channel: 0, depth: 8)
+        #expect(try await queue.submit(.null()).status == .success)
+        served.server.requestStop()
+        served.join()
     }
 }

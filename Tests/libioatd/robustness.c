@@ -62,27 +62,43 @@ static int listener(const char *path) {
 
 /* ---- a scripted fake server ---- */
 
-enum script { MUTE_AFTER_HELLO, CLOSE_AFTER_SUBMIT };
+enum script { MUTE_AFTER_HELLO, CLOSE_AFTER_SUBMIT, RESTART };
 
 struct fake {
     int fd;
     enum script script;
     int accepted; /* the connection, for the test to close */
+    /* RESTART: the features HELLO offered, RESYNCs answered, SUBMITs discarded before a RESYNC. */
+    uint64_t offered;
+    int resyncs, discarded;
 };
 
+static int fake_version = 2;
+
 static void reply(int fd, uint16_t type, uint64_t id, const void *body, size_t length) {
-    uint8_t buf[512];
-    struct ioatd_header h = {.magic = IOATD_MAGIC, .version = 2, .type = type, .length = (uint32_t)(sizeof h + length), .request_id = id};
+    uint8_t buf[2048];
+    struct ioatd_header h = {.magic = IOATD_MAGIC, .version = (uint16_t)fake_version, .type = type, .length = (uint32_t)(sizeof h + length), .request_id = id};
     memcpy(buf, &h, sizeof h);
-    memcpy(buf + sizeof h, body, length);
+    if (length) memcpy(buf + sizeof h, body, length);
     send(fd, buf, sizeof h + length, MSG_NOSIGNAL);
 }
 
-/* Speaks version 2 (no rings): HELLO_OK with one channel, OPEN_OK; then per script. */
+/* RESTART: what a server that crashed and came back does (SPEC.md §5.11): RESTARTED with LOST, then it
+ * discards SUBMITs until the client's RESYNC. */
+static void crash_and_return(int c, uint32_t restarts, int *awaiting_resync) {
+    struct ioatd_restarted r = {.flags = IOATD_RESTARTED_LOST, .restarts = restarts};
+    reply(c, IOATD_MSG_RESTARTED, 0, &r, sizeof r);
+    *awaiting_resync = 1;
+}
+
+/* Speaks version 2 (no rings; RESTART: version 3 with feature bit 1): HELLO_OK with one channel,
+ * OPEN_OK; then per script. */
 static void *fake_server(void *arg) {
     struct fake *f = arg;
     int c = accept4(f->fd, NULL, NULL, SOCK_CLOEXEC);
     f->accepted = c;
+    fake_version = f->script == RESTART ? 3 : 2;
+    int submits = 0, awaiting_resync = 0;
     uint8_t buf[65536];
     for (;;) {
         ssize_t n = recv(c, buf, sizeof buf, 0);
@@ -95,11 +111,49 @@ static void *fake_server(void *arg) {
                 struct ioatd_channel ch;
             } body;
             memset(&body, 0, sizeof body);
-            body.ok = (struct ioatd_hello_ok){.version = 2, .channel_count = 1, .max_message = 65536, .max_descriptors = 64,
-                                              .max_queue_depth = 64, .max_queues = 4, .max_buffers = 4, .max_buffer_bytes = 1 << 20};
+            struct ioatd_hello offer;
+            memcpy(&offer, buf + sizeof h, sizeof offer);
+            f->offered = offer.features;
+            body.ok = (struct ioatd_hello_ok){.version = (uint16_t)fake_version, .channel_count = 1, .max_message = 65536, .max_descriptors = 64,
+                                              .max_queue_depth = 64, .max_queues = 4, .max_buffers = 4, .max_buffer_bytes = 1 << 20,
+                                              .features = f->script == RESTART ? IOATD_FEATURE_RESTART : 0};
             body.ch.max_depth = 64;
             body.ch.max_transfer = 1 << 20;
             reply(c, IOATD_MSG_HELLO_OK, h.request_id, &body, sizeof body);
+        } else if (f->script == RESTART && h.type == IOATD_MSG_OPEN) {
+            struct ioatd_open_ok ok = {.queue = 7, .channel = 0, .depth = 8};
+            reply(c, IOATD_MSG_OPEN_OK, h.request_id, &ok, sizeof ok);
+        } else if (f->script == RESTART && h.type == IOATD_MSG_SUBMIT) {
+            if (awaiting_resync) {
+                f->discarded++;
+                continue;
+            }
+            /* The first SUBMIT is in flight when the server "crashes"; later ones complete. */
+            if (submits++ == 0) {
+                crash_and_return(c, 1, &awaiting_resync);
+                continue;
+            }
+            struct ioatd_submit sub;
+            memcpy(&sub, buf + sizeof h, sizeof sub);
+            uint8_t out[sizeof(struct ioatd_completion) + 8 * sizeof(struct ioatd_completion_record)];
+            struct ioatd_completion head = {.queue = sub.queue, .count = sub.count};
+            memcpy(out, &head, sizeof head);
+            for (uint32_t i = 0; i < sub.count && i < 8; i++) {
+                struct ioatd_desc d;
+                memcpy(&d, buf + sizeof h + sizeof sub + i * sizeof d, sizeof d);
+                struct ioatd_completion_record rec = {.cookie = d.cookie, .status = IOATD_ST_SUCCESS, .opcode = d.opcode};
+                memcpy(out + sizeof head + i * sizeof rec, &rec, sizeof rec);
+            }
+            reply(c, IOATD_MSG_COMPLETION, 0, out, sizeof head + sub.count * sizeof(struct ioatd_completion_record));
+        } else if (f->script == RESTART && h.type == IOATD_MSG_CLOSE) {
+            reply(c, IOATD_MSG_CLOSE_OK, h.request_id, NULL, 0);
+        } else if (f->script == RESTART && h.type == IOATD_MSG_STATUS) {
+            crash_and_return(c, 2, &awaiting_resync); /* a control request the crashed instance never answers */
+        } else if (f->script == RESTART && h.type == IOATD_MSG_RESYNC) {
+            awaiting_resync = 0;
+            f->resyncs++;
+            uint8_t zeros[8] = {0};
+            reply(c, IOATD_MSG_RESYNC_OK, h.request_id, zeros, sizeof zeros);
         } else if (h.type == IOATD_MSG_OPEN && f->script == CLOSE_AFTER_SUBMIT) {
             struct ioatd_open_ok ok = {.queue = 7, .channel = 0, .depth = 8};
             reply(c, IOATD_MSG_OPEN_OK, h.request_id, &ok, sizeof ok);
@@ -238,6 +292,76 @@ static void call_timeout_and_loss(void) {
         ioatd_close(c);
     }
     pthread_join(t, NULL);
+    close(f.fd);
+    unlink(path);
+}
+
+/* A server that crashes and comes back (SPEC.md §5.11): ops in flight complete RESTARTED in order, with
+ * their cookies; a call caught in it ends with -ECONNABORTED; the connection carries on. */
+static void restart_lost(void) {
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/ioatd-restart-%d.sock", getpid());
+    struct fake f = {.fd = listener(path), .script = RESTART, .accepted = -1};
+    pthread_t t;
+    pthread_create(&t, NULL, fake_server, &f);
+    struct ioatd_client *c = NULL;
+    int rc = ioatd_connect_timeout(path, 0, 5000, &c);
+    CHECK(rc == 0, "restarting server: connect %d %s", rc, ioatd_strerror(NULL, rc));
+    if (rc == 0) {
+        CHECK(f.offered & IOATD_FEATURE_RESTART, "HELLO offers feature bit 1 (0x%llx)", (unsigned long long)f.offered);
+        CHECK(ioatd_server_restarts(c, NULL) == 0, "no restart yet");
+        struct ioatd_queue *q;
+        rc = ioatd_queue_open(c, 0, 8, &q);
+        CHECK(rc == 0, "open %d", rc);
+        if (rc == 0) {
+            for (int i = 0; i < 3; i++) {
+                struct ioatd_desc *d = ioatd_get_desc(q);
+                ioatd_prep_null(q, d, 0);
+                ioatd_desc_set_cookie(d, 100 + i);
+            }
+            CHECK(ioatd_submit(q) == 3, "submit 3");
+            for (int i = 0; i < 3; i++) {
+                struct ioatd_completion_record *r = NULL;
+                rc = ioatd_wait_completion(q, &r, 5000);
+                CHECK(rc == 0 && r->status == IOATD_ST_RESTARTED && r->cookie == (uint64_t)(100 + i),
+                      "op %d in flight at the crash: rc %d status %s cookie %llu", i, rc, rc == 0 ? ioatd_status_name(r->status) : "-",
+                      rc == 0 ? (unsigned long long)r->cookie : 0ull);
+                if (rc == 0) ioatd_completion_seen(q, r);
+            }
+            CHECK(strcmp(ioatd_status_name(IOATD_ST_RESTARTED), "RESTARTED") == 0, "status name RESTARTED");
+            /* The connection carries on: the next ops complete normally, on the same queue. */
+            for (int i = 0; i < 2; i++) {
+                struct ioatd_desc *d = ioatd_get_desc(q);
+                ioatd_prep_null(q, d, 0);
+                ioatd_desc_set_cookie(d, 200 + i);
+            }
+            CHECK(ioatd_submit(q) == 2, "submit 2 after the restart");
+            for (int i = 0; i < 2; i++) {
+                struct ioatd_completion_record *r = NULL;
+                rc = ioatd_wait_completion(q, &r, 5000);
+                CHECK(rc == 0 && r->status == IOATD_ST_SUCCESS && r->cookie == (uint64_t)(200 + i),
+                      "op %d after the restart: rc %d status %s", i, rc, rc == 0 ? ioatd_status_name(r->status) : "-");
+                if (rc == 0) ioatd_completion_seen(q, r);
+            }
+            /* A control call the crashed instance took and never answered ends once RESYNC is answered. */
+            char *json = NULL;
+            double start = now_s();
+            rc = ioatd_status(c, &json);
+            const char *text = ioatd_strerror(c, rc);
+            CHECK(rc == -ECONNABORTED && now_s() - start < 5 && strstr(text, "restarted") && strstr(text, "STATUS"),
+                  "STATUS caught in a crash: %d after %.2f s (%s)", rc, now_s() - start, text);
+            free(json);
+            uint32_t crashes = 0;
+            CHECK(ioatd_server_restarts(c, &crashes) == 2 && crashes == 2, "two restarts, both crashes (%u)", crashes);
+            CHECK(f.resyncs == 2 && f.discarded == 0, "RESYNC after each crash (%d), nothing sent before it (%d)", f.resyncs, f.discarded);
+            CHECK(ioatd_client_error(c) == 0, "the connection is up");
+            CHECK(ioatd_queue_close(q) == 0, "queue_close");
+        }
+        ioatd_close(c);
+    }
+    shutdown(f.accepted, SHUT_RDWR);
+    pthread_join(t, NULL);
+    close(f.accepted);
     close(f.fd);
     unlink(path);
 }
@@ -661,6 +785,7 @@ int main(int argc, char **argv) {
     mute_socket();
     connect_texts();
     call_timeout_and_loss();
+    restart_lost();
     null_arguments();
     start_server();
     ring_loss();

@@ -29,8 +29,8 @@ readelf -d "$so" | grep -q 'SONAME.*\[libioatd\.so\.1\]' || { echo "soname is no
 sed -n '/global:/,/local:/p' libioatd/libioatd.map | grep -o '^ *[a-z_0-9]*;' | tr -d ' ;' | sort > "$out/map.txt"
 nm -D --defined-only "$so" | awk '$2 ~ /^[TDBR]$/ {print $3}' | grep -v '^LIBIOATD_' | sed 's/@.*//' | sort > "$out/exported.txt"
 if ! diff -u "$out/map.txt" "$out/exported.txt"; then echo "exported symbols differ from libioatd/libioatd.map (- map, + exported)"; exit 1; fi
-if nm -D --defined-only "$so" | awk '$2 ~ /^[TDBR]$/' | grep -Ev '@@LIBIOATD_1\.[012]$' | grep -Ev ' LIBIOATD_1\.[012]$'; then
-    echo "symbols above are not versioned LIBIOATD_1.0, 1.1 or 1.2"; exit 1
+if nm -D --defined-only "$so" | awk '$2 ~ /^[TDBR]$/' | grep -Ev '@@LIBIOATD_1\.[0123]$' | grep -Ev ' LIBIOATD_1\.[0123]$'; then
+    echo "symbols above are not versioned LIBIOATD_1.0 to 1.3"; exit 1
 fi
 # Symbols of 1.0 keep their version (programs linked against 1.0 keep loading).
 dynamic=$(nm -D --defined-only "$so")
@@ -40,7 +40,8 @@ done
 for symbol in ioatd_ring_kick ioatd_ring_disarm; do
     grep -q " $symbol@@LIBIOATD_1.2$" <<< "$dynamic" || { echo "$symbol is not LIBIOATD_1.2"; exit 1; }
 done
-echo "$(wc -l < "$out/exported.txt") symbols, versioned LIBIOATD_1.0, 1.1 and 1.2"
+grep -q " ioatd_server_restarts@@LIBIOATD_1.3$" <<< "$dynamic" || { echo "ioatd_server_restarts is not LIBIOATD_1.3"; exit 1; }
+echo "$(wc -l < "$out/exported.txt") symbols, versioned LIBIOATD_1.0 to 1.3"
 
 step "the installed headers compile as C++ (g++ and clang++) and as C11"
 printf '#include <ioatd/client.h>\n#include <ioatd/ioat.h>\nint main() { return ioatd_err_code(IOATD_ERR(13)) == 13 ? 0 : 1; }\n' > "$out/headers.cc"

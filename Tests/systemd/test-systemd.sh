@@ -60,6 +60,16 @@ cp -a "$CACHE/root" "$ROOT" || fail_setup "cannot copy the root to $ROOT"
 make -C "$REPO" --no-print-directory install DESTDIR="$ROOT" PREFIX=/usr > "$WORK/install.log" 2>&1 \
     || { tail -30 "$WORK/install.log"; fail_setup "make install failed"; }
 say "root ready and ioatd installed in $(( $(date +%s) - started )) s"
+# The upgrade check's ioatd: this tree with another version string, built beside it (incrementally, in
+# the cache, from the second run on).
+upgraded=$(date +%s)
+mkdir -p "$WORK/upgrade-src"
+git -C "$REPO" archive HEAD | tar -x -C "$WORK/upgrade-src" || fail_setup "git archive for the upgrade build"
+sed -i 's/^public let ioatdVersion = "\(.*\)"$/public let ioatdVersion = "\1+upgrade"/' "$WORK/upgrade-src/Sources/IOATServer/Server/Version.swift"
+grep -q '+upgrade"' "$WORK/upgrade-src/Sources/IOATServer/Server/Version.swift" || fail_setup "the upgrade build's version string was not changed"
+(cd "$WORK/upgrade-src" && swift build -c release --static-swift-stdlib --product ioatd --scratch-path "$CACHE/upgrade-build") \
+    > "$WORK/upgrade-build.log" 2>&1 || { tail -20 "$WORK/upgrade-build.log"; fail_setup "the upgrade build failed"; }
+say "upgrade build (version +upgrade) in $(( $(date +%s) - upgraded )) s"
 systemd-sysusers --root="$ROOT" >/dev/null 2>&1 || fail_setup "systemd-sysusers --root failed"
 chroot "$ROOT" useradd -m -G ioatd alice || fail_setup "useradd alice"
 chroot "$ROOT" useradd -m mallory || fail_setup "useradd mallory"
@@ -204,6 +214,21 @@ for who in alice root; do
         || { tail -3 "$WORK/crash-$who.log" | sed 's/^/  /'; inside journalctl -u ioatd.service --no-pager -n 25 | sed 's/^/  journal: /'; }
 done
 grep -ho '[0-9]* completed RESTARTED.*' "$WORK"/crash-*.log | sed 's/^/  after three crashes: /'
+
+# An upgrade: an ioatd built with another version string takes over from the running one under load.
+install -m755 "$CACHE/upgrade-build/release/ioatd" "$ROOT/usr/bin/ioatd.new" && mv "$ROOT/usr/bin/ioatd.new" "$ROOT/usr/bin/ioatd"
+check "the new binary is the upgrade build" bash -c "nsenter -t $leader -a /usr/bin/ioatd --version | grep -q '+upgrade'"
+start_stress upgrade 20
+inside systemctl restart ioatd.service
+wait $stress_pids
+for who in alice root; do
+    check "upgrade under load: $who's stress lost no connection and no op" \
+        grep -q 'ops verified, 0 completed RESTARTED.*server restarts 1 (0 crashes)' "$WORK/upgrade-$who.log"
+    grep -q 'ops verified, 0 completed RESTARTED.*server restarts 1 (0 crashes)' "$WORK/upgrade-$who.log" || tail -3 "$WORK/upgrade-$who.log" | sed 's/^/  /'
+done
+check "the upgraded ioatd took over the state the old one wrote, and serves as the new version" \
+    bash -c "nsenter -t $leader -a journalctl -u ioatd.service --no-pager -n 40 | grep 'took over' | tail -1 | grep -q 'state_writer=1.3.0 ' \
+             && nsenter -t $leader -a journalctl -u ioatd.service --no-pager -n 40 | grep 'serving' | tail -1 | grep -q 'version=1.3.0+upgrade'"
 
 # A state the next instance cannot read (another format): its clients are told GOODBYE, the service
 # serves new clients.

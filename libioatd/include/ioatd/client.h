@@ -69,7 +69,7 @@ extern "C" {
 #endif
 
 #define IOATD_LIB_VERSION_MAJOR 1
-#define IOATD_LIB_VERSION_MINOR 2
+#define IOATD_LIB_VERSION_MINOR 3
 /* (major << 16) | minor, as ioatd_lib_version() returns it. */
 #define IOATD_LIB_VERSION ((IOATD_LIB_VERSION_MAJOR << 16) | IOATD_LIB_VERSION_MINOR)
 
@@ -133,6 +133,12 @@ int ioatd_channel_info(const struct ioatd_client *c, unsigned index, struct ioat
 int ioatd_rings_granted(const struct ioatd_client *c);
 /* STATUS (SPEC.md §5.6), first page: *json is a NUL-terminated JSON text the caller free()s. */
 int ioatd_status(struct ioatd_client *c, char **json);
+/* (1.3) Restarts of the server this connection lived through (SPEC.md §5.11), and through *crashes
+ * how many were crashes. A restart that handed over changes nothing for the client. After a crash,
+ * ops in flight complete with status IOATD_ST_RESTARTED, in their queue's order (they may or may not
+ * have run), a control call caught in it returns -ECONNABORTED (it may or may not have been carried
+ * out), and the connection, its buffers and its queues carry on. */
+uint32_t ioatd_server_restarts(const struct ioatd_client *c, uint32_t *crashes);
 /* Whether the server said GOODBYE (it is stopping), and its drain time in ms through *drain_ms. */
 int ioatd_server_stopping(const struct ioatd_client *c, uint32_t *drain_ms);
 /* The connection's socket, for poll/epoll: readable when a message waits (socket-transport
