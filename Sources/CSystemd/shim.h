@@ -46,22 +46,36 @@ static inline char *csd_own_unit(sd_bus *bus, int *error) {
     return result;
 }
 
+/// Opens the system bus and finds this process's unit: 0 with *bus and *unit (the caller frees both
+/// with csd_close_own_unit), or -errno.
+static inline int csd_open_own_unit(sd_bus **bus, char **unit) {
+    *bus = NULL;
+    *unit = NULL;
+    int r = sd_bus_open_system(bus);
+    if (r < 0) return r;
+    *unit = csd_own_unit(*bus, &r);
+    return r;
+}
+
+static inline void csd_close_own_unit(sd_bus *bus, char *unit) {
+    free(unit);
+    sd_bus_flush_close_unref(bus);
+}
+
 /// FileDescriptorStoreMax= of the service this process runs in: >= 0, or -errno when the service manager
 /// cannot be asked (no system bus, not a service).
 static inline int64_t csd_fd_store_max(void) {
-    sd_bus *bus = NULL;
-    int r = sd_bus_open_system(&bus);
-    if (r < 0) return r;
-    char *unit = csd_own_unit(bus, &r);
+    sd_bus *bus;
+    char *unit;
+    int r = csd_open_own_unit(&bus, &unit);
     uint32_t max = 0;
     if (unit) {
         sd_bus_error e = SD_BUS_ERROR_NULL;
         r = sd_bus_get_property_trivial(bus, "org.freedesktop.systemd1", unit, "org.freedesktop.systemd1.Service",
                                         "FileDescriptorStoreMax", &e, 'u', &max);
         sd_bus_error_free(&e);
-        free(unit);
     }
-    sd_bus_flush_close_unref(bus);
+    csd_close_own_unit(bus, unit);
     return r < 0 ? r : (int64_t)max;
 }
 
@@ -69,10 +83,9 @@ static inline int64_t csd_fd_store_max(void) {
 /// none (0), or -errno when it cannot be asked. During `systemctl restart` the job's type stays
 /// "restart" while the old instance is being stopped.
 static inline int csd_restart_job_running(void) {
-    sd_bus *bus = NULL;
-    int r = sd_bus_open_system(&bus);
-    if (r < 0) return r;
-    char *unit = csd_own_unit(bus, &r);
+    sd_bus *bus;
+    char *unit;
+    int r = csd_open_own_unit(&bus, &unit);
     int answer = 0;
     if (unit) {
         sd_bus_error e = SD_BUS_ERROR_NULL;
@@ -91,9 +104,8 @@ static inline int csd_restart_job_running(void) {
         }
         sd_bus_message_unref(reply);
         sd_bus_error_free(&e);
-        free(unit);
     }
-    sd_bus_flush_close_unref(bus);
+    csd_close_own_unit(bus, unit);
     return r < 0 ? r : answer;
 }
 #endif

@@ -57,7 +57,8 @@ final class ServerRing {
     }
 
     /// Picks the ring up where the previous instance left it: its indices as they are in the memory,
-    /// checked, and a RESTARTED record, in order, for each op it took and never recorded. Returns the
+    /// checked, and a RESTARTED record, in order, for each op it took and never recorded (made visible
+    /// by the caller's publish, once the connection is in place). Returns the
     /// credits in use (records not consumed, those included) and the ops recorded RESTARTED. A ring the
     /// previous instance broke stays broken.
     func resume() throws(ProtocolError) -> (outstanding: Int, inFlight: Int) {
@@ -69,7 +70,6 @@ final class ServerRing {
         for _ in 0..<inFlight {
             consumer.push(CompletionRecord(cookie: 0, status: .restarted, opcode: 0, result: 0, bytesDone: 0))
         }
-        if inFlight > 0 { needsPublish = true }
         return (consumer.unconsumed, inFlight)
     }
 

@@ -15,7 +15,9 @@ extension IOATServer {
     /// Writes the state now: called after every change a client is about to be told of, before it is.
     /// Without a store, nothing.
     func persist(settled: Set<UInt64> = []) {
-        guard let ledger else { return }
+        // A stop (draining) ends with the store dropped by the service manager: nothing to keep current,
+        // and closing N connections would write N states.
+        guard let ledger, state != .draining else { return }
         stateSerial += 1
         let document = HandoverState(
             format: configuration.stateFormat, writer: configuration.serverVersion, serial: stateSerial,
@@ -172,14 +174,22 @@ extension IOATServer {
             guard name.hasPrefix("c") else { continue }
             // The version it speaks is in the state that could not be read: the newest is the best guess
             // (a client of another version reads an ERROR-free end of stream either way).
-            let goodbye = Message.goodbye(drainMilliseconds: 0).encode(requestID: 0, version: Wire.version)
-            goodbye.withUnsafeBytes { _ = try? UnixSocket.send(fd, $0, fds: []) }
-            UnixSocket.discardUnread(fd)
+            sayGoodbye(fd, version: Wire.version)
             told += 1
         }
         logger.error("the previous instance's state was refused; its clients were told GOODBYE", metadata: [
             "reason": "\(reason)", "clients": "\(told)",
         ])
+    }
+
+    /// Tells a stored connection that cannot carry on GOODBYE (`drain_ms` 0; nothing before HELLO_OK),
+    /// so its client sees a stop, and lets it go: the peer reads that, then the end.
+    private func sayGoodbye(_ fd: FileDescriptor, version: UInt16?) {
+        if let version {
+            let goodbye = Message.goodbye(drainMilliseconds: 0).encode(requestID: 0, version: version)
+            goodbye.withUnsafeBytes { _ = try? UnixSocket.send(fd, $0, fds: []) }
+        }
+        UnixSocket.discardUnread(fd)
     }
 
     /// Restores one connection and what it had; nil when it cannot carry on (it is told and closed).
@@ -188,11 +198,7 @@ extension IOATServer {
         let restartGranted = saved.features & Wire.featureRestart != 0
         func drop(_ why: String) {
             ledger?.drop(StoreName.connection(saved.id))
-            if let version = saved.version {
-                let goodbye = Message.goodbye(drainMilliseconds: 0).encode(requestID: 0, version: version)
-                goodbye.withUnsafeBytes { _ = try? UnixSocket.send(fd, $0, fds: []) }
-            }
-            UnixSocket.discardUnread(fd)
+            sayGoodbye(fd, version: saved.version)
             logger.notice("a client could not be carried over", metadata: ["client": "\(saved.id)", "reason": "\(why)"])
         }
         guard saved.settled || (saved.version != nil && restartGranted) else {
@@ -230,8 +236,6 @@ extension IOATServer {
         // waiting for records the previous instance never wrote).
         for queue in connection.queues.values {
             guard let ring = queue.ring, ring.broken == nil else { continue }
-            ring.needsPublish = false
-            ring.failedSincePublish = false
             _ = ring.consumer.publish()
             UnixSocket.ring(ring.doorbell)
         }
@@ -312,7 +316,6 @@ extension IOATServer {
             let (outstanding, inFlight) = try ring.resume()
             router.take(outstanding, of: queue)
             if inFlight > 0 {
-                ring.failedSincePublish = true
                 logger.notice("ops a crash left in flight on a ring completed RESTARTED", metadata: [
                     "client": "\(connection.id)", "queue": "\(saved.id)", "ops": "\(inFlight)",
                 ])

@@ -2,7 +2,6 @@ import CSystemd
 import Glibc
 import IOATServer
 import IOATSystem
-import Synchronization
 
 /// libsystemd's socket activation.
 enum Systemd {
@@ -97,15 +96,18 @@ final class SystemdHandoverStore: HandoverStore, @unchecked Sendable {
 
     func store(_ fd: FileDescriptor, name: String) {
         let r = csd_fdstore_add(fd.rawValue, name)
-        if r < 0 { Self.failures.add(1, ordering: .relaxed) }
+        if r < 0 { Self.report("FDSTORE=1 of \(name)", r) }
     }
 
     func remove(name: String) {
         let r = csd_fdstore_remove(name)
-        if r < 0 { Self.failures.add(1, ordering: .relaxed) }
+        if r < 0 { Self.report("FDSTOREREMOVE=1 of \(name)", r) }
     }
 
-    static let failures = Atomic<Int>(0)
+    /// A notification systemd did not get: a restart now may lose what it was about (journal, warning).
+    private static func report(_ what: String, _ r: Int32) {
+        FileHandle.standardError.write("<4>ioatd: \(what) could not be sent to the service manager: \(String(cString: strerror(-r))); a restart now may drop the client it names\n")
+    }
 
     /// Whether the service manager is restarting this unit now (its job is a restart): SIGTERM then hands
     /// the clients over instead of saying GOODBYE. nil when it cannot be asked.
