@@ -18,6 +18,9 @@ public final class MemoryHandoverStore: HandoverStore, @unchecked Sendable {
 
     public func remove(name: String) { _ = files.withLock { $0.removeValue(forKey: name) } }
 
+    /// A duplicate of what is stored under `name` (a test looks into it as a client could have).
+    public func duplicate(_ name: String) -> FileDescriptor? { files.withLock { try? $0[name]?.duplicate() } }
+
     /// Names stored now.
     public var names: [String] { files.withLock { Array($0.keys) } }
 

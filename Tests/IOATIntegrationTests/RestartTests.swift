@@ -275,4 +275,31 @@ struct RestartTests {
         served.server.requestStop()
         served.join()
     }
+
+    @Test("ring indices scribbled on while no server ran break that ring at the restore (RING_BROKEN); other queues carry on")
+    func scribbledRing() async throws {
+        let succession = try Succession()
+        let first = try succession.start()
+        let ring = try await RestartRig(path: succession.path, transport: .ring)
+        let socket = try await RestartRig(path: succession.path, transport: .socket)
+        try await ring.runAndCheck(seed: 1)
+        first.server.abandon()
+        first.join()
+        // The ring memory is the client's to write: sq_head (the server's word) far past what the depth allows.
+        let name = try #require(succession.store.names.first { $0.hasPrefix("r") })
+        let memfd = try #require(succession.store.duplicate(name))
+        let mapping = try Mapping(fd: memfd, length: Int(try memfd.size()), writable: true, populate: false)
+        mapping.unsafeBase.storeBytes(of: UInt32(1_000_000).littleEndian, toByteOffset: RingLayout.submissionHead, as: UInt32.self)
+        let second = try succession.start()
+        try #require(waitUntil(timeout: 20) { second.server.currentState == .serving }, "the second instance serves")
+        do {
+            _ = try await ring.queue.submit(ring.batch(4000))
+            Issue.record("a ring with scribbled indices took ops after the restart")
+        } catch {
+            #expect(error.code == .ringBroken, "\(error)")
+        }
+        try await socket.runAndCheck(seed: 2)
+        second.server.requestStop()
+        second.join()
+    }
 }

@@ -255,6 +255,8 @@ check "after all of it the store holds only the state ($(store_count) stored)" [
 check "ioatd's descriptors are back to baseline ($(ioatd_fds), was $base_fds)" [ "$(ioatd_fds)" = "$base_fds" ]
 [ "$(ioatd_fds)" = "$base_fds" ] || inside bash -c "ls -l /proc/\$(systemctl show -p MainPID --value ioatd.service)/fd" | sed 's/^/  fd: /'
 check "VmLck is back to baseline ($(vmlck) kB, was $base_vmlck)" [ "$(vmlck)" = "$base_vmlck" ]
+budget=$(inside ioatctl status | grep -o 'buffer budget [0-9]*/' | grep -o '[0-9]*')
+check "the buffer budget is back to baseline (${budget:-unknown} bytes in use)" [ "$budget" = 0 ]
 
 # A hung event loop (SIGSTOP) stops sending WATCHDOG=1 and is restarted.
 before=$(main_pid)
