@@ -61,8 +61,8 @@ public final class IOATRing: @unchecked Sendable {
         return n
     }
 
-    /// Waits until at least `count` records are ready, spinning for `spinMicroseconds` (yielding the CPU
-    /// between looks), then sleeping on the doorbell. Returns the records ready. Throws when the ring was
+    /// Waits until at least `count` records are ready, spinning for `spinMicroseconds` (PAUSE between
+    /// looks, the CPU given up now and then), then sleeping on the doorbell. Returns the records ready. Throws when the ring was
     /// broken or the connection lost, or `timedOut` after `timeoutMilliseconds` (-1: no limit; nil: the
     /// client's bound on waiting for the server, `IOATClient.Timeouts.call`).
     @discardableResult
@@ -72,11 +72,13 @@ public final class IOATRing: @unchecked Sendable {
         let timeoutMilliseconds = timeoutMilliseconds ?? session.callTimeout.map { Int($0.milliseconds) } ?? -1
         let start = Clock.nanoseconds()
         let spin = UInt64(max(0, spinMicroseconds)) * 1000
+        // A look is a load and a PAUSE; the clock is read every 16 looks (a clock read per look was most
+        // of a busy client's time), and the CPU offered to other threads every 64, as before.
         var looks = 0
-        while Clock.nanoseconds(since: start) < spin {
+        while looks & 15 != 0 || Clock.nanoseconds(since: start) < spin {
             if memory.ready >= want { return memory.ready }
-            looks += 1
-            if looks & 63 == 0 { Clock.yield() }
+            looks &+= 1
+            if looks & 63 == 0 { Clock.yield() } else { Clock.relax() }
         }
         while true {
             if let code = memory.brokenCode {

@@ -1,3 +1,4 @@
+import CIOATShim
 import Glibc
 
 /// Monotonic time and the pieces of busy-polling.
@@ -26,6 +27,11 @@ public enum Clock {
     /// so a spinning thread does not starve an engine worker sharing its core.
     @inline(__always)
     public static func yield() { _ = sched_yield() }
+
+    /// One step of a spin-wait (PAUSE): cheaper than a clock read or a system call, and it leaves a
+    /// sibling hardware thread the core while this one polls.
+    @inline(__always)
+    public static func relax() { cioat_cpu_relax() }
 }
 
 extension Duration {

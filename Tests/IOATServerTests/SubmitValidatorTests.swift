@@ -115,3 +115,91 @@ struct SubmitValidatorTests {
         #expect(validate([good], buffers) == nil)
     }
 }
+
+/// A fixed-seed generator (SplitMix64), so a failing descriptor is the same on every run.
+private struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+@Suite("submit validator: the common-descriptor path accepts only what the full path accepts")
+struct CommonPathTests {
+    /// Descriptors near the common ones: a valid COPY, FILL or NULL with one to three fields changed to
+    /// values that matter (0, a bound, a bit, a stranger's handle, anything).
+    static func sweep(count: Int) -> [[UInt8]] {
+        var rng = SplitMix(state: 0x10A7_D000)
+        var out: [[UInt8]] = []
+        let widths = [(0, 1), (1, 1), (2, 2), (4, 4), (8, 8), (16, 8), (24, 8), (32, 4), (36, 4), (40, 8), (48, 8), (56, 8)]
+        for _ in 0..<count {
+            var d = [UInt8](repeating: 0, count: Descriptor.size)
+            func put(_ value: UInt64, _ at: Int, _ width: Int) {
+                for b in 0..<width { d[at + b] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(b))) }
+            }
+            let opcode = [0, 1, 1, 1, 2, 2, 3, 5, 9, 200][Int.random(in: 0..<10, using: &rng)]
+            put(UInt64(opcode), 0, 1)
+            put(UInt64.random(in: 0...UInt64.max, using: &rng), 8, 8)  // cookie
+            if opcode == 1 || opcode == 2 {
+                put(UInt64.random(in: 1...5000, using: &rng), 16, 8)
+                put(10, 32, 4)
+                put(UInt64.random(in: 0...4096, using: &rng), 40, 8)
+                if opcode == 1 {
+                    put([10, 11, 12][Int.random(in: 0..<3, using: &rng)], 4, 4)
+                    put(UInt64.random(in: 0...4096, using: &rng), 24, 8)
+                } else {
+                    put(UInt64.random(in: 0...UInt64.max, using: &rng), 56, 8)
+                }
+            }
+            put(UInt64([0, 1, 2, 4, 3, 7][Int.random(in: 0..<6, using: &rng)]), 2, 2)
+            for _ in 0..<Int.random(in: 0...3, using: &rng) {
+                let (at, width) = widths[Int.random(in: 0..<widths.count, using: &rng)]
+                let value: UInt64 = [0, 1, 8, 10, 11, 12, 99, 4096, 8192, UInt64.max, UInt64.max - 7, 1 << 31,
+                                     UInt64.random(in: 0...UInt64.max, using: &rng)][Int.random(in: 0..<13, using: &rng)]
+                put(value, at, width)
+            }
+            out.append(d)
+        }
+        return out
+    }
+
+    @Test("on 200,000 descriptors around COPY, FILL and NULL: nil, or the op `resolve` makes, field for field")
+    func agrees() throws {
+        var buffers = ModelBuffers()
+        try buffers.add(10, size: 8192)
+        try buffers.add(11, size: 4096, readOnly: true)
+        try buffers.add(12, size: 64)
+        let copyAndNull = ChannelInfo(index: 1, engine: .cpu, hardwareVersion: 0, opcodes: Opcode.copy.capabilityBit | Opcode.null.capabilityBit,
+                                      maxTransfer: 1 << 20, maxDepth: 64, maxCoalesceMicroseconds: 0, name: "copy-and-null")
+        var taken = [0, 0, 0], refused = 0
+        for (n, bytes) in Self.sweep(count: 200_000).enumerated() {
+            let channel = n % 5 == 0 ? copyAndNull : everything
+            let validator = SubmitValidator(channel: channel)
+            try bytes.withUnsafeBytes { raw in
+                let full: PendingOp?
+                do throws(ProtocolError) {
+                    full = try validator.resolve(raw, at: 0, index: 0, version: Wire.version, buffers: buffers)
+                } catch {
+                    full = nil
+                }
+                guard let common = validator.resolveCommon(raw, at: 0, buffers: buffers) else {
+                    if full == nil { refused += 1 }
+                    return
+                }
+                let op = try #require(full, "the common path took a descriptor the full path refuses: \(bytes)")
+                #expect(common.cookie == op.cookie && common.opcode == op.opcode && common.flags == op.flags
+                        && common.length == op.length && common.arg == op.arg, "\(bytes)")
+                #expect(common.source?.pointer == op.source?.pointer && common.source?.slot == op.source?.slot, "\(bytes)")
+                #expect(common.destination?.pointer == op.destination?.pointer && common.destination?.slot == op.destination?.slot, "\(bytes)")
+                #expect(common.auxiliary == nil && op.auxiliary == nil && op.sources == nil && op.segments == nil, "\(bytes)")
+                taken[Int(op.opcode.rawValue)] += 1
+            }
+        }
+        // The sweep reaches every branch: each common opcode taken, and refusals.
+        #expect(taken.allSatisfy { $0 > 1000 } && refused > 10_000, "taken (NULL, COPY, FILL) \(taken), refused by both \(refused)")
+    }
+}

@@ -50,6 +50,16 @@ extern const int cioat_F_SEAL_FUTURE_WRITE;
 /// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC.
 int cioat_accept_nonblock(int fd);
 
+/// One spin-wait step: tells the CPU the thread is polling (x86 PAUSE, arm64 YIELD), so a sibling
+/// hardware thread gets the core's resources and the poll does not flood the memory system.
+static inline void cioat_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 /// pthread_setname_np(3) for the calling thread.
 void cioat_set_thread_name(const char *name);
 

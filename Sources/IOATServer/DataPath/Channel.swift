@@ -340,6 +340,31 @@ final class Channel {
                     if now == 0 { now = Clock.nanoseconds() }
                     head.pointee.startedAt = now
                 }
+                // A whole small op with the engine empty runs right here, read in place at the head of
+                // its queue: no engine slot is filled and emptied for it. (Completions stay in order: the
+                // engine holds nothing else.)
+                if runsInline && isLast && offset == 0 && entry == nil && pieceLength <= inlineBytes && inEngine == 0
+                    && charge <= inlineLeft, let last = freeSlots.last,
+                    let done = engine.executeInline(engineOp(for: head, slot: last, offset: 0, length: pieceLength, isLast: true,
+                                                             entry: nil, crcState: queue.crcState))
+                {
+                    if inlineSince == 0 { inlineSince = Clock.nanoseconds() }
+                    inlineLeft -= charge
+                    if done.status == .channelHalted || done.status == .notAttempted {
+                        // What a halt means is `complete`'s to say: the op takes the slot it ran under.
+                        let slot = freeSlots.removeLast()
+                        (slots + slot).initialize(to: InflightOp(queue: .passUnretained(queue), op: queue.pending.removeFirst(),
+                                                                 length: pieceLength, pieceOffset: 0, isLastPiece: true))
+                        occupied[slot] = true
+                        queue.execution.inEngine += 1
+                        bytesInEngine += pieceLength
+                        complete(done)
+                    } else {
+                        finishInPlace(done, of: queue)
+                    }
+                    if rotates { continue lanes }
+                    continue
+                }
                 let slot = freeSlots.removeLast()
                 // What the engine gets is read from the op in place; then the op (its last piece) moves
                 // into its slot, or (an earlier piece) a copy with pins of its own goes there while the op
@@ -516,6 +541,26 @@ final class Channel {
             cookie: entry.pointee.op.cookie, status: completion.status, opcode: entry.pointee.op.opcode.rawValue,
             result: completion.result, bytesDone: completion.bytesDone), notify: entry.pointee.op.flags.contains(.interrupt),
             acceptedAt: entry.pointee.op.acceptedAt, startedAt: entry.pointee.op.startedAt))
+        schedule(queue)
+    }
+
+    /// Ends the op at the head of `queue`, which ran inline without a slot and did not halt the channel:
+    /// what `complete` does for a whole op, read in place, and the op dropped where it lies.
+    private func finishInPlace(_ completion: EngineCompletion, of queue: Queue) {
+        let op = queue.pending.head
+        // MISMATCH is a result, not a failure.
+        if !completion.status.isSuccess && completion.status != .mismatch {
+            queue.execution.failedSinceFence = true
+            opsFailed += 1
+        }
+        opsCompleted += 1
+        bytesCompleted += completion.bytesDone
+        finished.append(Finished(queueReference: .passUnretained(queue), record: CompletionRecord(
+            cookie: op.pointee.cookie, status: completion.status, opcode: op.pointee.opcode.rawValue,
+            result: completion.result, bytesDone: completion.bytesDone), notify: op.pointee.flags.contains(.interrupt),
+            acceptedAt: op.pointee.acceptedAt, startedAt: op.pointee.startedAt))
+        buffers.unpin(UnsafePointer(op))
+        queue.pending.dropFirst()
         schedule(queue)
     }
 

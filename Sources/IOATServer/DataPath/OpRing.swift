@@ -67,6 +67,14 @@ struct OpRing: ~Copyable {
         return op
     }
 
+    /// Ends the first op where it lies (it is not moved out).
+    mutating func dropFirst() {
+        precondition(count > 0, "dropFirst of an empty op ring")
+        (base + start).deinitialize(count: 1)
+        start = (start + 1) & (capacity - 1)
+        count -= 1
+    }
+
     mutating func removeAll() {
         while count > 0 { _ = removeFirst() }
         start = 0

@@ -135,12 +135,16 @@ extension IOATServer {
         for i in 0..<count {
             var op: PendingOp
             var refusal: ProtocolError? = nil
-            do throws(ProtocolError) {
-                op = try validator.resolve(descriptors, at: i * Descriptor.size, index: i, version: connection.version, buffers: connection)
-            } catch {
-                let cookie = descriptors.loadUnaligned(fromByteOffset: i * Descriptor.size + 8, as: UInt64.self).littleEndian
-                op = .refused(error.code, cookie: cookie, opcode: descriptors[i * Descriptor.size])
-                refusal = error
+            if let common = validator.resolveCommon(descriptors, at: i * Descriptor.size, buffers: connection) {
+                op = common
+            } else {
+                do throws(ProtocolError) {
+                    op = try validator.resolve(descriptors, at: i * Descriptor.size, index: i, version: connection.version, buffers: connection)
+                } catch {
+                    let cookie = descriptors.loadUnaligned(fromByteOffset: i * Descriptor.size + 8, as: UInt64.self).littleEndian
+                    op = .refused(error.code, cookie: cookie, opcode: descriptors[i * Descriptor.size])
+                    refusal = error
+                }
             }
             admit(op, into: queue, on: channel, at: now)
             if let error = refusal {

@@ -98,6 +98,9 @@ public final class IOATServer: @unchecked Sendable {
     var policyReloads: UInt64 = 0
     var policyReloadFailures: UInt64 = 0
 
+    /// Busy turns (rings moved, or the engine finished something) between two looks at epoll while
+    /// busy-polling.
+    static let busyTurnsPerLook = 8
     private static let listenerToken: UInt64 = 0
     private static let engineToken: UInt64 = 1
     private static let wakeupToken: UInt64 = 2
@@ -221,6 +224,8 @@ public final class IOATServer: @unchecked Sendable {
         var drainDeadline = Double.infinity
         let busyPoll = UInt64(max(0, configuration.busyPollMicroseconds)) * 1000
         var lastActivity: UInt64 = 0
+        // Busy turns since epoll was last looked at.
+        var turnsWithoutLook = 0
         let tickInterval = observer?.tickInterval ?? Double.infinity
         var nextTick = Clock.seconds() + tickInterval
         observer?.serving(summary)
@@ -253,20 +258,24 @@ public final class IOATServer: @unchecked Sendable {
                     break
                 }
             }
-            if !ringList.isEmpty && pollRings() { lastActivity = Clock.nanoseconds() }
+            var busy = !ringList.isEmpty && pollRings()
             // Ops a channel kept for this turn once its inline budget was spent.
             if channels.contains(where: \.deferred) {
                 for channel in channels where channel.deferred { channel.dispatch() }
                 deliver()
-                lastActivity = Clock.nanoseconds()
+                busy = true
             }
-            let polling = busyPoll > 0 && Clock.nanoseconds(since: lastActivity) < busyPoll
+            var now = Clock.nanoseconds()
+            if busy { lastActivity = now }
+            let polling = busyPoll > 0 && (busy || now &- lastActivity < busyPoll)
             if polling, channels.contains(where: { $0.engine.hasCompletions }) {
                 reapCompletions()
-                lastActivity = Clock.nanoseconds()
+                now = Clock.nanoseconds()
+                lastActivity = now
+                busy = true
             }
             var timeout: Int32 = polling ? 0 : state == .draining || state == .handingOver ? 50 : -1
-            let untilCoalesced = router.expireCoalesced(now: Clock.nanoseconds())
+            let untilCoalesced = router.expireCoalesced(now: now)
             deliver()
             if untilCoalesced >= 0 && timeout != 0 { timeout = timeout < 0 ? untilCoalesced : min(timeout, untilCoalesced) }
             if timeout != 0 && tickInterval.isFinite {
@@ -283,12 +292,24 @@ public final class IOATServer: @unchecked Sendable {
             // Debug builds: before each sleep, every pin in the buffer table belongs to an op in a queue,
             // an engine slot or a halted channel's hand-back list.
             assert(timeout == 0 || pinsAccountedFor(), "buffer pins: the table holds \(bufferTable.totalPins), the ops name \(pinsNamed())")
+            // While rings keep the loop busy, the sockets, the listener and the engine's notifier are
+            // looked at every few turns rather than every turn: a look is a system call, which costs as
+            // much as a batch of small ring ops (a socket client waits a few turns at most).
+            if timeout == 0 && busy && turnsWithoutLook < Self.busyTurnsPerLook {
+                turnsWithoutLook += 1
+                continue
+            }
+            turnsWithoutLook = 0
             let n = try epoll.wait(timeoutMilliseconds: timeout)
             if timeout != 0 { engine.disarmNotifier() }
             if n > 0 {
                 lastActivity = Clock.nanoseconds()
             } else if polling {
-                Clock.yield()
+                // Busy-polling with nothing to do this turn: the CPU is offered to any other runnable
+                // thread (an engine worker, a buffer setup, a client on a crowded machine), which costs a
+                // system call when there is none. A turn that did work goes straight on: yielding after
+                // every turn was a system call per batch while rings kept the loop busy.
+                if !busy { Clock.yield() }
             } else if channels.contains(where: { $0.engine.hasCompletions }) {
                 reapCompletions()
             }

@@ -64,20 +64,23 @@ final class Tenant {
     var queueWaitSum: UInt64 = 0
     var latencySum: UInt64 = 0
 
-    /// Records one finished op.
-    func completed(bytes: UInt64, failed: Bool, acceptedAt: UInt64, startedAt: UInt64, now: UInt64) {
-        ops += 1
+    /// Records `count` finished ops that were accepted, started and completed at the same instants (one look at a ring
+    /// takes its ops at one clock reading, one dispatch starts them at one, one delivery routes them at
+    /// one): recorded at once, exactly as one by one.
+    func completed(count: Int, bytes: UInt64, failed: Int, acceptedAt: UInt64, startedAt: UInt64, now: UInt64) {
+        let n = UInt64(count)
+        ops += n
         self.bytes += bytes
-        if failed { errors += 1 }
+        errors += UInt64(failed)
         if startedAt >= acceptedAt {
             let wait = max(1, startedAt - acceptedAt)
-            _ = queueWait.record(wait)
-            queueWaitSum &+= wait
+            _ = queueWait.record(wait, count: n)
+            queueWaitSum &+= wait &* n
         }
         if now >= acceptedAt {
             let total = max(1, now - acceptedAt)
-            _ = latency.record(total)
-            latencySum &+= total
+            _ = latency.record(total, count: n)
+            latencySum &+= total &* n
         }
     }
 }
