@@ -4,43 +4,43 @@ public struct CompletionStatus: RawRepresentable, Hashable, Sendable, CustomStri
     /// The wire value (u16).
     public let rawValue: UInt16
     /// Wraps a wire value.
-    public init(rawValue: UInt16) { self.rawValue = rawValue }
+    @inlinable public init(rawValue: UInt16) { self.rawValue = rawValue }
 
     /// Done; `bytesDone` equals the length.
-    public static let success = CompletionStatus(rawValue: 0)
+    @inlinable public static var success: CompletionStatus { CompletionStatus(rawValue: 0) }
     /// A compare or CRC test found a difference (reserved for compare opcodes).
-    public static let mismatch = CompletionStatus(rawValue: 1)
+    @inlinable public static var mismatch: CompletionStatus { CompletionStatus(rawValue: 1) }
     /// Skipped because an earlier op of the same queue failed (SPEC.md §6.6).
-    public static let notAttempted = CompletionStatus(rawValue: 2)
+    @inlinable public static var notAttempted: CompletionStatus { CompletionStatus(rawValue: 2) }
     /// The engine ring had no room (reserved; the server waits or refuses the SUBMIT instead).
-    public static let noSpace = CompletionStatus(rawValue: 3)
+    @inlinable public static var noSpace: CompletionStatus { CompletionStatus(rawValue: 3) }
     /// The engine could not read the source address.
-    public static let invalidSourceAddress = CompletionStatus(rawValue: 4)
+    @inlinable public static var invalidSourceAddress: CompletionStatus { CompletionStatus(rawValue: 4) }
     /// The engine could not write the destination address.
-    public static let invalidDestinationAddress = CompletionStatus(rawValue: 5)
+    @inlinable public static var invalidDestinationAddress: CompletionStatus { CompletionStatus(rawValue: 5) }
     /// The engine refused the length.
-    public static let invalidLength = CompletionStatus(rawValue: 6)
+    @inlinable public static var invalidLength: CompletionStatus { CompletionStatus(rawValue: 6) }
     /// The engine refused the opcode.
-    public static let invalidOpcode = CompletionStatus(rawValue: 7)
+    @inlinable public static var invalidOpcode: CompletionStatus { CompletionStatus(rawValue: 7) }
     /// A bus error while reading.
-    public static let busReadError = CompletionStatus(rawValue: 8)
+    @inlinable public static var busReadError: CompletionStatus { CompletionStatus(rawValue: 8) }
     /// A bus error while writing.
-    public static let busWriteError = CompletionStatus(rawValue: 9)
+    @inlinable public static var busWriteError: CompletionStatus { CompletionStatus(rawValue: 9) }
     /// The source held poisoned data.
-    public static let dataPoison = CompletionStatus(rawValue: 10)
+    @inlinable public static var dataPoison: CompletionStatus { CompletionStatus(rawValue: 10) }
     /// An unresolvable page fault.
-    public static let pageFault = CompletionStatus(rawValue: 11)
+    @inlinable public static var pageFault: CompletionStatus { CompletionStatus(rawValue: 11) }
     /// Aborted by the user.
-    public static let userAbort = CompletionStatus(rawValue: 12)
+    @inlinable public static var userAbort: CompletionStatus { CompletionStatus(rawValue: 12) }
     /// The channel halted while the op ran and the op was not re-run.
-    public static let channelHalted = CompletionStatus(rawValue: 13)
+    @inlinable public static var channelHalted: CompletionStatus { CompletionStatus(rawValue: 13) }
     /// Any other engine error.
-    public static let engineError = CompletionStatus(rawValue: 14)
+    @inlinable public static var engineError: CompletionStatus { CompletionStatus(rawValue: 14) }
     /// Cancelled before it ran (the server is stopping).
-    public static let cancelled = CompletionStatus(rawValue: 15)
+    @inlinable public static var cancelled: CompletionStatus { CompletionStatus(rawValue: 15) }
     /// (v3, feature bit 1) The server restarted while the op was in flight (SPEC.md §5.11): it may or may
     /// not have run, and its destination holds anything from the old bytes to the new.
-    public static let restarted = CompletionStatus(rawValue: 16)
+    @inlinable public static var restarted: CompletionStatus { CompletionStatus(rawValue: 16) }
     /// Base of the statuses a ring queue (version 3) gives a descriptor the server refused: the status
     /// is this plus the error code the SUBMIT path would have answered (SPEC.md §5.10.4).
     public static let refusedBase: UInt16 = 0x0100
@@ -80,7 +80,7 @@ public struct CompletionStatus: RawRepresentable, Hashable, Sendable, CustomStri
     }
 
     /// Whether this status ends the op without error.
-    public var isSuccess: Bool { self == .success }
+    @inlinable public var isSuccess: Bool { rawValue == 0 }
 
     public var description: String { name }
 }

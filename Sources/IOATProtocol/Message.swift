@@ -137,13 +137,13 @@ public struct BufferReply: Hashable, Sendable {
     /// Flags of a buffer reply.
     public struct Flags: OptionSet, Hashable, Sendable {
         public let rawValue: UInt32
-        public init(rawValue: UInt32) { self.rawValue = rawValue }
+        @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
         /// Backed by hugepages.
-        public static let hugepages = Flags(rawValue: 1 << 0)
+        @inlinable public static var hugepages: Flags { Flags(rawValue: 1 << 0) }
         /// Locked in memory by the server (mlock).
-        public static let locked = Flags(rawValue: 1 << 1)
+        @inlinable public static var locked: Flags { Flags(rawValue: 1 << 1) }
         /// The server could map it read-only only (the memfd has F_SEAL_WRITE); it cannot be a destination.
-        public static let readOnly = Flags(rawValue: 1 << 2)
+        @inlinable public static var readOnly: Flags { Flags(rawValue: 1 << 2) }
         /// Every flag defined.
         public static let defined: Flags = [.hugepages, .locked, .readOnly]
     }

@@ -240,7 +240,9 @@ final class Channel {
             }
             let tenant = lane.tenant
             while true {
-                guard !freeSlots.isEmpty, engine.freeSlots > 0, inEngine == 0 || bytesInEngine < windowBytes else { break lanes }
+                // (An engine holding none of this channel's ops has room: it is not asked, per op.)
+                assert(inEngine > 0 || engine.freeSlots > 0, "channel \(engine.info.index): an empty engine reports no free slot")
+                guard !freeSlots.isEmpty, inEngine == 0 || (engine.freeSlots > 0 && bytesInEngine < windowBytes) else { break lanes }
                 guard !queue.pending.isEmpty else {
                     lane.queues.removeFirst()
                     queue.execution.isScheduled = false

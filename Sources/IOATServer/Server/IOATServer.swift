@@ -98,7 +98,7 @@ public final class IOATServer: @unchecked Sendable {
     var policyReloads: UInt64 = 0
     var policyReloadFailures: UInt64 = 0
 
-    /// Busy turns (rings moved, or the engine finished something) between two looks at epoll while
+    /// Busy turns (rings moved, or a channel ran ops it had deferred) between two looks at epoll while
     /// busy-polling.
     static let busyTurnsPerLook = 8
     private static let listenerToken: UInt64 = 0
@@ -269,10 +269,11 @@ public final class IOATServer: @unchecked Sendable {
             if busy { lastActivity = now }
             let polling = busyPoll > 0 && (busy || now &- lastActivity < busyPoll)
             if polling, channels.contains(where: { $0.engine.hasCompletions }) {
+                // (Not counted as busy: a turn that only reaped still looks at epoll and yields, so the
+                // engine's workers get the CPU on a machine with few.)
                 reapCompletions()
                 now = Clock.nanoseconds()
                 lastActivity = now
-                busy = true
             }
             var timeout: Int32 = polling ? 0 : state == .draining || state == .handingOver ? 50 : -1
             let untilCoalesced = router.expireCoalesced(now: now)
