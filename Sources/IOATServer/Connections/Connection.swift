@@ -59,6 +59,7 @@ struct OpenBuffers: BufferLookup {
     func buffer(_ handle: UInt32) -> OpenBuffer? { cached(handle) ?? byHandle[handle] }
 
     /// The buffer under `handle`, from the cache or the table; a table hit goes into the cache.
+    @inline(__always)
     mutating func lookup(_ handle: UInt32) -> OpenBuffer? {
         if let hit = cached(handle) { return hit }
         guard let found = byHandle[handle] else { return nil }
@@ -66,6 +67,7 @@ struct OpenBuffers: BufferLookup {
         return found
     }
 
+    @inline(__always)
     private func cached(_ handle: UInt32) -> OpenBuffer? {
         let hit: OpenBuffer?
         switch handle & 3 {
@@ -138,6 +140,7 @@ final class Connection: BufferLookup {
     var bufferBytes: UInt64 { buffers.bytes }
     private(set) var queues: [UInt32: Queue] = [:]
 
+    @inline(__always)
     func buffer(_ handle: UInt32) -> OpenBuffer? { buffers.lookup(handle) }
 
     /// Adds a buffer (already in the server's table under `buffer.slot`), counting its bytes for the

@@ -192,6 +192,17 @@ final class Channel {
         buffers.pin(admitted)
     }
 
+    /// `admit` for an op that names at most a source and a destination, whose slots the caller pinned
+    /// itself while it still held them in registers (`IOATServer.resolveRingDescriptors`): reading them
+    /// back from the op just copied into the queue stalled on that copy.
+    func admitPinned(_ op: consuming PendingOp, into queue: Queue, at now: UInt64) {
+        queue.pending.append(op)
+        let admitted = queue.pending.last
+        admitted.pointee.serial = nextSerial
+        admitted.pointee.acceptedAt = now
+        nextSerial += 1
+    }
+
     /// Puts `queue` in its tenant's turn order, and the tenant in the channel's, if it has pending ops
     /// and is not there yet.
     func schedule(_ queue: Queue) {

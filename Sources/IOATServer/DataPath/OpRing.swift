@@ -67,10 +67,13 @@ struct OpRing: ~Copyable {
         return op
     }
 
-    /// Ends the first op where it lies (it is not moved out).
+    /// Ends the first op where it lies (it is not moved out). An op without XOR sources or COPY_SG
+    /// entries holds nothing to give back, and is only stepped over (deinitializing it called the
+    /// runtime twice, for two nil lists).
     mutating func dropFirst() {
         precondition(count > 0, "dropFirst of an empty op ring")
-        (base + start).deinitialize(count: 1)
+        let first = base + start
+        if first.pointee.sources != nil || first.pointee.segments != nil { first.deinitialize(count: 1) }
         start = (start + 1) & (capacity - 1)
         count -= 1
     }

@@ -133,20 +133,24 @@ extension IOATServer {
         // each descriptor into a message (and a system call) on the event loop.
         var textSent = false
         for i in 0..<count {
+            // Each descriptor's credit was counted against the free credits by the caller.
+            router.take(1, of: queue)
+            if let common = validator.resolveCommon(descriptors, at: i * Descriptor.size, buffers: connection) {
+                if let p = common.source { bufferTable.pin(p.slot) }
+                if let p = common.destination { bufferTable.pin(p.slot) }
+                channel.admitPinned(common, into: queue, at: now)
+                continue
+            }
             var op: PendingOp
             var refusal: ProtocolError? = nil
-            if let common = validator.resolveCommon(descriptors, at: i * Descriptor.size, buffers: connection) {
-                op = common
-            } else {
-                do throws(ProtocolError) {
-                    op = try validator.resolve(descriptors, at: i * Descriptor.size, index: i, version: connection.version, buffers: connection)
-                } catch {
-                    let cookie = descriptors.loadUnaligned(fromByteOffset: i * Descriptor.size + 8, as: UInt64.self).littleEndian
-                    op = .refused(error.code, cookie: cookie, opcode: descriptors[i * Descriptor.size])
-                    refusal = error
-                }
+            do throws(ProtocolError) {
+                op = try validator.resolve(descriptors, at: i * Descriptor.size, index: i, version: connection.version, buffers: connection)
+            } catch {
+                let cookie = descriptors.loadUnaligned(fromByteOffset: i * Descriptor.size + 8, as: UInt64.self).littleEndian
+                op = .refused(error.code, cookie: cookie, opcode: descriptors[i * Descriptor.size])
+                refusal = error
             }
-            admit(op, into: queue, on: channel, at: now)
+            channel.admit(op, into: queue, at: now)
             if let error = refusal {
                 connection.errors += 1
                 guard !textSent else { continue }
