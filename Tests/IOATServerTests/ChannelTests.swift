@@ -19,9 +19,10 @@ final class DataPath {
     let router = CompletionRouter(maxRecordsPerMessage: 64)
     weak var shared: SharedBuffer?
 
-    init(maxTransfer: UInt64 = 4 << 20, size: Int = 1 << 20) throws {
+    init(maxTransfer: UInt64 = 4 << 20, size: Int = 1 << 20, inlineBytes: Int = 0) throws {
         engine = RecordingChannel(maxTransfer: maxTransfer)
-        channel = Channel(engine: engine, buffers: table, window: 64)
+        engine.runsInline = inlineBytes > 0
+        channel = Channel(engine: engine, buffers: table, window: 64, inlineBytes: inlineBytes)
         connection = Connection(id: 17, fd: try EventFD().fd, peer: PeerCredentials(pid: 1, uid: 1000, gid: 1000), tenant: tenant,
                                 maxMessage: 4096, now: 0)
         queue = Queue(id: 5, channel: 0, depth: 64, connection: connection, lane: channel.lane(for: tenant))
@@ -133,6 +134,35 @@ struct ChannelTests {
         #expect(records.map(\.status) == [.channelHalted, .success, .success])
         #expect(path.channel.halts == 1 && path.channel.resets == 1 && path.channel.replayed == 2)
         #expect(path.table.totalPins == 0)
+    }
+
+    @Test("Small ops run inline from their place in the queue: records in order, pins given back; one that halts the channel is reported as an engine op's halt would be")
+    func inlineInPlace() throws {
+        let path = try DataPath(inlineBytes: 64 << 10)
+        path.copy(1)
+        path.copy(2, flags: .interrupt)
+        path.copy(3, length: 128 << 10)  // above the inline limit: the engine takes it
+        path.channel.dispatch()
+        #expect(path.engine.ranInline.map(\.length) == [4096, 4096] && path.engine.held.map(\.length) == [128 << 10])
+        #expect(path.table.pins(path.buffer.slot) == 2, "only the op in the engine holds its two pins")
+        path.finishOldest()
+        let records = path.records()
+        #expect(records.map(\.cookie) == [1, 2, 3] && records.allSatisfy { $0.status == .success }, "\(records)")
+        #expect(path.table.pins(path.buffer.slot) == 0 && path.channel.inEngine == 0 && path.queue.pending.isEmpty)
+
+        // A halt while running inline: the op is CHANNEL_HALTED, the channel counts the halt and is
+        // recovering; once reset, it takes ops again and nothing stays pinned.
+        path.engine.haltNextInline = true
+        path.copy(4)
+        path.channel.dispatch()
+        #expect(path.records().map(\.status) == [.channelHalted])
+        #expect(path.channel.halts == 1 && path.channel.recovering && path.channel.inEngine == 0)
+        path.copy(5)
+        path.channel.dispatch()
+        #expect(path.engine.ranInline.count == 3, "a recovering channel runs nothing")
+        #expect(path.channel.recover() == 0 && !path.channel.recovering)
+        path.channel.dispatch()
+        #expect(path.records().map(\.cookie) == [5] && path.table.pins(path.buffer.slot) == 0)
     }
 
     @Test("A buffer closed (FREE) while ops name it stays mapped until the last of them completes; then it is unmapped")

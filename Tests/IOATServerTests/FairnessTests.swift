@@ -32,9 +32,15 @@ final class RecordingChannel: EngineChannel, @unchecked Sendable {
     /// When set, ops may run on the caller's thread, as the CPU engine's do; those are kept in `ranInline`.
     var runsInline = false
     var ranInline: [EngineOp] = []
+    /// When set, the next op run inline halts the channel (CHANNEL_HALTED), as a device's fault would.
+    var haltNextInline = false
     func executeInline(_ op: EngineOp) -> EngineCompletion? {
         guard runsInline else { return nil }
         ranInline.append(op)
+        if haltNextInline {
+            haltNextInline = false
+            return EngineCompletion(cookie: op.cookie, status: .channelHalted, bytesDone: 0)
+        }
         return EngineCompletion(cookie: op.cookie, status: .success, bytesDone: UInt64(op.length))
     }
 }
