@@ -221,19 +221,22 @@ final class Session: Sendable {
             let capacity = Int(self?.server.maxMessage ?? UInt32(Wire.defaultMaxMessage)) + 1
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 16)
             defer { buffer.deallocate() }
+            // The descriptors waited on, kept across rounds: a spinning reader allocates nothing per round.
+            var targets = Poll.Targets(capacity: 8)
             while true {
                 guard let (pending, polling, rings) = self?.pollPlan() else { return }
-                var targets: [(FileDescriptor, Poll.Events)] = [(socket, pending ? [.readable, .writable] : .readable), (wake, .readable)]
+                targets.removeAll()
+                targets.add(socket, pending ? [.readable, .writable] : .readable)
+                targets.add(wake, .readable)
                 var timeout: Int32 = polling ? 0 : (self?.nextDeadlineMilliseconds() ?? -1)
                 if !polling {
                     // Ask the server to ring at its next record (SPEC.md §5.10.3), then sleep.
                     for feeder in rings {
-                        if feeder.memory.arm(1) { targets.append((feeder.memory.doorbell, .readable)) } else { timeout = 0 }
+                        if feeder.memory.arm(1) { targets.add(feeder.memory.doorbell, .readable) } else { timeout = 0 }
                     }
                 }
-                let ready: [Poll.Events]
                 do throws(SystemError) {
-                    ready = try Poll.wait(targets, timeoutMilliseconds: timeout)
+                    try targets.wait(timeoutMilliseconds: timeout)
                 } catch {
                     self?.connectionLost("poll: \(error)")
                     return
@@ -243,7 +246,9 @@ final class Session: Sendable {
                 client.expireRequests()
                 client.expireBatches()
                 // The socket first: a refused ring entry's ERROR is sent before its record is visible.
-                guard client.serviceSocket(ready.isEmpty ? [] : Array(ready.prefix(2)), pending: pending, polling: polling, buffer) else { return }
+                guard client.serviceSocket(socket: targets.events(0), wakeup: targets.events(1), pending: pending, polling: polling, buffer) else {
+                    return
+                }
                 client.reapRings()
             }
         }
@@ -632,18 +637,19 @@ final class Session: Sendable {
         }
     }
 
-    /// After the reader's poll(2) (`ready`: the socket's events, then the wakeup's), receives and routes
-    /// what arrived and sends what is queued. Returns false when the connection is gone.
-    private func serviceSocket(_ ready: [Poll.Events], pending: Bool, polling: Bool, _ buffer: UnsafeMutableRawBufferPointer) -> Bool {
-        guard ready.count == 2, !ready.allSatisfy({ $0.isEmpty }) else {
+    /// After the reader's poll(2) (the socket's events, and the wakeup's), receives and routes what
+    /// arrived and sends what is queued. Returns false when the connection is gone.
+    private func serviceSocket(socket: Poll.Events, wakeup woken: Poll.Events, pending: Bool, polling: Bool,
+                               _ buffer: UnsafeMutableRawBufferPointer) -> Bool {
+        guard !socket.isEmpty || !woken.isEmpty else {
             if polling { Clock.yield() }
             return true
         }
         lastActivity.store(Clock.nanoseconds(), ordering: .relaxed)
-        if ready[1].contains(.readable) { wakeup.drain() }
+        if woken.contains(.readable) { wakeup.drain() }
         // A failed send is not the end yet: what the server sent before it closed is read first.
-        let sendFailed = (ready[0].contains(.writable) || pending) && !drainOutbox()
-        if ready[0].isDisjoint(with: [.readable, .hangup, .error]) {
+        let sendFailed = (socket.contains(.writable) || pending) && !drainOutbox()
+        if socket.isDisjoint(with: [.readable, .hangup, .error]) {
             guard sendFailed else { return true }
             connectionLost("send failed")
             return false

@@ -96,6 +96,7 @@ final class BufferTable {
 
     /// Unpins every range the op at `op` names (it finished, was dropped, or the engine's copy of it came
     /// back).
+    @inline(__always)
     func unpin(_ op: UnsafePointer<PendingOp>) { op.forEachSlot { unpin($0) } }
 
     func pin(_ op: PendingOp) { withUnsafePointer(to: op) { pin($0) } }

@@ -361,7 +361,8 @@ final class Channel {
                     let done = engine.executeInline(engineOp(for: head, slot: last, offset: 0, length: pieceLength, isLast: true,
                                                              entry: nil, crcState: queue.crcState))
                 {
-                    if inlineSince == 0 { inlineSince = Clock.nanoseconds() }
+                    // (`now` was read for this op's start, just above.)
+                    if inlineSince == 0 { inlineSince = now }
                     inlineLeft -= charge
                     if done.status == .channelHalted || done.status == .notAttempted {
                         // What a halt means is `complete`'s to say: the op takes the slot it ran under.
