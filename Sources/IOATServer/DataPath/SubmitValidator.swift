@@ -32,7 +32,8 @@ struct SubmitValidator {
     }
 
     /// Checks and resolves the descriptor at `offset` in `bytes`, the `index`th of its SUBMIT or of its
-    /// look at a ring: every check of SPEC.md §6.3, in order. Both ingresses come through here.
+    /// look at a ring: every check of SPEC.md §6.3, in order. Both ingresses come here with every
+    /// descriptor `resolveCommon` does not take, so every refusal is made and worded here.
     func resolve(_ bytes: UnsafeRawBufferPointer, at offset: Int, index: Int, version: UInt16,
                  buffers: some BufferLookup) throws(ProtocolError) -> PendingOp {
         let d = try Descriptor.decode(bytes, at: offset, index: UInt32(index), version: version)
