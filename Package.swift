@@ -114,7 +114,8 @@ let package = Package(
         // The server's core (state machine, validator, channel, router) driven without sockets.
         .testTarget(
             name: "IOATServerTests",
-            dependencies: ["IOATServer", "IOATEngine", "IOATProtocol", "IOATSystem", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["IOATServer", "IOATEngine", "IOATProtocol", "IOATSystem", "IOATConformance",
+                           .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "IOATIntegrationTests",

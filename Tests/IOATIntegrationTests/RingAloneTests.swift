@@ -2,6 +2,7 @@ import CMallocCounter
 import Foundation
 import Glibc
 import IOATClient
+import IOATConformance
 import IOATProtocol
 import IOATSystem
 import Synchronization
@@ -32,7 +33,7 @@ struct RingAloneTests {
 
         /// Byte-checked 4 KiB copies for `seconds`; returns ops per second and the first wrong copy.
         func copies(for seconds: Double, round: UInt64) async throws -> (rate: Double, wrong: String?) {
-            var rng = SplitMix(seed: round)
+            var rng = SplitMix64(seed: round)
             let start = Clock.seconds()
             var ops = 0
             while Clock.seconds() - start < seconds {
@@ -209,18 +210,5 @@ struct RingAloneTests {
         let large = await batches(32, count: 400)
         print("allocations: IOATRing \(ringCount) over 9,600 ops; IOATQueue callbacks \(Double(small) / 400) per batch of 1, \(Double(large) / 400) per batch of 32")
         #expect(Double(large) / 400 < Double(small) / 400 + 16, "a batch of 32 allocates \(large) vs \(small) for batches of 1 (400 each)")
-    }
-}
-
-/// A small deterministic generator for the test's offsets.
-private struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -184,12 +184,8 @@ final class Channel {
     /// in acceptance order and pins the buffers it names until it leaves the channel. Both ingresses
     /// admit here.
     func admit(_ op: consuming PendingOp, into queue: Queue, at now: UInt64) {
-        queue.pending.append(op)
-        let admitted = queue.pending.last
-        admitted.pointee.serial = nextSerial
-        admitted.pointee.acceptedAt = now
-        nextSerial += 1
-        buffers.pin(admitted)
+        admitPinned(op, into: queue, at: now)
+        buffers.pin(queue.pending.last)
     }
 
     /// `admit` for an op that names at most a source and a destination, whose slots the caller pinned

@@ -103,13 +103,8 @@ final class CompletionRouter {
         let ring = open ? queue.ring : nil
         // The tenant's statistics go in once per stretch of ops taken and started at the same instants
         // (most of a batch): two histogram records per op were a fifth of the router's time.
-        var stretch = (count: 0, bytes: UInt64(0), failed: 0, acceptedAt: UInt64(0), startedAt: UInt64(0))
-        defer {
-            if stretch.count > 0 {
-                tenant.completed(count: stretch.count, bytes: stretch.bytes, failed: stretch.failed,
-                                 acceptedAt: stretch.acceptedAt, startedAt: stretch.startedAt, now: now)
-            }
-        }
+        var stretch = CompletedStretch()
+        defer { tenant.completed(stretch, now: now) }
         for i in run {
             let record = finished[i].record
             let status = record.status
@@ -118,15 +113,11 @@ final class CompletionRouter {
             queue.bytesCompleted += record.bytesDone
             if failed { queue.opsFailed += 1 }
             let acceptedAt = finished[i].acceptedAt, startedAt = finished[i].startedAt
-            if stretch.count > 0 && (stretch.acceptedAt != acceptedAt || stretch.startedAt != startedAt) {
-                tenant.completed(count: stretch.count, bytes: stretch.bytes, failed: stretch.failed,
-                                 acceptedAt: stretch.acceptedAt, startedAt: stretch.startedAt, now: now)
-                stretch.count = 0
+            if !stretch.admits(acceptedAt: acceptedAt, startedAt: startedAt) {
+                tenant.completed(stretch, now: now)
+                stretch = CompletedStretch()
             }
-            if stretch.count == 0 { stretch = (0, 0, 0, acceptedAt, startedAt) }
-            stretch.count += 1
-            stretch.bytes += record.bytesDone
-            if failed { stretch.failed += 1 }
+            stretch.add(bytes: record.bytesDone, failed: failed, acceptedAt: acceptedAt, startedAt: startedAt)
             guard open else {
                 orphaned(1, of: queue)
                 continue

@@ -64,16 +64,17 @@ final class Tenant {
     var queueWaitSum: UInt64 = 0
     var latencySum: UInt64 = 0
 
-    /// Records `count` finished ops that were accepted, started and completed at the same instants (one look at a ring
-    /// takes its ops at one clock reading, one dispatch starts them at one, one delivery routes them at
-    /// one): recorded at once, exactly as one by one.
-    func completed(count: Int, bytes: UInt64, failed: Int, acceptedAt: UInt64, startedAt: UInt64, now: UInt64) {
-        let n = UInt64(count)
+    /// Records a stretch of finished ops that were accepted, started and completed at the same instants
+    /// (one look at a ring takes its ops at one clock reading, one dispatch starts them at one, one
+    /// delivery routes them at one): at once, exactly as one by one.
+    func completed(_ stretch: CompletedStretch, now: UInt64) {
+        guard stretch.count > 0 else { return }
+        let n = UInt64(stretch.count), acceptedAt = stretch.acceptedAt
         ops += n
-        self.bytes += bytes
-        errors += UInt64(failed)
-        if startedAt >= acceptedAt {
-            let wait = max(1, startedAt - acceptedAt)
+        bytes += stretch.bytes
+        errors += UInt64(stretch.failed)
+        if stretch.startedAt >= acceptedAt {
+            let wait = max(1, stretch.startedAt - acceptedAt)
             _ = queueWait.record(wait, count: n)
             queueWaitSum &+= wait &* n
         }
@@ -82,5 +83,28 @@ final class Tenant {
             _ = latency.record(total, count: n)
             latencySum &+= total &* n
         }
+    }
+}
+
+/// Finished ops of one queue that were taken and started at the same instants, for their tenant's
+/// statistics (`Tenant.completed`).
+struct CompletedStretch {
+    private(set) var count = 0
+    private(set) var bytes: UInt64 = 0
+    private(set) var failed = 0
+    private(set) var acceptedAt: UInt64 = 0
+    private(set) var startedAt: UInt64 = 0
+
+    /// Whether an op taken at `acceptedAt` and started at `startedAt` belongs to this stretch (an empty
+    /// stretch takes any op).
+    func admits(acceptedAt: UInt64, startedAt: UInt64) -> Bool {
+        count == 0 || (self.acceptedAt == acceptedAt && self.startedAt == startedAt)
+    }
+
+    mutating func add(bytes: UInt64, failed: Bool, acceptedAt: UInt64, startedAt: UInt64) {
+        if count == 0 { (self.acceptedAt, self.startedAt) = (acceptedAt, startedAt) }
+        count += 1
+        self.bytes += bytes
+        if failed { self.failed += 1 }
     }
 }
