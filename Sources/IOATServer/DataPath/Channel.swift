@@ -539,25 +539,14 @@ final class Channel {
             }
             queue.execution.split = SplitProgress()
         }
-        // MISMATCH is a result, not a failure.
-        let failed = !completion.status.isSuccess && completion.status != .mismatch
-        if failed {
-            queue.execution.failedSinceFence = true
-            opsFailed += 1
-        }
-        opsCompleted += 1
-        bytesCompleted += completion.bytesDone
-        finished.append(Finished(queueReference: .passUnretained(queue), record: CompletionRecord(
-            cookie: entry.pointee.op.cookie, status: completion.status, opcode: entry.pointee.op.opcode.rawValue,
-            result: completion.result, bytesDone: completion.bytesDone), notify: entry.pointee.op.flags.contains(.interrupt),
-            acceptedAt: entry.pointee.op.acceptedAt, startedAt: entry.pointee.op.startedAt))
+        finish(entry.op, completion, of: queue)
         schedule(queue)
     }
 
-    /// Ends the op at the head of `queue`, which ran inline without a slot and did not halt the channel:
-    /// what `complete` does for a whole op, read in place, and the op dropped where it lies.
-    private func finishInPlace(_ completion: EngineCompletion, of queue: Queue) {
-        let op = queue.pending.head
+    /// The op at `op` is done with `completion` (of the whole op): the failure window, the counters, and
+    /// its record in `finished`. Its pins and its place are the caller's to give back.
+    @inline(__always)
+    private func finish(_ op: UnsafeMutablePointer<PendingOp>, _ completion: EngineCompletion, of queue: Queue) {
         // MISMATCH is a result, not a failure.
         if !completion.status.isSuccess && completion.status != .mismatch {
             queue.execution.failedSinceFence = true
@@ -569,6 +558,13 @@ final class Channel {
             cookie: op.pointee.cookie, status: completion.status, opcode: op.pointee.opcode.rawValue,
             result: completion.result, bytesDone: completion.bytesDone), notify: op.pointee.flags.contains(.interrupt),
             acceptedAt: op.pointee.acceptedAt, startedAt: op.pointee.startedAt))
+    }
+
+    /// Ends the op at the head of `queue`, which ran inline without a slot and did not halt the channel:
+    /// what `complete` does for a whole op, read in place, and the op dropped where it lies.
+    private func finishInPlace(_ completion: EngineCompletion, of queue: Queue) {
+        let op = queue.pending.head
+        finish(op, completion, of: queue)
         buffers.unpin(UnsafePointer(op))
         queue.pending.dropFirst()
         schedule(queue)
