@@ -55,7 +55,7 @@ public struct ChannelInfo: Hashable, Sendable {
     }
 
     /// Whether the channel runs `opcode`.
-    public func supports(_ opcode: Opcode) -> Bool { opcodes & opcode.capabilityBit != 0 }
+    @inlinable public func supports(_ opcode: Opcode) -> Bool { opcodes & opcode.capabilityBit != 0 }
 }
 
 /// HELLO_OK: the server's answer (SPEC.md §4.2).

@@ -28,7 +28,7 @@ public enum Opcode: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     public var version: UInt16 { rawValue <= 4 ? 1 : 2 }
 
     /// Bit of this opcode in a channel's capability mask.
-    public var capabilityBit: UInt64 { 1 << UInt64(rawValue) }
+    @inlinable public var capabilityBit: UInt64 { 1 << UInt64(rawValue) }
 
     /// Whether the opcode reads a source range.
     public var readsSource: Bool {
@@ -47,7 +47,7 @@ public enum Opcode: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     /// Whether the opcode writes its destination range (COMPARE only reads it).
     public var writesDestination: Bool { usesDestination && self != .compare }
     /// Whether the opcode computes a CRC32C.
-    public var computesCRC: Bool { self == .crc32c || self == .copyCRC32C }
+    @inlinable public var computesCRC: Bool { self == .crc32c || self == .copyCRC32C }
     /// Whether the opcode moves no bytes (length must be 0).
     public var takesNoLength: Bool { self == .null || self == .drain }
 

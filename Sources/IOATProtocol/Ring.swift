@@ -35,7 +35,7 @@ public struct RingLayout: Hashable, Sendable {
     }
 
     /// Byte offset of the completion ring.
-    public var completionEntries: Int { Self.submissionEntries + Int(submissionCount) * Descriptor.size }
+    @inlinable public var completionEntries: Int { Self.submissionEntries + Int(submissionCount) * Descriptor.size }
     /// Bytes of the whole mapping (whole 4 KiB pages).
     public var size: Int { (completionEntries + Int(completionCount) * CompletionRecord.size + 4095) & ~4095 }
 
@@ -67,12 +67,16 @@ public struct RingLayout: Hashable, Sendable {
 /// No syscalls: the caller rings doorbells and validates descriptors.
 public struct RingConsumer {
     public let layout: RingLayout
-    private let base: UnsafeMutableRawPointer
+    @usableFromInline let base: UnsafeMutableRawPointer
     /// Next submission slot to take, and the next completion slot to write.
     public private(set) var submissionHead: UInt32 = 0
-    public private(set) var completionTail: UInt32 = 0
+    public var completionTail: UInt32 { tail }
     /// The completion head last read from the client, checked.
-    public private(set) var completionHead: UInt32 = 0
+    public var completionHead: UInt32 { head }
+    /// (Stored apart from their public views so that `push`, inlined into the server's loop, can move
+    /// them.)
+    @usableFromInline var tail: UInt32 = 0
+    @usableFromInline var head: UInt32 = 0
     /// The completion tail when the client was last woken or found awake (virtio's "old" index).
     private var lastWakeCheck: UInt32 = 0
     /// The completion tail last published to the client.
@@ -100,7 +104,7 @@ public struct RingConsumer {
         guard consumed <= completionTail &- completionHead else {
             throw ProtocolError(.ringBroken, "queue \(layout.queue): cq_head \(head) is \(consumed) records past the last consumed (\(completionHead)), but only \(completionTail &- completionHead) were written")
         }
-        completionHead = head
+        self.head = head
         return Int(consumed)
     }
 
@@ -143,14 +147,14 @@ public struct RingConsumer {
 
     /// Whether a completion slot is free (the client has consumed enough). The server's credit
     /// accounting keeps one free for every outstanding op; this is the check that it did.
-    public var hasCompletionSlot: Bool { completionTail &- completionHead < layout.completionCount }
+    @inlinable public var hasCompletionSlot: Bool { tail &- head < layout.completionCount }
 
     /// Writes one record into the next completion slot; it becomes visible at `publish()`. Returns false
     /// (and writes nothing) when the client has not consumed the slot.
-    @discardableResult
+    @discardableResult @inlinable
     public mutating func push(_ record: CompletionRecord) -> Bool {
         guard hasCompletionSlot else { return false }
-        let at = base + layout.completionEntries + Int(completionTail & (layout.completionCount - 1)) * CompletionRecord.size
+        let at = base + layout.completionEntries + Int(tail & (layout.completionCount - 1)) * CompletionRecord.size
         at.storeBytes(of: record.cookie.littleEndian, toByteOffset: 0, as: UInt64.self)
         at.storeBytes(of: record.status.rawValue.littleEndian, toByteOffset: 8, as: UInt16.self)
         at.storeBytes(of: record.opcode, toByteOffset: 10, as: UInt8.self)
@@ -158,7 +162,7 @@ public struct RingConsumer {
         at.storeBytes(of: record.result.littleEndian, toByteOffset: 12, as: UInt32.self)
         at.storeBytes(of: record.bytesDone.littleEndian, toByteOffset: 16, as: UInt64.self)
         at.storeBytes(of: UInt64(0), toByteOffset: 24, as: UInt64.self)
-        completionTail &+= 1
+        tail &+= 1
         return true
     }
 
@@ -208,8 +212,8 @@ public struct RingConsumer {
             throw ProtocolError(.ringBroken, "queue \(layout.queue): after the restart sq_head \(head), cq_tail \(tail) and cq_head \(consumed) do not fit a queue of depth \(layout.depth)")
         }
         submissionHead = head
-        completionTail = tail
-        completionHead = consumed
+        self.tail = tail
+        self.head = consumed
         published = tail
         lastWakeCheck = tail
         setNeedWakeup(false)
