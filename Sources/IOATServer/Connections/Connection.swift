@@ -50,8 +50,9 @@ struct OpenBuffer {
 struct OpenBuffers: BufferLookup {
     private(set) var byHandle: [UInt32: OpenBuffer] = [:]
     private(set) var bytes: UInt64 = 0
-    /// Direct-mapped by the handle's low bits; handle 0 (never valid) marks an empty way.
-    private var cache: (OpenBuffer?, OpenBuffer?, OpenBuffer?, OpenBuffer?) = (nil, nil, nil, nil)
+    /// Direct-mapped by the handle's low bits. (An inline array, indexed: the tuple it replaces was read
+    /// whole, four ways of four fields, on every lookup.)
+    private var cache: InlineArray<4, OpenBuffer?> = [nil, nil, nil, nil]
 
     var count: Int { byHandle.count }
     func contains(_ handle: UInt32) -> Bool { byHandle[handle] != nil }
@@ -69,26 +70,12 @@ struct OpenBuffers: BufferLookup {
 
     @inline(__always)
     private func cached(_ handle: UInt32) -> OpenBuffer? {
-        let hit: OpenBuffer?
-        switch handle & 3 {
-        case 0: hit = cache.0
-        case 1: hit = cache.1
-        case 2: hit = cache.2
-        default: hit = cache.3
-        }
-        guard let hit, hit.handle == handle else { return nil }
+        guard let hit = cache[Int(handle & 3)], hit.handle == handle else { return nil }
         return hit
     }
 
     /// Puts `buffer` (or nothing) in the cache way of `handle`.
-    private mutating func setCached(_ handle: UInt32, _ buffer: OpenBuffer?) {
-        switch handle & 3 {
-        case 0: cache.0 = buffer
-        case 1: cache.1 = buffer
-        case 2: cache.2 = buffer
-        default: cache.3 = buffer
-        }
-    }
+    private mutating func setCached(_ handle: UInt32, _ buffer: OpenBuffer?) { cache[Int(handle & 3)] = buffer }
 
     private mutating func remember(_ buffer: OpenBuffer) { setCached(buffer.handle, buffer) }
 
