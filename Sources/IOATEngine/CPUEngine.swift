@@ -77,6 +77,17 @@ final class CPUChannel: EngineChannel, @unchecked Sendable {
     /// The caller's thread runs the kernel: no hand-off to the worker, no wake-up (SPEC.md §8 order is
     /// kept by the caller, who does this only with nothing in the ring).
     func executeInline(_ op: EngineOp) -> EngineCompletion? { Kernels.execute(op) }
+    func executeInline(common opcode: Opcode, cookie: UInt64, source: UnsafeRawPointer?, destination: UnsafeMutableRawPointer?,
+                       length: Int, arg: UInt64) -> EngineCompletion? {
+        // What `Kernels.execute` does for these three.
+        switch opcode {
+        case .copy: memmove(destination!, source!, length)
+        case .fill: Kernels.fill(destination!, length: length, pattern: arg)
+        case .null: return EngineCompletion(cookie: cookie, status: .success)
+        default: return Kernels.execute(EngineOp(cookie: cookie, opcode: opcode, source: source, destination: destination, length: length, arg: arg))
+        }
+        return EngineCompletion(cookie: cookie, status: .success, bytesDone: UInt64(length))
+    }
     var runsInline: Bool { true }
 
     func noteInlineBusy(_ nanoseconds: UInt64) { busy.add(nanoseconds, ordering: .relaxed) }

@@ -165,6 +165,65 @@ struct ChannelTests {
         #expect(path.records().map(\.cookie) == [5] && path.table.pins(path.buffer.slot) == 0)
     }
 
+    @Test("An op with nothing ahead of it runs at once, neither queued nor pinned; once one is queued the rest wait behind it; FENCE behind a failure, a halt and the inline budget go the queued way")
+    func runNow() throws {
+        let path = try DataPath(inlineBytes: 64 << 10)
+        func common(_ cookie: UInt64, length: Int = 4096, flags: Descriptor.Flags = []) -> CommonOp {
+            CommonOp(cookie: cookie, opcode: .copy, flags: flags, source: Placement(path.buffer, offset: 0),
+                     destination: Placement(path.buffer, offset: 1 << 19), length: length, arg: 0)
+        }
+        /// The record of an op that ran at once, or nil (with the outcome) when it did not.
+        func ran(_ op: CommonOp) -> CompletionRecord? {
+            if case .ran(let record) = path.channel.runNow(op, in: path.queue, at: 7) { return record }
+            return nil
+        }
+        #expect(path.channel.runsNow(path.queue))
+        let first = try #require(ran(common(1)))
+        #expect(first.cookie == 1 && first.status == .success && first.bytesDone == 4096 && first.opcode == Opcode.copy.rawValue)
+        #expect(path.engine.ranInline.map(\.length) == [4096] && path.engine.held.isEmpty)
+        #expect(path.table.pins(path.buffer.slot) == 0 && path.queue.pending.isEmpty && path.records().isEmpty,
+                "nothing queued, pinned or left for the router")
+        #expect(path.channel.opsCompleted == 1 && path.channel.bytesCompleted == 4096)
+        #expect(ran(common(2, length: 128 << 10)) == nil, "above the inline limit: the caller queues it")
+
+        // An op queued (as an ingress admits a batch, before it schedules the queue): the next may not
+        // pass it.
+        path.router.take(1, of: path.queue)
+        path.channel.admit(common(3).pending, into: path.queue, at: 7)
+        #expect(!path.channel.runsNow(path.queue))
+        path.channel.schedule(path.queue)
+        path.channel.dispatch()
+        #expect(path.records().map(\.cookie) == [3] && path.channel.runsNow(path.queue))
+
+        // A failure in the engine opens the failure window: a FENCE op is not run at once (dispatch
+        // skips it, NOT_ATTEMPTED); a plain op still is.
+        path.copy(4, length: 128 << 10)
+        path.channel.dispatch()
+        path.finishOldest(.pageFault, bytesDone: 0)
+        #expect(path.records().map(\.status) == [.pageFault] && path.channel.runsNow(path.queue))
+        #expect(ran(common(5, flags: .fence)) == nil)
+        #expect(ran(common(6))?.cookie == 6)
+
+        // A halt: the op takes its slot, its record (CHANNEL_HALTED) goes through `finished`, the channel
+        // recovers as after an engine op's halt, and nothing stays pinned.
+        path.engine.haltNextInline = true
+        guard case .halted = path.channel.runNow(common(7), in: path.queue, at: 7) else {
+            Issue.record("a halting op was not reported as halted")
+            return
+        }
+        #expect(path.records().map(\.status) == [.channelHalted] && path.channel.recovering && !path.channel.runsNow(path.queue))
+        #expect(path.channel.recover() == 0 && path.table.totalPins == 0 && path.channel.runsNow(path.queue))
+
+        // The inline budget: what runs at once between two dispatches is bounded like one dispatch's
+        // inline work (64 KiB ops at 68 KiB of cost each: 15 in 1 MiB). (The dispatch starts the count.)
+        path.channel.dispatch()
+        var count = 0
+        while ran(common(100 + UInt64(count), length: 64 << 10)) != nil { count += 1 }
+        #expect(count == path.channel.inlineBudget / path.channel.cost(64 << 10))
+        path.channel.dispatch()
+        #expect(ran(common(200, length: 64 << 10)) != nil, "a dispatch starts a new budget")
+    }
+
     @Test("A buffer closed (FREE) while ops name it stays mapped until the last of them completes; then it is unmapped")
     func pinsOutliveFree() throws {
         let path = try DataPath()

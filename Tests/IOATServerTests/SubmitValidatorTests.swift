@@ -184,7 +184,7 @@ struct CommonPathTests {
                         && common.length == op.length && common.arg == op.arg, "\(bytes)")
                 #expect(common.source?.pointer == op.source?.pointer && common.source?.slot == op.source?.slot, "\(bytes)")
                 #expect(common.destination?.pointer == op.destination?.pointer && common.destination?.slot == op.destination?.slot, "\(bytes)")
-                #expect(common.auxiliary == nil && op.auxiliary == nil && op.sources == nil && op.segments == nil, "\(bytes)")
+                #expect(op.auxiliary == nil && op.sources == nil && op.segments == nil, "\(bytes)")
                 taken[Int(op.opcode.rawValue)] += 1
             }
         }

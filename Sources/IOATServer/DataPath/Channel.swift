@@ -60,6 +60,9 @@ final class Lane {
 /// Runs on the event-loop thread only.
 final class Channel {
     let engine: any EngineChannel
+    /// What both ingresses check descriptors for this channel with (made once: a `ChannelInfo` copied
+    /// out of the engine per batch retained and released its name).
+    let validator: SubmitValidator
     /// Where the buffers its ops name are pinned: taken at `admit`, given back when an op leaves.
     let buffers: BufferTable
     /// Acceptance order of the ops admitted here; identifies an op a halted channel hands back.
@@ -124,9 +127,16 @@ final class Channel {
     private(set) var deferred = false
     private let runsInline: Bool
 
+    /// Inline cost `runNow` spent since the last `dispatch`, and when the first of it started: the
+    /// dispatch that follows an ingress's batch has only the rest of its inline budget, so the loop is
+    /// held no longer than before ops could skip the queue.
+    private var inlineSpent = 0
+    private var inlineSpentSince: UInt64 = 0
+
     init(engine: any EngineChannel, buffers: BufferTable, window: Int, windowBytes: Int = 16 << 20, opCost: Int = 4096,
          quantum: Int = 256 << 10, inlineBytes: Int = 0) {
         self.engine = engine
+        validator = SubmitValidator(channel: engine.info)
         self.buffers = buffers
         self.inlineBytes = max(0, inlineBytes)
         runsInline = engine.runsInline
@@ -199,6 +209,79 @@ final class Channel {
         nextSerial += 1
     }
 
+    /// What `runNow` did with an op.
+    enum RunNow {
+        /// Nothing: the caller admits the op.
+        case notRun
+        /// It ran and completed with this record, which is the caller's to route (`CompletionRouter.routeNow`).
+        case ran(CompletionRecord)
+        /// It halted the channel: it took the slot it ran under, and `complete` put its record in
+        /// `finished`, to be routed with the others.
+        case halted
+    }
+
+    /// Whether ops of `queue` may run at once (`runNow`): the engine runs small ops inline and holds
+    /// nothing of this channel's, no tenant waits for the channel, and `queue` has nothing pending
+    /// that would run first. An ingress asks once per batch: while its ops run at once, it stays true.
+    func runsNow(_ queue: Queue) -> Bool {
+        runsInline && !recovering && active.isEmpty && queue.pending.isEmpty && freeSlots.count == window && finished.isEmpty
+    }
+
+    /// Runs a validated COPY, FILL or NULL of `queue` at once, without
+    /// queueing or pinning it, when `dispatch` would run it inline as its very next op anyway: the caller
+    /// saw `runsNow(queue)`, and the op is within `inlineBytes`, within what is left of the inline
+    /// budget, and not a FENCE op behind a failure (which `dispatch` skips). The caller's credit for it
+    /// stays taken until its record is delivered, as for a queued op.
+    @inline(__always)
+    func runNow(_ op: CommonOp, in queue: Queue, at now: UInt64) -> RunNow {
+        assert(runsInline && active.isEmpty && queue.pending.isEmpty && freeSlots.count == window,
+               "runNow on channel \(engine.info.index) without runsNow")
+        guard !recovering, op.length <= inlineBytes,
+              !(op.flags.contains(.fence) && queue.execution.failedSinceFence) else { return .notRun }
+        let charge = cost(op.length)
+        guard inlineSpent + charge <= inlineBudget else { return .notRun }
+        // The cookie the engine sees is the slot the op would take if it halted the channel.
+        let slot = freeSlots[freeSlots.count - 1]
+        guard let done = engine.executeInline(common: op.opcode, cookie: UInt64(slot), source: op.source.map { UnsafeRawPointer($0.pointer) },
+                                              destination: op.destination?.pointer, length: op.length, arg: op.arg) else { return .notRun }
+        if inlineSpentSince == 0 { inlineSpentSince = now }
+        inlineSpent += charge
+        queue.tenant.served += UInt64(charge)
+        let serial = nextSerial
+        nextSerial += 1
+        if done.status == .channelHalted || done.status == .notAttempted {
+            halted(op, serial: serial, slot: slot, done, of: queue, at: now)
+            return .halted
+        }
+        count(done, of: queue)
+        return .ran(CompletionRecord(cookie: op.cookie, status: done.status, opcode: op.opcode.rawValue, result: done.result,
+                                     bytesDone: done.bytesDone))
+    }
+
+    /// The ops `runNow` ran since it was last called took until `now`: the engine's busy time.
+    func ranNow(until now: UInt64) {
+        guard inlineSpentSince != 0 else { return }
+        engine.noteInlineBusy(now &- inlineSpentSince)
+        inlineSpentSince = 0
+    }
+
+    /// An op `runNow` ran halted the channel: what that means is `complete`'s to say, so the op takes the
+    /// slot it ran under, pinned like one dispatched, so that it can be handed back and run again.
+    @inline(never)
+    private func halted(_ op: CommonOp, serial: UInt64, slot: Int, _ done: EngineCompletion, of queue: Queue, at now: UInt64) {
+        var held = op.pending
+        held.serial = serial
+        held.acceptedAt = now
+        held.startedAt = now
+        buffers.pin(held)
+        _ = freeSlots.removeLast()
+        (slots + slot).initialize(to: InflightOp(queue: .passUnretained(queue), op: held, length: held.length))
+        occupied[slot] = true
+        queue.execution.inEngine += 1
+        bytesInEngine += held.length
+        complete(done)
+    }
+
     /// Puts `queue` in its tenant's turn order, and the tenant in the channel's, if it has pending ops
     /// and is not there yet.
     func schedule(_ queue: Queue) {
@@ -226,8 +309,10 @@ final class Channel {
         var started = false
         var now: UInt64 = 0
         // Time spent running ops inline, counted once per call rather than per op.
-        var inlineSince: UInt64 = 0
-        var inlineLeft = inlineBudget
+        var inlineSince = inlineSpentSince
+        var inlineLeft = inlineBudget - inlineSpent
+        inlineSpent = 0
+        inlineSpentSince = 0
         defer { if inlineSince != 0 { engine.noteInlineBusy(Clock.nanoseconds(since: inlineSince)) } }
         // The outer loop picks a tenant and its queue; the inner one serves that queue op after op for as
         // long as it keeps its turn, so the lane, queue and tenant are looked up (and their reference
@@ -547,6 +632,16 @@ final class Channel {
     /// its record in `finished`. Its pins and its place are the caller's to give back.
     @inline(__always)
     private func finish(_ op: UnsafeMutablePointer<PendingOp>, _ completion: EngineCompletion, of queue: Queue) {
+        count(completion, of: queue)
+        finished.append(Finished(queueReference: .passUnretained(queue), record: CompletionRecord(
+            cookie: op.pointee.cookie, status: completion.status, opcode: op.pointee.opcode.rawValue,
+            result: completion.result, bytesDone: completion.bytesDone), notify: op.pointee.flags.contains(.interrupt),
+            acceptedAt: op.pointee.acceptedAt, startedAt: op.pointee.startedAt))
+    }
+
+    /// The counters and the failure window, for an op that ended with `completion`.
+    @inline(__always)
+    private func count(_ completion: EngineCompletion, of queue: Queue) {
         // MISMATCH is a result, not a failure.
         if !completion.status.isSuccess && completion.status != .mismatch {
             queue.execution.failedSinceFence = true
@@ -554,10 +649,6 @@ final class Channel {
         }
         opsCompleted += 1
         bytesCompleted += completion.bytesDone
-        finished.append(Finished(queueReference: .passUnretained(queue), record: CompletionRecord(
-            cookie: op.pointee.cookie, status: completion.status, opcode: op.pointee.opcode.rawValue,
-            result: completion.result, bytesDone: completion.bytesDone), notify: op.pointee.flags.contains(.interrupt),
-            acceptedAt: op.pointee.acceptedAt, startedAt: op.pointee.startedAt))
     }
 
     /// Ends the op at the head of `queue`, which ran inline without a slot and did not halt the channel:

@@ -123,17 +123,7 @@ final class CompletionRouter {
                 continue
             }
             if let ring {
-                // A ring queue's record goes straight into its completion ring; its credit returns when the
-                // client consumes it. A broken ring takes no more records: the credit returns now.
-                guard ring.broken == nil, ring.consumer.push(record) else {
-                    orphaned(1, of: queue)
-                    continue
-                }
-                if failed { ring.failedSincePublish = true }
-                if !ring.needsPublish {
-                    ring.needsPublish = true
-                    ringsToPublish.append(ring)
-                }
+                push(record, failed: failed, of: queue, into: ring)
                 continue
             }
             queue.delivery.undelivered.append(record)
@@ -151,6 +141,42 @@ final class CompletionRouter {
                 mark(queue, all: false)
             }
         }
+    }
+
+    /// A ring queue's record goes straight into its completion ring, visible at the next `flush`; its
+    /// credit returns when the client consumes it. A broken ring takes no more records: the credit
+    /// returns now.
+    @inline(__always)
+    private func push(_ record: CompletionRecord, failed: Bool, of queue: Queue, into ring: ServerRing) {
+        guard ring.broken == nil, ring.consumer.push(record) else {
+            orphaned(1, of: queue)
+            return
+        }
+        if failed { ring.failedSincePublish = true }
+        if !ring.needsPublish {
+            ring.needsPublish = true
+            ringsToPublish.append(ring)
+        }
+    }
+
+    /// Routes the record of an op of ring queue `queue` that its channel ran at once (`Channel.runNow`),
+    /// taken and started at `acceptedAt`: into the ring, as `route` does, with the statistics gathered
+    /// in `stretch` for `endRun`. The ring's records are in order: the op ran with nothing of its queue
+    /// pending or in the engine, and nothing finished unrouted (`Channel.runsNow`).
+    @inline(__always)
+    func routeNow(_ record: CompletionRecord, of queue: Queue, ring: ServerRing, acceptedAt: UInt64, stretch: inout CompletedStretch) {
+        let failed = !record.status.isSuccess && record.status != .mismatch
+        stretch.add(bytes: record.bytesDone, failed: failed, acceptedAt: acceptedAt, startedAt: acceptedAt)
+        push(record, failed: failed, of: queue, into: ring)
+    }
+
+    /// The statistics of records routed by `routeNow`, once for the run, completed at `now`.
+    func endRun(_ stretch: CompletedStretch, of queue: Queue, now: UInt64) {
+        guard stretch.count > 0 else { return }
+        queue.opsCompleted += UInt64(stretch.count)
+        queue.bytesCompleted += stretch.bytes
+        queue.opsFailed += UInt64(stretch.failed)
+        queue.tenant.completed(stretch, now: now)
     }
 
     /// Marks `queue` for the next `flush`: all its records (a flush point), or only whole messages.
@@ -185,14 +211,18 @@ final class CompletionRouter {
     }
 
     /// Sends the records of every marked queue. Afterwards `touched` and `failed` say which connections
-    /// were written to and which failed.
-    func flush() {
-        touched.removeAll(keepingCapacity: true)
-        failed.removeAll(keepingCapacity: true)
-        for queue in flushList { send(queue) }
-        flushList.removeAll(keepingCapacity: true)
+    /// were written to and which failed. `now` is the time the records were routed at (0: not read yet).
+    func flush(now routedAt: UInt64 = 0) {
+        // (Emptied only when not empty: each call costs a trip through the array's general path, twice
+        // per batch of ring ops, which have no messages to send.)
+        if !touched.isEmpty { touched.removeAll(keepingCapacity: true) }
+        if !failed.isEmpty { failed.removeAll(keepingCapacity: true) }
+        if !flushList.isEmpty {
+            for queue in flushList { send(queue) }
+            flushList.removeAll(keepingCapacity: true)
+        }
         if !ringsToPublish.isEmpty {
-            let now = Clock.nanoseconds()
+            let now = routedAt != 0 ? routedAt : Clock.nanoseconds()
             for ring in ringsToPublish {
                 if ring.publish(coalesceNanoseconds: ring.queue?.coalesceNanoseconds ?? 0, now: now) { coalescingRings.append(ring) }
             }

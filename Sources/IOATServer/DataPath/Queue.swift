@@ -58,6 +58,25 @@ struct PendingOp {
     }
 }
 
+/// A COPY, FILL or NULL whose only flags are INTERRUPT, FENCE and NO_WAIT, as
+/// `SubmitValidator.resolveCommon` resolves it: a third of a `PendingOp` and with no lists in it, so an op
+/// that runs at once (`Channel.runNow`) is never made into one; `pending` is the op it becomes when it is
+/// queued.
+struct CommonOp {
+    var cookie: UInt64
+    var opcode: Opcode
+    var flags: Descriptor.Flags
+    var source: Placement?
+    var destination: Placement?
+    var length: Int
+    var arg: UInt64
+
+    var pending: PendingOp {
+        PendingOp(cookie: cookie, opcode: opcode, flags: flags, source: source, destination: destination, auxiliary: nil,
+                  sources: nil, segments: nil, length: length, arg: arg)
+    }
+}
+
 extension UnsafePointer where Pointee == PendingOp {
     /// The buffer slot of every range the op names, in place (a copy of the op per call showed in the
     /// profile): what `BufferTable` pins and unpins for it.

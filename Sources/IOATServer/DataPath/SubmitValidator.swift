@@ -22,7 +22,7 @@ struct SubmitValidator {
         var noWait = false
         for i in 0..<submit.count {
             if let op = resolveCommon(submit.body, at: i * Descriptor.size, buffers: buffers) {
-                ops.append(op)
+                ops.append(op.pending)
             } else {
                 ops.append(try resolve(submit.body, at: i * Descriptor.size, index: i, version: submit.version, buffers: buffers))
             }
@@ -50,7 +50,7 @@ struct SubmitValidator {
     /// names the first that fails. So this only ever accepts what `resolve` accepts, as the same op
     /// (`SubmitValidatorTests` compares the two on every descriptor of the vectors and of a sweep).
     @inline(__always)
-    func resolveCommon(_ bytes: UnsafeRawBufferPointer, at offset: Int, buffers: some BufferLookup) -> PendingOp? {
+    func resolveCommon(_ bytes: UnsafeRawBufferPointer, at offset: Int, buffers: some BufferLookup) -> CommonOp? {
         guard offset >= 0, offset <= bytes.count - Descriptor.size, let base = bytes.baseAddress else { return nil }
         let p = base + offset
         func field<T: FixedWidthInteger>(_ at: Int, _: T.Type) -> T { T(littleEndian: p.loadUnaligned(fromByteOffset: at, as: T.self)) }
@@ -85,8 +85,8 @@ struct SubmitValidator {
         default:
             return nil
         }
-        return PendingOp(cookie: field(8, UInt64.self), opcode: opcode, flags: Descriptor.Flags(rawValue: rawFlags), source: source,
-                         destination: destination, auxiliary: nil, sources: nil, segments: nil, length: Int(clamping: length), arg: arg)
+        return CommonOp(cookie: field(8, UInt64.self), opcode: opcode, flags: Descriptor.Flags(rawValue: rawFlags), source: source,
+                        destination: destination, length: Int(clamping: length), arg: arg)
     }
 
     /// `place` for `resolveCommon`: nil instead of the error.

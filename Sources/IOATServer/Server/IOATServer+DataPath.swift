@@ -15,11 +15,12 @@ extension IOATServer {
 
     /// Puts `queue` in its tenant's turn on its channel, starts what the engine window takes, and
     /// delivers what finished meanwhile.
-    func pump(_ queue: Queue) {
+    /// `now`, when not 0, is a clock reading the caller just took, for the records it routes.
+    func pump(_ queue: Queue, now: UInt64 = 0) {
         let channel = channels[queue.channel]
         channel.schedule(queue)
         channel.dispatch()
-        deliver()
+        deliver(now: now)
     }
 
     /// Gives back the credits of records a ring's client consumed.

@@ -182,7 +182,7 @@ extension IOATServer {
         }
         // Resolved into reused scratch space; references to buffers are dropped on every exit.
         defer { submitScratch.removeAll(keepingCapacity: true) }
-        let noWait = try SubmitValidator(channel: channels[queue.channel].engine.info)
+        let noWait = try channels[queue.channel].validator
             .validate(submit, buffers: connection, into: &submitScratch)
         guard submit.count <= queue.freeCredits else {
             if noWait {

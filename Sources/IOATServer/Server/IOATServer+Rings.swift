@@ -109,11 +109,11 @@ extension IOATServer {
             // sq_head moves only once the descriptors and the XOR and COPY_SG lists they name have been
             // read: a client that reuses a list as soon as it sees sq_head pass cannot change what runs.
             ring.consumer.copyOut(count, into: ringScratch)
-            resolveRingDescriptors(count, firstEntry: firstEntry, queue: queue, connection: connection)
+            let ranUntil = resolveRingDescriptors(count, firstEntry: firstEntry, ring: ring, queue: queue, connection: connection)
             ring.consumer.handBack(count)
             guard !connection.isClosed else { return true }
             connection.requests += 1
-            pump(queue)
+            pump(queue, now: ranUntil)
             return true
         } catch {
             breakRing(ring, error)
@@ -122,29 +122,50 @@ extension IOATServer {
     }
 
     /// Validates the `count` descriptors copied into `ringScratch`, one at a time, straight into the
-    /// queue (its credits were counted before they were taken). A refusal's text goes to the client in an
-    /// ERROR naming the queue and the ring entry (SPEC.md §5.10.4), sent before its record is visible.
-    private func resolveRingDescriptors(_ count: Int, firstEntry: UInt32, queue: Queue, connection: Connection) {
+    /// queue (its credits were counted before they were taken). While nothing of the queue waits and the
+    /// channel is free (`Channel.runsNow`), a common small op runs at once and its record goes straight
+    /// into the ring; from the first op that cannot, the rest are admitted behind it, in order. A
+    /// refusal's text goes to the client in an ERROR naming the queue and the ring entry (SPEC.md
+    /// §5.10.4), sent before its record is visible.
+    /// Returns when the ops it ran at once were done (0 when it ran none).
+    @discardableResult
+    private func resolveRingDescriptors(_ count: Int, firstEntry: UInt32, ring: ServerRing, queue: Queue, connection: Connection) -> UInt64 {
         let channel = channels[queue.channel]
-        let validator = SubmitValidator(channel: channel.engine.info)
         let descriptors = UnsafeRawBufferPointer(start: ringScratch, count: count * Descriptor.size)
         let now = Clock.nanoseconds()
+        var runsNow = channel.runsNow(queue)
+        var ranNow = CompletedStretch()
+        // One clock read for the run: its records' completion time and the engine's busy time.
+
         // One text per look at the ring: a client that publishes garbage by the thousand must not turn
         // each descriptor into a message (and a system call) on the event loop.
         var textSent = false
-        for i in 0..<count {
-            // Each descriptor's credit was counted against the free credits by the caller.
-            router.take(1, of: queue)
-            if let common = validator.resolveCommon(descriptors, at: i * Descriptor.size, buffers: connection) {
+        // The descriptors' credits, counted against the free credits by the caller.
+        router.take(count, of: queue)
+        descriptors: for i in 0..<count {
+            if let common = channel.validator.resolveCommon(descriptors, at: i * Descriptor.size, buffers: connection) {
+                if runsNow {
+                    switch channel.runNow(common, in: queue, at: now) {
+                    case .ran(let record):
+                        router.routeNow(record, of: queue, ring: ring, acceptedAt: now, stretch: &ranNow)
+                        continue
+                    case .halted:
+                        runsNow = false
+                        continue
+                    case .notRun:
+                        runsNow = false
+                    }
+                }
                 if let p = common.source { bufferTable.pin(p.slot) }
                 if let p = common.destination { bufferTable.pin(p.slot) }
-                channel.admitPinned(common, into: queue, at: now)
+                channel.admitPinned(common.pending, into: queue, at: now)
                 continue
             }
+            runsNow = false
             var op: PendingOp
             var refusal: ProtocolError? = nil
             do throws(ProtocolError) {
-                op = try validator.resolve(descriptors, at: i * Descriptor.size, index: i, version: connection.version, buffers: connection)
+                op = try channel.validator.resolve(descriptors, at: i * Descriptor.size, index: i, version: connection.version, buffers: connection)
             } catch {
                 let cookie = descriptors.loadUnaligned(fromByteOffset: i * Descriptor.size + 8, as: UInt64.self).littleEndian
                 op = .refused(error.code, cookie: cookie, opcode: descriptors[i * Descriptor.size])
@@ -159,9 +180,18 @@ extension IOATServer {
                 reply(connection, .error(ErrorReply(code: error.code, index: entry,
                                                     message: "queue \(queue.id), ring entry \(entry): \(error.message)", queue: queue.id)),
                       requestID: 0)
-                if connection.isClosed { return }
+                if connection.isClosed {
+                    // The rest never run: their credits come back.
+                    router.orphaned(count - i - 1, of: queue)
+                    break descriptors
+                }
             }
         }
+        guard ranNow.count > 0 else { return 0 }
+        let ranUntil = Clock.nanoseconds()
+        router.endRun(ranNow, of: queue, now: ranUntil)
+        channel.ranNow(until: ranUntil)
+        return ranUntil
     }
 
     /// Fails a ring whose client broke its rules: the code goes into the ring, an ERROR (request_id 0)
