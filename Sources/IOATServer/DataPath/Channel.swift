@@ -132,6 +132,8 @@ final class Channel {
     /// held no longer than before ops could skip the queue.
     private var inlineSpent = 0
     private var inlineSpentSince: UInt64 = 0
+    /// Fair-scheduling cost of what `runNow` ran, not yet charged to its tenant (`ranNow`).
+    private var ranNowCharge = 0
 
     init(engine: any EngineChannel, buffers: BufferTable, window: Int, windowBytes: Int = 16 << 20, opCost: Int = 4096,
          quantum: Int = 256 << 10, inlineBytes: Int = 0) {
@@ -246,11 +248,10 @@ final class Channel {
                                               destination: op.destination?.pointer, length: op.length, arg: op.arg) else { return .notRun }
         if inlineSpentSince == 0 { inlineSpentSince = now }
         inlineSpent += charge
-        queue.tenant.served += UInt64(charge)
-        let serial = nextSerial
-        nextSerial += 1
+        // (Its tenant is charged by `ranNow`, once for the batch.)
+        ranNowCharge += charge
         if done.status == .channelHalted || done.status == .notAttempted {
-            halted(op, serial: serial, slot: slot, done, of: queue, at: now)
+            halted(op, slot: slot, done, of: queue, at: now)
             return .halted
         }
         count(done, of: queue)
@@ -258,8 +259,11 @@ final class Channel {
                                      bytesDone: done.bytesDone))
     }
 
-    /// The ops `runNow` ran since it was last called took until `now`: the engine's busy time.
-    func ranNow(until now: UInt64) {
+    /// The ops `runNow` ran for `queue` since this was last called took until `now`: the engine's busy
+    /// time, and what fair scheduling charges the queue's tenant.
+    func ranNow(until now: UInt64, of queue: Queue) {
+        queue.tenant.served += UInt64(ranNowCharge)
+        ranNowCharge = 0
         guard inlineSpentSince != 0 else { return }
         engine.noteInlineBusy(now &- inlineSpentSince)
         inlineSpentSince = 0
@@ -268,9 +272,11 @@ final class Channel {
     /// An op `runNow` ran halted the channel: what that means is `complete`'s to say, so the op takes the
     /// slot it ran under, pinned like one dispatched, so that it can be handed back and run again.
     @inline(never)
-    private func halted(_ op: CommonOp, serial: UInt64, slot: Int, _ done: EngineCompletion, of queue: Queue, at now: UInt64) {
+    private func halted(_ op: CommonOp, slot: Int, _ done: EngineCompletion, of queue: Queue, at now: UInt64) {
         var held = op.pending
-        held.serial = serial
+        // (An op that ran at once needs no place in acceptance order, unless it is handed back.)
+        held.serial = nextSerial
+        nextSerial += 1
         held.acceptedAt = now
         held.startedAt = now
         buffers.pin(held)

@@ -16,8 +16,10 @@ extension IOATServer {
     /// Puts `queue` in its tenant's turn on its channel, starts what the engine window takes, and
     /// delivers what finished meanwhile.
     /// `now`, when not 0, is a clock reading the caller just took, for the records it routes.
-    func pump(_ queue: Queue, now: UInt64 = 0) {
-        let channel = channels[queue.channel]
+    func pump(_ queue: Queue, now: UInt64 = 0) { pump(queue, on: channels[queue.channel], now: now) }
+
+    /// `pump` with the queue's channel the caller looked up.
+    func pump(_ queue: Queue, on channel: Channel, now: UInt64 = 0) {
         channel.schedule(queue)
         channel.dispatch()
         deliver(now: now)

@@ -105,15 +105,16 @@ extension IOATServer {
             // connection's requests back (SPEC.md §8).
             let count = state == .serving && connection.backlog.isEmpty ? min(waiting, queue.freeCredits, configuration.maxDescriptors) : 0
             guard count > 0 else { return moved }
+            let channel = channels[queue.channel]
             let firstEntry = ring.consumer.submissionHead
             // sq_head moves only once the descriptors and the XOR and COPY_SG lists they name have been
             // read: a client that reuses a list as soon as it sees sq_head pass cannot change what runs.
             ring.consumer.copyOut(count, into: ringScratch)
-            let ranUntil = resolveRingDescriptors(count, firstEntry: firstEntry, ring: ring, queue: queue, connection: connection)
+            let ranUntil = resolveRingDescriptors(count, firstEntry: firstEntry, ring: ring, queue: queue, on: channel, connection: connection)
             ring.consumer.handBack(count)
             guard !connection.isClosed else { return true }
             connection.requests += 1
-            pump(queue, now: ranUntil)
+            pump(queue, on: channel, now: ranUntil)
             return true
         } catch {
             breakRing(ring, error)
@@ -129,8 +130,8 @@ extension IOATServer {
     /// §5.10.4), sent before its record is visible.
     /// Returns when the ops it ran at once were done (0 when it ran none).
     @discardableResult
-    private func resolveRingDescriptors(_ count: Int, firstEntry: UInt32, ring: ServerRing, queue: Queue, connection: Connection) -> UInt64 {
-        let channel = channels[queue.channel]
+    private func resolveRingDescriptors(_ count: Int, firstEntry: UInt32, ring: ServerRing, queue: Queue, on channel: Channel,
+                                        connection: Connection) -> UInt64 {
         let descriptors = UnsafeRawBufferPointer(start: ringScratch, count: count * Descriptor.size)
         let now = Clock.nanoseconds()
         var runsNow = channel.runsNow(queue)
@@ -190,7 +191,7 @@ extension IOATServer {
         guard ranNow.count > 0 else { return 0 }
         let ranUntil = Clock.nanoseconds()
         router.endRun(ranNow, of: queue, now: ranUntil)
-        channel.ranNow(until: ranUntil)
+        channel.ranNow(until: ranUntil, of: queue)
         return ranUntil
     }
 
