@@ -59,6 +59,37 @@ struct EngineTests {
         }
     }
 
+    @Test("the inline entry for COPY, FILL and NULL writes the same bytes and completion as the general one, and nothing outside the range")
+    func inlineCommonMatchesKernels() throws {
+        let engine = try CPUEngine(channelCount: 1)
+        defer { engine.shutdown() }
+        let channel = engine.channels[0]
+        #expect(channel.runsInline)
+        let source = (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+        for opcode in [Opcode.copy, .fill, .null] {
+            for length in opcode == .null ? [0] : [1, 7, 64, 65, 200] {
+                var viaCommon = [UInt8](repeating: 0xA5, count: 300), viaKernels = viaCommon
+                let arg: UInt64 = opcode == .fill ? 0x0123_4567_89AB_CDEF : 0
+                let (common, general) = source.withUnsafeBytes { src in
+                    (viaCommon.withUnsafeMutableBytes { dst in
+                        channel.executeInline(common: opcode, cookie: 9, source: opcode == .copy ? src.baseAddress! + 3 : nil,
+                                              destination: opcode == .null ? nil : dst.baseAddress! + 5, length: length, arg: arg)
+                    },
+                     viaKernels.withUnsafeMutableBytes { dst in
+                        Kernels.execute(EngineOp(cookie: 9, opcode: opcode, source: opcode == .copy ? src.baseAddress! + 3 : nil,
+                                                 destination: opcode == .null ? nil : dst.baseAddress! + 5, length: length, arg: arg))
+                     })
+                }
+                let done = try #require(common, "the CPU engine runs \(opcode.name) inline")
+                #expect(done.cookie == general.cookie && done.status == general.status && done.bytesDone == general.bytesDone
+                        && done.result == general.result, "\(opcode.name) of \(length) bytes: \(done) against \(general)")
+                #expect(viaCommon == viaKernels, "\(opcode.name) of \(length) bytes")
+                if opcode == .copy { #expect(Array(viaCommon[5..<5 + length]) == Array(source[3..<3 + length])) }
+                #expect(viaCommon[4] == 0xA5 && viaCommon[5 + length] == 0xA5 || opcode == .null, "bytes just outside the range")
+            }
+        }
+    }
+
     @Test("ops run in order with their cookies, and the ring wraps around many times")
     func ringWrap() throws {
         let engine = try CPUEngine(channelCount: 1, ringSize: 8)
