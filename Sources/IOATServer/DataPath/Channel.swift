@@ -119,7 +119,7 @@ final class Channel {
     /// a per-op cost); the rest of a deep queue waits for the loop's next turn (`deferred`), so the
     /// event loop, and with it other tenants' ingress and completions, is held for a bounded time (with
     /// the defaults 1 MiB of cost: fifteen 64 KiB ops, or 256 NULL ops, per turn).
-    var inlineBudget: Int { inlineBytes * 16 }
+    let inlineBudget: Int
 
     /// Set when `dispatch` stopped because its inline budget ran out while ops that would run inline
     /// were still queued: they stay queued for the loop's next turn (`dispatch` again), rather than go
@@ -141,6 +141,7 @@ final class Channel {
         validator = SubmitValidator(channel: engine.info)
         self.buffers = buffers
         self.inlineBytes = max(0, inlineBytes)
+        inlineBudget = self.inlineBytes * 16
         runsInline = engine.runsInline
         self.windowBytes = max(1, windowBytes)
         self.opCost = max(0, opCost)
