@@ -129,15 +129,12 @@ extension IOATServer {
     /// refusal's text goes to the client in an ERROR naming the queue and the ring entry (SPEC.md
     /// §5.10.4), sent before its record is visible.
     /// Returns when the ops it ran at once were done (0 when it ran none).
-    @discardableResult
     private func resolveRingDescriptors(_ count: Int, firstEntry: UInt32, ring: ServerRing, queue: Queue, on channel: Channel,
                                         connection: Connection) -> UInt64 {
         let descriptors = UnsafeRawBufferPointer(start: ringScratch, count: count * Descriptor.size)
         let now = Clock.nanoseconds()
         var runsNow = channel.runsNow(queue)
         var ranNow = CompletedStretch()
-        // One clock read for the run: its records' completion time and the engine's busy time.
-
         // One text per look at the ring: a client that publishes garbage by the thousand must not turn
         // each descriptor into a message (and a system call) on the event loop.
         var textSent = false
@@ -189,6 +186,8 @@ extension IOATServer {
             }
         }
         guard ranNow.count > 0 else { return 0 }
+        // One clock reading for the ops run at once: their records' completion time, the engine's busy
+        // time, and (through `pump`) the time their ring is published at.
         let ranUntil = Clock.nanoseconds()
         router.endRun(ranNow, of: queue, now: ranUntil)
         channel.ranNow(until: ranUntil, of: queue)
