@@ -79,14 +79,12 @@ final class CPUChannel: EngineChannel, @unchecked Sendable {
     func executeInline(_ op: EngineOp) -> EngineCompletion? { Kernels.execute(op) }
     func executeInline(common opcode: Opcode, cookie: UInt64, source: UnsafeRawPointer?, destination: UnsafeMutableRawPointer?,
                        length: Int, arg: UInt64) -> EngineCompletion? {
-        // What `Kernels.execute` does for these three.
         switch opcode {
-        case .copy: memmove(destination!, source!, length)
-        case .fill: Kernels.fill(destination!, length: length, pattern: arg)
-        case .null: return EngineCompletion(cookie: cookie, status: .success)
-        default: return Kernels.execute(EngineOp(cookie: cookie, opcode: opcode, source: source, destination: destination, length: length, arg: arg))
+        case .null, .copy, .fill:
+            return Kernels.executeCommon(opcode, cookie: cookie, source: source, destination: destination, length: length, arg: arg)
+        default:
+            return Kernels.execute(EngineOp(cookie: cookie, opcode: opcode, source: source, destination: destination, length: length, arg: arg))
         }
-        return EngineCompletion(cookie: cookie, status: .success, bytesDone: UInt64(length))
     }
     var runsInline: Bool { true }
 

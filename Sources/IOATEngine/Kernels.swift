@@ -10,19 +10,26 @@ public enum Kernels {
     /// Size of the pattern block FILL builds before copying it.
     static let fillBlock = 4096
 
+    /// Runs a NULL, COPY or FILL given as its few fields (what `execute` does for them, and what the CPU
+    /// engine's inline entry for small ops runs without building an `EngineOp`).
+    @inline(__always)
+    static func executeCommon(_ opcode: Opcode, cookie: UInt64, source: UnsafeRawPointer?, destination: UnsafeMutableRawPointer?,
+                              length: Int, arg: UInt64) -> EngineCompletion {
+        switch opcode {
+        case .copy: memmove(destination!, source!, length)
+        case .fill: fill(destination!, length: length, pattern: arg)
+        default: return EngineCompletion(cookie: cookie, status: .success)
+        }
+        return EngineCompletion(cookie: cookie, status: .success, bytesDone: UInt64(length))
+    }
+
     /// Runs `op` to completion on the calling thread.
     public static func execute(_ op: EngineOp) -> EngineCompletion {
         let n = op.length
         let done = EngineCompletion(cookie: op.cookie, status: .success, bytesDone: UInt64(n))
         switch op.opcode {
-        case .null, .drain:
-            return EngineCompletion(cookie: op.cookie, status: .success)
-        case .copy:
-            memmove(op.destination!, op.source!, n)
-            return done
-        case .fill:
-            fill(op.destination!, length: n, pattern: op.arg)
-            return done
+        case .null, .drain, .copy, .fill:
+            return executeCommon(op.opcode, cookie: op.cookie, source: op.source, destination: op.destination, length: n, arg: op.arg)
         case .crc32c:
             return finishCRC(op, CRC32C.update(seed: seed(op), op.source!, length: n))
         case .copyCRC32C:

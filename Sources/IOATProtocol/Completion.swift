@@ -81,6 +81,9 @@ public struct CompletionStatus: RawRepresentable, Hashable, Sendable, CustomStri
 
     /// Whether this status ends the op without error.
     @inlinable public var isSuccess: Bool { rawValue == 0 }
+    /// Whether the op failed: anything but SUCCESS and MISMATCH (a result, not a failure). What the
+    /// FENCE failure window and the failure counters count.
+    @inlinable public var isFailure: Bool { rawValue > 1 }
 
     public var description: String { name }
 }

@@ -649,8 +649,7 @@ final class Channel {
     /// The counters and the failure window, for an op that ended with `completion`.
     @inline(__always)
     private func count(_ completion: EngineCompletion, of queue: Queue) {
-        // MISMATCH is a result, not a failure.
-        if !completion.status.isSuccess && completion.status != .mismatch {
+        if completion.status.isFailure {
             queue.execution.failedSinceFence = true
             opsFailed += 1
         }

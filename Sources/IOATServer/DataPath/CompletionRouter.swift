@@ -98,23 +98,19 @@ final class CompletionRouter {
     }
 
     private func route(_ finished: [Finished], _ run: Range<Int>, of queue: Queue, now: UInt64) {
-        let tenant = queue.tenant
         let open = queue.connection != nil
         let ring = open ? queue.ring : nil
         // The tenant's statistics go in once per stretch of ops taken and started at the same instants
         // (most of a batch): two histogram records per op were a fifth of the router's time.
         var stretch = CompletedStretch()
-        defer { tenant.completed(stretch, now: now) }
+        defer { endRun(stretch, of: queue, now: now) }
         for i in run {
             let record = finished[i].record
             let status = record.status
-            let failed = !status.isSuccess && status != .mismatch
-            queue.opsCompleted += 1
-            queue.bytesCompleted += record.bytesDone
-            if failed { queue.opsFailed += 1 }
+            let failed = status.isFailure
             let acceptedAt = finished[i].acceptedAt, startedAt = finished[i].startedAt
             if !stretch.admits(acceptedAt: acceptedAt, startedAt: startedAt) {
-                tenant.completed(stretch, now: now)
+                endRun(stretch, of: queue, now: now)
                 stretch = CompletedStretch()
             }
             stretch.add(bytes: record.bytesDone, failed: failed, acceptedAt: acceptedAt, startedAt: startedAt)
@@ -165,12 +161,13 @@ final class CompletionRouter {
     /// pending or in the engine, and nothing finished unrouted (`Channel.runsNow`).
     @inline(__always)
     func routeNow(_ record: CompletionRecord, of queue: Queue, ring: ServerRing, acceptedAt: UInt64, stretch: inout CompletedStretch) {
-        let failed = !record.status.isSuccess && record.status != .mismatch
+        let failed = record.status.isFailure
         stretch.add(bytes: record.bytesDone, failed: failed, acceptedAt: acceptedAt, startedAt: acceptedAt)
         push(record, failed: failed, of: queue, into: ring)
     }
 
-    /// The statistics of records routed by `routeNow`, once for the run, completed at `now`.
+    /// The statistics of a stretch of `queue`'s records (routed by `route`, or by `routeNow` for a
+    /// run), completed at `now`: the queue's counters and its tenant's, once for the stretch.
     func endRun(_ stretch: CompletedStretch, of queue: Queue, now: UInt64) {
         guard stretch.count > 0 else { return }
         queue.opsCompleted += UInt64(stretch.count)
